@@ -1,0 +1,48 @@
+# Two commands set everything up from a fresh clone:
+#   make train   venv + install + train and evaluate on the built-in synthetic dataset (CPU ok)
+#   make test    venv + install + the whole test suite (Triton in interpreter mode without a GPU)
+# Both are safe to re-run; the install steps are skipped when nothing they depend on changed.
+
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+PIP    := $(PY) -m pip
+
+# The extension's CUDA sources are compiled whenever nvcc exists (even without a GPU), so a CPU
+# machine still proves they build. torch's own CUDA_HOME detection can pick the wrong toolkit,
+# so point it at the one nvcc belongs to.
+NVCC := $(shell command -v nvcc 2>/dev/null)
+ifneq ($(NVCC),)
+export CUDA_HOME ?= $(shell dirname $$(dirname $$(readlink -f $(NVCC))))
+endif
+
+CSRC := $(wildcard csrc/*.cpp csrc/*.cu csrc/*.h csrc/*.cuh)
+
+.PHONY: install test train bench clean
+
+$(VENV)/bin/python:
+	$(PYTHON) -m venv $(VENV)
+
+$(VENV)/.deps: requirements.txt | $(VENV)/bin/python
+	$(PIP) install --upgrade pip
+	$(PIP) install -r requirements.txt
+	touch $@
+
+# --no-build-isolation: an isolated build would download a second torch to compile against.
+$(VENV)/.built: $(VENV)/.deps setup.py $(CSRC)
+	$(PIP) install --no-build-isolation --no-deps -e .
+	touch $@
+
+install: $(VENV)/.built
+
+test: install
+	$(PY) -m pytest -q
+
+train: install
+	@if [ -f train.py ]; then $(PY) train.py; else echo "train.py is not written yet (TransReID issue)"; fi
+
+bench: install
+	$(PY) -m benchmarks.run --device cpu --quick
+
+clean:
+	rm -rf build *.egg-info ribkernels/*.so

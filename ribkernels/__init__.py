@@ -1,0 +1,15 @@
+"""ribkernels: Learning Informative Attention Weights for Person Re-ID, made fast.
+
+Public API (see README):
+
+* :func:`dcs_mask` — binary Gumbel channel mask with a straight-through gradient.
+* :func:`dcs_attention` — DCS-Attention, ``softmax(scale·(q⊙M)(k⊙M)ᵀ) v`` with backends
+  ``"triton"``, ``"sdpa"``, ``"eager"`` and ``"auto"``.
+* :func:`ibb_loss` — the IBB bound of the RIB loss.
+"""
+from .dcs.mask import dcs_mask, logistic_noise
+from .dcs.attention import dcs_attention, available_backends
+
+__version__ = "0.1.0"
+
+__all__ = ["dcs_mask", "logistic_noise", "dcs_attention", "available_backends", "__version__"]

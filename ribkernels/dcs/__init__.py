@@ -1,0 +1,1 @@
+"""DCS-Attention: binary Gumbel channel mask + masked QKᵀ attention (SPEC §2)."""

@@ -1,0 +1,74 @@
+"""Argument checks shared by the DCS ops: each error names the argument, what it got, and what was
+expected. All checks here read only metadata (shape/dtype/device): none syncs with the GPU."""
+from typing import Sequence
+
+import torch
+
+
+def describe(t: torch.Tensor) -> str:
+    return f"shape {tuple(t.shape)}, dtype {t.dtype}, device {t.device}"
+
+
+def check_tensor(name: str, t) -> None:
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+
+
+def check_floating(name: str, t) -> None:
+    check_tensor(name, t)
+    if not t.is_floating_point():
+        raise TypeError(f"{name} must be a floating-point tensor, got {describe(t)}")
+
+
+def check_tau(tau) -> None:
+    if not isinstance(tau, (int, float)) or not tau > 0:
+        raise ValueError(f"tau must be a positive number, got {tau!r}")
+
+
+def check_same_device(name: str, t: torch.Tensor, ref_name: str, ref: torch.Tensor) -> None:
+    if t.device != ref.device:
+        raise ValueError(f"{name} is on {t.device} but {ref_name} is on {ref.device}: "
+                         f"expected the same device ({name}: {describe(t)})")
+
+
+def check_broadcast(name: str, t: torch.Tensor, ref_name: str, shape: Sequence[int]) -> None:
+    """``t`` must broadcast to ``shape`` (without growing it)."""
+    shape = tuple(shape)
+    try:
+        out = torch.broadcast_shapes(tuple(t.shape), shape)
+    except RuntimeError:
+        out = None
+    if out != shape:
+        raise ValueError(f"{name} with {describe(t)} does not broadcast to {ref_name}'s shape {shape}")
+
+
+def check_qkv(q, k, v) -> None:
+    """q, k, v: floating tensors ``[B, H, N, D]`` of one shape, dtype and device."""
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        check_floating(name, t)
+        if t.dim() != 4:
+            raise ValueError(f"{name} must be 4-D [B, H, N, D], got {describe(t)}")
+    for name, t in (("k", k), ("v", v)):
+        if t.shape != q.shape:
+            raise ValueError(f"{name} must have q's shape {tuple(q.shape)} [B, H, N, D], got {describe(t)}")
+        if t.dtype != q.dtype:
+            raise TypeError(f"{name} must have q's dtype {q.dtype}, got {describe(t)}")
+        check_same_device(name, t, "q", q)
+    if q.shape[-1] == 0 or q.shape[-2] == 0:
+        raise ValueError(f"q must have at least one token and one channel, got {describe(q)}")
+
+
+def check_mask_inputs(q: torch.Tensor, mask_logits, noise) -> None:
+    check_floating("mask_logits", mask_logits)
+    check_same_device("mask_logits", mask_logits, "q", q)
+    check_broadcast("mask_logits", mask_logits, "q", q.shape)
+    if noise is not None:
+        check_floating("noise", noise)
+        check_same_device("noise", noise, "q", q)
+        check_broadcast("noise", noise, "q", q.shape)
+
+
+def check_no_nan(name: str, t: torch.Tensor) -> None:
+    """Costs a device sync on CUDA: used only where asked (``check_nan=True``)."""
+    if torch.isnan(t).any():
+        raise ValueError(f"{name} contains NaN ({describe(t)})")

@@ -1,0 +1,49 @@
+"""The two PyTorch backends of DCS-Attention (SPEC §2).
+
+* ``eager``: materialised ``[B, H, N, N]`` scores, the way TransReID writes attention. On float64
+  inputs it is the reference every other backend is tested against.
+* ``sdpa``: the mask built in PyTorch, then ``scaled_dot_product_attention(q⊙M, k⊙M, v)``.
+
+Both take already-validated inputs (see ``attention.dcs_attention``): q, k, v ``[B, H, N, D]``,
+``mask_logits``/``noise`` broadcastable to ``[B, H, N, D]``, ``seed`` an int whenever the mask is
+drawn (training without explicit noise).
+"""
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+
+from .mask import dcs_mask, logistic_noise
+
+
+def build_mask(q: torch.Tensor, mask_logits: torch.Tensor, *, tau: float, training: bool,
+               seed: Optional[int], noise: Optional[torch.Tensor]) -> torch.Tensor:
+    """The 0/1 mask (float32, or float64 for float64 q) applied to q and k: ``[B, H, N, D]``, or smaller where θ and the noise
+    both broadcast (e.g. a ``[1, H, 1, D]`` θ with ``[1, H, 1, D]`` noise is one mask for all tokens).
+    Without explicit noise in training, Philox noise of the full ``[B, H, N, D]`` shape is drawn."""
+    if training and noise is None:
+        noise = logistic_noise(q.shape, seed, device=q.device)
+    acc = torch.promote_types(q.dtype, torch.float32)
+    return dcs_mask(mask_logits.to(acc), tau=tau, training=training, noise=noise)
+
+
+def _masked_qk(q, k, mask):
+    # Multiply in (at least) float32 so the gradient reaching the mask, and so θ, is accumulated
+    # in float32 even for half-precision q and k.
+    return (q.to(mask.dtype) * mask).to(q.dtype), (k.to(mask.dtype) * mask).to(k.dtype)
+
+
+def dcs_attention_eager(q, k, v, mask_logits, *, tau: float, training: bool, seed: Optional[int],
+                        noise: Optional[torch.Tensor], scale: float) -> torch.Tensor:
+    """``softmax(scale · (q⊙M)(k⊙M)ᵀ) v`` with the ``[B, H, N, N]`` scores in memory."""
+    qm, km = _masked_qk(q, k, build_mask(q, mask_logits, tau=tau, training=training, seed=seed, noise=noise))
+    attn = (qm @ km.transpose(-2, -1)) * scale
+    attn = attn.softmax(dim=-1)
+    return attn @ v
+
+
+def dcs_attention_sdpa(q, k, v, mask_logits, *, tau: float, training: bool, seed: Optional[int],
+                       noise: Optional[torch.Tensor], scale: float) -> torch.Tensor:
+    """PyTorch composite: mask in PyTorch, then ``scaled_dot_product_attention`` (no dropout)."""
+    qm, km = _masked_qk(q, k, build_mask(q, mask_logits, tau=tau, training=training, seed=seed, noise=noise))
+    return F.scaled_dot_product_attention(qm, km, v, scale=scale)
