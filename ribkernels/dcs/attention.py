@@ -82,8 +82,9 @@ def dcs_attention(
 
     q, k, v: ``[B, H, N, D]``. mask_logits θ: broadcastable to ``[B, H, N, D]`` (``[B, H, N, D]``
     per token, ``[1, H, 1, D]`` static per channel, ...). noise: explicit logistic noise,
-    broadcastable like θ, replacing the RNG; else Philox noise from ``seed``, else from a seed drawn
-    from torch's global generator. training=False uses ``M = 1[θ > 0]`` (no noise, no gradient to θ).
+    broadcastable like θ, replacing the RNG; else Philox noise from ``seed`` (the same mask in every
+    backend); else torch's global generator (Triton: a seed drawn from it; PyTorch backends:
+    ``torch.rand``), so ``torch.manual_seed`` makes runs reproducible. training=False uses ``M = 1[θ > 0]`` (no noise, no gradient to θ).
     scale defaults to ``D ** -0.5``. impl: ``"auto" | "triton" | "sdpa" | "eager"``.
     check_nan: check θ and noise for NaN (a NaN logit would silently drop its channel). Default: on
     CPU tensors (cheap), off on CUDA (it would sync); True/False forces it.
@@ -100,8 +101,8 @@ def dcs_attention(
             checks.check_no_nan("noise", noise)
     if scale is None:
         scale = q.shape[-1] ** -0.5
-    if training and noise is None and seed is None:
-        seed = draw_seed()
     name = select_backend(impl, q, k, v, mask_logits, noise)
+    if name == "triton" and training and noise is None and seed is None:
+        seed = draw_seed()  # the kernels make their noise from a seed; take it from torch's generator
     return BACKENDS[name].run(q, k, v, mask_logits, tau=float(tau), training=bool(training),
                               seed=seed, noise=noise if training else None, scale=float(scale))

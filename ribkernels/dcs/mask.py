@@ -24,6 +24,14 @@ def logistic_noise(shape: Sequence[int], seed: int, device=None) -> torch.Tensor
     return (torch.log(u) - torch.log1p(-u)).reshape(shape)
 
 
+def torch_logistic_noise(shape: Sequence[int], device=None) -> torch.Tensor:
+    """Logistic noise from torch's global generator (``torch.rand``): the fast path when no seed is
+    asked for. Reproducible under ``torch.manual_seed``, but not the Philox stream of a seed."""
+    u = torch.rand(tuple(shape), device=device, dtype=torch.float32)
+    u = u.clamp_(min=2.0**-24, max=1.0 - 2.0**-24)  # never exactly 0 or 1: L stays finite
+    return torch.log(u) - torch.log1p(-u)
+
+
 def draw_seed(generator: Optional[torch.Generator] = None) -> int:
     """A fresh 31-bit seed from torch's (global or given) CPU generator, so ``torch.manual_seed``
     makes the in-kernel noise reproducible."""
@@ -57,7 +65,7 @@ def dcs_mask(
     """Hard 0/1 channel mask from logits θ, with the straight-through gradient of SPEC §2.
 
     training: ``M = 1[θ + L > 0]`` with logistic noise ``L`` (``noise`` if given, else Philox noise
-    from ``seed``, else from a seed drawn from torch's global generator); the gradient to θ is
+    from ``seed``, else ``torch.rand`` noise from torch's global generator); the gradient to θ is
     ``dM · soft · (1 − soft) / τ`` with ``soft = sigmoid((θ + L)/τ)``.
     eval: ``M = 1[θ > 0]``, no gradient to θ.
 
@@ -69,9 +77,8 @@ def dcs_mask(
     if not training:
         return (mask_logits.detach() > 0).to(mask_logits.dtype)
     if noise is None:
-        if seed is None:
-            seed = draw_seed()
-        noise = logistic_noise(mask_logits.shape, seed, device=mask_logits.device)
+        noise = (logistic_noise(mask_logits.shape, seed, device=mask_logits.device) if seed is not None
+                 else torch_logistic_noise(mask_logits.shape, device=mask_logits.device))
     else:
         checks.check_floating("noise", noise)
         checks.check_same_device("noise", noise, "mask_logits", mask_logits)

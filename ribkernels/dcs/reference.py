@@ -5,24 +5,26 @@
 * ``sdpa``: the mask built in PyTorch, then ``scaled_dot_product_attention(q⊙M, k⊙M, v)``.
 
 Both take already-validated inputs (see ``attention.dcs_attention``): q, k, v ``[B, H, N, D]``,
-``mask_logits``/``noise`` broadcastable to ``[B, H, N, D]``, ``seed`` an int whenever the mask is
-drawn (training without explicit noise).
+``mask_logits``/``noise`` broadcastable to ``[B, H, N, D]``. Without explicit noise in training,
+``seed`` selects the Philox stream the Triton kernels use; ``seed=None`` draws from torch's global
+generator instead (``torch.rand``: much faster than Philox emulated with tensor ops).
 """
 from typing import Optional
 
 import torch
 import torch.nn.functional as F
 
-from .mask import dcs_mask, logistic_noise
+from .mask import dcs_mask, logistic_noise, torch_logistic_noise
 
 
 def build_mask(q: torch.Tensor, mask_logits: torch.Tensor, *, tau: float, training: bool,
                seed: Optional[int], noise: Optional[torch.Tensor]) -> torch.Tensor:
     """The 0/1 mask (float32, or float64 for float64 q) applied to q and k: ``[B, H, N, D]``, or smaller where θ and the noise
     both broadcast (e.g. a ``[1, H, 1, D]`` θ with ``[1, H, 1, D]`` noise is one mask for all tokens).
-    Without explicit noise in training, Philox noise of the full ``[B, H, N, D]`` shape is drawn."""
+    Without explicit noise in training, noise of the full ``[B, H, N, D]`` shape is drawn."""
     if training and noise is None:
-        noise = logistic_noise(q.shape, seed, device=q.device)
+        noise = (logistic_noise(q.shape, seed, device=q.device) if seed is not None
+                 else torch_logistic_noise(q.shape, device=q.device))
     acc = torch.promote_types(q.dtype, torch.float32)
     return dcs_mask(mask_logits.to(acc), tau=tau, training=training, noise=noise)
 

@@ -1,4 +1,5 @@
-"""nn.Modules: DCSAttention (drop-in for timm's ViT Attention) and its patcher."""
+"""nn.Modules: DCSAttention (drop-in for timm's ViT Attention) and its patcher; IBBLoss."""
 from .dcs_attention import DCSAttention, patch_vit
+from .ibb_loss import IBBLoss
 
-__all__ = ["DCSAttention", "patch_vit"]
+__all__ = ["DCSAttention", "patch_vit", "IBBLoss"]
