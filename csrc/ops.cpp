@@ -1,0 +1,57 @@
+// Registers the ops of ribkernels._C under torch.ops.ribkernels. One op name serves CPU and CUDA
+// (the same host functions; they launch the kernels of the device their inputs live on).
+// Autograd and fake (meta) kernels are registered from Python: ribkernels/ibb/_ext.py.
+#include <Python.h>
+#include <torch/library.h>
+
+#include "ibb.h"
+
+namespace ribkernels {
+namespace {
+bool cuda_enabled() {
+#ifdef WITH_CUDA
+  return true;
+#else
+  return false;
+#endif
+}
+}  // namespace
+}  // namespace ribkernels
+
+TORCH_LIBRARY(ribkernels, m) {
+  // check_labels=False skips the labels' range check (a device sync); out-of-range rows give NaN.
+  m.def("ibb_forward(Tensor features, Tensor labels, Tensor centroids, Tensor log_q, float beta, "
+        "bool normalize, bool check_labels=True) -> (Tensor loss, Tensor phi, Tensor inv_norm)");
+  m.def("ibb_backward(Tensor grad_loss, Tensor features, Tensor labels, Tensor centroids, "
+        "Tensor log_q, Tensor phi, Tensor inv_norm, Tensor loss, float beta, bool normalize) "
+        "-> Tensor");
+  m.def("soft_assign(Tensor features, Tensor centroids, float beta, bool normalize) "
+        "-> (Tensor phi, Tensor inv_norm)");
+  m.def("soft_assign_backward(Tensor grad_phi, Tensor features, Tensor centroids, Tensor phi, "
+        "Tensor inv_norm, float beta, bool normalize) -> Tensor");
+  m.def("soft_counts(Tensor features, Tensor labels, Tensor centroids, float beta, "
+        "int num_classes, bool normalize) -> Tensor");
+  m.def("kmeans_step(Tensor features, Tensor centroids) "
+        "-> (Tensor assignments, Tensor sums, Tensor counts, Tensor min_dist)");
+  m.def("cuda_enabled() -> bool", &ribkernels::cuda_enabled);
+}
+
+#define RIBKERNELS_IMPL(KEY)                                           \
+  TORCH_LIBRARY_IMPL(ribkernels, KEY, m) {                             \
+    m.impl("ibb_forward", &ribkernels::ibb_forward);                   \
+    m.impl("ibb_backward", &ribkernels::ibb_backward);                 \
+    m.impl("soft_assign", &ribkernels::soft_assign);                   \
+    m.impl("soft_assign_backward", &ribkernels::soft_assign_backward); \
+    m.impl("soft_counts", &ribkernels::soft_counts);                   \
+    m.impl("kmeans_step", &ribkernels::kmeans_step);                   \
+  }
+
+RIBKERNELS_IMPL(CPU)
+#ifdef WITH_CUDA
+RIBKERNELS_IMPL(CUDA)
+#endif
+
+// `import ribkernels._C` (the ahead-of-time build) only needs a module object: loading the shared
+// library runs the registrations above.
+static struct PyModuleDef ribkernels_module = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr};
+PyMODINIT_FUNC PyInit__C(void) { return PyModule_Create(&ribkernels_module); }

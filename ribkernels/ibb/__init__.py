@@ -1,0 +1,18 @@
+"""The IBB bound of the RIB loss (SPEC §3), on the C++/CUDA extension ``ribkernels._C`` when it is
+available (built ahead of time, else JIT-built on first use) and on eager PyTorch otherwise.
+Importing this package loads nothing: the extension is loaded by the first op that runs.
+
+* :func:`ibb_loss` — the per-batch bound (autograd to the features).
+* :func:`soft_assign` — phi, the soft cluster assignment.
+* :func:`soft_counts` — the A x K sums that make Q.
+* :func:`kmeans_step`, :func:`kmeans` — the cluster refresh.
+* :func:`extension_status` — where the extension came from and which devices it serves.
+"""
+from ._ext import status as extension_status
+from .kmeans import KMeansResult, KMeansStep, kmeans, kmeans_step
+from .loss import ibb_loss
+from .soft_assign import soft_assign
+from .soft_counts import soft_counts
+
+__all__ = ["ibb_loss", "soft_assign", "soft_counts", "kmeans", "kmeans_step", "KMeansStep",
+           "KMeansResult", "extension_status"]

@@ -1,0 +1,173 @@
+"""``IBBLoss``: the IBB bound of the RIB loss as an nn.Module holding its cluster state (SPEC §3)."""
+from __future__ import annotations
+
+import logging
+from typing import Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..ibb import ibb_loss, kmeans, soft_assign, soft_counts
+from ..ibb.checks import (check_features_centroids, check_finite, check_label_range, check_labels,
+                          check_tensor, describe)
+from ..ibb.kmeans import _all_reduce, _group
+
+logger = logging.getLogger("ribkernels.ibb")
+
+
+class IBBLoss(nn.Module):
+    """The IBB bound ``(1/n) sum_i [input_entropy_i - sum_a phi(F_i, a) log Q(y_i | a)]``.
+
+    State (buffers, saved in the state_dict): ``centroids`` [A, D] (L2-normalised feature clusters),
+    ``log_q`` [A, K] (log of the label table Q, clamped at ``eps``), ``input_centroids``
+    [B, C·h·w] (clusters of down-sampled inputs), and the flags ``refreshed`` / ``input_ready``.
+
+    Args:
+        num_classes: K, the number of training identities.
+        feat_dim: D, the feature size.
+        num_clusters: A (default K).
+        beta: softmax temperature of phi.
+        kmeans_iters, seed, init: of the k-means in :meth:`refresh` / :meth:`set_input_clusters`.
+        eps: Q is clamped at ``eps`` before the log.
+        num_input_clusters: B (default A); ``input_size``: (h, w) images are down-sampled to;
+        ``input_channels``: C.
+        reduction: ``"mean"`` | ``"sum"`` | ``"none"``; ``impl``: ``"auto"`` | ``"ext"`` | ``"eager"``.
+
+    Under torch.distributed (initialised, more than one process), :meth:`refresh` and
+    :meth:`set_input_clusters` all-reduce the k-means sums/counts and the soft counts, so every rank
+    ends with the same state. Call them on every rank, each with its own share of the data.
+    """
+
+    def __init__(self, num_classes: int, feat_dim: int, num_clusters: Optional[int] = None,
+                 beta: float = 1.0, *, kmeans_iters: int = 20, seed: int = 0,
+                 init: str = "k-means++", eps: float = 1e-6, normalize: bool = True,
+                 num_input_clusters: Optional[int] = None, input_size: Sequence[int] = (16, 8),
+                 input_channels: int = 3, reduction: str = "mean", impl: str = "auto"):
+        super().__init__()
+        for name, v in (("num_classes", num_classes), ("feat_dim", feat_dim)):
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ValueError(f"{name} must be a positive int, got {v!r}")
+        self.num_classes, self.feat_dim = num_classes, feat_dim
+        self.num_clusters = num_clusters if num_clusters is not None else num_classes
+        self.num_input_clusters = num_input_clusters if num_input_clusters is not None else self.num_clusters
+        self.beta, self.kmeans_iters, self.seed, self.init = float(beta), kmeans_iters, seed, init
+        self.eps, self.normalize, self.reduction, self.impl = eps, normalize, reduction, impl
+        if reduction not in ("mean", "sum", "none"):
+            raise ValueError(f"reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
+        self.input_size = tuple(int(s) for s in input_size)
+        self.input_channels = input_channels
+        in_dim = input_channels * self.input_size[0] * self.input_size[1]
+        self.register_buffer("centroids", torch.zeros(self.num_clusters, feat_dim))
+        self.register_buffer("log_q", torch.full((self.num_clusters, num_classes),
+                                                 -torch.log(torch.tensor(float(num_classes))).item()))
+        self.register_buffer("input_centroids", torch.zeros(self.num_input_clusters, in_dim))
+        self.register_buffer("refreshed", torch.tensor(False))
+        self.register_buffer("input_ready", torch.tensor(False))
+        self.last_refresh: dict = {}
+        self.last_terms: dict = {}
+        self._ready = False  # host copy of `refreshed`: forward must not sync on it every batch
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        self._ready = bool(self.refreshed)
+
+    def extra_repr(self) -> str:
+        return (f"num_classes={self.num_classes}, feat_dim={self.feat_dim}, "
+                f"num_clusters={self.num_clusters}, beta={self.beta}, reduction={self.reduction!r}")
+
+    @torch.no_grad()
+    def refresh(self, features: torch.Tensor, labels: torch.Tensor) -> dict:
+        """Rebuild centroids (k-means) and Q (soft counts) from this rank's training features
+        ``[N, D]`` and labels ``[N]``. NaN/Inf features raise a ValueError. Returns (and logs) the
+        k-means objective, the number of empty clusters at the end and how many were re-seeded."""
+        check_tensor("features", features)
+        if features.dim() != 2 or features.shape[1] != self.feat_dim:
+            raise ValueError(f"features must have shape [N, {self.feat_dim}], got {describe(features)}")
+        check_labels(labels, features.shape[0], features)
+        check_label_range(labels, self.num_classes)
+        check_finite("features", features)
+        res = kmeans(features, self.num_clusters, self.kmeans_iters, self.seed, init=self.init,
+                     normalize=self.normalize, impl=self.impl)
+        centroids = res.centroids
+        counts = soft_counts(features, labels, centroids, num_classes=self.num_classes,
+                             beta=self.beta, normalize=self.normalize, impl=self.impl)
+        _all_reduce(counts, _group(None, None))
+        q = counts / counts.sum(1, keepdim=True).clamp_min(torch.finfo(counts.dtype).tiny)
+        self.centroids.copy_(centroids)
+        self.log_q.copy_(q.clamp_min(self.eps).log())
+        self.refreshed.fill_(True)
+        self._ready = True
+        empty = int((res.counts == 0).sum())
+        self.last_refresh = {"objective": res.objective[-1], "iterations": len(res.objective) - 1,
+                             "empty_clusters": empty, "reseeded": sum(res.reseeded)}
+        logger.info("IBB refresh: %d clusters, %d empty, %d re-seeded during %d iterations, "
+                    "k-means objective %.6g", self.num_clusters, empty, sum(res.reseeded),
+                    len(res.objective) - 1, res.objective[-1])
+        return dict(self.last_refresh)
+
+    def _downsample(self, images: torch.Tensor) -> torch.Tensor:
+        check_tensor("images", images)
+        if images.dim() != 4 or images.shape[1] != self.input_channels or not images.is_floating_point():
+            raise ValueError(f"images must be floating [N, {self.input_channels}, H, W], got {describe(images)}")
+        small = F.interpolate(images.float(), size=self.input_size, mode="area")
+        return F.normalize(small.flatten(1), dim=1)
+
+    @torch.no_grad()
+    def set_input_clusters(self, images: torch.Tensor) -> dict:
+        """Input clusters from ``images`` [N, C, H, W]: down-sampled to ``input_size``, flattened,
+        L2-normalised, k-means into ``num_input_clusters`` (fixed afterwards)."""
+        x = self._downsample(images)
+        check_finite("images", x)
+        res = kmeans(x, self.num_input_clusters, self.kmeans_iters, self.seed, init=self.init,
+                     normalize=True, impl=self.impl)
+        self.input_centroids.copy_(res.centroids)
+        self.input_ready.fill_(True)
+        stats = {"objective": res.objective[-1], "empty_clusters": int((res.counts == 0).sum())}
+        logger.info("IBB input clusters: %d clusters, %d empty", self.num_input_clusters,
+                    stats["empty_clusters"])
+        return stats
+
+    @torch.no_grad()
+    def input_entropy(self, images: torch.Tensor) -> torch.Tensor:
+        """``sum_b phi(X_i, b) log phi(X_i, b)`` per image ([N]), for ``forward(input_entropy=)``."""
+        if not bool(self.input_ready):
+            raise RuntimeError("IBBLoss.input_entropy needs input clusters: call set_input_clusters(images) first")
+        phi = soft_assign(self._downsample(images), self.input_centroids, beta=self.beta,
+                          normalize=True, impl=self.impl)
+        return torch.xlogy(phi, phi).sum(1)
+
+    def forward(self, features: torch.Tensor, labels: torch.Tensor,
+                input_entropy: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """The bound for a batch: ``features`` [n, D], ``labels`` [n], optional ``input_entropy`` [n]
+        (term 1, no gradient). Raises until :meth:`refresh` has run once."""
+        if not self._ready:
+            raise RuntimeError("IBBLoss has no clusters yet: call refresh(features, labels) on the "
+                               "training features first (the IBB is switched on after the first refresh)")
+        check_features_centroids(features, self.centroids)
+        per_sample = ibb_loss(features, labels, self.centroids, self.log_q, beta=self.beta,
+                              normalize=self.normalize, reduction="none", impl=self.impl)
+        label_term = per_sample.detach().mean()
+        if input_entropy is not None:
+            per_sample = per_sample + self._check_entropy(input_entropy, per_sample)
+        entropy_term = input_entropy.detach().mean() if input_entropy is not None else None
+        self.last_terms = {"input_entropy": entropy_term, "label_term": label_term}
+        if logger.isEnabledFor(logging.DEBUG):  # .item() syncs: only when asked for
+            logger.debug("IBB terms: input entropy %s, label term %.6g",
+                         "n/a" if entropy_term is None else f"{entropy_term.item():.6g}",
+                         label_term.item())
+        if self.reduction == "mean":
+            return per_sample.mean()
+        if self.reduction == "sum":
+            return per_sample.sum()
+        return per_sample
+
+    @staticmethod
+    def _check_entropy(input_entropy, per_sample: torch.Tensor) -> torch.Tensor:
+        check_tensor("input_entropy", input_entropy)
+        if not input_entropy.is_floating_point() or input_entropy.shape != per_sample.shape:
+            raise ValueError(f"input_entropy must be a floating tensor of shape {tuple(per_sample.shape)}, "
+                             f"got {describe(input_entropy)}")
+        if input_entropy.device != per_sample.device:
+            raise ValueError(f"input_entropy must be on {per_sample.device}, got {describe(input_entropy)}")
+        return input_entropy.detach().to(per_sample.dtype)
