@@ -1,0 +1,12 @@
+"""Re-ID models: TransReID (with eager / SDPA / DCS attention) and the RIB-CA ResNets.
+
+See ``build_model`` for the named configurations and the forward contract (MODEL_API.md).
+"""
+from .factory import CNN_CONFIGS, MODEL_NAMES, VIT_CONFIGS, build_model
+from .neck import BNNeck
+from .pretrained import load_pretrained, resize_pos_embed
+from .rib_ca import ResNetReID
+from .transreid import PatchEmbedOverlap, TransReID, shuffle_unit
+
+__all__ = ["build_model", "load_pretrained", "TransReID", "ResNetReID", "MODEL_NAMES", "VIT_CONFIGS",
+           "CNN_CONFIGS", "BNNeck", "PatchEmbedOverlap", "shuffle_unit", "resize_pos_embed"]
