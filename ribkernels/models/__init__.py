@@ -1,6 +1,6 @@
 """Re-ID models: TransReID (with eager / SDPA / DCS attention) and the RIB-CA ResNets.
 
-See ``build_model`` for the named configurations and the forward contract (MODEL_API.md).
+See ``build_model`` for the named configurations and the forward contract.
 """
 from .factory import CNN_CONFIGS, MODEL_NAMES, VIT_CONFIGS, build_model
 from .neck import BNNeck

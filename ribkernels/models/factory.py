@@ -1,4 +1,4 @@
-"""``build_model(name, ...)``: the named TransReID / RIB-CA configurations (MODEL_API.md)."""
+"""``build_model(name, ...)``: the named TransReID / RIB-CA configurations."""
 import inspect
 import logging
 from typing import Dict, Optional
