@@ -9,12 +9,9 @@ PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
 
 # The extension's CUDA sources are compiled whenever nvcc exists (even without a GPU), so a CPU
-# machine still proves they build. torch's own CUDA_HOME detection can pick the wrong toolkit,
-# so point it at the one nvcc belongs to.
-NVCC := $(shell command -v nvcc 2>/dev/null)
-ifneq ($(NVCC),)
-export CUDA_HOME ?= $(shell dirname $$(dirname $$(readlink -f $(NVCC))))
-endif
+# machine still proves they build. torch's own CUDA_HOME detection can pick the wrong toolkit, so
+# setup.py asks nvcc where its toolkit is (nvcc on PATH may be a wrapper script) unless CUDA_HOME
+# is set.
 
 CSRC := $(wildcard csrc/*.cpp csrc/*.cu csrc/*.h csrc/*.cuh)
 

@@ -17,6 +17,7 @@ falls back to eager PyTorch with one warning).
 import glob
 import os
 import shutil
+import subprocess
 import sys
 
 from setuptools import find_packages, setup
@@ -30,9 +31,19 @@ def _find_cuda_home():
     if home:
         return home if os.path.isdir(home) else None
     nvcc = shutil.which("nvcc")
-    if nvcc:
-        return os.path.dirname(os.path.dirname(os.path.realpath(nvcc)))
-    return None
+    if not nvcc:
+        return None
+    # nvcc on PATH may be a wrapper script (e.g. /usr/local/bin/nvcc exec'ing the real one), so ask
+    # nvcc where it lives instead of following links.
+    try:
+        out = subprocess.run([nvcc, "--dryrun", "-x", "cu", "-c", os.devnull, "-o", os.devnull],
+                             capture_output=True, text=True, timeout=60)
+        for line in (out.stdout + out.stderr).splitlines():
+            if "_HERE_=" in line:
+                return os.path.dirname(os.path.realpath(line.split("_HERE_=", 1)[1].strip()))
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return os.path.dirname(os.path.dirname(os.path.realpath(nvcc)))
 
 
 def _nvidia_wheel_includes():
