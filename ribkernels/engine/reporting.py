@@ -1,0 +1,192 @@
+"""Run-folder output: the log, ``metrics.json``, PNG curves, the final table and progress display."""
+import json
+import logging
+import math
+import os
+import sys
+import time
+from typing import Dict, Iterable, List, Optional
+
+LOGGER_NAME = "ribkernels.train"
+
+
+def setup_logging(run_dir: Optional[str], main: bool) -> logging.Logger:
+    """Log to stdout and ``run_dir/train.log`` on rank 0; other ranks log warnings only."""
+    log = logging.getLogger(LOGGER_NAME)
+    for h in list(log.handlers):
+        h.close()
+    log.handlers.clear()
+    log.propagate = False
+    log.setLevel(logging.INFO if main else logging.WARNING)
+    fmt = logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S")
+    sh = logging.StreamHandler(sys.stdout)
+    sh.setFormatter(fmt)
+    log.addHandler(sh)
+    if main and run_dir:
+        fh = logging.FileHandler(os.path.join(run_dir, "train.log"))
+        fh.setFormatter(fmt)
+        log.addHandler(fh)
+    # Library loggers (ribkernels.*) share the handlers.
+    lib = logging.getLogger("ribkernels")
+    lib.handlers = list(log.handlers)
+    lib.setLevel(log.level)
+    lib.propagate = False
+    return log
+
+
+def _clean(v):
+    if isinstance(v, float) and (math.isnan(v) or math.isinf(v)):
+        return None
+    if isinstance(v, dict):
+        return {k: _clean(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_clean(x) for x in v]
+    return v
+
+
+class Metrics:
+    """``metrics.json``: ``{"config_name", "epochs": [per-epoch records], "evals": [...], "final": {...}}``.
+    Written atomically after every update."""
+
+    def __init__(self, path: Optional[str], state: Optional[Dict] = None):
+        self.path = path
+        self.data = state or {"epochs": [], "evals": [], "final": None}
+
+    def add_epoch(self, record: Dict) -> None:
+        self.data["epochs"].append(_clean(record))
+        self.write()
+
+    def add_eval(self, record: Dict) -> None:
+        self.data["evals"].append(_clean(record))
+        self.write()
+
+    def set(self, key: str, value) -> None:
+        self.data[key] = _clean(value)
+        self.write()
+
+    def write(self) -> None:
+        if not self.path:
+            return
+        tmp = self.path + ".tmp"
+        with open(tmp, "w") as f:
+            json.dump(self.data, f, indent=1)
+        os.replace(tmp, self.path)
+
+
+def plot_curves(metrics: Dict, out_dir: str) -> List[str]:
+    """PNG plots: loss terms per epoch, the IBB bound and its terms, mAP/Rank-1 per evaluation."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    written = []
+    epochs = metrics.get("epochs") or []
+    if epochs:
+        x = [r["epoch"] for r in epochs]
+        fig, ax = plt.subplots(figsize=(6, 4))
+        for key in ("loss", "loss_id", "loss_tri", "loss_ibb_weighted"):
+            ys = [r.get(key) for r in epochs]
+            if any(y is not None for y in ys):
+                ax.plot(x, [float("nan") if y is None else y for y in ys], marker="o", ms=3, label=key)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel("mean loss")
+        ax.set_title("training losses")
+        ax.legend()
+        fig.tight_layout()
+        path = os.path.join(out_dir, "losses.png")
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        written.append(path)
+        keys = [k for k in ("ibb", "ibb_term1", "ibb_term2") if any(r.get(k) is not None for r in epochs)]
+        if keys:
+            fig, ax = plt.subplots(figsize=(6, 4))
+            for key in keys:
+                ax.plot(x, [float("nan") if r.get(key) is None else r[key] for r in epochs], marker="o", ms=3,
+                        label=key)
+            kf = [r.get("keep_fraction") for r in epochs]
+            if any(v is not None for v in kf):
+                ax2 = ax.twinx()
+                ax2.plot(x, [float("nan") if v is None else v for v in kf], color="gray", ls="--",
+                         label="keep fraction")
+                ax2.set_ylabel("kept DCS channels")
+            ax.set_xlabel("epoch")
+            ax.set_ylabel("IBB (nats)")
+            ax.set_title("IBB bound")
+            ax.legend(loc="upper left")
+            fig.tight_layout()
+            path = os.path.join(out_dir, "ibb.png")
+            fig.savefig(path, dpi=110)
+            plt.close(fig)
+            written.append(path)
+    evals = metrics.get("evals") or []
+    if evals:
+        fig, ax = plt.subplots(figsize=(6, 4))
+        x = [r["epoch"] for r in evals]
+        for key in ("mAP", "rank1", "mINP"):
+            ax.plot(x, [100 * r[key] for r in evals], marker="o", label=key)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel("%")
+        ax.set_title("evaluation")
+        ax.legend()
+        fig.tight_layout()
+        path = os.path.join(out_dir, "eval.png")
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        written.append(path)
+    return written
+
+
+def results_table(rows: Iterable[Dict], title: Optional[str] = None) -> str:
+    """Markdown table of retrieval metrics (fractions shown as %)."""
+    lines = [f"### {title}", ""] if title else []
+    lines += ["| run | mAP | Rank-1 | Rank-5 | Rank-10 | mINP |", "|---|---|---|---|---|---|"]
+    for r in rows:
+        cells = []
+        for k in ("mAP", "rank1", "rank5", "rank10", "mINP"):
+            v = r.get(k)
+            cells.append("–" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{100 * v:.1f}")
+        lines.append(f"| {r.get('name', '')} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+class Progress:
+    """Per-epoch progress: a tqdm bar on a TTY, else a log line every ``log_period`` iterations."""
+
+    def __init__(self, total: int, epoch: int, epochs: int, log: logging.Logger, mode: str = "auto",
+                 log_period: int = 20, enabled: bool = True):
+        self.total, self.epoch, self.epochs, self.log = total, epoch, epochs, log
+        self.log_period = max(1, int(log_period))
+        self.enabled = enabled
+        use_bar = mode == "bar" or (mode == "auto" and sys.stdout.isatty())
+        self.bar = None
+        tqdm = None
+        if enabled and use_bar:
+            try:
+                from tqdm import tqdm
+            except ImportError:  # no tqdm: log lines instead
+                pass
+        if tqdm is not None:
+            self.bar = tqdm(total=total, desc=f"epoch {epoch + 1}/{epochs}", dynamic_ncols=True, leave=True)
+        self.t0 = time.time()
+
+    def wants(self, it: int) -> bool:
+        """Whether iteration ``it`` is a point that shows values (they cost a host sync on GPU); the
+        same on every rank, whether or not this rank displays anything."""
+        return (it + 1) % self.log_period == 0 or it + 1 == self.total
+
+    def update(self, it: int, values: Optional[Dict[str, float]] = None) -> None:
+        if not self.enabled:
+            return
+        text = None if values is None else {k: (f"{v:.3g}" if isinstance(v, float) else v) for k, v in values.items()}
+        if self.bar is not None:
+            if text is not None:
+                self.bar.set_postfix(text, refresh=False)
+            self.bar.update(1)
+        elif text is not None:
+            self.log.info("epoch %d/%d iter %d/%d %s", self.epoch + 1, self.epochs, it + 1, self.total,
+                          " ".join(f"{k}={v}" for k, v in text.items()))
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()

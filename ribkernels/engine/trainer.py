@@ -1,0 +1,417 @@
+"""The training / evaluation loops of train.py (SPEC §4): TransReID recipe + η·IBB, DDP, checkpoints."""
+import contextlib
+import hashlib
+import math
+import os
+import signal
+import time
+from typing import Dict, List, Optional
+
+import torch
+import torch.nn.functional as F
+
+from . import checkpoint as ckpt_io
+from . import components
+from . import distributed as du
+from .config import dump
+from .reporting import Metrics, Progress, plot_curves, results_table, setup_logging
+from .scheduler import WarmupCosineLR
+
+
+def _epoch_seed(seed: int, epoch: int, rank: int, salt: int = 0) -> int:
+    """A seed for (epoch, rank): every epoch starts from a state that does not depend on what ran
+    before it, so resuming at an epoch boundary reproduces an uninterrupted run exactly."""
+    h = hashlib.sha256(f"{seed}/{epoch}/{rank}/{salt}".encode()).digest()
+    return int.from_bytes(h[:4], "little") & 0x7FFFFFFF
+
+
+def param_digest(model: torch.nn.Module) -> str:
+    """SHA-256 of all parameters and buffers (names, shapes, bytes), for cross-rank comparisons."""
+    h = hashlib.sha256()
+    for name, t in sorted(ckpt_io.model_state_from(model.state_dict()).items()):
+        h.update(name.encode())
+        h.update(str(tuple(t.shape)).encode())
+        h.update(t.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+class Trainer:
+    def __init__(self, cfg: Dict, *, resume: Optional[str] = None, stop_after: Optional[int] = None,
+                 eval_only: bool = False):
+        self.cfg = cfg
+        self.device = du.setup(cfg["solver"]["device"])
+        self.rank, self.world = du.rank(), du.world_size()
+        self.main = du.is_main()
+        self.stop_after = stop_after
+        self.eval_only = eval_only
+        self.run_dir = self._make_run_dir(resume)
+        self.log = setup_logging(self.run_dir, self.main)
+        if self.main:
+            dump(cfg, os.path.join(self.run_dir, "config.yaml"))
+        self.log.info("run folder %s | device %s | world size %d", self.run_dir, self.device, self.world)
+
+        s = cfg["solver"]
+        if s["num_threads"]:
+            torch.set_num_threads(int(s["num_threads"]))
+        ckpt_io.seed_everything(s["seed"])  # same model initialisation on every rank
+        self.data = components.build_data(cfg, self.rank, self.world)
+        self.log.info("dataset %s: %d train images of %d ids / %d cameras, %d query, %d gallery",
+                      cfg["data"]["dataset"], len(self.data.train), self.data.num_classes, self.data.num_cams,
+                      len(self.data.query), len(self.data.gallery))
+        self.model = components.build_model(cfg, self.data).to(self.device)
+        self.log.info("model %s (attn %s): %.2fM parameters", cfg["model"]["name"], cfg["model"]["attn_impl"],
+                      sum(p.numel() for p in self.model.parameters()) / 1e6)
+        self.ibb = components.build_ibb(cfg, self.data, self.model)
+        if self.ibb is not None:
+            self.ibb.to(self.device)
+
+        self.use_amp = self.device.type == "cuda" and s["amp"] in ("bf16", "fp16")
+        self.amp_dtype = torch.bfloat16 if s["amp"] == "bf16" else torch.float16
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp and s["amp"] == "fp16")
+
+        self.iters_per_epoch = len(components.epoch_indices(self.data, cfg, s["seed"], 0, self.rank, self.world)) \
+            // self.local_batch
+        if s["max_iters_per_epoch"]:
+            self.iters_per_epoch = min(self.iters_per_epoch, int(s["max_iters_per_epoch"]))
+        if self.iters_per_epoch < 1:
+            raise ValueError(f"the PK sampler gives no full batch of {self.local_batch} per rank; "
+                             "use a smaller data.batch_size or more training identities")
+        self.optimizer = self._make_optimizer()
+        self.scheduler = WarmupCosineLR(
+            self.optimizer, total_iters=s["epochs"] * self.iters_per_epoch,
+            warmup_iters=min(s["epochs"], s["warmup_epochs"]) * self.iters_per_epoch,
+            warmup_factor=s["warmup_factor"], min_factor=s["min_lr_factor"])
+        self.id_loss, self.tri_loss = components.build_losses(cfg, self.data.num_classes)
+
+        self.start_epoch, self.start_iter = 0, 0
+        self.metrics = Metrics(os.path.join(self.run_dir, "metrics.json") if self.main else None)
+        self.metrics.data["config_name"] = cfg["_meta"]["config_name"]
+        self.input_clusters_ready = False
+        if resume:
+            self._load(resume)
+
+        self.net = self.model
+        if s["compile"]:
+            self.net = torch.compile(self.net)
+        if self.world > 1:
+            self.net = torch.nn.parallel.DistributedDataParallel(
+                self.net, device_ids=[self.device.index] if self.device.type == "cuda" else None,
+                find_unused_parameters=False)
+        self._interrupted = False
+
+    # ------------------------------------------------------------------ set-up helpers
+    @property
+    def local_batch(self) -> int:
+        b = self.cfg["data"]["batch_size"]
+        if b % self.world:
+            raise ValueError(f"data.batch_size ({b}) must be divisible by the number of processes ({self.world})")
+        return b // self.world
+
+    def _make_run_dir(self, resume: Optional[str]) -> str:
+        out = self.cfg["output"]["output_dir"]
+        if not out and resume and resume != "auto":
+            out = os.path.dirname(os.path.abspath(resume))
+        if not out:
+            stamp = time.strftime("%Y%m%d-%H%M%S")
+            out = os.path.join("runs", f"{self.cfg['_meta']['config_name']}-{stamp}")
+        out = du.broadcast_object(out)
+        if self.main:
+            os.makedirs(out, exist_ok=True)
+        du.barrier()
+        return out
+
+    def _make_optimizer(self) -> torch.optim.Optimizer:
+        s = self.cfg["solver"]
+        decay, bias = [], []
+        for name, p in self.model.named_parameters():
+            if p.requires_grad:
+                (bias if name.endswith(".bias") else decay).append(p)
+        groups = [{"params": decay, "lr": s["base_lr"], "weight_decay": s["weight_decay"]}]
+        if bias:
+            groups.append({"params": bias, "lr": s["base_lr"] * s["bias_lr_factor"], "weight_decay": s["weight_decay"]})
+        if s["optimizer"] == "adamw":
+            return torch.optim.AdamW(groups, lr=s["base_lr"], betas=(s["momentum"], 0.999))
+        return torch.optim.SGD(groups, lr=s["base_lr"], momentum=s["momentum"])
+
+    def _autocast(self):
+        if self.use_amp:
+            return torch.autocast("cuda", dtype=self.amp_dtype)
+        return contextlib.nullcontext()
+
+    # ------------------------------------------------------------------ checkpoints
+    def _state(self, epoch: int, it: int) -> Dict:
+        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),
+                "ibb": self.ibb.state_dict() if self.ibb is not None else None,
+                "input_clusters_ready": self.input_clusters_ready,
+                "rng": ckpt_io.rng_state(), "epoch": epoch, "iter": it, "metrics": self.metrics.data,
+                "config": self.cfg, "world_size": self.world}
+
+    def save(self, epoch: int, it: int = 0, name: str = "last.pth") -> Optional[str]:
+        """Checkpoint of the state *before* (epoch, it): resuming continues from there."""
+        if not self.main:
+            return None
+        path = ckpt_io.save_atomic(self._state(epoch, it), os.path.join(self.run_dir, name))
+        self.log.info("checkpoint %s (epoch %d, iter %d)", path, epoch, it)
+        return path
+
+    def _load(self, path: str) -> None:
+        if path == "auto":
+            path = os.path.join(self.run_dir, "last.pth")
+        state = ckpt_io.load(path)
+        self.model.load_state_dict(ckpt_io.model_state_from(state))
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        if self.ibb is not None and state.get("ibb") is not None:
+            self.ibb.load_state_dict(state["ibb"])
+            self.input_clusters_ready = bool(state.get("input_clusters_ready"))
+        ckpt_io.set_rng_state(state["rng"])
+        self.start_epoch, self.start_iter = int(state["epoch"]), int(state["iter"])
+        self.metrics.data = state["metrics"]
+        self.metrics.write()
+        if state.get("world_size", 1) != self.world:
+            self.log.warning("resuming a %d-process run with %d processes: the data order differs",
+                             state.get("world_size", 1), self.world)
+        self.log.info("resumed from %s at epoch %d iter %d", path, self.start_epoch, self.start_iter)
+
+    # ------------------------------------------------------------------ IBB
+    def ibb_active(self, epoch: int) -> bool:
+        return self.ibb is not None and epoch >= self.cfg["ibb"]["ibb_start_epoch"]
+
+    def _maybe_refresh_ibb(self, epoch: int) -> Optional[float]:
+        c = self.cfg["ibb"]
+        if not self.ibb_active(epoch) or (epoch - c["ibb_start_epoch"]) % c["ibb_refresh"]:
+            return None
+        t0 = time.time()
+        if not self.input_clusters_ready:
+            images = components.input_cluster_images(self.data, self.cfg, self.cfg["solver"]["seed"],
+                                                     self.rank, self.world)
+            self.ibb.set_input_clusters(images.to(self.device))
+            self.input_clusters_ready = True
+        feats, labels = components.extract_global_features(
+            self.model, self.data.train_eval_loader(self.cfg, self.rank, self.world), self.device, self._autocast,
+            self.cfg["model"])
+        self.ibb.refresh(feats, labels)
+        dt = time.time() - t0
+        self.log.info("IBB refresh at epoch %d: %d features on this rank, %.1fs", epoch + 1, len(labels), dt)
+        return dt
+
+    # ------------------------------------------------------------------ training
+    def _install_sigint(self):
+        def handler(signum, frame):
+            if self._interrupted:  # second Ctrl-C: give up at once
+                signal.signal(signal.SIGINT, signal.default_int_handler)
+                raise KeyboardInterrupt
+            self._interrupted = True
+            self.log.warning("interrupt: saving a checkpoint after this iteration (Ctrl-C again to abort)")
+        return signal.signal(signal.SIGINT, handler)
+
+    def _stop_requested(self) -> bool:
+        flag = torch.tensor([1.0 if self._interrupted else 0.0])
+        if self.world > 1:
+            flag = du.all_reduce_mean(flag.to(self.device)).cpu()
+        return bool(flag.item() > 0)
+
+    def compute_loss(self, out: Dict, pids: torch.Tensor, epoch: int, images: torch.Tensor):
+        """TransReID's mix: 0.5·global + 0.5·mean(JPM local) for ID and triplet; + η·IBB."""
+        l = self.cfg["loss"]
+        logits, feats = out["logits"], out["feats"]
+        ids = [self.id_loss(z.float(), pids) for z in logits]
+        tris = [self.tri_loss(f.float(), pids) for f in feats]
+        mix = lambda xs: xs[0] if len(xs) == 1 else 0.5 * xs[0] + 0.5 * torch.stack(xs[1:]).mean()
+        loss_id, loss_tri = mix(ids), mix(tris)
+        loss = l["id_weight"] * loss_id + l["tri_weight"] * loss_tri
+        terms = {"loss_id": loss_id.detach(), "loss_tri": loss_tri.detach()}
+        if self.ibb_active(epoch):
+            ibb, t1, t2 = components.ibb_terms(self.ibb, out["global_feat"].float(), pids, images)
+            loss = loss + l["eta"] * ibb
+            terms.update(ibb=ibb.detach(), ibb_term1=t1, ibb_term2=t2, loss_ibb_weighted=l["eta"] * ibb.detach())
+        terms["loss"] = loss.detach()
+        return loss, terms
+
+    def train_step(self, batch, epoch: int, with_keep_fraction: bool = True):
+        """One optimiser step; returns the detached loss terms (tensors) and, if asked, the fraction of
+        kept DCS channels (a host sync on GPU)."""
+        images, pids, camids, viewids = components.unpack(batch, self.device)
+        self.net.train()
+        with self._autocast():
+            out = self.net(images, cam_label=camids if self.cfg["model"]["sie_camera"] else None,
+                           view_label=viewids if self.cfg["model"]["sie_view"] else None)
+            loss, terms = self.compute_loss(out, pids, epoch, images)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        if self.cfg["solver"]["grad_clip"]:
+            self.scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg["solver"]["grad_clip"])
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.scheduler.step()
+        if with_keep_fraction and hasattr(self.model, "keep_fraction"):
+            kf = self.model.keep_fraction()
+            if kf is not None:
+                terms["keep_fraction"] = float(kf)
+        return terms
+
+    def train_epoch(self, epoch: int, start_iter: int = 0) -> Optional[Dict]:
+        """One epoch from iteration ``start_iter``; returns its record, or None when interrupted."""
+        cfg = self.cfg
+        ckpt_io.seed_everything(_epoch_seed(cfg["solver"]["seed"], epoch, self.rank))
+        refresh_s = self._maybe_refresh_ibb(epoch) if start_iter == 0 else None
+        if start_iter:
+            ckpt_io.seed_everything(_epoch_seed(cfg["solver"]["seed"], epoch, self.rank, salt=start_iter))
+        indices = components.epoch_indices(self.data, cfg, cfg["solver"]["seed"], epoch, self.rank, self.world,
+                                           min_len=self.iters_per_epoch * self.local_batch)
+        indices = indices[: self.iters_per_epoch * self.local_batch][start_iter * self.local_batch:]
+        loader = self.data.train_loader(cfg, indices, self.local_batch,
+                                        seed=_epoch_seed(cfg["solver"]["seed"], epoch, self.rank, salt=1))
+        prog = Progress(self.iters_per_epoch, epoch, cfg["solver"]["epochs"], self.log, cfg["output"]["progress"],
+                        cfg["output"]["log_period"], enabled=self.main)
+        if prog.bar is not None and start_iter:
+            prog.bar.update(start_iter)
+        sums: Dict[str, torch.Tensor] = {}  # on the device: no host sync per iteration
+        counts: Dict[str, int] = {}
+        t0 = time.time()
+        n_images = 0
+        for it, batch in enumerate(loader, start=start_iter):
+            need = prog.wants(it)
+            terms = self.train_step(batch, epoch, with_keep_fraction=need)
+            for k, v in terms.items():
+                if v is None:
+                    continue
+                v = torch.as_tensor(v, dtype=torch.float64, device=self.device).detach()
+                sums[k] = sums[k] + v if k in sums else v
+                counts[k] = counts.get(k, 0) + 1
+            n_images += self.local_batch * self.world
+            show = None
+            if need and self.main:
+                show = {k: float(terms[k]) for k in ("loss", "loss_id", "loss_tri", "ibb") if terms.get(k) is not None}
+                if not math.isfinite(show["loss"]):
+                    raise FloatingPointError(f"loss is {show['loss']} at epoch {epoch + 1} iter {it + 1}: {show}")
+                show["lr"] = self.scheduler.get_last_lr()[0]
+                show["img/s"] = f"{n_images / max(time.time() - t0, 1e-9):.0f}"
+            prog.update(it, show)
+            # Under DDP the stop flag is agreed on (an all-reduce, a sync) only every log_period
+            # iterations, the same ones on every rank.
+            if it + 1 < self.iters_per_epoch and (need or self.world == 1) and self._stop_requested():
+                prog.close()
+                self.save(epoch, it + 1, "last.pth")
+                return None
+        prog.close()
+        du.broadcast_buffers(self.model)
+        dt = time.time() - t0
+        record = {"epoch": epoch + 1, "lr": self.scheduler.get_last_lr()[0], "time_s": dt,
+                  "images_per_s": n_images / max(dt, 1e-9), "ibb_on": self.ibb_active(epoch)}
+        if refresh_s is not None:
+            record["ibb_refresh_s"] = refresh_s
+        local = torch.stack([sums[k] / counts[k] for k in sorted(sums)])
+        if self.world > 1:  # the same keys on every rank: mean over ranks
+            local = du.all_reduce_mean(local)
+        local = local.cpu()
+        if not math.isfinite(float(local[sorted(sums).index("loss")])):
+            raise FloatingPointError(f"the mean loss of epoch {epoch + 1} is not finite")
+        record.update({k: float(v) for k, v in zip(sorted(sums), local)})
+        return record
+
+    def fit(self) -> Optional[Dict]:
+        cfg = self.cfg
+        epochs = cfg["solver"]["epochs"]
+        last = epochs if self.stop_after is None else min(epochs, self.stop_after)
+        old_handler = self._install_sigint()
+        try:
+            start_iter = self.start_iter
+            for epoch in range(self.start_epoch, last):
+                record = self.train_epoch(epoch, start_iter)
+                start_iter = 0
+                if record is None:
+                    if self.main:
+                        plot_curves(self.metrics.data, self.run_dir)
+                    self.log.warning("stopped by interrupt; resume with --resume %s",
+                                     os.path.join(self.run_dir, "last.pth"))
+                    return None
+                self.log.info("epoch %d/%d " % (epoch + 1, epochs) + " ".join(
+                    f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in record.items()
+                    if k != "epoch"))
+                self.metrics.add_epoch(record)
+                period = cfg["eval"]["eval_period"]
+                evaluated = bool(period and (epoch + 1) % period == 0 and epoch + 1 < epochs)
+                if evaluated:
+                    self.evaluate(epoch + 1)
+                stop = self._stop_requested()
+                if (epoch + 1) % cfg["output"]["checkpoint_period"] == 0 or epoch + 1 == last or stop:
+                    self.save(epoch + 1, 0, "last.pth")
+                if self.main and (evaluated or stop or epoch + 1 == last):  # plots cost ~1 s: not every epoch
+                    plot_curves(self.metrics.data, self.run_dir)
+                if stop and epoch + 1 < epochs:
+                    self.log.warning("stopped by interrupt; resume with --resume %s",
+                                     os.path.join(self.run_dir, "last.pth"))
+                    return None
+        finally:
+            signal.signal(signal.SIGINT, old_handler)
+        self._write_digest()
+        if last < epochs:
+            self.log.info("stopped after epoch %d of %d (--stop-after); resume with --resume %s", last, epochs,
+                          os.path.join(self.run_dir, "last.pth"))
+            return None
+        self.save(epochs, 0, "final.pth")
+        final = self.evaluate(epochs, final=True)
+        return final
+
+    def _write_digest(self) -> None:
+        with open(os.path.join(self.run_dir, f"params_rank{self.rank}.sha256"), "w") as f:
+            f.write(param_digest(self.model) + "\n")
+            if self.ibb is not None:
+                f.write(param_digest(self.ibb) + "\n")
+
+    # ------------------------------------------------------------------ evaluation
+    def evaluate(self, epoch: int, final: bool = False) -> Optional[Dict]:
+        """Retrieval metrics on query/gallery (rank 0 only; the others wait)."""
+        result = None
+        if self.main:
+            t0 = time.time()
+            e = self.cfg["eval"]
+            res = components.evaluate(self.model, self.data, self.cfg, self.device, self._autocast)
+            result = {"epoch": epoch, **res, "time_s": time.time() - t0}
+            self.log.info("eval epoch %d: mAP %.2f%% Rank-1 %.2f%% Rank-5 %.2f%% Rank-10 %.2f%% mINP %.2f%% (%.1fs)",
+                          epoch, 100 * res["mAP"], 100 * res["rank1"], 100 * res["rank5"], 100 * res["rank10"],
+                          100 * res["mINP"], result["time_s"])
+            self.metrics.add_eval(result)
+            if final:
+                final_rec = dict(res)
+                if self.model_keep_fraction_eval() is not None:
+                    final_rec["keep_fraction"] = self.model_keep_fraction_eval()
+                if e["occlusion"]:
+                    occ = components.occlusion_table(self.model, self.data, self.cfg, self.device, self._autocast)
+                    final_rec["occlusion"] = occ
+                    self.log.info("\n" + results_table(
+                        [{"name": f"occlusion {r['ratio']:.0%}", **r} for r in occ], "occlusion stress test"))
+                self.metrics.set("final", final_rec)
+                plot_curves(self.metrics.data, self.run_dir)
+                name = f"{self.cfg['_meta']['config_name']} ({self.cfg['model']['name']}, attn {self.cfg['model']['attn_impl']}" \
+                       + (", IBB" if self.ibb is not None else "") + ")"
+                table = results_table([{"name": name, **res}], f"final evaluation, epoch {epoch}")
+                with open(os.path.join(self.run_dir, "results.md"), "w") as f:
+                    f.write(table + "\n")
+                print("\n" + table + "\n", flush=True)
+                self.log.info("run folder: %s", self.run_dir)
+        du.barrier()
+        return result
+
+    def model_keep_fraction_eval(self) -> Optional[float]:
+        kf = self.model.keep_fraction() if hasattr(self.model, "keep_fraction") else None
+        return None if kf is None else float(kf)
+
+    def evaluate_checkpoint(self, checkpoint: Optional[str]) -> Optional[Dict]:
+        if checkpoint:
+            state = ckpt_io.load(checkpoint)
+            missing, unexpected = self.model.load_state_dict(ckpt_io.model_state_from(state), strict=False)
+            if missing or unexpected:
+                self.log.warning("checkpoint %s: missing %s, unexpected %s", checkpoint, missing, unexpected)
+            epoch = int(state.get("epoch", 0)) if isinstance(state, dict) else 0
+        else:
+            self.log.warning("--eval-only without --checkpoint: evaluating the freshly initialised model")
+            epoch = 0
+        return self.evaluate(epoch, final=True)
+
+    def close(self) -> None:
+        du.cleanup()
