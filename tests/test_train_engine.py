@@ -180,3 +180,10 @@ def test_metrics_json_plots_and_table(tmp_path):
     assert sorted(os.path.basename(p) for p in written) == ["eval.png", "ibb.png", "losses.png"]
     table = results_table([{"name": "x", **data["final"]}])
     assert "| x | 50.0 | 70.0 | 80.0 | 90.0 | 20.0 |" in table
+
+
+def test_exponent_numbers_from_flags_are_numbers():
+    # YAML 1.1 reads "3e-4" (no dot) as a string; a flag value like that must still be a number.
+    cfg = _resolve(["--lr", "3e-4", "--set", "solver.weight_decay=5e-5"])
+    assert cfg["solver"]["base_lr"] == pytest.approx(3e-4)
+    assert cfg["solver"]["weight_decay"] == pytest.approx(5e-5)

@@ -162,7 +162,13 @@ def _deep_update(a: Dict, b: Dict) -> Dict:
 
 
 def _parse_value(text: str) -> Any:
-    return yaml.safe_load(text)
+    value = yaml.safe_load(text)
+    if isinstance(value, str):  # YAML 1.1 reads "3e-4" (no dot) as a string: take it as a number
+        try:
+            return float(value)
+        except ValueError:
+            pass
+    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
