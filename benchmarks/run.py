@@ -80,7 +80,8 @@ def speedup_charts(report: Dict, out_dir: str) -> List[str]:
     for section, ours in (("dcs_attention", "triton"), ("ibb", "ext")):
         rows = report["sections"].get(section, {}).get("rows", [])
         key = lambda r: (r.get("name"), r.get("dtype"), r.get("shape"), r.get("pass"))
-        mine = {key(r): r["ms"] for r in rows if r.get("provider") == ours and r.get("ms")}
+        timed = lambda r: isinstance(r.get("ms"), (int, float)) and math.isfinite(r["ms"]) and r["ms"] > 0
+        mine = {key(r): r["ms"] for r in rows if r.get("provider") == ours and timed(r)}
         others = sorted({r["provider"] for r in rows if r.get("provider") != ours})
         if not mine or not others:
             continue
@@ -88,7 +89,7 @@ def speedup_charts(report: Dict, out_dir: str) -> List[str]:
         labels = [" ".join(str(x) for x in k if x) for k in mine]
         width = 0.8 / len(others)
         for j, prov in enumerate(others):
-            base = {key(r): r["ms"] for r in rows if r.get("provider") == prov and r.get("ms")}
+            base = {key(r): r["ms"] for r in rows if r.get("provider") == prov and timed(r)}
             vals = [base.get(k, float("nan")) / mine[k] for k in mine]
             ax.bar([i + j * width for i in range(len(mine))], vals, width, label=f"vs {prov}")
         ax.axhline(1.0, color="black", lw=0.8)
