@@ -19,17 +19,17 @@ if command -v nvcc >/dev/null; then export CUDA_HOME=${CUDA_HOME:-$(dirname "$(d
 export TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0}
 export MAX_JOBS=${MAX_JOBS:-16}
 t0=$(date +%s)
-timeout 240 $PY setup.py build_ext --inplace > "$OUT/build.log" 2>&1; rc=$?
+timeout 150 $PY setup.py build_ext --inplace > "$OUT/build.log" 2>&1; rc=$?
 echo "build rc=$rc in $(( $(date +%s) - t0 ))s (log: build.log)"; tail -5 "$OUT/build.log"
 
 echo "== GPU tests"
 t0=$(date +%s)
-timeout 180 $PY -m pytest -q -m gpu -x --junitxml="$OUT/gpu_tests.xml" tests 2>&1 | tail -25
+timeout 210 $PY -m pytest -q -m gpu -x --junitxml="$OUT/gpu_tests.xml" tests 2>&1 | tail -25
 echo "gpu tests done in $(( $(date +%s) - t0 ))s"
 
 echo "== benchmarks (quick)"
 RES="$OUT/report"
-timeout 200 $PY -m benchmarks.run --device cuda --quick --out "$RES" > "$OUT/bench.log" 2>&1; rc=$?
+timeout 180 $PY -m benchmarks.run --device cuda --quick --out "$RES" > "$OUT/bench.log" 2>&1; rc=$?
 echo "bench rc=$rc"; tail -3 "$OUT/bench.log"
 for f in "$RES"/*; do cp "$f" "$OUT/" 2>/dev/null; done
 rm -rf "$RES"
