@@ -139,20 +139,12 @@ def main(argv=None) -> int:
         print("bench_dcs_attention: needs a CUDA device (or --cpu for tiny shapes under the Triton "
               "interpreter); nothing measured.")
         return 0
-    from benchmarks.common import environment
+    from benchmarks.common import environment, markdown_table
 
     env = environment(device)
     print(" · ".join(f"{k} {v}" for k, v in env.items()))
     rows = run(device, args.quick or args.cpu, [p for p in args.providers.split(",") if p])
-    cols = ["provider", "pass", "dtype", "shape", "ms", "TFLOPs", "GBps", "peak_mem_MB", "note"]
-    print("| " + " | ".join(cols) + " |")
-    print("|" + "---|" * len(cols))
-    for r in rows:
-        cells = []
-        for c in cols:
-            x = r.get(c, "")
-            cells.append(f"{x:.4g}" if isinstance(x, float) else str(x))
-        print("| " + " | ".join(cells) + " |")
+    print(markdown_table(rows, ["provider", "pass", "dtype", "shape", "ms", "TFLOPs", "GBps", "peak_mem_MB", "note"]))
     return 0
 
 

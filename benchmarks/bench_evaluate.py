@@ -25,6 +25,7 @@ from typing import Callable, Dict, List, Tuple
 import numpy as np
 import torch
 
+from benchmarks.common import markdown_table
 from ribkernels.reid import compute_distance_matrix, evaluate, evaluate_rank
 
 NOISE = 2.6  # per-dimension noise around unit-variance identity centres: mAP ~ 0.6, not saturated
@@ -155,15 +156,7 @@ def main(argv=None) -> int:
         ap.error("--device cuda: no CUDA device is visible")
     print(f"torch {torch.__version__}, numpy {np.__version__}, {torch.get_num_threads()} threads, device {args.device}")
     rows = run(args.device, args.quick)
-    cols = ["name", "provider", "shape", "ms", "peak_mem_MB", "peak_cuda_MB", "mAP", "rank1", "mINP"]
-    print("| " + " | ".join(cols) + " |")
-    print("|" + "---|" * len(cols))
-    for r in rows:
-        cells = []
-        for c in cols:
-            v = r.get(c, "")
-            cells.append(f"{v:.4g}" if isinstance(v, float) and not np.isnan(v) else ("–" if isinstance(v, float) else str(v)))
-        print("| " + " | ".join(cells) + " |")
+    print(markdown_table(rows, ["name", "provider", "shape", "ms", "peak_mem_MB", "peak_cuda_MB", "mAP", "rank1", "mINP"]))
     return 0
 
 

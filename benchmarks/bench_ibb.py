@@ -24,7 +24,7 @@ from typing import Dict, List
 import torch
 import torch.nn.functional as F
 
-from benchmarks.common import median_ms
+from benchmarks.common import markdown_table, median_ms
 from ribkernels.ibb import extension_status, ibb_loss, kmeans_step, soft_counts
 from ribkernels.ibb.reference import ibb_eager
 from ribkernels.nn.ibb_loss import IBBLoss
@@ -155,12 +155,7 @@ def main(argv=None) -> None:
     ap.add_argument("--quick", action="store_true")
     args = ap.parse_args(argv)
     rows = run(args.device, args.quick)
-    cols = ["name", "pass", "shape", "provider", "ms", "TFLOPs", "GBps", "speedup_vs_eager"]
-    print("| " + " | ".join(cols) + " |\n|" + "---|" * len(cols))
-    for r in rows:
-        vals = [r.get(c, "") for c in cols]
-        print("| " + " | ".join(f"{v:.3g}" if isinstance(v, float) else str(v) for v in vals) + " |")
-
+    print(markdown_table(rows, ["name", "pass", "shape", "provider", "ms", "TFLOPs", "GBps", "speedup_vs_eager"]))
 
 if __name__ == "__main__":
     main()

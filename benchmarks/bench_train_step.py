@@ -17,6 +17,7 @@ from typing import Dict, List
 
 import torch
 
+from benchmarks.common import markdown_table
 from ribkernels.engine.components import _Triplet
 from ribkernels.models import build_model
 from ribkernels.nn.ibb_loss import IBBLoss
@@ -120,12 +121,7 @@ def main(argv=None) -> None:
     ap.add_argument("--quick", action="store_true")
     args = ap.parse_args(argv)
     rows = run(args.device, args.quick)
-    cols = ["provider", "model", "dtype", "shape", "ms", "images_per_s", "peak_mem_MB", "vs_baseline"]
-    print("| " + " | ".join(cols) + " |")
-    print("|" + "---|" * len(cols))
-    for r in rows:
-        print("| " + " | ".join(f"{r[c]:.1f}" if isinstance(r[c], float) else str(r[c]) for c in cols) + " |")
-
+    print(markdown_table(rows, ["provider", "model", "dtype", "shape", "ms", "images_per_s", "peak_mem_MB", "vs_baseline"]))
 
 if __name__ == "__main__":
     main()

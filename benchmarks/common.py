@@ -1,8 +1,9 @@
 """Timing, device peaks and environment description shared by the benchmark scripts."""
+import math
 import platform
 import statistics
 import time
-from typing import Callable, Dict, List
+from typing import Callable, Dict, Iterable, List, Optional, Sequence
 
 import torch
 
@@ -70,3 +71,24 @@ def environment(device: str) -> Dict[str, str]:
     else:
         env["device"] = f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
     return env
+
+
+def format_cell(v) -> str:
+    """A table cell: floats to 3 significant digits (NaN as '–'), anything else as ``str``."""
+    if isinstance(v, float):
+        if math.isnan(v):
+            return "–"
+        return f"{v:.3g}" if abs(v) < 1000 else f"{v:.0f}"
+    return str(v)
+
+
+def markdown_table(rows: Iterable[Dict], cols: Optional[Sequence[str]] = None) -> str:
+    """Rows of dicts as a Markdown table; ``cols`` defaults to every key, in first-seen order."""
+    rows = list(rows)
+    if cols is None:
+        cols = []
+        for r in rows:
+            cols += [c for c in r if c not in cols]
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    lines += ["| " + " | ".join(format_cell(r.get(c, "")) for c in cols) + " |" for r in rows]
+    return "\n".join(lines)

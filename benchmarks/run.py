@@ -23,7 +23,7 @@ from typing import Dict, List
 
 import torch
 
-from .common import environment, measure_peaks
+from .common import environment, markdown_table, measure_peaks
 
 SECTIONS = {
     "dcs_attention": "benchmarks.bench_dcs_attention",
@@ -31,14 +31,6 @@ SECTIONS = {
     "evaluate_rank": "benchmarks.bench_evaluate",
     "train_step": "benchmarks.bench_train_step",
 }
-
-
-def _fmt(v) -> str:
-    if isinstance(v, float):
-        if math.isnan(v):
-            return "–"
-        return f"{v:.3g}" if abs(v) < 1000 else f"{v:.0f}"
-    return str(v)
 
 
 def markdown(report: Dict) -> str:
@@ -58,13 +50,7 @@ def markdown(report: Dict) -> str:
         if not rows:
             lines += ["(no rows: " + sec.get("note", "nothing measured on this device") + ")", ""]
             continue
-        cols: List[str] = []
-        for r in rows:
-            cols += [c for c in r if c not in cols]
-        lines.append("| " + " | ".join(cols) + " |")
-        lines.append("|" + "---|" * len(cols))
-        for r in rows:
-            lines.append("| " + " | ".join(_fmt(r.get(c, "")) for c in cols) + " |")
+        lines.append(markdown_table(rows))
         lines.append("")
     return "\n".join(lines)
 

@@ -73,6 +73,16 @@ class Metrics:
         os.replace(tmp, self.path)
 
 
+def _save(fig, out_dir: str, name: str) -> str:
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    path = os.path.join(out_dir, name)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def plot_curves(metrics: Dict, out_dir: str) -> List[str]:
     """PNG plots: loss terms per epoch, the IBB bound and its terms, mAP/Rank-1 per evaluation."""
     import matplotlib
@@ -93,11 +103,7 @@ def plot_curves(metrics: Dict, out_dir: str) -> List[str]:
         ax.set_ylabel("mean loss")
         ax.set_title("training losses")
         ax.legend()
-        fig.tight_layout()
-        path = os.path.join(out_dir, "losses.png")
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
-        written.append(path)
+        written.append(_save(fig, out_dir, "losses.png"))
         keys = [k for k in ("ibb", "ibb_term1", "ibb_term2") if any(r.get(k) is not None for r in epochs)]
         if keys:
             fig, ax = plt.subplots(figsize=(6, 4))
@@ -114,11 +120,7 @@ def plot_curves(metrics: Dict, out_dir: str) -> List[str]:
             ax.set_ylabel("IBB (nats)")
             ax.set_title("IBB bound")
             ax.legend(loc="upper left")
-            fig.tight_layout()
-            path = os.path.join(out_dir, "ibb.png")
-            fig.savefig(path, dpi=110)
-            plt.close(fig)
-            written.append(path)
+            written.append(_save(fig, out_dir, "ibb.png"))
     evals = metrics.get("evals") or []
     if evals:
         fig, ax = plt.subplots(figsize=(6, 4))
@@ -129,11 +131,7 @@ def plot_curves(metrics: Dict, out_dir: str) -> List[str]:
         ax.set_ylabel("%")
         ax.set_title("evaluation")
         ax.legend()
-        fig.tight_layout()
-        path = os.path.join(out_dir, "eval.png")
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
-        written.append(path)
+        written.append(_save(fig, out_dir, "eval.png"))
     return written
 
 
