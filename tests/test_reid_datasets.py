@@ -1,5 +1,5 @@
 """Dataset loaders on tiny fake folder trees: counts, junk dropped, distractors kept, camera ids,
-relabelling, clear layout errors, corrupt images (skip + count, or raise), ImageDataset fallback."""
+relabelling, clear layout errors, corrupt images (one error, or skipped and counted)."""
 import os
 
 import numpy as np
@@ -110,38 +110,32 @@ def test_layout_errors(tmp_path):
 
 
 def test_corrupt_images(tmp_path):
+    """Garbage and truncated files: one error listing both by default; left out and counted with
+    skip_bad_images (never replaced by another image); ImageDataset raises with the path."""
     root = make_market(tmp_path)
     d = tmp_path / "Market-1501-v15.09.15"
-    (d / "bounding_box_train" / "0007_c3s3_077419_03.jpg").write_bytes(b"not a jpeg")
+    garbage = d / "bounding_box_train" / "0007_c3s3_077419_03.jpg"
+    garbage.write_bytes(b"not a jpeg")
     qpath = d / "query" / "0001_c1s1_001051_00.jpg"
     Image.fromarray(np.random.default_rng(0).integers(0, 255, (128, 64, 3), dtype=np.uint8)).save(qpath, quality=90)
     qpath.write_bytes(qpath.read_bytes()[: qpath.stat().st_size * 6 // 10])  # truncated: the header still parses
+    with pytest.raises(CorruptImageError) as e:
+        load_market1501(str(root))
+    assert "2 unreadable" in str(e.value) and str(garbage) in str(e.value) and str(qpath) in str(e.value)
     with pytest.warns(RuntimeWarning, match="0007_c3s3_077419_03.jpg"):
-        data = load_market1501(str(root))
-    assert len(data.skipped) == 1 and len(data.train) == 5 and data.num_train_pids == 2
-    assert "skipped 1" in data.summary()
-    with pytest.raises(CorruptImageError, match="0007_c3s3_077419_03.jpg"):
-        load_market1501(str(root), on_corrupt="raise")
-    with pytest.warns(RuntimeWarning):  # full decoding also catches the truncated file
-        data = load_market1501(str(root), verify="full")
-    assert len(data.skipped) == 2 and len(data.query) == 1
-    # without verification, the dataset substitutes another image of the same pid and counts it
-    data = load_market1501(str(root), verify="none")
+        data = load_market1501(str(root), skip_bad_images=True)
+    assert len(data.bad_images) == 2 and len(data.train) == 5 and len(data.query) == 1
+    assert data.num_train_pids == 2 and data.dropped_train_pids == [7]  # pid 7 had one image
+    assert "skipped 2" in data.summary()
+    with pytest.raises(ValueError, match="truncated files"):
+        load_market1501(str(root), verify="header")
+    data = load_market1501(str(root), verify="none")  # not decoded: the bad files are still listed
     ds = ImageDataset(data.train, transform=build_transforms(32, 16, is_train=True))
-    bad_i = [i for i, (p, _, _) in enumerate(ds.items) if p.endswith("0007_c3s3_077419_03.jpg")][0]
-    ok_i = bad_i + 1 if ds.items[bad_i + 1][1] == ds.items[bad_i][1] else bad_i - 1
-    with pytest.raises(CorruptImageError, match="every image of pid"), \
-            pytest.warns(RuntimeWarning, match="0007_c3s3_077419_03.jpg"):  # pid 7 has a single image
+    bad_i = [i for i, (p, _, _) in enumerate(ds.items) if p == str(garbage)][0]
+    with pytest.raises(CorruptImageError, match="0007_c3s3_077419_03.jpg"):
         ds[bad_i]
-    assert ds.num_skipped == 1
-    sample = ds[ok_i]
-    assert sample["img"].shape == (3, 32, 16) and sample["pid"] == ds.items[ok_i][1]
-    q = ImageDataset([data.query[0], (data.gallery[1][0], data.query[0][1], 3)])  # same pid, second is readable
-    with pytest.warns(RuntimeWarning, match="0001_c1s1_001051_00.jpg"):
-        s = q[0]
-    assert s["path"] == data.gallery[1][0] and q.num_skipped == 1
-    with pytest.raises(CorruptImageError, match="0001_c1s1_001051_00.jpg"):
-        ImageDataset(data.query, on_corrupt="raise")[0]
+    sample = ds[bad_i - 1]
+    assert sample["img"].shape == (3, 32, 16) and sample["path"] == ds.items[bad_i - 1][0]
 
 
 def test_dataloader_workers(tmp_path):

@@ -37,6 +37,7 @@ class DataBundle:
     pin_memory: bool
     sampler: object
     name: str = ""
+    bad_images: Tuple[Tuple[str, str], ...] = ()  # (path, reason) left out with data.skip_bad_images
 
     def train_loader(self, cfg: Dict, indices: Sequence[int], batch_size: int, seed: int):
         return D.make_loader(ImageDataset(self.train, self.train_transform), indices, batch_size,
@@ -56,6 +57,7 @@ def build_data(cfg: Dict, rank: int = 0, world: int = 1) -> DataBundle:
     d = cfg["data"]
     name = d["dataset"]
     kwargs = dict(d["dataset_kwargs"] or {})
+    kwargs["skip_bad_images"] = bool(d.get("skip_bad_images", False))
     if name == "synthetic":
         root = d["data_root"] if d["data_root"] not in (None, "", "data") else None
         # Rank 0 generates the cache first; the generator is atomic, this just avoids duplicate work.
@@ -68,6 +70,10 @@ def build_data(cfg: Dict, rank: int = 0, world: int = 1) -> DataBundle:
             ds = build_dataset("synthetic", root, **kwargs)
     else:
         ds = build_dataset(name, d["data_root"], **kwargs)
+    if ds.bad_images:
+        log.warning("dataset %s: skipped %d unreadable image(s) (data.skip_bad_images), e.g. %s; %d training "
+                    "identit(ies) left with no image dropped", ds.name, len(ds.bad_images), ds.bad_images[0][0],
+                    len(ds.dropped_train_pids))
     h, w = cfg["model"]["img_size"]
     common = dict(mean=d["pixel_mean"], std=d["pixel_std"])
     train_tf = build_transforms(h, w, True, flip_prob=d["flip_prob"], padding=d["padding"],
@@ -78,7 +84,8 @@ def build_data(cfg: Dict, rank: int = 0, world: int = 1) -> DataBundle:
     return DataBundle(train=list(ds.train), query=list(ds.query), gallery=list(ds.gallery),
                       num_classes=ds.num_train_pids, num_cams=ds.num_train_cams, num_views=1,
                       train_transform=train_tf, test_transform=test_tf, num_workers=int(d["num_workers"]),
-                      pin_memory=torch.cuda.is_available(), sampler=sampler, name=ds.name)
+                      pin_memory=torch.cuda.is_available(), sampler=sampler, name=ds.name,
+                      bad_images=tuple(ds.bad_images))
 
 
 def epoch_indices(data: DataBundle, cfg: Dict, seed: int, epoch: int, rank: int, world: int,

@@ -30,9 +30,10 @@ DEFAULTS: Dict[str, Dict[str, Any]] = {
         "model_kwargs": {},             # extra keyword arguments for build_model
     },
     "data": {
-        "dataset": "synthetic",         # synthetic | market1501 | dukemtmc | msmt17 | occluded_duke
+        "dataset": "synthetic",         # synthetic | market1501 | dukemtmc | msmt17 | occluded_duke | csv | folder
         "data_root": "data",
         "dataset_kwargs": {},           # extra arguments of the dataset (e.g. the synthetic sizes)
+        "skip_bad_images": False,       # leave unreadable images out (counted) instead of failing at build
         "batch_size": 64,
         "num_instances": 4,             # PK sampler: K images per identity, P = batch_size / K
         "num_workers": 4,

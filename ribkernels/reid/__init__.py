@@ -3,7 +3,9 @@ loaders and a synthetic dataset, transforms, PK samplers, an image dataset, ID/t
 evaluation (CMC/mAP/mINP, chunked distances, re-ranking) and an occlusion stress test."""
 from .datasets import (DATASETS, CorruptImageError, DatasetLayoutError, ReIDData, build_dataset,
                        load_dukemtmc, load_market1501, load_msmt17, load_occluded_duke, register_dataset,
-                       verify_images)
+                       check_dataset, relabel)
+from .image_check import check_images
+from .custom import load_csv_dataset, load_folder_dataset
 from .synthetic import SyntheticConfig, load_synthetic, make_synthetic_market
 from .transforms import build_transforms
 from .sampler import DistributedRandomIdentitySampler, RandomIdentitySampler
@@ -13,7 +15,7 @@ from .evaluation import RankResult, compute_distance_matrix, evaluate, evaluate_
 from .occlusion import add_occluder, feature_extractor, format_occlusion_table, occlusion_stress_test
 
 __all__ = ["DATASETS", "CorruptImageError", "DatasetLayoutError", "ReIDData", "build_dataset", "load_dukemtmc",
-           "load_market1501", "load_msmt17", "load_occluded_duke", "register_dataset", "verify_images",
+           "load_market1501", "load_msmt17", "load_occluded_duke", "register_dataset", "check_dataset", "relabel", "check_images", "load_csv_dataset", "load_folder_dataset",
            "SyntheticConfig", "load_synthetic", "make_synthetic_market", "build_transforms",
            "DistributedRandomIdentitySampler", "RandomIdentitySampler", "ImageDataset", "read_image",
            "CrossEntropyLabelSmooth", "TripletLoss", "RankResult", "compute_distance_matrix", "evaluate",

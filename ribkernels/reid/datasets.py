@@ -5,20 +5,29 @@ Each loader returns a :class:`ReIDData` with ``train``, ``query`` and ``gallery`
 ``(path, pid, camid)``: camids are 0-based, junk images (pid −1) are dropped, distractors (pid 0)
 are kept, and train pids are relabelled to ``0..num_train_pids−1`` (query/gallery keep the original
 pids). ``build_dataset(name, root)`` is the registry entry point.
+
+Every image is decoded in full once when the dataset is built (:func:`check_dataset`, cached by
+path + size + mtime, see :mod:`.image_check`). Unreadable images are listed by path in one
+:class:`CorruptImageError`, or, with ``skip_bad_images=True``, left out and counted in
+``ReIDData.bad_images``; a training identity left with no image is then dropped and the train
+labels are relabelled. Nothing is ever substituted.
 """
 from __future__ import annotations
 
+import inspect
 import os
 import re
 import warnings
 from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
+from .image_check import ImageCheckResult, check_images
+
 Item = Tuple[str, int, int]
 
 __all__ = ["ReIDData", "DatasetLayoutError", "CorruptImageError", "build_dataset", "register_dataset",
            "DATASETS", "load_market1501", "load_dukemtmc", "load_occluded_duke", "load_msmt17",
-           "verify_images", "IMG_EXTENSIONS"]
+           "check_dataset", "IMG_EXTENSIONS"]
 
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp")
 
@@ -33,14 +42,25 @@ class CorruptImageError(RuntimeError):
 
 @dataclass
 class ReIDData:
-    """Lists of (path, pid, camid) per split, plus what the loader skipped."""
+    """Lists of (path, pid, camid) per split, plus what the image check left out.
+
+    ``bad_images``: (path, reason) of unreadable images left out with ``skip_bad_images``;
+    ``dropped_train_pids``: original train pids left with no readable image (dropped, labels
+    relabelled); ``checked``: whether every image was decoded (:func:`check_dataset`)."""
 
     name: str
     root: str
     train: List[Item]
     query: List[Item]
     gallery: List[Item]
-    skipped: List[Tuple[str, str]] = field(default_factory=list)  # (path, reason) of unreadable images
+    bad_images: List[Tuple[str, str]] = field(default_factory=list)
+    dropped_train_pids: List[int] = field(default_factory=list)
+    checked: bool = False
+
+    @property
+    def skipped(self) -> List[Tuple[str, str]]:
+        """The images left out (same as ``bad_images``)."""
+        return self.bad_images
 
     @staticmethod
     def _stats(items: Sequence[Item]) -> Tuple[int, int, int]:
@@ -62,8 +82,8 @@ class ReIDData:
         for split in ("train", "query", "gallery"):
             i, n, c = self._stats(getattr(self, split))
             lines.append(f"  {split:<8}| {i:>6} | {n:>7} | {c:>7}")
-        if self.skipped:
-            lines.append(f"  skipped {len(self.skipped)} unreadable image(s), e.g. {self.skipped[0][0]}")
+        if self.bad_images:
+            lines.append(f"  skipped {len(self.bad_images)} unreadable image(s), e.g. {self.bad_images[0][0]}")
         return "\n".join(lines)
 
     def one_line(self) -> str:
@@ -72,7 +92,7 @@ class ReIDData:
         for split in ("train", "query", "gallery"):
             i, n, c = self._stats(getattr(self, split))
             parts.append(f"{split} {i} ids/{n} imgs/{c} cams")
-        return f"{self.name}: " + " | ".join(parts) + (f" | skipped {len(self.skipped)}" if self.skipped else "")
+        return f"{self.name}: " + " | ".join(parts) + (f" | skipped {len(self.bad_images)}" if self.bad_images else "")
 
     def __str__(self) -> str:
         return self.one_line()
@@ -80,40 +100,82 @@ class ReIDData:
 
 # ----------------------------------------------------------------------------------------------- checks
 
-def verify_images(items: List[Item], mode: str = "header", on_corrupt: str = "skip"
-                  ) -> Tuple[List[Item], List[Tuple[str, str]]]:
-    """Check that each image opens. mode: ``"none"``, ``"header"`` (open + parse the header: catches
-    empty, garbage and wrong-format files; fast) or ``"full"`` (decode every pixel: also catches
-    truncated files). on_corrupt: ``"skip"`` (warn once with the count and first paths, drop them)
-    or ``"raise"`` (:class:`CorruptImageError` naming the first bad path)."""
-    if mode not in ("none", "header", "full"):
-        raise ValueError(f"verify: expected 'none', 'header' or 'full', got {mode!r}")
-    if on_corrupt not in ("skip", "raise"):
-        raise ValueError(f"on_corrupt: expected 'skip' or 'raise', got {on_corrupt!r}")
-    if mode == "none":
-        return items, []
-    from PIL import Image
+MAX_LISTED = 100  # bad images shown in an error message; the full list goes to a file beside the cache
 
-    good, bad = [], []
-    for it in items:
-        try:
-            with Image.open(it[0]) as im:
-                if mode == "full":
-                    im.load()
-                else:
-                    im.verify()
-        except Exception as exc:  # PIL raises many types for bad files
-            reason = f"{type(exc).__name__}: {exc}"
-            if on_corrupt == "raise":
-                raise CorruptImageError(f"cannot read image {it[0]}: {reason}") from exc
-            bad.append((it[0], reason))
-            continue
-        good.append(it)
-    if bad:
-        shown = "; ".join(f"{p} ({r})" for p, r in bad[:3])
-        warnings.warn(f"skipped {len(bad)} unreadable image(s): {shown}" + (" ..." if len(bad) > 3 else ""),
-                      RuntimeWarning, stacklevel=3)
-    return good, bad
+
+def _check_args(verify: str, on_corrupt: Optional[str], skip_bad_images: Optional[bool]) -> bool:
+    """Validate the image-check options; returns skip_bad_images (``on_corrupt`` is its older spelling)."""
+    if verify not in ("full", "none"):
+        raise ValueError(f"verify: expected 'full' (decode every image once, cached) or 'none', got {verify!r}"
+                         + (" ('header' checks miss truncated files and are no longer offered)" if verify == "header" else ""))
+    if on_corrupt not in (None, "skip", "raise"):
+        raise ValueError(f"on_corrupt: expected 'skip' or 'raise', got {on_corrupt!r}")
+    if skip_bad_images is not None and not isinstance(skip_bad_images, bool):
+        raise TypeError(f"skip_bad_images: expected a bool, got {skip_bad_images!r}")
+    if skip_bad_images is None:
+        return on_corrupt == "skip"
+    if on_corrupt is not None and (on_corrupt == "skip") != skip_bad_images:
+        raise ValueError(f"on_corrupt={on_corrupt!r} contradicts skip_bad_images={skip_bad_images}")
+    return skip_bad_images
+
+
+def _bad_list_file(check: ImageCheckResult, root: str, lines: List[str]) -> Optional[str]:
+    base = os.path.dirname(check.cache_file) if check.cache_file else root
+    path = os.path.join(base, "bad-images.txt")
+    try:
+        with open(path, "w") as f:
+            f.write("\n".join(lines) + "\n")
+    except OSError:
+        return None
+    return path
+
+
+def check_dataset(data: ReIDData, *, skip_bad_images: bool = False, workers: Optional[int] = None,
+                  progress: Optional[bool] = None, cache: bool = True) -> ReIDData:
+    """Decode every image of ``data`` once (parallel, cached in ``data.root``); returns ``data``.
+
+    Unreadable images raise one :class:`CorruptImageError` listing them all by split and path, or,
+    with ``skip_bad_images``, are removed and listed in ``data.bad_images`` (a warning gives the
+    count). A training identity left with no image is then dropped (``data.dropped_train_pids``)
+    and the train labels relabelled to ``0..n-1``; an empty split is an error."""
+    splits = {s: getattr(data, s) for s in ("train", "query", "gallery")}
+    check = check_images([p for items in splits.values() for p, _, _ in items], data.root if cache else None,
+                         workers=workers, progress=progress)
+    data.checked = True
+    if not check.bad:
+        return data
+    listed = [(s, p, check.bad[os.path.abspath(p)]) for s, items in splits.items() for p, _, _ in items
+              if os.path.abspath(p) in check.bad]
+    lines = [f"{s:<8}{p}  ({why})" for s, p, why in listed]
+    if not skip_bad_images:
+        more = ""
+        if len(lines) > MAX_LISTED:
+            full = _bad_list_file(check, data.root, lines)
+            more = f"\n  ... and {len(lines) - MAX_LISTED} more" + (f" (full list: {full})" if full else "")
+        raise CorruptImageError(
+            f"{data.name}: {len(listed)} unreadable image(s) under {data.root} (every image is decoded in full "
+            f"when the dataset is built):\n  " + "\n  ".join(lines[:MAX_LISTED]) + more +
+            "\nReplace or delete these files, or pass --skip-bad-images (config data.skip_bad_images: true) to "
+            "leave them out; they are then counted in the log and metrics, and a training identity left with "
+            "no image is dropped (train labels relabelled).")
+    orig_train_pids = sorted({pid for _, pid, _ in data.train})
+    for s, items in splits.items():
+        setattr(data, s, [it for it in items if os.path.abspath(it[0]) not in check.bad])
+    data.bad_images = [(p, why) for _, p, why in listed]
+    left = {pid for _, pid, _ in data.train}
+    data.dropped_train_pids = [pid for pid in orig_train_pids if pid not in left]
+    data.train = _relabel(data.train)
+    msg = (f"{data.name}: skipped {len(listed)} unreadable image(s) (--skip-bad-images): "
+           + "; ".join(lines[:3]) + (" ..." if len(lines) > 3 else ""))
+    if data.dropped_train_pids:
+        msg += (f"; {len(data.dropped_train_pids)} training identit{'y' if len(data.dropped_train_pids) == 1 else 'ies'} "
+                f"left with no image dropped (train labels relabelled 0..{data.num_train_pids - 1})")
+    warnings.warn(msg, RuntimeWarning, stacklevel=2)
+    for s in splits:
+        if not getattr(data, s):
+            raise CorruptImageError(f"{data.name}: the {s} split has no readable image left after skipping "
+                                    f"{len(listed)} unreadable image(s), e.g. {listed[0][1]}")
+    return data
 
 
 def _layout_error(root: str, name: str, expected: str, problem: str) -> DatasetLayoutError:
@@ -137,10 +199,11 @@ def _relabel(items: List[Item]) -> List[Item]:
 
 # --------------------------------------------------------------------------- Market / Duke style folders
 
-_PATTERN = re.compile(r"^([-\d]+)_c(\d+)")
+_PATTERN = re.compile(r"^(-1|\d+)_c(\d+)(?=\D)")  # "<pid>_c<cam>" then a non-digit; pid -1 is junk
 
 
-def _scan_named_dir(d: str, name: str, root: str, expected: str, num_cams: int, max_pid: Optional[int]) -> List[Item]:
+def _scan_named_dir(d: str, name: str, root: str, expected: str, num_cams: int, max_pid: Optional[int],
+                    example: str) -> List[Item]:
     items: List[Item] = []
     files = sorted(f for f in os.listdir(d) if f.lower().endswith(IMG_EXTENSIONS))
     if not files:
@@ -149,7 +212,8 @@ def _scan_named_dir(d: str, name: str, root: str, expected: str, num_cams: int, 
         m = _PATTERN.match(f)
         if m is None:
             raise _layout_error(root, name, expected,
-                                f"file name {os.path.join(d, f)!r} does not match '<pid>_c<cam>...'")
+                                f"file name {os.path.join(d, f)!r} does not match the pattern '{example}' "
+                                "(<pid>: digits, or -1 for junk; <cam>: digits)")
         pid, cam = int(m.group(1)), int(m.group(2))
         if pid == -1:
             continue  # junk
@@ -162,7 +226,9 @@ def _scan_named_dir(d: str, name: str, root: str, expected: str, num_cams: int, 
 
 
 def _load_named(root: str, name: str, subdirs: Sequence[str], num_cams: int, max_pid: Optional[int],
-                verify: str, on_corrupt: str, example: str = "<pid>_c<cam>s<seq>_<frame>_<n>.jpg") -> ReIDData:
+                verify: str, on_corrupt: Optional[str], skip_bad_images: Optional[bool],
+                example: str = "<pid>_c<cam>s<seq>_<frame>_<n>.jpg") -> ReIDData:
+    skip = _check_args(verify, on_corrupt, skip_bad_images)
     splits = ("bounding_box_train", "query", "bounding_box_test")
     expected = (f"  {root}/[{' | '.join(subdirs)}/]\n" + "".join(f"      {s}/  {example}\n" for s in splits))
     if not os.path.isdir(root):
@@ -170,43 +236,47 @@ def _load_named(root: str, name: str, subdirs: Sequence[str], num_cams: int, max
     d = _find_dir(root, subdirs, splits)
     if d is None:
         raise _layout_error(root, name, expected, f"none of {list(subdirs)} (nor root) holds {list(splits)}")
-    train = _scan_named_dir(os.path.join(d, splits[0]), name, root, expected, num_cams, max_pid)
-    query = _scan_named_dir(os.path.join(d, splits[1]), name, root, expected, num_cams, max_pid)
-    gallery = _scan_named_dir(os.path.join(d, splits[2]), name, root, expected, num_cams, max_pid)
-    return _finish(name, d, train, query, gallery, verify, on_corrupt)
+    train, query, gallery = (_scan_named_dir(os.path.join(d, s), name, root, expected, num_cams, max_pid, example)
+                             for s in splits)
+    return _finish(name, d, train, query, gallery, verify, skip)
 
 
-def _finish(name, d, train, query, gallery, verify, on_corrupt) -> ReIDData:
-    skipped: List[Tuple[str, str]] = []
-    out = []
-    for items in (train, query, gallery):
-        good, bad = verify_images(items, verify, on_corrupt)
-        out.append(good)
-        skipped += bad
-    return ReIDData(name, d, _relabel(out[0]), out[1], out[2], skipped)
+def _finish(name: str, d: str, train: List[Item], query: List[Item], gallery: List[Item], verify: str,
+            skip_bad_images: bool) -> ReIDData:
+    data = ReIDData(name, d, train, query, gallery)
+    if verify == "full":  # before relabelling, so dropped_train_pids holds the dataset's own pids
+        check_dataset(data, skip_bad_images=skip_bad_images)
+    data.train = _relabel(data.train)
+    return data
 
 
-def load_market1501(root: str, *, verify: str = "header", on_corrupt: str = "skip") -> ReIDData:
+def load_market1501(root: str, *, verify: str = "full", skip_bad_images: Optional[bool] = None,
+                  on_corrupt: Optional[str] = None) -> ReIDData:
     """Market-1501: ``root/Market-1501-v15.09.15/`` (or ``Market-1501/``, or root itself) with
     ``bounding_box_train``, ``query``, ``bounding_box_test``; names ``0002_c1s1_000451_03.jpg``,
     cameras 1–6. 751 train ids / 12,936 images; 3,368 query; 15,913 gallery (incl. distractors)."""
     return _load_named(root, "market1501", ("Market-1501-v15.09.15", "Market-1501", "market1501"),
-                       num_cams=6, max_pid=1501, verify=verify, on_corrupt=on_corrupt)
+                       num_cams=6, max_pid=1501, verify=verify, on_corrupt=on_corrupt,
+                       skip_bad_images=skip_bad_images)
 
 
-def load_dukemtmc(root: str, *, verify: str = "header", on_corrupt: str = "skip") -> ReIDData:
+def load_dukemtmc(root: str, *, verify: str = "full", skip_bad_images: Optional[bool] = None,
+                  on_corrupt: Optional[str] = None) -> ReIDData:
     """DukeMTMC-reID: ``root/DukeMTMC-reID/`` with the three Market folders; names
     ``0001_c2_f0046182.jpg``, cameras 1–8. 702 ids / 16,522 train; 2,228 query; 17,661 gallery."""
     return _load_named(root, "dukemtmcreid", ("DukeMTMC-reID", "dukemtmc-reid", "dukemtmcreid"),
                        num_cams=8, max_pid=None, verify=verify, on_corrupt=on_corrupt,
+                       skip_bad_images=skip_bad_images,
                        example="<pid>_c<cam>_f<frame>.jpg")
 
 
-def load_occluded_duke(root: str, *, verify: str = "header", on_corrupt: str = "skip") -> ReIDData:
+def load_occluded_duke(root: str, *, verify: str = "full", skip_bad_images: Optional[bool] = None,
+                  on_corrupt: Optional[str] = None) -> ReIDData:
     """Occluded-Duke: ``root/Occluded_Duke/`` with Duke's folders and names. 702 ids / 15,618 train;
     2,210 query; 17,661 gallery."""
     return _load_named(root, "occluded_duke", ("Occluded_Duke", "Occluded-Duke", "occluded_duke"),
                        num_cams=8, max_pid=None, verify=verify, on_corrupt=on_corrupt,
+                       skip_bad_images=skip_bad_images,
                        example="<pid>_c<cam>_f<frame>.jpg")
 
 
@@ -238,12 +308,14 @@ def _read_list(list_path: str, img_dir: str, name: str, root: str, expected: str
     return items
 
 
-def load_msmt17(root: str, *, verify: str = "header", on_corrupt: str = "skip") -> ReIDData:
+def load_msmt17(root: str, *, verify: str = "full", skip_bad_images: Optional[bool] = None,
+                  on_corrupt: Optional[str] = None) -> ReIDData:
     """MSMT17 (V1 or V2): ``root/MSMT17_V1/`` (or ``MSMT17_V2/``, ``MSMT17/``, root itself) with image
     folders ``train/`` and ``test/`` (V2: ``mask_train_v2/``, ``mask_test_v2/``) and the list files
     ``list_train.txt``, ``list_val.txt`` (joined to train, as TransReID does), ``list_query.txt``,
     ``list_gallery.txt``; lines ``0000/0000_000_01_0303morning_0015_0.jpg 0``, cameras 1–15.
     1,041 ids / 32,621 train; 11,659 query; 82,161 gallery."""
+    skip = _check_args(verify, on_corrupt, skip_bad_images)
     lists = ("list_train.txt", "list_query.txt", "list_gallery.txt")
     expected = (f"  {root}/[MSMT17_V1 | MSMT17_V2 | MSMT17/]\n      train/ test/  (V2: mask_train_v2/ mask_test_v2/)\n"
                 "      list_train.txt list_val.txt list_query.txt list_gallery.txt\n"
@@ -268,7 +340,7 @@ def load_msmt17(root: str, *, verify: str = "header", on_corrupt: str = "skip") 
     for split, items in (("train", train), ("query", query), ("gallery", gallery)):
         if not items:
             raise _layout_error(root, name, expected, f"the {split} list is empty")
-    return _finish(name, d, train, query, gallery, verify, on_corrupt)
+    return _finish(name, d, train, query, gallery, verify, skip)
 
 
 # ---------------------------------------------------------------------------------------------- registry
@@ -284,20 +356,87 @@ _ALIASES = {"market": "market1501", "market-1501": "market1501", "duke": "dukemt
             "occluded-duke": "occluded_duke", "msmt": "msmt17"}
 
 
-def register_dataset(name: str, loader: Callable[..., ReIDData]) -> None:
-    DATASETS[name.lower()] = loader
+BUILTIN_DATASETS = ("market1501", "dukemtmcreid", "occluded_duke", "msmt17", "synthetic", "csv", "folder")
 
 
-def build_dataset(name: str, root: Optional[str] = None, **kwargs) -> ReIDData:
-    """Load a dataset by name: ``market1501``, ``dukemtmcreid``, ``occluded_duke``, ``msmt17`` (root
-    required) or ``synthetic`` (root optional: the cache folder; generated on first use).
-    kwargs: ``verify`` ('none' | 'header' | 'full'), ``on_corrupt`` ('skip' | 'raise'), and for
-    ``synthetic`` the generator's size options."""
+def register_dataset(name: str, loader: Callable[..., ReIDData], *, overwrite: bool = False) -> None:
+    """Make ``build_dataset(name, root, **kwargs)`` (and ``--dataset name``) call ``loader(root, **kwargs)``.
+
+    The loader returns a :class:`ReIDData` whose lists hold ``(path, pid, camid)`` with int pids
+    (train pids relabelled 0..n-1, e.g. with ``relabel``) and 0-based int camids; ``build_dataset``
+    then decodes every image once and applies ``skip_bad_images``. A built-in or already registered
+    name is replaced only with ``overwrite=True``."""
+    if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9_.-]+", name):
+        raise ValueError(f"register_dataset: name must be letters, digits, '_', '.', '-', got {name!r}")
+    if not callable(loader):
+        raise TypeError(f"register_dataset({name!r}): loader must be callable, got {type(loader).__name__}")
+    key = name.lower()
+    if not overwrite and key in DATASETS and DATASETS[key] is not loader:
+        raise ValueError(f"register_dataset: {name!r} is already registered ({DATASETS[key].__name__}); "
+                         "pass overwrite=True to replace it")
+    DATASETS[key] = loader
+
+
+def relabel(items: Sequence[Item]) -> List[Item]:
+    """Map the pids of ``items`` to ``0..n-1`` in sorted order (what a train split needs)."""
+    return _relabel(list(items))
+
+
+def _accepts(fn: Callable, kw: str) -> bool:
+    try:
+        return kw in inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+def _validate_loaded(name: str, data) -> None:
+    if not isinstance(data, ReIDData):
+        raise TypeError(f"dataset {name!r}: the loader returned {type(data).__name__}, expected a ReIDData")
+    for split in ("train", "query", "gallery"):
+        items = getattr(data, split)
+        if not items:
+            raise DatasetLayoutError(f"dataset {name!r} ({data.root}): the {split} split is empty")
+        for it in items[:1] + items[-1:]:
+            if not (isinstance(it, tuple) and len(it) == 3 and isinstance(it[0], str)
+                    and all(isinstance(v, int) and not isinstance(v, bool) for v in it[1:])):
+                raise TypeError(f"dataset {name!r}: {split} items must be (path: str, pid: int, camid: int), "
+                                f"got {it!r}")
+    pids = sorted({p for _, p, _ in data.train})
+    if pids != list(range(len(pids))):
+        raise ValueError(f"dataset {name!r}: train pids must be relabelled to 0..{len(pids) - 1} "
+                         f"(use ribkernels.reid.datasets.relabel), got {pids[:5]}...")
+    if min(c for s in (data.train, data.query, data.gallery) for _, _, c in s) < 0:
+        raise ValueError(f"dataset {name!r}: camids must be >= 0")
+
+
+def build_dataset(name: str, root: Optional[str] = None, *, skip_bad_images: bool = False, verify: str = "full",
+                  workers: Optional[int] = None, progress: Optional[bool] = None, **kwargs) -> ReIDData:
+    """Load a dataset by name, then decode each of its images once (cached; see :func:`check_dataset`).
+
+    Names: ``market1501``, ``dukemtmcreid``, ``occluded_duke``, ``msmt17`` (root: the folder holding the
+    dataset), ``csv`` (root: a CSV file or a folder of train/query/gallery CSVs), ``folder`` (root:
+    ``<root>/{train,query,gallery}/<pid>/<camid>/<image>``), ``synthetic`` (root optional: its cache
+    folder; generated on first use), or a name given to :func:`register_dataset`.
+    ``skip_bad_images``: leave unreadable images out (counted in ``bad_images``) instead of raising
+    :class:`CorruptImageError` listing them; ``verify='none'`` skips decoding (not recommended);
+    other kwargs go to the loader (e.g. the synthetic sizes)."""
     key = _ALIASES.get(name.lower(), name.lower())
     if key == "synthetic" and "synthetic" not in DATASETS:
         from . import synthetic  # noqa: F401  (registers itself)
+    if key in ("csv", "folder") and key not in DATASETS:
+        from . import custom  # noqa: F401  (registers itself)
     if key not in DATASETS:
-        raise ValueError(f"dataset name: unknown {name!r}; choose from {sorted(DATASETS) + ['synthetic']}")
+        known = sorted(set(DATASETS) | set(BUILTIN_DATASETS))
+        raise ValueError(f"dataset name: unknown {name!r}; choose from {known} or register one with "
+                         "ribkernels.reid.register_dataset")
     if key != "synthetic" and not root:
         raise ValueError(f"dataset {name!r}: root is required (no downloads; point it at the folder holding the dataset)")
-    return DATASETS[key](root, **kwargs)
+    skip = _check_args(verify, kwargs.pop("on_corrupt", None), skip_bad_images)
+    loader = DATASETS[key]
+    if _accepts(loader, "verify") and _accepts(loader, "on_corrupt"):  # the built-in loaders
+        kwargs.update(verify=verify, on_corrupt="skip" if skip else "raise")
+    data = loader(root, **kwargs)
+    _validate_loaded(name, data)
+    if verify == "full" and not data.checked:
+        data = check_dataset(data, skip_bad_images=skip, workers=workers, progress=progress)
+    return data
