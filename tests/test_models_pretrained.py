@@ -132,7 +132,7 @@ def test_load_errors(tmp_path):
         build_model("vit_tiny_cpu", 5, img_size=(64, 32), pretrained=str(missing_path))
     wide = tmp_path / "wide.pth"
     torch.save(_timm_vit(embed_dim=96, num_heads=2).state_dict(), wide)
-    with pytest.raises(ValueError, match=r"wide.pth: '\w+' has shape \(.*96\), the model expects \(.*64\)"):
+    with pytest.raises(ValueError, match=r"wide.pth' \(PyTorch file\): '\w+' has shape \(.*96\), the model expects \(.*64\)"):
         load_pretrained(model, wide)
     other = tmp_path / "other.pth"
     torch.save({"foo.weight": torch.zeros(3)}, other)
