@@ -58,22 +58,23 @@ def build_data(cfg: Dict, rank: int = 0, world: int = 1) -> DataBundle:
     name = d["dataset"]
     kwargs = dict(d["dataset_kwargs"] or {})
     kwargs["skip_bad_images"] = bool(d.get("skip_bad_images", False))
+    root = d["data_root"]
     if name == "synthetic":
-        root = d["data_root"] if d["data_root"] not in (None, "", "data") else None
-        # Rank 0 generates the cache first; the generator is atomic, this just avoids duplicate work.
-        from . import distributed as du
+        root = root if root not in (None, "", "data") else None
+    # Rank 0 first: it generates the synthetic cache and decodes every image once (the verdicts are
+    # cached), so the other ranks only read caches. Both are atomic; this just avoids duplicate work.
+    from . import distributed as du
 
-        if rank == 0:
-            ds = build_dataset("synthetic", root, **kwargs)
-        du.barrier()
-        if rank != 0:
-            ds = build_dataset("synthetic", root, **kwargs)
-    else:
-        ds = build_dataset(name, d["data_root"], **kwargs)
+    if rank == 0:
+        ds = build_dataset(name, root, **kwargs)
+    du.barrier()
+    if rank != 0:
+        ds = build_dataset(name, root, **kwargs)
     if ds.bad_images:
-        log.warning("dataset %s: skipped %d unreadable image(s) (data.skip_bad_images), e.g. %s; %d training "
-                    "identit(ies) left with no image dropped", ds.name, len(ds.bad_images), ds.bad_images[0][0],
-                    len(ds.dropped_train_pids))
+        dropped = (f"; {len(ds.dropped_train_pids)} training identities left with no image dropped (labels "
+                   "relabelled)") if ds.dropped_train_pids else ""
+        log.warning("dataset %s: skipped %d unreadable image(s) (data.skip_bad_images), e.g. %s%s", ds.name,
+                    len(ds.bad_images), ds.bad_images[0][0], dropped)
     h, w = cfg["model"]["img_size"]
     common = dict(mean=d["pixel_mean"], std=d["pixel_std"])
     train_tf = build_transforms(h, w, True, flip_prob=d["flip_prob"], padding=d["padding"],
