@@ -135,11 +135,11 @@ def test_garbage_truncated_empty_files_name_the_path(tmp_path):
     torch.save(_randomised(build_model("vit_tiny_cpu", 5, img_size=(64, 32))).state_dict(), good)
     blob = good.read_bytes()
     cases = {
-        "garbage.pth": (b"\x00\x01garbage" * 50, "cannot be read"),
-        "truncated.pth": (blob[: len(blob) // 2], "cannot be read"),
+        "garbage.pth": (b"\x00\x01garbage" * 50, "cannot be read as PyTorch file (not a pickle of tensors"),
+        "truncated.pth": (blob[: len(blob) // 2], "cannot be read as PyTorch file (a damaged zip archive"),
         "empty.pth": (b"", "is empty"),
-        "garbage.safetensors": (b"\x10\x00\x00\x00\x00\x00\x00\x00{not json}", "cannot be read as safetensors"),
-        "garbage.npz": (b"PK\x03\x04 not a zip", "cannot be read as npz"),
+        "garbage.safetensors": (b"\x10\x00\x00\x00\x00\x00\x00\x00{not json}", "cannot be read as safetensors file"),
+        "garbage.npz": (b"PK\x03\x04 not a zip", "cannot be read as Google ViT .npz"),
     }
     for name, (data, what) in cases.items():
         (tmp_path / name).write_bytes(data)
@@ -154,7 +154,7 @@ def test_garbage_truncated_empty_files_name_the_path(tmp_path):
         load_pretrained(model, tmp_path / "meta.pth")
     # weights_only: an arbitrary pickled object is refused, not executed
     torch.save({"model": argparse.Namespace(a=1)}, tmp_path / "object.pth")
-    with pytest.raises(WeightsFileError, match=r"object.pth.*cannot be read"):
+    with pytest.raises(WeightsFileError, match=r"object.pth.*argparse.Namespace, refused by weights-only loading"):
         load_pretrained(model, tmp_path / "object.pth")
     torch.save({"foo.weight": torch.zeros(3)}, tmp_path / "other.pth")
     with pytest.raises(WeightsFileError, match=r"other.pth.*no tensor matched.*foo.weight"):

@@ -193,3 +193,22 @@ def test_build_data_passes_skip_flag_and_counts(tmp_path):
     cfg["data"]["skip_bad_images"] = False
     with pytest.raises(CorruptImageError, match="0003_c6s2_000301_01.jpg"):
         components.build_data(cfg)
+
+
+def test_many_bad_images_full_list_in_a_file(tmp_path):
+    from ribkernels.reid import ReIDData, check_dataset
+
+    good = str(tmp_path / "good.jpg")
+    _write_jpeg(good, 0)
+    bad = []
+    for k in range(105):
+        bad.append(str(tmp_path / f"bad{k:03d}.jpg"))
+        open(bad[-1], "wb").write(b"garbage")
+    data = ReIDData("many", str(tmp_path), [(p, 0, 0) for p in bad] + [(good, 0, 1)], [(good, 1, 0)], [(good, 1, 1)])
+    with pytest.raises(CorruptImageError) as e:
+        check_dataset(data)
+    msg = str(e.value)
+    assert "105 unreadable" in msg and bad[99] in msg and bad[100] not in msg and "... and 5 more" in msg
+    listing = tmp_path / "bad-images.txt"
+    assert f"(full list: {listing})" in msg
+    assert [ln.split()[1] for ln in listing.read_text().splitlines()] == bad

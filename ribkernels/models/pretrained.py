@@ -40,6 +40,9 @@ EXPECTED_FORMATS = ("a PyTorch state dict saved with torch.save (.pth/.pt/.bin; 
                     "a .safetensors file, a Google ViT .npz, or timm:<model name>:<file>")
 
 
+_KIND_NAMES = {"torch": "PyTorch file", "safetensors": "safetensors file", "npz": "Google ViT .npz"}
+
+
 class WeightsFileError(ValueError):
     """A weights file cannot be read or does not fit the model (message: path, problem, expectation)."""
 
@@ -98,10 +101,27 @@ def _read_raw(path: str):
     except WeightsFileError:
         raise
     except Exception as exc:  # pickle, zip, EOF, safetensors and numpy errors: say which file and what was expected
-        reason = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else "no message"
-        raise WeightsFileError(f"weights file {path!r} ({size} bytes) cannot be read as {kind} "
-                               f"({type(exc).__name__}: {reason}); truncated or not a weights file? "
+        raise WeightsFileError(f"weights file {path!r} ({size} bytes) cannot be read as {_KIND_NAMES[kind]} "
+                               f"({_explain(exc, path)}); truncated or not a weights file? "
                                f"Expected {EXPECTED_FORMATS}") from exc
+
+
+def _explain(exc: Exception, path: str) -> str:
+    """The informative part of a load error (torch's weights-only message starts with advice to
+    load unsafely, which is not ours to give)."""
+    text = str(exc)
+    if isinstance(exc, pickle.UnpicklingError):
+        m = re.search(r"Unsupported global: GLOBAL (\S+)", text)
+        if m:
+            return f"it holds a Python object of type {m.group(1)}, refused by weights-only loading"
+        m = re.search(r"WeightsUnpickler error:\s*(.+?)\s*(\n\n|$)", text, re.S)
+        return f"not a pickle of tensors: {m.group(1).strip() if m else 'invalid data'}"
+    with open(path, "rb") as f:
+        is_zip = f.read(4) == b"PK\x03\x04"
+    if is_zip and not zipfile.is_zipfile(path):
+        return "a damaged zip archive: the end of the file is missing"
+    lines = [ln for ln in text.strip().splitlines() if ln.strip()]
+    return f"{type(exc).__name__}: {lines[0][:300] if lines else 'no message'}"
 
 
 def _strip_prefixes(sd: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
@@ -119,7 +139,7 @@ def read_state_dict(path: str) -> Tuple[Dict[str, torch.Tensor], str]:
 
     The description says what the file was (e.g. "train.py checkpoint (model vit_small_cpu, epoch 3)")."""
     raw, kind = _read_raw(path)
-    desc = {"torch": "PyTorch file", "safetensors": "safetensors file", "npz": "Google ViT .npz"}[kind]
+    desc = _KIND_NAMES[kind]
     sd = raw
     if isinstance(raw, dict) and isinstance(raw.get("model"), dict) and ("optimizer" in raw or "config" in raw):
         cfg = raw.get("config") if isinstance(raw.get("config"), dict) else {}

@@ -156,7 +156,7 @@ def check_dataset(data: ReIDData, *, skip_bad_images: bool = False, workers: Opt
             f"{data.name}: {len(listed)} unreadable image(s) under {data.root} (every image is decoded in full "
             f"when the dataset is built):\n  " + "\n  ".join(lines[:MAX_LISTED]) + more +
             "\nReplace or delete these files, or pass --skip-bad-images (config data.skip_bad_images: true) to "
-            "leave them out; they are then counted in the log and metrics, and a training identity left with "
+            "leave them out; they are then listed in the log, and a training identity left with "
             "no image is dropped (train labels relabelled).")
     orig_train_pids = sorted({pid for _, pid, _ in data.train})
     for s, items in splits.items():
