@@ -193,6 +193,9 @@ def test_build_data_passes_skip_flag_and_counts(tmp_path):
     cfg["data"]["skip_bad_images"] = False
     with pytest.raises(CorruptImageError, match="0003_c6s2_000301_01.jpg"):
         components.build_data(cfg)
+    cfg["data"]["skip_bad_images"] = "yes"
+    with pytest.raises(TypeError, match="skip_bad_images: expected a bool, got 'yes'"):
+        components.build_data(cfg)
 
 
 def test_many_bad_images_full_list_in_a_file(tmp_path):

@@ -57,7 +57,7 @@ def build_data(cfg: Dict, rank: int = 0, world: int = 1) -> DataBundle:
     d = cfg["data"]
     name = d["dataset"]
     kwargs = dict(d["dataset_kwargs"] or {})
-    kwargs["skip_bad_images"] = bool(d.get("skip_bad_images", False))
+    kwargs["skip_bad_images"] = d.get("skip_bad_images", False)  # a bool (checked by build_dataset)
     root = d["data_root"]
     if name == "synthetic":
         root = root if root not in (None, "", "data") else None
