@@ -179,3 +179,19 @@ def test_timm_weights_by_model_name(tmp_path):
         load_pretrained(model, "timm:vit_tiny_patch16_224")
     with pytest.raises(WeightsFileError, match=r"deit_style.pth' does not hold timm 'vit_small_patch16_224' weights"):
         load_pretrained(model, f"timm:vit_small_patch16_224:{path}")
+
+
+def test_timm_npz_by_model_name(tmp_path):
+    import timm
+    from test_models_pretrained import _save_npz  # the inverse of timm's Google .npz loader
+
+    vit = _randomised(timm.create_model("vit_tiny_patch16_224", pretrained=False))
+    path = tmp_path / "augreg.npz"
+    _save_npz(vit, path)
+    model = build_model("vit_base", 5, img_size=(64, 32), embed_dim=192, depth=12, num_heads=3)
+    load_pretrained(model, f"timm:vit_tiny_patch16_224:{path}")
+    for k in ("blocks.11.attn.qkv.weight", "blocks.0.mlp.fc1.bias", "patch_embed.proj.weight", "cls_token"):
+        torch.testing.assert_close(model.state_dict()[k], vit.state_dict()[k], rtol=0, atol=0, msg=k)
+    (tmp_path / "bad.npz").write_bytes(b"PK\x03\x04 junk")
+    with pytest.raises(WeightsFileError, match=r"bad.npz': not a .npz checkpoint of timm 'vit_tiny_patch16_224'"):
+        load_pretrained(model, f"timm:vit_tiny_patch16_224:{tmp_path / 'bad.npz'}")
