@@ -140,11 +140,11 @@ def load_yaml(path: str, _seen: Optional[List[str]] = None) -> Dict:
     path = os.path.abspath(path)
     seen = _seen or []
     if path in seen:
-        raise ValueError(f"config {path}: circular _base_ chain {seen}")
+        raise ConfigError(f"config {path}: circular _base_ chain {seen}")
     with open(path) as f:
         data = yaml.safe_load(f) or {}
     if not isinstance(data, dict):
-        raise TypeError(f"config {path}: top level must be a mapping, got {type(data).__name__}")
+        raise ConfigError(f"config {path}: top level must be a mapping, got {type(data).__name__}")
     bases = data.get("_base_") or []
     if isinstance(bases, str):
         bases = [bases]

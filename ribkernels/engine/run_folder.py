@@ -6,6 +6,7 @@ second concurrent run, leftover temp files removed, and no empty folder left by 
   folder that has a ``last.pth``;
 * ``--eval-only`` writes only ``eval-<timestamp>.*`` files, so it may share a run's folder.
 """
+import fnmatch
 import glob
 import os
 import re
@@ -20,7 +21,7 @@ LOCK_NAME = "run.lock"
 # Files that mean "this folder holds a run" (a new run must not write over them).
 RUN_MARKERS = ("last.pth", "final.pth", "metrics.json")
 # Files a start writes before its first checkpoint: removed again when that start fails.
-START_FILES = ("config.yaml", "train.log", LOCK_NAME)
+START_FILES = ("config.yaml", "train.log", LOCK_NAME, "eval-*.log")
 
 
 class RunFolderError(RuntimeError):
@@ -84,7 +85,12 @@ def plan(cfg: Dict, *, resume: Optional[str] = None, eval_only: bool = False,
     if resume:
         if not os.path.isfile(resume):
             raise RunFolderError(f"--resume {resume}: no such file")
-        return {"run_dir": out or os.path.dirname(os.path.abspath(resume)), "resume_path": resume}
+        home = os.path.dirname(os.path.abspath(resume))
+        found = markers(out) if out and os.path.isdir(out) and os.path.abspath(out) != home else []
+        if found:  # continuing a run into a folder that holds another run would overwrite it
+            raise RunFolderError(f"--output-dir {out} holds another run ({', '.join(found)}) than --resume {resume}; "
+                                 f"continue in the checkpoint's own folder (leave out --output-dir) or give a new one")
+        return {"run_dir": out or home, "resume_path": resume}
     if not out:
         return {"run_dir": _new_folder(name), "resume_path": None}
     found = markers(out) if os.path.isdir(out) else []
@@ -179,8 +185,8 @@ class RunFolder:
         self.release()
         if not self.created or not os.path.isdir(self.path):
             return
-        names = set(os.listdir(self.path))
-        if names <= set(START_FILES):
+        names = os.listdir(self.path)
+        if all(any(fnmatch.fnmatchcase(n, pattern) for pattern in START_FILES) for n in names):
             for name in names:
                 os.remove(os.path.join(self.path, name))
             os.rmdir(self.path)

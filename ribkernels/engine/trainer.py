@@ -95,8 +95,9 @@ class Trainer:
         self._eval_weights = ckpt_io.model_weights(checkpoint, "--checkpoint") if checkpoint else None
         if cfg["model"]["pretrained"]:
             ckpt_io.check_pretrained(cfg["model"]["pretrained"])
-        if self.main and not self.eval_only and (not resume or self.config_changes):
-            dump(cfg, os.path.join(self.run_dir, "config.yaml"))
+        config_file = os.path.join(self.run_dir, "config.yaml")
+        if self.main and not self.eval_only and (not resume or self.config_changes or not os.path.exists(config_file)):
+            dump(cfg, config_file)
         self.log.info("run folder %s | device %s | world size %d", self.run_dir, self.device, self.world)
 
         s = cfg["solver"]
@@ -493,8 +494,12 @@ class Trainer:
             except RuntimeError as e:
                 raise ckpt_io.CheckpointError(checkpoint, f"weights do not fit the model this config builds "
                                                           f"({self.cfg['model']['name']}): {e}", "--checkpoint") from None
-            if missing or unexpected:
-                self.log.warning("checkpoint %s: missing %s, unexpected %s", checkpoint, missing, unexpected)
+            if missing:
+                raise ckpt_io.CheckpointError(
+                    checkpoint, f"weights do not fit the model this config builds ({self.cfg['model']['name']}): "
+                                f"{len(missing)} of its tensors are missing, e.g. {missing[:4]}", "--checkpoint")
+            if unexpected:
+                self.log.warning("checkpoint %s: unexpected tensors ignored: %s", checkpoint, unexpected)
         else:
             self.log.warning("--eval-only without --checkpoint: evaluating the freshly initialised model")
         result = self.evaluate(epoch, final=True)
