@@ -278,21 +278,26 @@ def test_beta_rule_takes_auto():
 
 # ------------------------------------------------------------------------------------ files named
 def test_unusable_resume_files_are_named(data_root, stopped_run, tmp_path):
-    run = _copy(stopped_run, tmp_path / "run")
-    last = os.path.join(run, "last.pth")
-    data = open(last, "rb").read()
-    cases = {"empty": b"", "truncated": data[: len(data) // 2], "garbage": b"not a checkpoint at all" * 10}
-    for name, content in cases.items():
+    data = open(os.path.join(stopped_run, "last.pth"), "rb").read()
+    out = tmp_path / "out"
+    cases = {"empty": (b"", "empty (0 bytes)"), "truncated": (data[: len(data) // 2], "truncated or corrupt"),
+             "garbage": (b"not a checkpoint at all" * 10, "not a readable PyTorch checkpoint")}
+    for name, (content, says) in cases.items():
         path = tmp_path / f"{name}.pth"
         path.write_bytes(content)
-        rc, err = train(*_args(data_root, run, *RUN, "--resume", str(path)))
-        assert rc == 2 and str(path) in err, (name, err)
+        rc, err = train(*_args(data_root, out, *RUN, "--resume", str(path)))
+        assert rc == 2 and str(path) in err and says in err, (name, err)
+        assert not out.exists()
     weights = tmp_path / "weights.pth"
     torch.save({"w": torch.zeros(3)}, weights)
-    rc, err = train(*_args(data_root, run, *RUN, "--resume", str(weights)))
+    rc, err = train(*_args(data_root, out, *RUN, "--resume", str(weights)))
     assert rc == 2 and str(weights) in err and "not a ribkernels checkpoint" in err
     rc, err = train(*_args(data_root, tmp_path / "ev", "--eval-only", "--checkpoint", str(weights)))
     assert rc == 2 and str(weights) in err and "do not fit" in err
+    # continuing a run into a folder that holds another run is refused too
+    other = _copy(stopped_run, tmp_path / "other")
+    rc, err = train(*_args(data_root, other, *RUN, "--resume", os.path.join(stopped_run, "last.pth")))
+    assert rc == 2 and "holds another run" in err and other in err
 
 
 def test_leftover_temp_files_are_removed_at_the_next_start(data_root, stopped_run, tmp_path):

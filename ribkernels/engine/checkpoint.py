@@ -13,7 +13,7 @@ import random
 import re
 import tempfile
 import zipfile
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -251,8 +251,9 @@ def model_state_from(ckpt: Dict[str, Any]) -> Dict[str, torch.Tensor]:
     return out
 
 
-def model_weights(path: str, what: str = "--checkpoint") -> Dict[str, torch.Tensor]:
-    """Model weights from our checkpoint or a bare state dict of tensors, checked to be tensors."""
+def model_weights(path: str, what: str = "--checkpoint") -> Tuple[Dict[str, torch.Tensor], int]:
+    """(model weights, epoch) from our checkpoint or a bare state dict of tensors (epoch 0), checked to
+    be tensors."""
     state = load(path, what=what)
     if isinstance(state, dict) and "format" in state:
         check_format(state, path, what)
@@ -262,7 +263,8 @@ def model_weights(path: str, what: str = "--checkpoint") -> Dict[str, torch.Tens
     if not weights or not all(torch.is_tensor(v) for v in weights.values()):
         raise CheckpointError(path, "holds no model weights (expected our checkpoint with a 'model' entry or a "
                                     "state dict of tensors)", what)
-    return weights
+    epoch = state.get("epoch", 0) if isinstance(state, dict) and "model" in state else 0
+    return weights, int(epoch) if isinstance(epoch, int) else 0
 
 
 def check_pretrained(path: str) -> None:

@@ -125,7 +125,8 @@ class RunFolder:
     """A run folder this process uses: created if needed, locked (``run.lock`` with PID and host),
     temp files of killed writes removed. :meth:`abandon` undoes a start that failed."""
 
-    def __init__(self, path: str, lock: bool = True):
+    def __init__(self, path: str, lock: bool = True, must_be_new: bool = False):
+        """``must_be_new``: a new run's folder, which must not hold a run (checked again under the lock)."""
         self.path = path
         self.created = not os.path.isdir(path)
         self.lock_path = os.path.join(path, LOCK_NAME) if lock else None
@@ -136,6 +137,10 @@ class RunFolder:
         try:
             if lock:
                 self._acquire()
+                found = markers(path) if must_be_new else []
+                if found:  # another start finished in it between plan() and the lock
+                    raise RunFolderError(f"--output-dir {path} already holds a run ({', '.join(found)}); continue it "
+                                         f"with --resume auto --output-dir {path}, or use another --output-dir")
                 self.removed_temp_files = ckpt_io.remove_stale_temp_files(path)
         except BaseException:
             self.abandon()

@@ -45,10 +45,13 @@ def open_run_folder(cfg: Dict, resume: Optional[str], eval_only: bool, checkpoin
     if du.is_main():
         try:
             plan = rf.plan(cfg, resume=resume, eval_only=eval_only, checkpoint=checkpoint)
-            folder = rf.RunFolder(plan["run_dir"], lock=not eval_only)
+            folder = rf.RunFolder(plan["run_dir"], lock=not eval_only,
+                                  must_be_new=not eval_only and not plan["resume_path"])
             outcome = ("ok", plan)
         except rf.RunFolderError as e:
             outcome = ("error", str(e))
+        except OSError as e:  # e.g. a folder that cannot be created
+            outcome = ("error", f"run folder: {e}")
     outcome = du.broadcast_object(outcome)
     if outcome[0] == "error":
         raise rf.RunFolderError(outcome[1])
@@ -92,7 +95,7 @@ class Trainer:
         if resume:
             resume_state = ckpt_io.load_training_state(resume, what="--resume")
             self.config_changes = resume_rules.check(resume_state["config"], cfg, DEFAULTS, allow_changes, resume)
-        self._eval_weights = ckpt_io.model_weights(checkpoint, "--checkpoint") if checkpoint else None
+        self._eval_weights = ckpt_io.model_weights(checkpoint, "--checkpoint") if checkpoint else None  # (w, epoch)
         if cfg["model"]["pretrained"]:
             ckpt_io.check_pretrained(cfg["model"]["pretrained"])
         config_file = os.path.join(self.run_dir, "config.yaml")
@@ -487,7 +490,7 @@ class Trainer:
         folder (``metrics.json`` and the rest of a run folder are never rewritten)."""
         epoch = 0
         if checkpoint:
-            weights = self._eval_weights if self._eval_weights is not None else \
+            weights, epoch = self._eval_weights if self._eval_weights is not None else \
                 ckpt_io.model_weights(checkpoint, "--checkpoint")
             try:
                 missing, unexpected = self.model.load_state_dict(weights, strict=False)
