@@ -13,6 +13,7 @@ to lose work, bend silently or fail without naming the culprit, reproduced and c
 To cover another entry point that reads a checkpoint (e.g. a CLI command), add one line to
 ``CHECKPOINT_ENTRY_POINTS``.
 """
+import ast
 import contextlib
 import io
 import json
@@ -405,3 +406,47 @@ def test_checkpoints_load_weights_only_and_old_ones_convert_exactly(data_root, f
     rc, err = train(*_args(data_root, run, *RUN, "--resume", "auto"))
     assert rc == 0, err
     assert _digest(full_run) == _digest(run)
+
+
+def _calls(tree):
+    """(function name, call node, enclosing function name) for every call of ``a.b(...)``."""
+    out = []
+
+    def visit(node, func):
+        for child in ast.iter_child_nodes(node):
+            name = child.name if isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef)) else func
+            if isinstance(child, ast.Call) and isinstance(child.func, ast.Attribute) \
+                    and isinstance(child.func.value, ast.Name):
+                out.append((f"{child.func.value.id}.{child.func.attr}", child, name))
+            visit(child, name)
+
+    visit(tree, None)
+    return out
+
+
+def _keyword(call, name):
+    for kw in call.keywords:
+        if kw.arg == name and isinstance(kw.value, ast.Constant):
+            return kw.value.value
+    return None
+
+
+def test_no_loader_in_the_package_can_run_code_from_a_file():
+    """Every ``torch.load`` says ``weights_only=True`` (the one exception: the explicit, --trust-only
+    conversion of old checkpoints); no ``np.load(allow_pickle=True)``, ``yaml.load``, ``pickle.load``."""
+    bad = []
+    for folder, _, names in os.walk(os.path.join(ROOT, "ribkernels")):
+        for name in names:
+            if not name.endswith(".py"):
+                continue
+            path = os.path.join(folder, name)
+            for call_name, call, func in _calls(ast.parse(open(path).read(), path)):
+                where = f"{os.path.relpath(path, ROOT)}:{call.lineno} {call_name}"
+                if call_name == "torch.load" and _keyword(call, "weights_only") is not True \
+                        and not (name == "checkpoint.py" and func == "convert_legacy"):
+                    bad.append(where)
+                elif call_name == "np.load" and _keyword(call, "allow_pickle"):
+                    bad.append(where)
+                elif call_name in ("yaml.load", "yaml.unsafe_load", "yaml.full_load", "pickle.load", "pickle.loads"):
+                    bad.append(where)
+    assert bad == []
