@@ -20,7 +20,7 @@ import json
 import os
 import pickle
 import shutil
-import signal
+import socket
 import subprocess
 import sys
 import time
@@ -133,7 +133,7 @@ def test_a_second_concurrent_run_is_refused_and_a_stale_lock_is_taken_over(data_
     live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:
         with open(os.path.join(run, "run.lock"), "w") as f:
-            f.write(f"pid={live.pid}\nhost={os.uname().nodename}\nstarted=now\n")
+            f.write(f"pid={live.pid}\nhost={socket.gethostname()}\nstarted=now\n")
         rc, err = train(*_args(data_root, run, *RUN, "--resume", "auto"))
         assert rc == 2 and f"PID {live.pid}" in err and run in err
         assert ckpt_io.load(os.path.join(run, "last.pth"))["epoch"] == 1  # untouched
@@ -227,6 +227,17 @@ def test_allowed_changes_take_effect_and_are_recorded(data_root, stopped_run, tm
     assert yaml.safe_load(open(os.path.join(run, "config.yaml")))["solver"]["base_lr"] == 0.01
     groups = ckpt_io.load(os.path.join(run, "final.pth"))["optimizer"]["param_groups"]
     assert [g["initial_lr"] for g in groups] == [0.01, 0.01 * DEFAULTS["solver"]["bias_lr_factor"]]
+
+
+def test_an_allowed_longer_schedule_continues_from_the_same_step(data_root, stopped_run, tmp_path):
+    run = _copy(stopped_run, tmp_path / "run")
+    steps_done = ckpt_io.load(os.path.join(run, "last.pth"))["scheduler"]["last_iter"]
+    rc, err = train(*_args(data_root, run, "--epochs", "4", "--ibb-start-epoch", "1", "--resume", "auto",
+                           "--allow-changes", "epochs"))
+    assert rc == 0, err
+    sched = ckpt_io.load(os.path.join(run, "final.pth"))["scheduler"]
+    assert sched["total_iters"] == sched["last_iter"] == 4 * steps_done
+    assert [r["epoch"] for r in _metrics(run)["epochs"]] == [1, 2, 3, 4]
 
 
 # ------------------------------------------------------------------------------------ config validation

@@ -49,11 +49,14 @@ def config_changes(old: Dict, new: Dict, defaults: Dict) -> Dict[str, Tuple[Any,
 
 def parse_allow(text: str, defaults: Dict) -> List[str]:
     """``--allow-changes a,b`` as full ``section.key`` names (a bare key is looked up)."""
+    from .config import ALIASES
+
     known = list(flatten(defaults))
     out = []
     for item in (x.strip() for x in (text or "").split(",")):
         if not item:
             continue
+        item = ALIASES.get(item, item)  # the short flags: lr, beta, eta, tau, ...
         if item not in known:
             full = [k for k in known if k.split(".", 1)[1] == item.replace("-", "_")]
             if len(full) != 1:
