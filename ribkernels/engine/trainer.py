@@ -181,25 +181,33 @@ class Trainer:
         return contextlib.nullcontext()
 
     # ------------------------------------------------------------------ checkpoints
-    def _state(self, epoch: int, it: int) -> Dict:
-        """The checkpoint (weights-only format, ``checkpoint.FORMAT``) of the state before (epoch, it)."""
+    def _rank_state(self, it: int) -> Dict:
+        """What differs between ranks: the RNG states and, mid-epoch, the epoch's partial loss sums."""
         partial = None
         if it and self._partial is not None:
             p = self._partial
             partial = {"sums": {k: v.detach().cpu() for k, v in p["sums"].items()}, "counts": dict(p["counts"]),
                        "n_images": p["n_images"], "time_s": time.time() - p["t0"], "refresh_s": p["refresh_s"]}
+        return {"rng": ckpt_io.rng_state(), "epoch_partial": partial}
+
+    def _state(self, epoch: int, it: int, ranks: List[Dict]) -> Dict:
+        """The checkpoint (weights-only format, ``checkpoint.FORMAT``) of the state before (epoch, it);
+        ``ranks``: every rank's :meth:`_rank_state` (rank 0's also at the top level)."""
         return ckpt_io.training_state(
             model=self.model.state_dict(), optimizer=self.optimizer.state_dict(),
             scheduler=self.scheduler.state_dict(), scaler=self.scaler.state_dict(),
             ibb=self.ibb.state_dict() if self.ibb is not None else None,
-            input_clusters_ready=self.input_clusters_ready, rng=ckpt_io.rng_state(), epoch=epoch, iter=it,
-            epoch_partial=partial, metrics=self.metrics.data, config=self.cfg, world_size=self.world)
+            input_clusters_ready=self.input_clusters_ready, rng=ranks[0]["rng"], epoch=epoch, iter=it,
+            epoch_partial=ranks[0]["epoch_partial"], ranks=ranks if len(ranks) > 1 else None,
+            metrics=self.metrics.data, config=self.cfg, world_size=self.world)
 
     def save(self, epoch: int, it: int = 0, name: str = "last.pth") -> Optional[str]:
-        """Checkpoint of the state *before* (epoch, it): resuming continues from there."""
+        """Checkpoint of the state *before* (epoch, it): resuming continues from there. Called on
+        every rank (the ranks' RNG states are gathered); rank 0 writes."""
+        ranks = du.all_gather_object(self._rank_state(it))
         if not self.main:
             return None
-        path = ckpt_io.save_atomic(self._state(epoch, it), os.path.join(self.run_dir, name))
+        path = ckpt_io.save_atomic(self._state(epoch, it, ranks), os.path.join(self.run_dir, name))
         self.log.info("checkpoint %s (epoch %d, iter %d)", path, epoch, it)
         return path
 
@@ -225,9 +233,11 @@ class Trainer:
         except (RuntimeError, ValueError, KeyError) as e:
             raise ckpt_io.CheckpointError(path, f"does not fit the model/optimizer this config builds: {e}",
                                           "--resume") from None
-        ckpt_io.set_rng_state(state["rng"])
+        ranks = state.get("ranks")
+        mine = ranks[self.rank] if ranks and len(ranks) == self.world else state
+        ckpt_io.set_rng_state(mine["rng"])
         self.start_epoch, self.start_iter = int(state["epoch"]), int(state["iter"])
-        self._resume_partial = state.get("epoch_partial") if self.start_iter else None
+        self._resume_partial = mine.get("epoch_partial") if self.start_iter else None
         self.metrics.data = state["metrics"]
         if self.config_changes:
             record = {"epoch": self.start_epoch, "iter": self.start_iter,
