@@ -204,6 +204,28 @@ def test_interrupt_in_the_first_epoch_then_resume_is_bit_identical(data_root, fu
     assert _digest(full_run) == _digest(run)
 
 
+def test_ddp_interrupt_mid_epoch_then_resume_is_bit_identical(data_root, tmp_path):
+    """2 processes (torchrun, gloo): each rank's RNG states and partial sums are saved and restored."""
+    def torchrun(run, *extra):
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+               os.path.join(ROOT, "train.py"), *_args(data_root, run, *RUN, *extra)]
+        env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1", PYTHONPATH=ROOT)
+        return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=180)
+
+    full, split = tmp_path / "full", tmp_path / "split"
+    proc = torchrun(full)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    proc = torchrun(split, "--sigint-at", "1,0")
+    assert proc.returncode != 0 and "stopped by interrupt" in proc.stdout, proc.stdout[-3000:] + proc.stderr[-3000:]
+    state = ckpt_io.load(str(split / "last.pth"))
+    assert (state["epoch"], state["iter"]) == (1, 1) and len(state["ranks"]) == 2
+    proc = torchrun(split, "--resume", "auto")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    for r in range(2):
+        assert (full / f"params_rank{r}.sha256").read_text() == (split / f"params_rank{r}.sha256").read_text()
+    assert _strip(_metrics(full)["epochs"]) == _strip(_metrics(split)["epochs"])
+
+
 # ------------------------------------------------------------------------------------ changed hyperparameters
 def test_resume_refuses_changed_hyperparameters(data_root, stopped_run, tmp_path):
     run = _copy(stopped_run, tmp_path / "run")
