@@ -1,24 +1,73 @@
 """The training engine behind train.py: config loading, checkpoint I/O, distributed helpers,
 logging/metrics/plots and the train/eval loops (SPEC §4)."""
+import argparse
+import difflib
+import sys
+
+import yaml
+
+from .checkpoint import CheckpointError
 from .config import DEFAULTS, build_parser, resolve
+from .resume import parse_allow
+from .run_folder import RunFolderError
 from .scheduler import WarmupCosineLR
 from .trainer import Trainer, param_digest
+from .validate import ConfigError
 
 __all__ = ["DEFAULTS", "build_parser", "resolve", "WarmupCosineLR", "Trainer", "param_digest", "main"]
 
+# Errors about what the user gave (flags, config, files): one clear line, exit status 2, no traceback.
+USER_ERRORS = (ConfigError, CheckpointError, RunFolderError, FileNotFoundError, yaml.YAMLError)
+EXIT_USAGE, EXIT_INTERRUPTED = 2, 130
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = build_parser()
+    p.add_argument("--allow-changes", default="", metavar="KEY,...",
+                   help="with --resume: config keys (e.g. base_lr,eta) that may differ from the checkpoint's; "
+                        "others that differ are refused")
+    p.add_argument("--sigint-at", default=None, help=argparse.SUPPRESS)  # tests: "EPOCH,ITER" (0-based)
+    return p
+
+
+def _check_unknown(parser: argparse.ArgumentParser, unknown) -> None:
+    flags = [s for a in parser._actions for s in a.option_strings]
+    msgs = []
+    for item in unknown:
+        name = item.split("=", 1)[0]
+        match = difflib.get_close_matches(name, flags, n=1, cutoff=0.6) if name.startswith("--") else []
+        msgs.append(f"{item}" + (f" (did you mean {match[0]}?)" if match else ""))
+    parser.error("unrecognized arguments: " + " ".join(msgs))
+
 
 def main(argv=None) -> int:
-    """Entry point of train.py: parse flags, train (or evaluate), return the exit status."""
-    args = build_parser().parse_args(argv)
-    cfg = resolve(args)
-    if args.eval_only and args.resume:
-        raise SystemExit("--eval-only takes --checkpoint, not --resume")
-    trainer = Trainer(cfg, resume=args.resume, stop_after=args.stop_after, eval_only=args.eval_only)
+    """Entry point of train.py: parse flags, train (or evaluate), return the exit status (0 done,
+    2 bad flags/config/files — nothing was trained, 130 interrupted by Ctrl-C — resume with --resume)."""
+    parser = _parser()
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:
+        _check_unknown(parser, unknown)
+    try:
+        cfg = resolve(args)
+        if args.eval_only and args.resume:
+            raise ConfigError("--eval-only takes --checkpoint, not --resume")
+        if args.allow_changes and not args.resume:
+            raise ConfigError("--allow-changes applies only with --resume")
+        sigint_at = tuple(int(x) for x in args.sigint_at.split(",")) if args.sigint_at else None
+        trainer = Trainer(cfg, resume=args.resume, stop_after=args.stop_after, eval_only=args.eval_only,
+                          checkpoint=args.checkpoint if args.eval_only else None,
+                          allow_changes=parse_allow(args.allow_changes, DEFAULTS), sigint_at=sigint_at)
+    except USER_ERRORS as e:
+        print(f"train.py: error: {e}", file=sys.stderr, flush=True)
+        return EXIT_USAGE
     try:
         if args.eval_only:
             trainer.evaluate_checkpoint(args.checkpoint)
         else:
             trainer.fit()
+    except USER_ERRORS as e:
+        print(f"train.py: error: {e}", file=sys.stderr, flush=True)
+        return EXIT_USAGE
     finally:
         trainer.close()
-    return 0
+    return EXIT_INTERRUPTED if trainer.interrupted else 0

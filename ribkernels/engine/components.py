@@ -39,9 +39,12 @@ class DataBundle:
     name: str = ""
     bad_images: Tuple[Tuple[str, str], ...] = ()  # (path, reason) left out with data.skip_bad_images
 
-    def train_loader(self, cfg: Dict, indices: Sequence[int], batch_size: int, seed: int):
+    def train_loader(self, cfg: Dict, indices: Sequence[int], batch_size: int, seed: int, offset: int = 0):
+        """Training batches of ``indices`` (which start at position ``offset`` of the epoch); each
+        sample's augmentation is seeded from ``seed`` and its position (exact mid-epoch resume)."""
         return D.make_loader(ImageDataset(self.train, self.train_transform), indices, batch_size,
-                             self.num_workers, seed=seed, drop_last=True, pin_memory=self.pin_memory)
+                             self.num_workers, seed=seed, drop_last=True, pin_memory=self.pin_memory,
+                             sample_seed=seed, offset=offset)
 
     def train_eval_loader(self, cfg: Dict, rank: int, world: int):
         """This rank's share of the training set with test transforms (for the IBB refresh)."""

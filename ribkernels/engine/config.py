@@ -11,6 +11,9 @@ from typing import Any, Dict, List, Optional
 
 import yaml
 
+from .validate import ConfigError, UnknownKeyError, closest, unknown_key_message
+from .validate import validate as validate_rules
+
 DEFAULT_CONFIG = os.path.join("configs", "synthetic_rib_dcs_cpu.yaml")
 
 # The SPEC §4 recipe (TransReID's) unless a YAML file says otherwise.
@@ -121,12 +124,13 @@ def merge(base: Dict, override: Dict, where: str = "config") -> Dict:
         if section.startswith("_"):
             continue
         if section not in out:
-            raise KeyError(f"{where}: unknown section {section!r}; known: {sorted(out)}")
+            raise UnknownKeyError(f"{where}: unknown section {section!r}{closest(section, out)}; "
+                                  f"known: {sorted(out)}")
         if not isinstance(values, dict):
-            raise TypeError(f"{where}: section {section!r} must be a mapping, got {type(values).__name__}")
+            raise ConfigError(f"{where}: section {section!r} must be a mapping, got {type(values).__name__}")
         for key, value in values.items():
             if key not in out[section]:
-                raise KeyError(f"{where}: unknown key {section}.{key}; known: {sorted(out[section])}")
+                raise UnknownKeyError(unknown_key_message(f"{section}.{key}", out, where))
             out[section][key] = copy.deepcopy(value)
     return out
 
@@ -137,11 +141,11 @@ def load_yaml(path: str, _seen: Optional[List[str]] = None) -> Dict:
     path = os.path.abspath(path)
     seen = _seen or []
     if path in seen:
-        raise ValueError(f"config {path}: circular _base_ chain {seen}")
+        raise ConfigError(f"config {path}: circular _base_ chain {seen}")
     with open(path) as f:
         data = yaml.safe_load(f) or {}
     if not isinstance(data, dict):
-        raise TypeError(f"config {path}: top level must be a mapping, got {type(data).__name__}")
+        raise ConfigError(f"config {path}: top level must be a mapping, got {type(data).__name__}")
     bases = data.get("_base_") or []
     if isinstance(bases, str):
         bases = [bases]
@@ -217,7 +221,7 @@ def resolve(args: argparse.Namespace) -> Dict:
             cfg[section][key] = value
     for item in args.set:
         if "=" not in item or "." not in item.split("=", 1)[0]:
-            raise ValueError(f"--set {item!r}: expected SECTION.KEY=VALUE")
+            raise ConfigError(f"--set {item!r}: expected SECTION.KEY=VALUE")
         dotted, text = item.split("=", 1)
         section, key = dotted.split(".", 1)
         cfg = merge(cfg, {section: {key: _parse_value(text)}}, where="--set")
@@ -228,24 +232,9 @@ def resolve(args: argparse.Namespace) -> Dict:
 
 
 def validate(cfg: Dict) -> None:
-    d, s, m = cfg["data"], cfg["solver"], cfg["model"]
-    if d["batch_size"] % d["num_instances"]:
-        raise ValueError(f"data.batch_size ({d['batch_size']}) must be a multiple of data.num_instances "
-                         f"({d['num_instances']})")
-    if m["attn_impl"] not in ("eager", "sdpa", "dcs"):
-        raise ValueError(f"model.attn_impl must be eager|sdpa|dcs, got {m['attn_impl']!r}")
-    if s["optimizer"] not in ("sgd", "adamw"):
-        raise ValueError(f"solver.optimizer must be sgd|adamw, got {s['optimizer']!r}")
-    if s["amp"] not in ("bf16", "fp16", "none", None, False):
-        raise ValueError(f"solver.amp must be bf16|fp16|none, got {s['amp']!r}")
-    if cfg["eval"]["distance"] not in ("euclidean", "cosine"):
-        raise ValueError(f"eval.distance must be euclidean|cosine, got {cfg['eval']['distance']!r}")
-    if s["epochs"] < 1:
-        raise ValueError(f"solver.epochs must be >= 1, got {s['epochs']}")
-    if cfg["ibb"]["ibb_refresh"] < 1:
-        raise ValueError(f"ibb.ibb_refresh must be >= 1, got {cfg['ibb']['ibb_refresh']}")
-    if m["neck_feat"] not in ("before", "after"):
-        raise ValueError(f"model.neck_feat must be before|after, got {m['neck_feat']!r}")
+    """Every key's type and range (``validate.RULES``) and the cross-key rules; raises
+    :class:`ConfigError` naming each bad key, its value and what is allowed."""
+    validate_rules(cfg, DEFAULTS)
 
 
 def dump(cfg: Dict, path: str) -> None:

@@ -70,6 +70,15 @@ def broadcast_object(obj: Any, src: int = 0) -> Any:
     return box[0]
 
 
+def all_gather_object(obj: Any) -> List[Any]:
+    """``[obj of rank 0, obj of rank 1, ...]`` on every rank (``[obj]`` without torch.distributed)."""
+    if not is_dist():
+        return [obj]
+    out: List[Any] = [None] * world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
 def all_gather_cat(t: torch.Tensor) -> torch.Tensor:
     """Concatenate along dim 0 the tensors of all ranks (sizes may differ)."""
     if not is_dist():

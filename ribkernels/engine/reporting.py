@@ -10,8 +10,8 @@ from typing import Dict, Iterable, List, Optional
 LOGGER_NAME = "ribkernels.train"
 
 
-def setup_logging(run_dir: Optional[str], main: bool) -> logging.Logger:
-    """Log to stdout and ``run_dir/train.log`` on rank 0; other ranks log warnings only."""
+def setup_logging(run_dir: Optional[str], main: bool, log_name: str = "train.log") -> logging.Logger:
+    """Log to stdout and ``run_dir/log_name`` on rank 0; other ranks log warnings only."""
     log = logging.getLogger(LOGGER_NAME)
     for h in list(log.handlers):
         h.close()
@@ -23,7 +23,7 @@ def setup_logging(run_dir: Optional[str], main: bool) -> logging.Logger:
     sh.setFormatter(fmt)
     log.addHandler(sh)
     if main and run_dir:
-        fh = logging.FileHandler(os.path.join(run_dir, "train.log"))
+        fh = logging.FileHandler(os.path.join(run_dir, log_name))
         fh.setFormatter(fmt)
         log.addHandler(fh)
     # Library loggers (ribkernels.*) share the handlers.

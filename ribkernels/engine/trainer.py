@@ -13,7 +13,9 @@ import torch.nn.functional as F
 from . import checkpoint as ckpt_io
 from . import components
 from . import distributed as du
-from .config import dump
+from . import resume as resume_rules
+from . import run_folder as rf
+from .config import DEFAULTS, dump
 from .reporting import Metrics, Progress, plot_curves, results_table, setup_logging
 from .scheduler import WarmupCosineLR
 
@@ -35,19 +37,70 @@ def param_digest(model: torch.nn.Module) -> str:
     return h.hexdigest()
 
 
+def open_run_folder(cfg: Dict, resume: Optional[str], eval_only: bool, checkpoint: Optional[str] = None):
+    """(RunFolder or None on ranks > 0, run dir, resume path) for a start: planned and locked on rank 0,
+    the outcome (or its error) broadcast so every rank stops together."""
+    outcome = None
+    folder = None
+    if du.is_main():
+        try:
+            plan = rf.plan(cfg, resume=resume, eval_only=eval_only, checkpoint=checkpoint)
+            folder = rf.RunFolder(plan["run_dir"], lock=not eval_only,
+                                  must_be_new=not eval_only and not plan["resume_path"])
+            outcome = ("ok", plan)
+        except rf.RunFolderError as e:
+            outcome = ("error", str(e))
+        except OSError as e:  # e.g. a folder that cannot be created
+            outcome = ("error", f"run folder: {e}")
+    outcome = du.broadcast_object(outcome)
+    if outcome[0] == "error":
+        raise rf.RunFolderError(outcome[1])
+    return folder, outcome[1]["run_dir"], outcome[1]["resume_path"]
+
+
 class Trainer:
     def __init__(self, cfg: Dict, *, resume: Optional[str] = None, stop_after: Optional[int] = None,
-                 eval_only: bool = False):
+                 eval_only: bool = False, checkpoint: Optional[str] = None, allow_changes=(),
+                 sigint_at: Optional[tuple] = None):
+        """``resume``: a checkpoint path or ``"auto"``; ``allow_changes``: config keys a resume may
+        change; ``sigint_at``: (epoch, iter) after which the process sends itself SIGINT (tests)."""
         self.cfg = cfg
         self.device = du.setup(cfg["solver"]["device"])
         self.rank, self.world = du.rank(), du.world_size()
         self.main = du.is_main()
         self.stop_after = stop_after
         self.eval_only = eval_only
-        self.run_dir = self._make_run_dir(resume)
-        self.log = setup_logging(self.run_dir, self.main)
-        if self.main:
-            dump(cfg, os.path.join(self.run_dir, "config.yaml"))
+        self.sigint_at = tuple(sigint_at) if sigint_at else None
+        self.interrupted = False
+        self.folder, self.run_dir, resume = open_run_folder(cfg, resume, eval_only, checkpoint)
+        try:
+            self._setup(resume, checkpoint, allow_changes)
+        except BaseException:
+            if self.folder is not None:
+                self.folder.abandon()
+            raise
+
+    def _setup(self, resume: Optional[str], checkpoint: Optional[str], allow_changes) -> None:
+        cfg = self.cfg
+        self.eval_stamp = rf.timestamp()
+        self.log = setup_logging(self.run_dir, self.main,
+                                 f"eval-{self.eval_stamp}.log" if self.eval_only else "train.log")
+        if self.folder is not None and self.folder.stale_lock is not None:
+            self.log.warning("took over the stale lock of a run that is gone (%s)", self.folder.stale_lock)
+        if self.folder is not None and self.folder.removed_temp_files:
+            self.log.warning("removed temp files of an interrupted checkpoint write: %s",
+                             self.folder.removed_temp_files)
+        # Every file named by the config or the flags is checked before any data is read.
+        resume_state, self.config_changes = None, {}
+        if resume:
+            resume_state = ckpt_io.load_training_state(resume, what="--resume")
+            self.config_changes = resume_rules.check(resume_state["config"], cfg, DEFAULTS, allow_changes, resume)
+        self._eval_weights = ckpt_io.model_weights(checkpoint, "--checkpoint") if checkpoint else None  # (w, epoch)
+        if cfg["model"]["pretrained"]:
+            ckpt_io.check_pretrained(cfg["model"]["pretrained"])
+        config_file = os.path.join(self.run_dir, "config.yaml")
+        if self.main and not self.eval_only and (not resume or self.config_changes or not os.path.exists(config_file)):
+            dump(cfg, config_file)
         self.log.info("run folder %s | device %s | world size %d", self.run_dir, self.device, self.world)
 
         s = cfg["solver"]
@@ -84,11 +137,13 @@ class Trainer:
         self.id_loss, self.tri_loss = components.build_losses(cfg, self.data.num_classes)
 
         self.start_epoch, self.start_iter = 0, 0
-        self.metrics = Metrics(os.path.join(self.run_dir, "metrics.json") if self.main else None)
+        self._partial = None  # the interrupted epoch's loss sums etc., continued by a resume
+        self.metrics = Metrics(os.path.join(self.run_dir, "metrics.json") if self.main and not self.eval_only
+                               else None)
         self.metrics.data["config_name"] = cfg["_meta"]["config_name"]
         self.input_clusters_ready = False
         if resume:
-            self._load(resume)
+            self._load(resume_state, resume)
 
         self.net = self.model
         if s["compile"]:
@@ -106,19 +161,6 @@ class Trainer:
         if b % self.world:
             raise ValueError(f"data.batch_size ({b}) must be divisible by the number of processes ({self.world})")
         return b // self.world
-
-    def _make_run_dir(self, resume: Optional[str]) -> str:
-        out = self.cfg["output"]["output_dir"]
-        if not out and resume and resume != "auto":
-            out = os.path.dirname(os.path.abspath(resume))
-        if not out:
-            stamp = time.strftime("%Y%m%d-%H%M%S")
-            out = os.path.join("runs", f"{self.cfg['_meta']['config_name']}-{stamp}")
-        out = du.broadcast_object(out)
-        if self.main:
-            os.makedirs(out, exist_ok=True)
-        du.barrier()
-        return out
 
     def _make_optimizer(self) -> torch.optim.Optimizer:
         s = self.cfg["solver"]
@@ -139,36 +181,70 @@ class Trainer:
         return contextlib.nullcontext()
 
     # ------------------------------------------------------------------ checkpoints
-    def _state(self, epoch: int, it: int) -> Dict:
-        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
-                "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),
-                "ibb": self.ibb.state_dict() if self.ibb is not None else None,
-                "input_clusters_ready": self.input_clusters_ready,
-                "rng": ckpt_io.rng_state(), "epoch": epoch, "iter": it, "metrics": self.metrics.data,
-                "config": self.cfg, "world_size": self.world}
+    def _rank_state(self, it: int) -> Dict:
+        """What differs between ranks: the RNG states and, mid-epoch, the epoch's partial loss sums."""
+        partial = None
+        if it and self._partial is not None:
+            p = self._partial
+            partial = {"sums": {k: v.detach().cpu() for k, v in p["sums"].items()}, "counts": dict(p["counts"]),
+                       "n_images": p["n_images"], "time_s": time.time() - p["t0"], "refresh_s": p["refresh_s"]}
+        return {"rng": ckpt_io.rng_state(), "epoch_partial": partial}
+
+    def _state(self, epoch: int, it: int, ranks: List[Dict]) -> Dict:
+        """The checkpoint (weights-only format, ``checkpoint.FORMAT``) of the state before (epoch, it);
+        ``ranks``: every rank's :meth:`_rank_state` (rank 0's also at the top level)."""
+        return ckpt_io.training_state(
+            model=self.model.state_dict(), optimizer=self.optimizer.state_dict(),
+            scheduler=self.scheduler.state_dict(), scaler=self.scaler.state_dict(),
+            ibb=self.ibb.state_dict() if self.ibb is not None else None,
+            input_clusters_ready=self.input_clusters_ready, rng=ranks[0]["rng"], epoch=epoch, iter=it,
+            epoch_partial=ranks[0]["epoch_partial"], ranks=ranks if len(ranks) > 1 else None,
+            metrics=self.metrics.data, config=self.cfg, world_size=self.world)
 
     def save(self, epoch: int, it: int = 0, name: str = "last.pth") -> Optional[str]:
-        """Checkpoint of the state *before* (epoch, it): resuming continues from there."""
+        """Checkpoint of the state *before* (epoch, it): resuming continues from there. Called on
+        every rank (the ranks' RNG states are gathered); rank 0 writes."""
+        ranks = du.all_gather_object(self._rank_state(it))
         if not self.main:
             return None
-        path = ckpt_io.save_atomic(self._state(epoch, it), os.path.join(self.run_dir, name))
+        path = ckpt_io.save_atomic(self._state(epoch, it, ranks), os.path.join(self.run_dir, name))
         self.log.info("checkpoint %s (epoch %d, iter %d)", path, epoch, it)
         return path
 
-    def _load(self, path: str) -> None:
-        if path == "auto":
-            path = os.path.join(self.run_dir, "last.pth")
-        state = ckpt_io.load(path)
-        self.model.load_state_dict(ckpt_io.model_state_from(state))
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
-        self.scaler.load_state_dict(state["scaler"])
-        if self.ibb is not None and state.get("ibb") is not None:
-            self.ibb.load_state_dict(state["ibb"])
-            self.input_clusters_ready = bool(state.get("input_clusters_ready"))
-        ckpt_io.set_rng_state(state["rng"])
+    def _load(self, state: Dict, path: str) -> None:
+        """Continue from a training checkpoint (already read and checked against the config)."""
+        try:
+            self.model.load_state_dict(ckpt_io.model_state_from(state))
+            fresh_groups = [{k: v for k, v in g.items() if k != "params"} for g in self.optimizer.param_groups]
+            self.optimizer.load_state_dict(state["optimizer"])
+            changed = set(self.config_changes)
+            if changed & resume_rules.OPTIMIZER_KEYS:  # allowed changes: the new lr / wd / momentum
+                for g, fresh in zip(self.optimizer.param_groups, fresh_groups):
+                    g.update(fresh)
+            if changed & (resume_rules.SCHEDULE_KEYS | resume_rules.OPTIMIZER_KEYS):
+                self.scheduler.last_iter = int(state["scheduler"]["last_iter"])  # the new schedule, same step
+                self.scheduler._apply()
+            else:
+                self.scheduler.load_state_dict(state["scheduler"])
+            self.scaler.load_state_dict(state["scaler"])
+            if self.ibb is not None and state.get("ibb") is not None:
+                self.ibb.load_state_dict(state["ibb"])
+                self.input_clusters_ready = bool(state.get("input_clusters_ready"))
+        except (RuntimeError, ValueError, KeyError) as e:
+            raise ckpt_io.CheckpointError(path, f"does not fit the model/optimizer this config builds: {e}",
+                                          "--resume") from None
+        ranks = state.get("ranks")
+        mine = ranks[self.rank] if ranks and len(ranks) == self.world else state
+        ckpt_io.set_rng_state(mine["rng"])
         self.start_epoch, self.start_iter = int(state["epoch"]), int(state["iter"])
+        self._resume_partial = mine.get("epoch_partial") if self.start_iter else None
         self.metrics.data = state["metrics"]
+        if self.config_changes:
+            record = {"epoch": self.start_epoch, "iter": self.start_iter,
+                      "changes": {k: {"checkpoint": a, "now": b} for k, (a, b) in self.config_changes.items()}}
+            self.metrics.data.setdefault("config_changes", []).append(record)
+            self.log.warning("resuming with changed config (--allow-changes): %s", "; ".join(
+                f"{k}: {a!r} -> {b!r}" for k, (a, b) in self.config_changes.items()))
         self.metrics.write()
         if state.get("world_size", 1) != self.world:
             self.log.warning("resuming a %d-process run with %d processes: the data order differs",
@@ -254,17 +330,23 @@ class Trainer:
         return terms
 
     def train_epoch(self, epoch: int, start_iter: int = 0) -> Optional[Dict]:
-        """One epoch from iteration ``start_iter``; returns its record, or None when interrupted."""
+        """One epoch from iteration ``start_iter``; returns its record, or None when interrupted.
+        A mid-epoch start continues exactly: the RNG states and the epoch's partial sums come from
+        the checkpoint, and each sample's augmentation depends only on its position in the epoch."""
         cfg = self.cfg
-        ckpt_io.seed_everything(_epoch_seed(cfg["solver"]["seed"], epoch, self.rank))
-        refresh_s = self._maybe_refresh_ibb(epoch) if start_iter == 0 else None
-        if start_iter:
-            ckpt_io.seed_everything(_epoch_seed(cfg["solver"]["seed"], epoch, self.rank, salt=start_iter))
+        partial = getattr(self, "_resume_partial", None) if start_iter else None
+        self._resume_partial = None
+        if start_iter == 0:
+            ckpt_io.seed_everything(_epoch_seed(cfg["solver"]["seed"], epoch, self.rank))
+            refresh_s = self._maybe_refresh_ibb(epoch)
+        else:
+            refresh_s = partial["refresh_s"] if partial else None
         indices = components.epoch_indices(self.data, cfg, cfg["solver"]["seed"], epoch, self.rank, self.world,
                                            min_len=self.iters_per_epoch * self.local_batch)
         indices = indices[: self.iters_per_epoch * self.local_batch][start_iter * self.local_batch:]
         loader = self.data.train_loader(cfg, indices, self.local_batch,
-                                        seed=_epoch_seed(cfg["solver"]["seed"], epoch, self.rank, salt=1))
+                                        seed=_epoch_seed(cfg["solver"]["seed"], epoch, self.rank, salt=1),
+                                        offset=start_iter * self.local_batch)
         prog = Progress(self.iters_per_epoch, epoch, cfg["solver"]["epochs"], self.log, cfg["output"]["progress"],
                         cfg["output"]["log_period"], enabled=self.main)
         if prog.bar is not None and start_iter:
@@ -273,6 +355,11 @@ class Trainer:
         counts: Dict[str, int] = {}
         t0 = time.time()
         n_images = 0
+        if partial:
+            sums = {k: v.to(self.device) for k, v in partial["sums"].items()}
+            counts = {k: int(v) for k, v in partial["counts"].items()}
+            n_images, t0 = int(partial["n_images"]), t0 - float(partial["time_s"])
+        self._partial = {"sums": sums, "counts": counts, "n_images": n_images, "t0": t0, "refresh_s": refresh_s}
         for it, batch in enumerate(loader, start=start_iter):
             need = prog.wants(it)
             terms = self.train_step(batch, epoch, with_keep_fraction=need)
@@ -283,6 +370,9 @@ class Trainer:
                 sums[k] = sums[k] + v if k in sums else v
                 counts[k] = counts.get(k, 0) + 1
             n_images += self.local_batch * self.world
+            self._partial["n_images"] = n_images
+            if self.sigint_at == (epoch, it):
+                os.kill(os.getpid(), signal.SIGINT)
             show = None
             if need and self.main:
                 show = {k: float(terms[k]) for k in ("loss", "loss_id", "loss_tri", "ibb") if terms.get(k) is not None}
@@ -298,6 +388,7 @@ class Trainer:
                 self.save(epoch, it + 1, "last.pth")
                 return None
         prog.close()
+        self._partial = None
         du.broadcast_buffers(self.model)
         dt = time.time() - t0
         record = {"epoch": epoch + 1, "lr": self.scheduler.get_last_lr()[0], "time_s": dt,
@@ -324,6 +415,7 @@ class Trainer:
                 record = self.train_epoch(epoch, start_iter)
                 start_iter = 0
                 if record is None:
+                    self.interrupted = True
                     if self.main:
                         plot_curves(self.metrics.data, self.run_dir)
                     self.log.warning("stopped by interrupt; resume with --resume %s",
@@ -343,6 +435,7 @@ class Trainer:
                 if self.main and (evaluated or stop or epoch + 1 == last):  # plots cost ~1 s: not every epoch
                     plot_curves(self.metrics.data, self.run_dir)
                 if stop and epoch + 1 < epochs:
+                    self.interrupted = True
                     self.log.warning("stopped by interrupt; resume with --resume %s",
                                      os.path.join(self.run_dir, "last.pth"))
                     return None
@@ -386,12 +479,13 @@ class Trainer:
                     self.log.info("\n" + results_table(
                         [{"name": f"occlusion {r['ratio']:.0%}", **r} for r in occ], "occlusion stress test"))
                 self.metrics.set("final", final_rec)
-                plot_curves(self.metrics.data, self.run_dir)
                 name = f"{self.cfg['_meta']['config_name']} ({self.cfg['model']['name']}, attn {self.cfg['model']['attn_impl']}" \
                        + (", IBB" if self.ibb is not None else "") + ")"
                 table = results_table([{"name": name, **res}], f"final evaluation, epoch {epoch}")
-                with open(os.path.join(self.run_dir, "results.md"), "w") as f:
-                    f.write(table + "\n")
+                if not self.eval_only:  # --eval-only writes its own eval-<timestamp>.json, nothing else
+                    plot_curves(self.metrics.data, self.run_dir)
+                    with open(os.path.join(self.run_dir, "results.md"), "w") as f:
+                        f.write(table + "\n")
                 print("\n" + table + "\n", flush=True)
                 self.log.info("run folder: %s", self.run_dir)
         du.barrier()
@@ -402,16 +496,38 @@ class Trainer:
         return None if kf is None else float(kf)
 
     def evaluate_checkpoint(self, checkpoint: Optional[str]) -> Optional[Dict]:
+        """Evaluate ``checkpoint``'s weights; the result goes to ``eval-<timestamp>.json`` in the run
+        folder (``metrics.json`` and the rest of a run folder are never rewritten)."""
+        epoch = 0
         if checkpoint:
-            state = ckpt_io.load(checkpoint)
-            missing, unexpected = self.model.load_state_dict(ckpt_io.model_state_from(state), strict=False)
-            if missing or unexpected:
-                self.log.warning("checkpoint %s: missing %s, unexpected %s", checkpoint, missing, unexpected)
-            epoch = int(state.get("epoch", 0)) if isinstance(state, dict) else 0
+            weights, epoch = self._eval_weights if self._eval_weights is not None else \
+                ckpt_io.model_weights(checkpoint, "--checkpoint")
+            try:
+                missing, unexpected = self.model.load_state_dict(weights, strict=False)
+            except RuntimeError as e:
+                raise ckpt_io.CheckpointError(checkpoint, f"weights do not fit the model this config builds "
+                                                          f"({self.cfg['model']['name']}): {e}", "--checkpoint") from None
+            if missing:
+                raise ckpt_io.CheckpointError(
+                    checkpoint, f"weights do not fit the model this config builds ({self.cfg['model']['name']}): "
+                                f"{len(missing)} of its tensors are missing, e.g. {missing[:4]}", "--checkpoint")
+            if unexpected:
+                self.log.warning("checkpoint %s: unexpected tensors ignored: %s", checkpoint, unexpected)
         else:
             self.log.warning("--eval-only without --checkpoint: evaluating the freshly initialised model")
-            epoch = 0
-        return self.evaluate(epoch, final=True)
+        result = self.evaluate(epoch, final=True)
+        if self.main:
+            out = {"checkpoint": os.path.abspath(checkpoint) if checkpoint else None,
+                   "final": self.metrics.data.get("final"), "config": self.cfg}
+            self.eval_path = os.path.join(self.run_dir, f"eval-{self.eval_stamp}.json")
+            n = 1
+            while os.path.exists(self.eval_path):  # two evaluations within a second
+                self.eval_path, n = os.path.join(self.run_dir, f"eval-{self.eval_stamp}-{n}.json"), n + 1
+            Metrics(self.eval_path, out).write()
+            self.log.info("evaluation written to %s", self.eval_path)
+        return result
 
     def close(self) -> None:
+        if self.folder is not None:
+            self.folder.release()
         du.cleanup()

@@ -1,0 +1,250 @@
+"""The whole training config checked before any data is read: one declarative rule per key
+(type and range), cross-key rules, and unknown keys named with the closest valid key.
+
+Every key of ``config.DEFAULTS`` must have a rule here (a unit test enforces it), so a key added
+elsewhere without one is caught at merge time.
+"""
+import difflib
+import math
+import re
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence
+
+
+class ConfigError(ValueError):
+    """A config value that is not allowed; the message names key, value and what is allowed."""
+
+
+class UnknownKeyError(ConfigError, KeyError):
+    """An unknown section or key (a KeyError too, for callers that catch those)."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0]) if self.args else ""
+
+
+def closest(name: str, known: Iterable[str]) -> str:
+    """`` (did you mean 'x'?)`` for the closest known name, or ``""``."""
+    match = difflib.get_close_matches(name, list(known), n=1, cutoff=0.6)
+    return f" (did you mean {match[0]!r}?)" if match else ""
+
+
+# ---------------------------------------------------------------------------------------- rules
+class Rule:
+    """A predicate on one value with a description of what it allows."""
+
+    def __init__(self, ok: Callable[[Any], bool], allowed):
+        self.ok, self._allowed = ok, allowed
+
+    @property
+    def allowed(self) -> str:
+        """What the rule allows, in words (computed on demand when given as a function)."""
+        return self._allowed() if callable(self._allowed) else self._allowed
+
+    def __call__(self, value: Any) -> bool:
+        try:
+            return bool(self.ok(value))
+        except (TypeError, ValueError):
+            return False
+
+    def __or__(self, other: "Rule") -> "Rule":
+        return Rule(lambda v: self(v) or other(v), lambda: f"{self.allowed} or {other.allowed}")
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_num(v) -> bool:
+    return (isinstance(v, (int, float)) and not isinstance(v, bool)) and math.isfinite(v)
+
+
+def Int(lo: Optional[int] = None, hi: Optional[int] = None, note: str = "") -> Rule:
+    bounds = " ".join(x for x in (f">= {lo}" if lo is not None else "", f"<= {hi}" if hi is not None else "") if x)
+    return Rule(lambda v: _is_int(v) and (lo is None or v >= lo) and (hi is None or v <= hi),
+                f"an integer {bounds}{note}".rstrip())
+
+
+def Num(lo: Optional[float] = None, hi: Optional[float] = None, lo_open: bool = False, hi_open: bool = False,
+        note: str = "") -> Rule:
+    if lo is not None and hi is not None:
+        rng = f" in {'(' if lo_open else '['}{lo}, {hi}{')' if hi_open else ']'}"
+    elif lo is not None:
+        rng = f" {'>' if lo_open else '>='} {lo}"
+    elif hi is not None:
+        rng = f" {'<' if hi_open else '<='} {hi}"
+    else:
+        rng = ""
+
+    def ok(v):
+        if not _is_num(v):
+            return False
+        if lo is not None and (v <= lo if lo_open else v < lo):
+            return False
+        return not (hi is not None and (v >= hi if hi_open else v > hi))
+
+    return Rule(ok, f"a finite number{rng}{note}")
+
+
+def Choice(*values: Any) -> Rule:
+    return Rule(lambda v: any(v == c and type(v) is type(c) for c in values),
+                "one of " + " | ".join(repr(c) for c in values))
+
+
+def Lazy(ok: Callable[[Any], bool], allowed: Callable[[], str]) -> Rule:
+    """A rule whose allowed set is known only at use (e.g. registered model names: no import here)."""
+    return Rule(ok, allowed)
+
+
+def Bool() -> Rule:
+    return Rule(lambda v: isinstance(v, bool), "true or false")
+
+
+def Str(pattern: Optional[str] = None, allowed: str = "a non-empty string") -> Rule:
+    return Rule(lambda v: isinstance(v, str) and v != "" and (pattern is None or re.fullmatch(pattern, v)), allowed)
+
+
+def Null() -> Rule:
+    return Rule(lambda v: v is None, "null")
+
+
+def Map() -> Rule:
+    return Rule(lambda v: isinstance(v, dict) and all(isinstance(k, str) for k in v), "a mapping")
+
+
+def ListOf(item: Rule, length: Optional[int] = None, min_len: int = 0) -> Rule:
+    n = f" of {length}" if length is not None else (f" of at least {min_len}" if min_len else "")
+    return Rule(lambda v: isinstance(v, (list, tuple)) and (length is None or len(v) == length)
+                and len(v) >= min_len and all(item(x) for x in v), lambda: f"a list{n} of ({item.allowed})")
+
+
+def _model_names() -> Sequence[str]:
+    from ..models import MODEL_NAMES
+
+    return list(MODEL_NAMES)
+
+
+def _dataset_ok(v) -> bool:
+    from ..reid import datasets
+
+    return isinstance(v, str) and (v.lower() == "synthetic" or datasets._ALIASES.get(v.lower(), v.lower())
+                                   in datasets.DATASETS)
+
+
+def _dataset_names() -> str:
+    from ..reid import datasets
+
+    return "one of " + " | ".join(sorted(set(datasets.DATASETS) | {"synthetic"} | set(datasets._ALIASES)))
+
+
+UNIT = Num(0, 1)
+RULES: Dict[str, Rule] = {
+    "model.name": Lazy(lambda v: v in _model_names(), lambda: "one of " + " | ".join(_model_names())),
+    "model.attn_impl": Choice("eager", "sdpa", "dcs"),
+    "model.dcs_impl": Choice("auto", "triton", "sdpa", "eager"),
+    "model.dcs_mask_mode": Choice("token", "channel"),
+    "model.tau": Num(0, lo_open=True),
+    "model.dcs_init_logit": Num(),
+    "model.pretrained": Null() | Str(allowed="a file path"),
+    "model.neck_feat": Choice("before", "after"),
+    "model.sie_camera": Bool(),
+    "model.sie_view": Bool(),
+    "model.img_size": ListOf(Int(1), length=2),
+    "model.model_kwargs": Null() | Map(),
+    "data.dataset": Lazy(_dataset_ok, _dataset_names),
+    "data.data_root": Null() | Str(allowed="a folder path"),
+    "data.dataset_kwargs": Null() | Map(),
+    "data.batch_size": Int(1),
+    "data.num_instances": Int(1),
+    "data.num_workers": Int(0),
+    "data.flip_prob": UNIT,
+    "data.padding": Int(0),
+    "data.erasing_prob": UNIT,
+    "data.pixel_mean": ListOf(Num(), length=3),
+    "data.pixel_std": ListOf(Num(0, lo_open=True), length=3),
+    "solver.epochs": Int(1),
+    "solver.optimizer": Choice("sgd", "adamw"),
+    "solver.base_lr": Num(0, lo_open=True),
+    "solver.momentum": Num(0, 1, hi_open=True),
+    "solver.weight_decay": Num(0),
+    "solver.warmup_epochs": Int(0),
+    "solver.warmup_factor": Num(0, 1, lo_open=True),
+    "solver.min_lr_factor": UNIT,
+    "solver.bias_lr_factor": Num(0, lo_open=True),
+    "solver.grad_clip": Num(0, note=" (0: off)") | Null() | Rule(lambda v: v is False, "false (off)"),
+    "solver.amp": Choice("bf16", "fp16", "none", None, False),
+    "solver.compile": Bool(),
+    "solver.seed": Int(0, 2**63 - 1),
+    "solver.device": Str(r"auto|cpu|cuda", "one of 'auto' | 'cpu' | 'cuda'"),
+    "solver.num_threads": Int(0, note=" (0: torch's default)"),
+    "solver.max_iters_per_epoch": Int(0, note=" (0: a full pass)"),
+    "loss.id_weight": Num(0),
+    "loss.tri_weight": Num(0),
+    "loss.label_smoothing": Null() | Num(0, 1, hi_open=True),
+    "loss.triplet_margin": Null() | Num(0),
+    "loss.eta": Num(0),
+    "ibb.use_ibb": Bool(),
+    "ibb.beta": Num(0, lo_open=True) | Choice("auto"),
+    "ibb.ibb_start_epoch": Int(0),
+    "ibb.ibb_refresh": Int(1),
+    "ibb.ibb_clusters": Null() | Int(1),
+    "ibb.kmeans_iters": Int(1),
+    "ibb.input_clusters": Null() | Int(1),
+    "ibb.input_size": ListOf(Int(1), length=2),
+    "ibb.input_samples": Int(1),
+    "eval.eval_period": Int(0, note=" (0: only at the end)"),
+    "eval.eval_batch_size": Int(1),
+    "eval.distance": Choice("euclidean", "cosine"),
+    "eval.rerank": Bool(),
+    "eval.occlusion": Bool(),
+    "eval.occlusion_ratios": ListOf(UNIT),
+    "eval.max_rank": Int(1),
+    "output.output_dir": Null() | Str(allowed="a folder path"),
+    "output.log_period": Int(1),
+    "output.checkpoint_period": Int(1),
+    "output.progress": Choice("auto", "bar", "log"),
+}
+
+
+def _cross_checks(cfg: Dict) -> List[str]:
+    d = cfg["data"]
+    errors = []
+    if _is_int(d["batch_size"]) and _is_int(d["num_instances"]) and d["num_instances"] >= 1 \
+            and d["batch_size"] % d["num_instances"]:
+        errors.append(f"data.batch_size = {d['batch_size']} must be a multiple of data.num_instances = "
+                      f"{d['num_instances']} (P identities x K images per batch)")
+    return errors
+
+
+def validate(cfg: Dict, defaults: Dict) -> None:
+    """Raise :class:`ConfigError` listing every key of ``cfg`` whose value breaks its rule, and unknown
+    sections/keys with the closest valid name. Cheap: nothing is read or built."""
+    errors: List[str] = []
+    for section, values in cfg.items():
+        if section.startswith("_"):
+            continue
+        if section not in defaults:
+            raise UnknownKeyError(f"config: unknown section {section!r}{closest(section, defaults)}")
+        for key, value in values.items():
+            dotted = f"{section}.{key}"
+            rule = RULES.get(dotted)
+            if key not in defaults[section]:
+                raise UnknownKeyError(unknown_key_message(dotted, defaults))
+            if rule is None:
+                errors.append(f"{dotted}: no validation rule (add one to ribkernels/engine/validate.py RULES)")
+            elif not rule(value):
+                errors.append(f"{dotted} = {value!r}: expected {rule.allowed}")
+    errors += _cross_checks(cfg)
+    if errors:
+        raise ConfigError("invalid config:\n  " + "\n  ".join(errors))
+
+
+def unknown_key_message(dotted: str, defaults: Dict, where: str = "config") -> str:
+    """``where: unknown key a.b (did you mean 'a.c'?)`` over every ``section.key`` of ``defaults``."""
+    known = [f"{s}.{k}" for s, keys in defaults.items() for k in keys]
+    hint = closest(dotted, known)
+    if not hint:  # right key, wrong section?
+        key = dotted.split(".", 1)[-1]
+        hint = closest(key, [k.split(".", 1)[1] for k in known])
+        if hint:
+            name = hint[len(" (did you mean '"):-len("'?)")]
+            hint = f" (did you mean {next(k for k in known if k.endswith('.' + name))!r}?)"
+    return f"{where}: unknown key {dotted}{hint}"
