@@ -141,6 +141,8 @@ class Trainer:
         self.metrics = Metrics(os.path.join(self.run_dir, "metrics.json") if self.main and not self.eval_only
                                else None)
         self.metrics.data["config_name"] = cfg["_meta"]["config_name"]
+        if self.data.bad_images:  # left out with data.skip_bad_images: counted, never substituted
+            self.metrics.data["bad_images"] = [{"path": p, "reason": r} for p, r in self.data.bad_images]
         self.input_clusters_ready = False
         if resume:
             self._load(resume_state, resume)

@@ -125,14 +125,15 @@ def _model_names() -> Sequence[str]:
 def _dataset_ok(v) -> bool:
     from ..reid import datasets
 
-    return isinstance(v, str) and (v.lower() == "synthetic" or datasets._ALIASES.get(v.lower(), v.lower())
-                                   in datasets.DATASETS)
+    name = datasets._ALIASES.get(v.lower(), v.lower()) if isinstance(v, str) else None
+    return name is not None and (name in datasets.DATASETS or name in datasets.BUILTIN_DATASETS)
 
 
 def _dataset_names() -> str:
     from ..reid import datasets
 
-    return "one of " + " | ".join(sorted(set(datasets.DATASETS) | {"synthetic"} | set(datasets._ALIASES)))
+    names = set(datasets.DATASETS) | set(datasets.BUILTIN_DATASETS) | set(datasets._ALIASES)
+    return "one of " + " | ".join(sorted(names)) + " (or a name added with ribkernels.reid.register_dataset)"
 
 
 UNIT = Num(0, 1)
@@ -160,6 +161,7 @@ RULES: Dict[str, Rule] = {
     "data.erasing_prob": UNIT,
     "data.pixel_mean": ListOf(Num(), length=3),
     "data.pixel_std": ListOf(Num(0, lo_open=True), length=3),
+    "data.skip_bad_images": Bool(),
     "solver.epochs": Int(1),
     "solver.optimizer": Choice("sgd", "adamw"),
     "solver.base_lr": Num(0, lo_open=True),
