@@ -14,7 +14,8 @@ from . import checkpoint as ckpt_io
 from . import components
 from . import distributed as du
 from .config import dump
-from .reporting import Metrics, Progress, plot_curves, results_table, setup_logging
+from .reporting import (Metrics, Progress, RunClock, open_tensorboard, plot_curves, require_tensorboard,
+                        results_table, setup_logging)
 from .scheduler import WarmupCosineLR
 
 
@@ -44,6 +45,9 @@ class Trainer:
         self.main = du.is_main()
         self.stop_after = stop_after
         self.eval_only = eval_only
+        if cfg["output"]["tensorboard"] and self.main:
+            require_tensorboard()  # before any folder or data: a clear message, not a crash later
+        self.clock: Optional[RunClock] = None
         self.run_dir = self._make_run_dir(resume)
         self.log = setup_logging(self.run_dir, self.main)
         if self.main:
@@ -86,6 +90,8 @@ class Trainer:
         self.start_epoch, self.start_iter = 0, 0
         self.metrics = Metrics(os.path.join(self.run_dir, "metrics.json") if self.main else None)
         self.metrics.data["config_name"] = cfg["_meta"]["config_name"]
+        if cfg["output"]["tensorboard"] and self.main and not eval_only:
+            self.metrics.tensorboard = open_tensorboard(self.run_dir)
         self.input_clusters_ready = False
         if resume:
             self._load(resume)
@@ -153,6 +159,20 @@ class Trainer:
             return None
         path = ckpt_io.save_atomic(self._state(epoch, it), os.path.join(self.run_dir, name))
         self.log.info("checkpoint %s (epoch %d, iter %d)", path, epoch, it)
+        return path
+
+    def save_final(self, epoch: int) -> Optional[str]:
+        """``final.pth``: the model, its config and sizes only (``engine/model_file.py``; no optimizer)."""
+        if not self.main:
+            return None
+        from .model_file import model_file_state
+
+        m = self.cfg["model"]
+        state = model_file_state(self.model, self.cfg, self.data.num_classes,
+                                 self.data.num_cams if m["sie_camera"] else 0,
+                                 self.data.num_views if m["sie_view"] else 0, epoch)
+        path = ckpt_io.save_atomic(state, os.path.join(self.run_dir, "final.pth"))
+        self.log.info("model file %s (epoch %d)", path, epoch)
         return path
 
     def _load(self, path: str) -> None:
@@ -266,7 +286,7 @@ class Trainer:
         loader = self.data.train_loader(cfg, indices, self.local_batch,
                                         seed=_epoch_seed(cfg["solver"]["seed"], epoch, self.rank, salt=1))
         prog = Progress(self.iters_per_epoch, epoch, cfg["solver"]["epochs"], self.log, cfg["output"]["progress"],
-                        cfg["output"]["log_period"], enabled=self.main)
+                        cfg["output"]["log_period"], enabled=self.main, clock=self.clock)
         if prog.bar is not None and start_iter:
             prog.bar.update(start_iter)
         sums: Dict[str, torch.Tensor] = {}  # on the device: no host sync per iteration
@@ -318,6 +338,7 @@ class Trainer:
         epochs = cfg["solver"]["epochs"]
         last = epochs if self.stop_after is None else min(epochs, self.stop_after)
         old_handler = self._install_sigint()
+        self.clock = RunClock(last * self.iters_per_epoch, self.start_epoch * self.iters_per_epoch + self.start_iter)
         try:
             start_iter = self.start_iter
             for epoch in range(self.start_epoch, last):
@@ -353,7 +374,7 @@ class Trainer:
             self.log.info("stopped after epoch %d of %d (--stop-after); resume with --resume %s", last, epochs,
                           os.path.join(self.run_dir, "last.pth"))
             return None
-        self.save(epochs, 0, "final.pth")
+        self.save_final(epochs)
         final = self.evaluate(epochs, final=True)
         return final
 
@@ -401,17 +422,20 @@ class Trainer:
         kf = self.model.keep_fraction() if hasattr(self.model, "keep_fraction") else None
         return None if kf is None else float(kf)
 
-    def evaluate_checkpoint(self, checkpoint: Optional[str]) -> Optional[Dict]:
-        if checkpoint:
-            state = ckpt_io.load(checkpoint)
-            missing, unexpected = self.model.load_state_dict(ckpt_io.model_state_from(state), strict=False)
-            if missing or unexpected:
-                self.log.warning("checkpoint %s: missing %s, unexpected %s", checkpoint, missing, unexpected)
-            epoch = int(state.get("epoch", 0)) if isinstance(state, dict) else 0
+    def evaluate_checkpoint(self, checkpoint: Optional[str], model_file=None) -> Optional[Dict]:
+        if checkpoint:  # the model its own stored config describes, with this run's eval-time choices
+            from .model_file import EVAL_TIME_MODEL_KEYS, eval_config, read_model_file
+            from ..inference import build_model_from_file
+
+            mf = model_file or read_model_file(checkpoint)
+            cfg = eval_config(mf.config, self.cfg, [f"model.{k}" for k in EVAL_TIME_MODEL_KEYS])
+            self.model = build_model_from_file(mf, cfg, checkpoint).to(self.device)
+            epoch = mf.epoch
         else:
             self.log.warning("--eval-only without --checkpoint: evaluating the freshly initialised model")
             epoch = 0
         return self.evaluate(epoch, final=True)
 
     def close(self) -> None:
+        self.metrics.close()
         du.cleanup()
