@@ -125,17 +125,22 @@ def list_images(inputs: Sequence[str], what: str = "input") -> List[str]:
     return out
 
 
+def market_ids(path: str) -> Optional[Tuple[int, int]]:
+    """(pid, 0-based camid) from a Market-style name ``<pid>_c<cam>...`` (``0002_c1s1_000451_03.jpg``),
+    or None."""
+    m = _MARKET_NAME.match(os.path.basename(path))
+    if m is None or int(m.group(2)) < 1:
+        return None
+    return int(m.group(1)), int(m.group(2)) - 1
+
+
 def ids_from_names(paths: Sequence[str]) -> Tuple[Optional[np.ndarray], Optional[np.ndarray]]:
-    """(pids, 0-based camids) from Market-style names ``<pid>_c<cam>...`` (e.g. ``0002_c1s1_000451_03.jpg``),
-    or (None, None) when any name does not follow that pattern."""
-    pids, cams = [], []
-    for p in paths:
-        m = _MARKET_NAME.match(os.path.basename(p))
-        if m is None or int(m.group(2)) < 1:
-            return None, None
-        pids.append(int(m.group(1)))
-        cams.append(int(m.group(2)) - 1)
-    return np.asarray(pids, dtype=np.int64), np.asarray(cams, dtype=np.int64)
+    """(pids, 0-based camids) of all ``paths`` from Market-style names, or (None, None) when any name
+    does not follow that pattern."""
+    ids = [market_ids(p) for p in paths]
+    if not ids or any(i is None for i in ids):
+        return None, None
+    return (np.asarray([i[0] for i in ids], dtype=np.int64), np.asarray([i[1] for i in ids], dtype=np.int64))
 
 
 class _Images(torch.utils.data.Dataset):
