@@ -247,6 +247,18 @@ def test_search_accepts_an_npz_gallery_and_writes_nowhere_else(runs, search_resu
     assert os.listdir(elsewhere) == []
 
 
+def test_search_never_lists_the_query_itself(runs, search_result, tmp_path):
+    out = tmp_path / "self"
+    assert cli.main(["search", os.path.join(runs.dcs, "final.pth"), "--query", search_result.query, "--gallery",
+                     search_result.query, "--top-k", "10", "--keep-same-camera", "--out", str(out),
+                     "--no-progress"]) == 0
+    queries = json.loads((out / "results.json").read_text())["queries"]
+    n = len(queries)
+    for q in queries:
+        assert q["query"] not in [m["gallery"] for m in q["matches"]]
+        assert len(q["matches"]) == n - 1  # the rest of the gallery, fewer than --top-k
+
+
 def test_output_folder_refuses_paths_that_leave_it(tmp_path):
     from ribkernels.cli import CommandError
     from ribkernels.cli.search import OutputFolder, safe_name

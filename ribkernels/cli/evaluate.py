@@ -11,7 +11,7 @@ import copy
 import os
 
 from . import CommandError
-from ._common import add_checkpoint_argument, check_checkpoint, check_device, positive_int
+from ._common import add_checkpoint_argument, check_checkpoint, check_device, non_negative_int, positive_int
 
 NAME = "evaluate"
 HELP = "mAP / CMC / mINP of a checkpoint on a dataset, with the checkpoint's own config"
@@ -26,7 +26,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--output-dir", default=None, help="run folder for the results")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     parser.add_argument("--batch-size", type=positive_int, default=None, help="evaluation batch size")
-    parser.add_argument("--num-workers", type=int, default=None, help="data-loading workers")
+    parser.add_argument("--num-workers", type=non_negative_int, default=None, help="data-loading workers")
     parser.add_argument("--neck-feat", choices=("before", "after"), default=None,
                         help="retrieval feature before/after the BNNeck (default: the checkpoint's)")
     parser.add_argument("--distance", choices=("euclidean", "cosine"), default=None,

@@ -115,11 +115,14 @@ def rank(qf, gf, q_paths, g_paths, q_ids, g_ids, top_k: int, metric: str, keep_s
     from ..reid.evaluation import compute_distance_matrix
 
     dist = compute_distance_matrix(qf, gf, metric=metric, normalize=True)
-    g_real = [os.path.realpath(p) for p in g_paths]
+    same_file: dict = {}
+    for j, p in enumerate(g_paths):
+        same_file.setdefault(os.path.realpath(p), []).append(j)
     out = []
     for i in range(len(q_paths)):
         d = dist[i].astype(np.float64)
-        skip = np.array([r == os.path.realpath(q_paths[i]) for r in g_real])
+        skip = np.zeros(len(g_paths), dtype=bool)
+        skip[same_file.get(os.path.realpath(q_paths[i]), [])] = True  # the query image itself
         if q_ids is not None and g_ids is not None and not keep_same_camera:
             (qp, qc), (gp, gc) = (q_ids[0][i], q_ids[1][i]), g_ids
             skip |= (gp == qp) & (gc == qc)
