@@ -201,15 +201,24 @@ def effective_defaults(config_path: Optional[str]) -> Dict[str, Dict[str, Any]]:
     return copy.deepcopy(DEFAULTS)
 
 
+def _readable(config_path: Optional[str]) -> bool:
+    try:
+        merge(DEFAULTS, load_yaml(config_path), where=config_path)
+        return True
+    except (OSError, KeyError, TypeError, ValueError, yaml.YAMLError):
+        return False
+
+
 def build_parser(argv: Optional[List[str]] = None) -> argparse.ArgumentParser:
     """The train.py parser; ``--help`` shows the values of the config ``argv`` selects (``--config``,
     else the default config): what ``python train.py`` would run with."""
     config_path = _config_from_argv(sys.argv[1:] if argv is None else argv)
     shown = effective_defaults(config_path)
+    source = (f"the values of {config_path} (what runs without flags)" if _readable(config_path)
+              else f"the built-in defaults ({config_path} could not be read)")
     p = argparse.ArgumentParser(
         description="Train and evaluate TransReID / RIB-DCS / RIB-CA person Re-ID models "
-                    "(single process or torchrun). Flags override the YAML config; the defaults shown "
-                    f"are the values of {config_path} (what runs without flags).",
+                    f"(single process or torchrun). Flags override the YAML config; the defaults shown are {source}.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--config", default=DEFAULT_CONFIG, help="YAML config file")
     p.add_argument("--resume", default=None, help="checkpoint to continue from ('auto': the output dir's last.pth)")
