@@ -186,7 +186,7 @@ class _RenamedFlag(argparse.Action):
 
 def _config_from_argv(argv: Optional[List[str]]) -> str:
     """The --config the command line names (the default config when none), for --help's defaults."""
-    pre = argparse.ArgumentParser(add_help=False)
+    pre = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
     pre.add_argument("--config", default=DEFAULT_CONFIG)
     return pre.parse_known_args(argv)[0].config
 
