@@ -154,6 +154,12 @@ def test_extract_checks_its_arguments_before_any_work(runs, tmp_path, capsys):
         err = capsys.readouterr().err
         assert "ribkernels extract: error:" in err and needle in err, (argv, err)
     assert not (tmp_path / "a.npz").exists()
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "0001_c1s1_000001_00.jpg").write_bytes(b"not a jpeg")
+    assert cli.main(["extract", ckpt, str(broken), "--out", str(tmp_path / "a.npz"), "--no-progress"]) == 2
+    assert "0001_c1s1_000001_00.jpg" in capsys.readouterr().err
+    assert not (tmp_path / "a.npz").exists()
     with pytest.raises(SystemExit):  # argparse: a non-positive batch size
         cli.main(["extract", ckpt, runs.query, "--out", str(tmp_path / "a.npz"), "--batch-size", "0"])
 
@@ -324,6 +330,7 @@ def test_dispatcher_skips_a_missing_command_module(monkeypatch):
     monkeypatch.setattr(cli, "COMMANDS", ["extract", "not_written_yet", "search"])
     assert sorted(cli.available()) == ["extract", "search"]
     assert sorted(cli.available(["search", "x"])) == ["search"]
+    assert sorted(cli.available(["not-written-yet"])) == ["extract", "search"]
 
 
 def test_python_dash_m_lists_the_commands():

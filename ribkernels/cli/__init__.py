@@ -41,6 +41,8 @@ def available(argv: Optional[List[str]] = None) -> Dict[str, object]:
         mod = _module(name)
         if mod is not None:
             out[mod.NAME] = mod
+    if not out and wanted != COMMANDS:  # a command this checkout lacks: list the ones it has
+        return available()
     return out
 
 
@@ -63,9 +65,12 @@ def main(argv: Optional[List[str]] = None) -> int:
     commands = available(argv)
     parser = build_parser(commands)
     args = parser.parse_args(argv)
+    from ..reid.datasets import CorruptImageError  # an unreadable image: its path, no traceback
+
     try:
         return int(args._command.run(args) or 0)
-    except (CommandError, FileNotFoundError, NotADirectoryError, ValueError, pickle.UnpicklingError) as exc:
+    except (CommandError, FileNotFoundError, NotADirectoryError, ValueError, pickle.UnpicklingError,
+            CorruptImageError) as exc:
         if os.environ.get("RIBKERNELS_DEBUG") == "1":
             raise
         print(f"ribkernels {args.command}: error: {exc}", file=sys.stderr)
