@@ -17,7 +17,7 @@ import torch
 
 from ribkernels import cli
 from ribkernels.engine import main as train_main
-from ribkernels.engine.model_file import FORMAT
+from ribkernels.engine.model_file import FORMAT, KIND
 from ribkernels.inference import eval_transform, ids_from_names, load_model, without_camera_ids
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -63,7 +63,7 @@ def _features_by_hand(loaded, paths, camids=None):
 def test_final_pth_is_a_weights_only_model_file(runs):
     final = torch.load(os.path.join(runs.dcs, "final.pth"), weights_only=True)
     last = torch.load(os.path.join(runs.dcs, "last.pth"), weights_only=False)
-    assert final["format"] == FORMAT and final["version"] == 2
+    assert (final["format"], final["version"], final["kind"]) == (FORMAT, 2, KIND)
     assert "optimizer" not in final and "rng" not in final
     assert final["config"]["model"] == last["config"]["model"]
     assert final["num_classes"] == last["model"]["neck.classifier.weight"].shape[0]

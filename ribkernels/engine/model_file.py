@@ -4,8 +4,12 @@ the sizes needed to rebuild it (classes, cameras, views). No optimizer, no RNG s
 Only tensors and plain containers (dict/list/str/int/float/bool/None), so ``torch.load(path,
 weights_only=True)`` reads it::
 
-    {"format": "ribkernels.model", "version": 2, "model": {name: tensor}, "config": {section: {...}},
-     "num_classes": int, "camera_num": int, "view_num": int, "epoch": int}
+    {"format": "ribkernels-checkpoint", "version": 2, "kind": "model", "model": {name: tensor},
+     "config": {section: {...}}, "num_classes": int, "camera_num": int, "view_num": int, "epoch": int}
+
+The format string and version are those of the weights-only training checkpoints (``last.pth``,
+``engine/checkpoint.py``), so one format check accepts both; ``"kind": "model"`` and the sizes tell
+the model file apart (it has no optimizer, so it cannot be resumed).
 
 ``read_model_file`` also accepts a training checkpoint (``last.pth``: it holds ``model`` and
 ``config``), inferring the sizes from the weights' shapes.
@@ -17,8 +21,10 @@ import torch
 
 from . import checkpoint as ckpt_io
 
-FORMAT = "ribkernels.model"
+FORMAT = "ribkernels-checkpoint"  # = engine.checkpoint.FORMAT of the weights-only checkpoints
 VERSION = 2
+KIND = "model"
+SIZE_KEYS = ("num_classes", "camera_num", "view_num")
 
 
 class ModelFile(NamedTuple):
@@ -45,7 +51,7 @@ def model_file_state(model: torch.nn.Module, cfg: Dict, num_classes: int, camera
                      epoch: int) -> Dict[str, Any]:
     """The ``final.pth`` dict of ``model`` (weights copied to the CPU)."""
     state = {k: v.detach().cpu().clone() for k, v in ckpt_io.model_state_from(model.state_dict()).items()}
-    return {"format": FORMAT, "version": VERSION, "model": state, "config": _plain(cfg, "config"),
+    return {"format": FORMAT, "version": VERSION, "kind": KIND, "model": state, "config": _plain(cfg, "config"),
             "num_classes": int(num_classes), "camera_num": int(camera_num), "view_num": int(view_num),
             "epoch": int(epoch)}
 
@@ -84,11 +90,11 @@ def read_model_file(path: str) -> ModelFile:
     if not isinstance(cfg, dict) or not isinstance(cfg.get("model"), dict):
         raise ValueError(f"checkpoint {path}: its 'config' has no 'model' section")
     state = ckpt_io.model_state_from(raw)
-    if raw.get("format") == FORMAT:
-        if int(raw.get("version", 0)) > VERSION:
-            raise ValueError(f"checkpoint {path}: format version {raw['version']} is newer than this "
-                             f"ribkernels reads ({VERSION}); upgrade ribkernels")
-        sizes = int(raw["num_classes"]), int(raw["camera_num"]), int(raw["view_num"])
+    if raw.get("format") == FORMAT and int(raw.get("version", 0)) > VERSION:
+        raise ValueError(f"checkpoint {path}: format version {raw['version']} is newer than this "
+                         f"ribkernels reads ({VERSION}); upgrade ribkernels")
+    if raw.get("kind") == KIND and all(k in raw for k in SIZE_KEYS):
+        sizes = tuple(int(raw[k]) for k in SIZE_KEYS)
     else:
         sizes = _infer_sizes(state, cfg, path)
     return ModelFile(state, cfg, *sizes, epoch=int(raw.get("epoch", 0) or 0))
