@@ -61,6 +61,17 @@ def _dynamic_batch():
     return {"x": {0: torch.export.Dim("batch", min=1, max=4096)}}
 
 
+def _why(exc: BaseException) -> str:
+    """The exception's type and first line, and the last ribkernels source line the exporter named."""
+    import re
+
+    text = "\n".join(str(e) for e in (exc, exc.__cause__) if e is not None)
+    first = text.strip().splitlines()[0] if text.strip() else ""
+    where = re.findall(r'File "([^"]*ribkernels[/\\][^"]*)", line (\d+)', text)
+    at = f" (raised at {os.path.relpath(where[-1][0])}:{where[-1][1]})" if where else ""
+    return f"{type(exc).__name__}: {first[:300]}{at}"
+
+
 def _export_and_run(model, samples, args):
     """Export ``model`` to ``args.out``; the reloaded file's outputs on ``samples``."""
     import torch
@@ -107,10 +118,8 @@ def run(args) -> int:
     except Exception as exc:  # the model holds an op the exporter cannot trace: say which, no traceback
         if os.environ.get("RIBKERNELS_DEBUG") == "1":
             raise
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
         print(f"export FAILED ({args.format}, {loaded.config['model']['name']}, attn "
-              f"{loaded.config['model']['attn_impl']}): {type(exc).__name__}: {first} "
-              "(RIBKERNELS_DEBUG=1 shows the traceback)")
+              f"{loaded.config['model']['attn_impl']}): {_why(exc)} (RIBKERNELS_DEBUG=1 shows the traceback)")
         return 1
 
     errors = [float(np.abs(o - r).max()) for o, r in zip(outs, refs)]
