@@ -103,6 +103,13 @@ setup(
     ext_modules=ext_modules,
     cmdclass=cmdclass,
     python_requires=">=3.10",
-    install_requires=["torch>=2.4", "triton>=3.0", "timm>=1.0", "numpy", "pillow", "pyyaml"],
-    extras_require={"test": ["pytest", "pytest-benchmark", "matplotlib", "ninja"]},
+    # Everything `import ribkernels` and train.py import. Triton only where it has wheels (the
+    # marker torch itself uses); elsewhere DCS-Attention runs on PyTorch SDPA and
+    # ribkernels.available_backends() says why Triton is missing.
+    install_requires=["torch>=2.4", "triton>=3.0; platform_system == 'Linux' and platform_machine == 'x86_64'",
+                      "timm>=1.0", "torchvision", "numpy", "pillow", "pyyaml", "matplotlib", "tqdm"],
+    extras_require={"test": ["pytest", "pytest-benchmark", "ninja"],
+                    "export": ["onnx", "onnxscript", "onnxruntime"],   # `ribkernels export --format onnx`
+                    "tensorboard": ["tensorboard"]},                   # train.py --tensorboard
+    entry_points={"console_scripts": ["ribkernels = ribkernels.cli:main"]},
 )

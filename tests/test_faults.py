@@ -248,7 +248,7 @@ def test_allowed_changes_take_effect_and_are_recorded(data_root, stopped_run, tm
     assert changes[0]["changes"]["loss.eta"]["now"] == 0.5
     assert "changed config" in open(os.path.join(run, "train.log")).read()
     assert yaml.safe_load(open(os.path.join(run, "config.yaml")))["solver"]["base_lr"] == 0.01
-    groups = ckpt_io.load(os.path.join(run, "final.pth"))["optimizer"]["param_groups"]
+    groups = ckpt_io.load(os.path.join(run, "last.pth"))["optimizer"]["param_groups"]
     assert [g["initial_lr"] for g in groups] == [0.01, 0.01 * DEFAULTS["solver"]["bias_lr_factor"]]
 
 
@@ -258,7 +258,7 @@ def test_an_allowed_longer_schedule_continues_from_the_same_step(data_root, stop
     rc, err = train(*_args(data_root, run, "--epochs", "4", "--ibb-start-epoch", "1", "--resume", "auto",
                            "--allow-changes", "epochs"))
     assert rc == 0, err
-    sched = ckpt_io.load(os.path.join(run, "final.pth"))["scheduler"]
+    sched = ckpt_io.load(os.path.join(run, "last.pth"))["scheduler"]
     assert sched["total_iters"] == sched["last_iter"] == 4 * steps_done
     assert [r["epoch"] for r in _metrics(run)["epochs"]] == [1, 2, 3, 4]
 
@@ -328,7 +328,7 @@ def test_unusable_resume_files_are_named(data_root, stopped_run, tmp_path):
     rc, err = train(*_args(data_root, out, *RUN, "--resume", str(weights)))
     assert rc == 2 and str(weights) in err and "not a ribkernels checkpoint" in err
     rc, err = train(*_args(data_root, tmp_path / "ev", "--eval-only", "--checkpoint", str(weights)))
-    assert rc == 2 and str(weights) in err and "do not fit" in err
+    assert rc == 2 and str(weights) in err and "expected a train.py checkpoint" in err
     # continuing a run into a folder that holds another run is refused too
     other = _copy(stopped_run, tmp_path / "other")
     rc, err = train(*_args(data_root, other, *RUN, "--resume", os.path.join(stopped_run, "last.pth")))
@@ -380,11 +380,35 @@ def _train_entry(*extra):
     return lambda ck, tmp, data_root: train(*_args(data_root, tmp / "out", *[a.format(ck=ck) for a in extra]))
 
 
+def _cli_entry(*argv):
+    """``python -m ribkernels ARGV`` in this process, with ``{ck}`` the checkpoint, ``{img}`` a folder of
+    one image and ``{out}`` a path under the test's ``out`` folder."""
+    def call(ck, tmp, data_root):
+        from PIL import Image
+
+        from ribkernels.cli import main as cli_main
+
+        img = tmp / "images"
+        img.mkdir(exist_ok=True)
+        Image.new("RGB", (64, 128), (120, 30, 200)).save(img / "0001_c1s1_000001_00.jpg")
+        err = io.StringIO()
+        with contextlib.redirect_stderr(err):
+            rc = cli_main([a.format(ck=ck, img=img, out=tmp / "out", tmp=tmp, data=data_root) for a in argv])
+        return rc, err.getvalue()
+    return call
+
+
 # (name, call(checkpoint path, tmp folder, data root) -> (exit status, stderr)): one line per entry point.
 CHECKPOINT_ENTRY_POINTS = [
     ("resume", _train_entry("--resume", "{ck}")),
     ("eval-only", _train_entry("--eval-only", "--checkpoint", "{ck}")),
     ("pretrained", _train_entry("--pretrained", "{ck}")),
+    ("cli-extract", _cli_entry("extract", "{ck}", "{img}", "--out", "{tmp}/feats.npz", "--device", "cpu")),
+    ("cli-search", _cli_entry("search", "{ck}", "--query", "{img}", "--gallery", "{img}", "--out", "{out}",
+                              "--device", "cpu")),
+    ("cli-export", _cli_entry("export", "{ck}", "--format", "onnx", "--out", "{tmp}/model.onnx")),
+    ("cli-evaluate", _cli_entry("evaluate", "{ck}", "--dataset", "synthetic", "--data-root", "{data}",
+                                "--device", "cpu")),
 ]
 
 

@@ -7,7 +7,7 @@ import sys
 import yaml
 
 from .checkpoint import CheckpointError
-from .config import DEFAULTS, build_parser, resolve
+from .config import DEFAULTS, build_parser, explicit_keys, resolve
 from .resume import parse_allow
 from .run_folder import RunFolderError
 from .scheduler import WarmupCosineLR
@@ -18,11 +18,14 @@ __all__ = ["DEFAULTS", "build_parser", "resolve", "WarmupCosineLR", "Trainer", "
 
 # Errors about what the user gave (flags, config, files): one clear line, exit status 2, no traceback.
 USER_ERRORS = (ConfigError, CheckpointError, RunFolderError, FileNotFoundError, yaml.YAMLError)
+# Before training starts, a ValueError comes from what the user gave too (a checkpoint that is not a
+# model file, a dataset that does not fit); during training it would be a bug, so it keeps its traceback.
+SETUP_ERRORS = USER_ERRORS + (ValueError,)
 EXIT_USAGE, EXIT_INTERRUPTED = 2, 130
 
 
-def _parser() -> argparse.ArgumentParser:
-    p = build_parser()
+def _parser(argv=None) -> argparse.ArgumentParser:
+    p = build_parser(argv)
     p.add_argument("--allow-changes", default="", metavar="KEY,...",
                    help="with --resume: config keys (e.g. base_lr,eta) that may differ from the checkpoint's; "
                         "others that differ are refused")
@@ -43,7 +46,7 @@ def _check_unknown(parser: argparse.ArgumentParser, unknown) -> None:
 def main(argv=None) -> int:
     """Entry point of train.py: parse flags, train (or evaluate), return the exit status (0 done,
     2 bad flags/config/files — nothing was trained, 130 interrupted by Ctrl-C — resume with --resume)."""
-    parser = _parser()
+    parser = _parser(argv)
     args, unknown = parser.parse_known_args(argv)
     if unknown:
         _check_unknown(parser, unknown)
@@ -53,16 +56,22 @@ def main(argv=None) -> int:
             raise ConfigError("--eval-only takes --checkpoint, not --resume")
         if args.allow_changes and not args.resume:
             raise ConfigError("--allow-changes applies only with --resume")
+        model_file = None
+        if args.eval_only and args.checkpoint:  # evaluate the model the checkpoint's own config describes
+            from .model_file import eval_config, read_model_file
+
+            model_file = read_model_file(args.checkpoint)
+            cfg = eval_config(model_file.config, cfg, explicit_keys(args))
         sigint_at = tuple(int(x) for x in args.sigint_at.split(",")) if args.sigint_at else None
         trainer = Trainer(cfg, resume=args.resume, stop_after=args.stop_after, eval_only=args.eval_only,
                           checkpoint=args.checkpoint if args.eval_only else None,
                           allow_changes=parse_allow(args.allow_changes, DEFAULTS), sigint_at=sigint_at)
-    except USER_ERRORS as e:
+    except SETUP_ERRORS as e:
         print(f"train.py: error: {e}", file=sys.stderr, flush=True)
         return EXIT_USAGE
     try:
         if args.eval_only:
-            trainer.evaluate_checkpoint(args.checkpoint)
+            trainer.evaluate_checkpoint(args.checkpoint, model_file)
         else:
             trainer.fit()
     except USER_ERRORS as e:

@@ -7,6 +7,7 @@ any key with a YAML-parsed value. Precedence: defaults < YAML (bases first) < fl
 import argparse
 import copy
 import os
+import sys
 from typing import Any, Dict, List, Optional
 
 import yaml
@@ -96,6 +97,7 @@ DEFAULTS: Dict[str, Dict[str, Any]] = {
         "log_period": 20,               # a log line every this many iterations
         "checkpoint_period": 1,
         "progress": "auto",             # auto (bar on a TTY) | bar | log
+        "tensorboard": False,           # also log to run_dir/tensorboard (needs the tensorboard package)
     },
 }
 
@@ -176,36 +178,97 @@ def _parse_value(text: str) -> Any:
     return value
 
 
-def build_parser() -> argparse.ArgumentParser:
+# Flags whose spelling misled: the old flag fails with a message naming the new one.
+RENAMED_FLAGS = {"name": ("model-name", "it sets the MODEL architecture (model.name), not the run's name; "
+                                        "the run folder is --output-dir")}
+
+
+class _RenamedFlag(argparse.Action):
+    def __call__(self, parser, namespace, values, option_string=None):
+        new, why = RENAMED_FLAGS[option_string[2:]]
+        parser.error(f"{option_string} was renamed --{new}: {why}")
+
+
+def _config_from_argv(argv: Optional[List[str]]) -> str:
+    """The --config the command line names (the default config when none), for --help's defaults."""
+    pre = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    pre.add_argument("--config", default=DEFAULT_CONFIG)
+    return pre.parse_known_args(argv)[0].config
+
+
+def effective_defaults(config_path: Optional[str]) -> Dict[str, Dict[str, Any]]:
+    """DEFAULTS merged with the YAML at ``config_path`` (DEFAULTS alone when it cannot be read)."""
+    if config_path and os.path.isfile(config_path):
+        try:
+            return merge(DEFAULTS, load_yaml(config_path), where=config_path)
+        except (KeyError, TypeError, ValueError, yaml.YAMLError):
+            pass
+    return copy.deepcopy(DEFAULTS)
+
+
+def _readable(config_path: Optional[str]) -> bool:
+    try:
+        merge(DEFAULTS, load_yaml(config_path), where=config_path)
+        return True
+    except (OSError, KeyError, TypeError, ValueError, yaml.YAMLError):
+        return False
+
+
+def build_parser(argv: Optional[List[str]] = None) -> argparse.ArgumentParser:
+    """The train.py parser; ``--help`` shows the values of the config ``argv`` selects (``--config``,
+    else the default config): what ``python train.py`` would run with."""
+    config_path = _config_from_argv(sys.argv[1:] if argv is None else argv)
+    shown = effective_defaults(config_path)
+    source = (f"the values of {config_path} (what runs without flags)" if _readable(config_path)
+              else f"the built-in defaults ({config_path} could not be read)")
     p = argparse.ArgumentParser(
         description="Train and evaluate TransReID / RIB-DCS / RIB-CA person Re-ID models "
-                    "(single process or torchrun). Flags override the YAML config.",
+                    f"(single process or torchrun). Flags override the YAML config; the defaults shown are {source}.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--config", default=DEFAULT_CONFIG, help="YAML config file")
     p.add_argument("--resume", default=None, help="checkpoint to continue from ('auto': the output dir's last.pth)")
-    p.add_argument("--eval-only", action="store_true", help="only evaluate --checkpoint")
+    p.add_argument("--eval-only", action="store_true",
+                   help="only evaluate --checkpoint, with the model of the checkpoint's stored config")
     p.add_argument("--checkpoint", default=None, help="model checkpoint for --eval-only")
     p.add_argument("--stop-after", type=int, default=None,
                    help="stop (with a checkpoint, no final evaluation) after this many epochs in total; "
                         "the schedule still follows solver.epochs (simulates an interruption)")
     p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help="set any config key (YAML value), repeatable")
+    for old in RENAMED_FLAGS:
+        p.add_argument(f"--{old}", action=_RenamedFlag, nargs="?", help=argparse.SUPPRESS)
     for flag, dotted in ALIASES.items():
+        section, key = dotted.split(".")
         p.add_argument(f"--{flag}", dest=dotted, type=_parse_value, default=argparse.SUPPRESS,
-                       help=f"= {dotted}")
+                       help=f"= {dotted} (default {shown[section][key]!r})")
     for section, keys in DEFAULTS.items():
         group = p.add_argument_group(section)
-        for key, value in keys.items():
-            flag = "--" + key.replace("_", "-")
+        for key in keys:
+            value = shown[section][key]
+            flag = "--" + _flag_name(section, key)
             if flag[2:] in ALIASES:
                 continue
-            if isinstance(value, bool):
+            if isinstance(DEFAULTS[section][key], bool):
                 group.add_argument(flag, dest=f"{section}.{key}", action=argparse.BooleanOptionalAction,
                                    default=argparse.SUPPRESS, help=f"(default {value})")
             else:
                 group.add_argument(flag, dest=f"{section}.{key}", type=_parse_value,
                                    default=argparse.SUPPRESS, help=f"(default {value!r})")
     return p
+
+
+def _flag_name(section: str, key: str) -> str:
+    flag = key.replace("_", "-")
+    for new_name in (new for old, (new, _) in RENAMED_FLAGS.items() if old == flag):
+        return new_name
+    return flag
+
+
+def explicit_keys(args: argparse.Namespace) -> List[str]:
+    """Dotted config keys the command line set (flags and ``--set``)."""
+    keys = [k for k in vars(args) if "." in k]
+    keys += [item.split("=", 1)[0] for item in getattr(args, "set", []) if "=" in item]
+    return keys
 
 
 def resolve(args: argparse.Namespace) -> Dict:

@@ -51,14 +51,32 @@ class Metrics:
     def __init__(self, path: Optional[str], state: Optional[Dict] = None):
         self.path = path
         self.data = state or {"epochs": [], "evals": [], "final": None}
+        self.tensorboard = None  # a SummaryWriter (open_tensorboard) that mirrors the numbers
 
     def add_epoch(self, record: Dict) -> None:
         self.data["epochs"].append(_clean(record))
         self.write()
+        self._scalars("train", record)
 
     def add_eval(self, record: Dict) -> None:
         self.data["evals"].append(_clean(record))
         self.write()
+        self._scalars("eval", record)
+
+    def _scalars(self, prefix: str, record: Dict) -> None:
+        if self.tensorboard is None:
+            return
+        step = int(record["epoch"])
+        for key, value in record.items():
+            if key != "epoch" and isinstance(value, (int, float)) and not isinstance(value, bool) \
+                    and math.isfinite(value):
+                self.tensorboard.add_scalar(f"{prefix}/{key}", value, step)
+        self.tensorboard.flush()
+
+    def close(self) -> None:
+        if self.tensorboard is not None:
+            self.tensorboard.close()
+            self.tensorboard = None
 
     def set(self, key: str, value) -> None:
         self.data[key] = _clean(value)
@@ -73,6 +91,38 @@ class Metrics:
         os.replace(tmp, self.path)
 
 
+TENSORBOARD_MISSING = ("output.tensorboard is on (--tensorboard) but the tensorboard package is not installed; "
+                      "install it (pip install tensorboard) or drop --tensorboard")
+
+
+def require_tensorboard() -> None:
+    """Raise ImportError with an install hint when TensorBoard logging cannot work (checked at start,
+    before any data is read)."""
+    try:
+        import tensorboard  # noqa: F401  (torch.utils.tensorboard needs it)
+        from torch.utils.tensorboard import SummaryWriter  # noqa: F401
+    except ImportError as exc:
+        raise ImportError(f"{TENSORBOARD_MISSING} ({exc})") from exc
+
+
+def open_tensorboard(run_dir: str):
+    """A SummaryWriter writing to ``run_dir/tensorboard`` (``tensorboard --logdir runs``)."""
+    require_tensorboard()
+    from torch.utils.tensorboard import SummaryWriter
+
+    return SummaryWriter(os.path.join(run_dir, "tensorboard"))
+
+
+def _epoch_axis(ax, xs: List[float]) -> None:
+    """Integer epoch ticks; a one-point series gets a margin so its marker is not on the frame."""
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlabel("epoch")
+    if xs and min(xs) == max(xs):
+        ax.set_xlim(min(xs) - 1, max(xs) + 1)
+
+
 def _save(fig, out_dir: str, name: str) -> str:
     import matplotlib.pyplot as plt
 
@@ -84,12 +134,15 @@ def _save(fig, out_dir: str, name: str) -> str:
 
 
 def plot_curves(metrics: Dict, out_dir: str) -> List[str]:
-    """PNG plots: loss terms per epoch, the IBB bound and its terms, mAP/Rank-1 per evaluation."""
+    """PNG plots: loss terms per epoch, the IBB bound and its terms (with the kept DCS channels on a
+    second axis, in the same legend), mAP/Rank-1/mINP per evaluation. Integer epoch ticks, a marker
+    on every point (one evaluation is one visible point)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    nan = float("nan")
     written = []
     epochs = metrics.get("epochs") or []
     if epochs:
@@ -98,8 +151,8 @@ def plot_curves(metrics: Dict, out_dir: str) -> List[str]:
         for key in ("loss", "loss_id", "loss_tri", "loss_ibb_weighted"):
             ys = [r.get(key) for r in epochs]
             if any(y is not None for y in ys):
-                ax.plot(x, [float("nan") if y is None else y for y in ys], marker="o", ms=3, label=key)
-        ax.set_xlabel("epoch")
+                ax.plot(x, [nan if y is None else y for y in ys], marker="o", ms=4, label=key)
+        _epoch_axis(ax, x)
         ax.set_ylabel("mean loss")
         ax.set_title("training losses")
         ax.legend()
@@ -108,26 +161,29 @@ def plot_curves(metrics: Dict, out_dir: str) -> List[str]:
         if keys:
             fig, ax = plt.subplots(figsize=(6, 4))
             for key in keys:
-                ax.plot(x, [float("nan") if r.get(key) is None else r[key] for r in epochs], marker="o", ms=3,
-                        label=key)
+                ax.plot(x, [nan if r.get(key) is None else r[key] for r in epochs], marker="o", ms=4, label=key)
+            handles, labels = ax.get_legend_handles_labels()
             kf = [r.get("keep_fraction") for r in epochs]
             if any(v is not None for v in kf):
                 ax2 = ax.twinx()
-                ax2.plot(x, [float("nan") if v is None else v for v in kf], color="gray", ls="--",
-                         label="keep fraction")
-                ax2.set_ylabel("kept DCS channels")
-            ax.set_xlabel("epoch")
+                ax2.plot(x, [nan if v is None else v for v in kf], color="gray", ls="--", marker="s", ms=4,
+                         label="keep fraction (right axis)")
+                ax2.set_ylabel("kept DCS channels (fraction)")
+                ax2.set_ylim(0.0, 1.05)
+                h2, l2 = ax2.get_legend_handles_labels()
+                handles, labels = handles + h2, labels + l2
+            _epoch_axis(ax, x)
             ax.set_ylabel("IBB (nats)")
             ax.set_title("IBB bound")
-            ax.legend(loc="upper left")
+            ax.legend(handles, labels, loc="best")
             written.append(_save(fig, out_dir, "ibb.png"))
     evals = metrics.get("evals") or []
     if evals:
         fig, ax = plt.subplots(figsize=(6, 4))
         x = [r["epoch"] for r in evals]
-        for key in ("mAP", "rank1", "mINP"):
-            ax.plot(x, [100 * r[key] for r in evals], marker="o", label=key)
-        ax.set_xlabel("epoch")
+        for key, label in (("mAP", "mAP"), ("rank1", "Rank-1"), ("mINP", "mINP")):
+            ax.plot(x, [100 * r[key] for r in evals], marker="o", ms=6, label=label)
+        _epoch_axis(ax, x)
         ax.set_ylabel("%")
         ax.set_title("evaluation")
         ax.legend()
@@ -148,12 +204,45 @@ def results_table(rows: Iterable[Dict], title: Optional[str] = None) -> str:
     return "\n".join(lines)
 
 
+def format_duration(seconds: float) -> str:
+    """``3h05m``, ``4m07s``, ``12s``."""
+    s = max(0, int(round(seconds)))
+    if s >= 3600:
+        return f"{s // 3600}h{s % 3600 // 60:02d}m"
+    if s >= 60:
+        return f"{s // 60}m{s % 60:02d}s"
+    return f"{s}s"
+
+
+class RunClock:
+    """Whole-run ETA: wall time per training iteration since this process began training (the IBB
+    refreshes and evaluations between epochs included, so they are amortised), times the iterations
+    left. The final evaluation after the last iteration is not included."""
+
+    def __init__(self, total_iters: int, done_iters: int = 0, clock=time.monotonic):
+        self.total, self.first, self.done = int(total_iters), int(done_iters), int(done_iters)
+        self.clock = clock
+        self.t0 = clock()
+
+    def tick(self, n: int = 1) -> None:
+        self.done += n
+
+    def eta_s(self) -> Optional[float]:
+        """Seconds left (None before the first iteration of this process)."""
+        ran = self.done - self.first
+        if ran <= 0:
+            return None
+        return (self.clock() - self.t0) / ran * max(self.total - self.done, 0)
+
+
 class Progress:
-    """Per-epoch progress: a tqdm bar on a TTY, else a log line every ``log_period`` iterations."""
+    """Per-epoch progress: a tqdm bar on a TTY, else a log line every ``log_period`` iterations;
+    with a :class:`RunClock`, both show the whole run's ETA."""
 
     def __init__(self, total: int, epoch: int, epochs: int, log: logging.Logger, mode: str = "auto",
-                 log_period: int = 20, enabled: bool = True):
+                 log_period: int = 20, enabled: bool = True, clock: Optional[RunClock] = None):
         self.total, self.epoch, self.epochs, self.log = total, epoch, epochs, log
+        self.clock = clock
         self.log_period = max(1, int(log_period))
         self.enabled = enabled
         use_bar = mode == "bar" or (mode == "auto" and sys.stdout.isatty())
@@ -174,9 +263,14 @@ class Progress:
         return (it + 1) % self.log_period == 0 or it + 1 == self.total
 
     def update(self, it: int, values: Optional[Dict[str, float]] = None) -> None:
+        if self.clock is not None:
+            self.clock.tick()
         if not self.enabled:
             return
         text = None if values is None else {k: (f"{v:.3g}" if isinstance(v, float) else v) for k, v in values.items()}
+        eta = self.clock.eta_s() if self.clock is not None else None
+        if text is not None and eta is not None:
+            text["run_eta"] = format_duration(eta)
         if self.bar is not None:
             if text is not None:
                 self.bar.set_postfix(text, refresh=False)

@@ -16,7 +16,8 @@ from . import distributed as du
 from . import resume as resume_rules
 from . import run_folder as rf
 from .config import DEFAULTS, dump
-from .reporting import Metrics, Progress, plot_curves, results_table, setup_logging
+from .reporting import (Metrics, Progress, RunClock, open_tensorboard, plot_curves, require_tensorboard,
+                        results_table, setup_logging)
 from .scheduler import WarmupCosineLR
 
 
@@ -72,6 +73,9 @@ class Trainer:
         self.eval_only = eval_only
         self.sigint_at = tuple(sigint_at) if sigint_at else None
         self.interrupted = False
+        if cfg["output"]["tensorboard"] and self.main:
+            require_tensorboard()  # before any folder or data: a clear message, not a crash later
+        self.clock: Optional[RunClock] = None
         self.folder, self.run_dir, resume = open_run_folder(cfg, resume, eval_only, checkpoint)
         try:
             self._setup(resume, checkpoint, allow_changes)
@@ -95,7 +99,6 @@ class Trainer:
         if resume:
             resume_state = ckpt_io.load_training_state(resume, what="--resume")
             self.config_changes = resume_rules.check(resume_state["config"], cfg, DEFAULTS, allow_changes, resume)
-        self._eval_weights = ckpt_io.model_weights(checkpoint, "--checkpoint") if checkpoint else None  # (w, epoch)
         if cfg["model"]["pretrained"]:
             ckpt_io.check_pretrained(cfg["model"]["pretrained"])
         config_file = os.path.join(self.run_dir, "config.yaml")
@@ -143,6 +146,8 @@ class Trainer:
         self.metrics.data["config_name"] = cfg["_meta"]["config_name"]
         if self.data.bad_images:  # left out with data.skip_bad_images: counted, never substituted
             self.metrics.data["bad_images"] = [{"path": p, "reason": r} for p, r in self.data.bad_images]
+        if cfg["output"]["tensorboard"] and self.main and not self.eval_only:
+            self.metrics.tensorboard = open_tensorboard(self.run_dir)
         self.input_clusters_ready = False
         if resume:
             self._load(resume_state, resume)
@@ -211,6 +216,20 @@ class Trainer:
             return None
         path = ckpt_io.save_atomic(self._state(epoch, it, ranks), os.path.join(self.run_dir, name))
         self.log.info("checkpoint %s (epoch %d, iter %d)", path, epoch, it)
+        return path
+
+    def save_final(self, epoch: int) -> Optional[str]:
+        """``final.pth``: the model, its config and sizes only (``engine/model_file.py``; no optimizer)."""
+        if not self.main:
+            return None
+        from .model_file import model_file_state
+
+        m = self.cfg["model"]
+        state = model_file_state(self.model, self.cfg, self.data.num_classes,
+                                 self.data.num_cams if m["sie_camera"] else 0,
+                                 self.data.num_views if m["sie_view"] else 0, epoch)
+        path = ckpt_io.save_atomic(state, os.path.join(self.run_dir, "final.pth"))
+        self.log.info("model file %s (epoch %d)", path, epoch)
         return path
 
     def _load(self, state: Dict, path: str) -> None:
@@ -350,7 +369,7 @@ class Trainer:
                                         seed=_epoch_seed(cfg["solver"]["seed"], epoch, self.rank, salt=1),
                                         offset=start_iter * self.local_batch)
         prog = Progress(self.iters_per_epoch, epoch, cfg["solver"]["epochs"], self.log, cfg["output"]["progress"],
-                        cfg["output"]["log_period"], enabled=self.main)
+                        cfg["output"]["log_period"], enabled=self.main, clock=self.clock)
         if prog.bar is not None and start_iter:
             prog.bar.update(start_iter)
         sums: Dict[str, torch.Tensor] = {}  # on the device: no host sync per iteration
@@ -411,6 +430,7 @@ class Trainer:
         epochs = cfg["solver"]["epochs"]
         last = epochs if self.stop_after is None else min(epochs, self.stop_after)
         old_handler = self._install_sigint()
+        self.clock = RunClock(last * self.iters_per_epoch, self.start_epoch * self.iters_per_epoch + self.start_iter)
         try:
             start_iter = self.start_iter
             for epoch in range(self.start_epoch, last):
@@ -448,7 +468,7 @@ class Trainer:
             self.log.info("stopped after epoch %d of %d (--stop-after); resume with --resume %s", last, epochs,
                           os.path.join(self.run_dir, "last.pth"))
             return None
-        self.save(epochs, 0, "final.pth")
+        self.save_final(epochs)
         final = self.evaluate(epochs, final=True)
         return final
 
@@ -497,24 +517,19 @@ class Trainer:
         kf = self.model.keep_fraction() if hasattr(self.model, "keep_fraction") else None
         return None if kf is None else float(kf)
 
-    def evaluate_checkpoint(self, checkpoint: Optional[str]) -> Optional[Dict]:
-        """Evaluate ``checkpoint``'s weights; the result goes to ``eval-<timestamp>.json`` in the run
-        folder (``metrics.json`` and the rest of a run folder are never rewritten)."""
+    def evaluate_checkpoint(self, checkpoint: Optional[str], model_file=None) -> Optional[Dict]:
+        """Evaluate ``checkpoint``: the model its own stored config describes, with this run's
+        eval-time choices. The result goes to ``eval-<timestamp>.json`` in the run folder
+        (``metrics.json`` and the rest of a run folder are never rewritten)."""
         epoch = 0
         if checkpoint:
-            weights, epoch = self._eval_weights if self._eval_weights is not None else \
-                ckpt_io.model_weights(checkpoint, "--checkpoint")
-            try:
-                missing, unexpected = self.model.load_state_dict(weights, strict=False)
-            except RuntimeError as e:
-                raise ckpt_io.CheckpointError(checkpoint, f"weights do not fit the model this config builds "
-                                                          f"({self.cfg['model']['name']}): {e}", "--checkpoint") from None
-            if missing:
-                raise ckpt_io.CheckpointError(
-                    checkpoint, f"weights do not fit the model this config builds ({self.cfg['model']['name']}): "
-                                f"{len(missing)} of its tensors are missing, e.g. {missing[:4]}", "--checkpoint")
-            if unexpected:
-                self.log.warning("checkpoint %s: unexpected tensors ignored: %s", checkpoint, unexpected)
+            from .model_file import EVAL_TIME_MODEL_KEYS, eval_config, read_model_file
+            from ..inference import build_model_from_file
+
+            mf = model_file or read_model_file(checkpoint)
+            cfg = eval_config(mf.config, self.cfg, [f"model.{k}" for k in EVAL_TIME_MODEL_KEYS])
+            self.model = build_model_from_file(mf, cfg, checkpoint).to(self.device)
+            epoch = mf.epoch
         else:
             self.log.warning("--eval-only without --checkpoint: evaluating the freshly initialised model")
         result = self.evaluate(epoch, final=True)
@@ -532,4 +547,5 @@ class Trainer:
     def close(self) -> None:
         if self.folder is not None:
             self.folder.release()
+        self.metrics.close()
         du.cleanup()

@@ -203,6 +203,7 @@ RULES: Dict[str, Rule] = {
     "output.log_period": Int(1),
     "output.checkpoint_period": Int(1),
     "output.progress": Choice("auto", "bar", "log"),
+    "output.tensorboard": Bool(),
 }
 
 

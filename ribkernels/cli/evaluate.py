@@ -1,0 +1,87 @@
+"""Evaluate a checkpoint on a Re-ID dataset's query/gallery split (mAP, CMC, mINP), with the model
+and the settings of the config stored in the checkpoint — what ``train.py --eval-only`` does.
+
+    python -m ribkernels evaluate runs/<run>/final.pth --dataset market1501 --data-root /data/market1501
+
+Without ``--dataset``/``--data-root`` the dataset the model was trained on is used (its stored
+``data`` settings). Results go to a run folder (``--output-dir``; default
+``runs/<config>-eval-<timestamp>``): ``metrics.json``, ``results.md``, ``train.log``.
+"""
+import copy
+import os
+
+from . import CommandError
+from ._common import add_checkpoint_argument, check_checkpoint, check_device, non_negative_int, positive_int
+
+NAME = "evaluate"
+HELP = "mAP / CMC / mINP of a checkpoint on a dataset, with the checkpoint's own config"
+
+
+def add_arguments(parser) -> None:
+    add_checkpoint_argument(parser)
+    parser.add_argument("--dataset", default=None,
+                        help="dataset name (market1501, dukemtmc, msmt17, occluded_duke, synthetic, or a registered "
+                             "one); default: the one in the checkpoint's config")
+    parser.add_argument("--data-root", default=None, help="dataset folder; default: the checkpoint's")
+    parser.add_argument("--output-dir", default=None, help="run folder for the results")
+    parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    parser.add_argument("--batch-size", type=positive_int, default=None, help="evaluation batch size")
+    parser.add_argument("--num-workers", type=non_negative_int, default=None, help="data-loading workers")
+    parser.add_argument("--neck-feat", choices=("before", "after"), default=None,
+                        help="retrieval feature before/after the BNNeck (default: the checkpoint's)")
+    parser.add_argument("--distance", choices=("euclidean", "cosine"), default=None,
+                        help="default: the checkpoint's eval.distance")
+    parser.add_argument("--rerank", action="store_true", help="k-reciprocal re-ranking")
+    parser.add_argument("--occlusion", action="store_true", help="add the occlusion stress-test table")
+
+
+def evaluation_config(stored, args):
+    """The stored config with this command's choices applied."""
+    cfg = copy.deepcopy(stored)
+    d = cfg["data"]
+    if args.dataset is not None and args.dataset != d["dataset"]:
+        d["dataset"], d["dataset_kwargs"] = args.dataset, {}  # the stored kwargs belong to the other dataset
+    if args.data_root is not None:
+        d["data_root"] = args.data_root
+    if args.num_workers is not None:
+        d["num_workers"] = args.num_workers
+    e = cfg["eval"]
+    if args.batch_size is not None:
+        e["eval_batch_size"] = args.batch_size
+    if args.distance is not None:
+        e["distance"] = args.distance
+    e["rerank"] = bool(args.rerank)
+    e["occlusion"] = bool(args.occlusion)
+    if args.neck_feat is not None:
+        cfg["model"]["neck_feat"] = args.neck_feat
+    cfg["solver"]["device"] = args.device
+    cfg["output"]["output_dir"] = args.output_dir
+    cfg["output"]["tensorboard"] = False
+    meta = dict(cfg.get("_meta") or {})
+    meta["config_name"] = f"{meta.get('config_name') or 'checkpoint'}-eval"
+    cfg["_meta"] = meta
+    return cfg
+
+
+def run(args) -> int:
+    from ..engine import Trainer
+    from ..engine.model_file import read_model_file
+    from ..inference import stored_config
+
+    check_checkpoint(args.checkpoint)
+    check_device(args.device)
+    if args.data_root is not None and not os.path.isdir(args.data_root):
+        raise CommandError(f"--data-root {args.data_root}: no such folder")
+    if args.dataset is not None:
+        from ..reid.datasets import DATASETS
+
+        if args.dataset not in DATASETS:
+            raise CommandError(f"--dataset {args.dataset!r}: unknown; known: {sorted(DATASETS)}")
+    model_file = read_model_file(args.checkpoint)
+    cfg = evaluation_config(stored_config(model_file), args)
+    trainer = Trainer(cfg, eval_only=True)
+    try:
+        trainer.evaluate_checkpoint(args.checkpoint, model_file)
+    finally:
+        trainer.close()
+    return 0

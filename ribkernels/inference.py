@@ -1,0 +1,219 @@
+"""Inference from a train.py checkpoint: rebuild the model from the config stored in it, find
+images, read Market-style ids from file names, extract retrieval features in batches.
+
+    loaded = load_model("runs/x/final.pth", device="cpu")
+    paths = list_images(["my_images/"])
+    feats = extract_features(loaded, paths)            # [N, D] float32 numpy
+
+Camera ids: a model trained with SIE adds a learned embedding per camera. Without camera ids
+(``camids=None``) the mean of the learned camera (and view) embeddings is used for every image —
+no camera is favoured — by folding it into the position embedding (:func:`without_camera_ids`);
+with camera ids (0-based, e.g. from Market-style names via :func:`ids_from_names`) each image uses
+its own camera's embedding, as in training and evaluation.
+"""
+import contextlib
+import copy
+import os
+import re
+import sys
+from types import SimpleNamespace
+from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+
+from .engine import components
+from .engine.config import DEFAULTS
+from .engine.model_file import ModelFile, read_model_file
+
+IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp")
+_MARKET_NAME = re.compile(r"^(-?\d+)_c(\d+)")
+
+
+class LoadedModel(NamedTuple):
+    model: torch.nn.Module   # eval mode, on ``device``
+    config: Dict             # the stored training config, completed with today's defaults
+    file: ModelFile
+    device: torch.device
+
+
+def stored_config(mf: ModelFile) -> Dict:
+    """The checkpoint's config with keys it lacks (older versions) taken from ``DEFAULTS``."""
+    cfg = {section: {**keys, **(mf.config.get(section) or {})} for section, keys in DEFAULTS.items()}
+    cfg["_meta"] = dict(mf.config.get("_meta") or {"config_name": "checkpoint", "config_path": None})
+    return cfg
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {device}: CUDA is not available on this machine (use cpu or auto)")
+    return dev
+
+
+def build_model_from_file(mf: ModelFile, cfg: Dict, path: str = "checkpoint") -> torch.nn.Module:
+    """The model of ``cfg["model"]`` with the checkpoint's sizes and weights (strict), eval mode, CPU."""
+    cfg = copy.deepcopy(cfg)
+    cfg["model"]["pretrained"] = None  # the checkpoint holds the weights; the ImageNet file may be gone
+    sizes = SimpleNamespace(num_classes=mf.num_classes, num_cams=mf.camera_num, num_views=mf.view_num)
+    model = components.build_model(cfg, sizes)
+    try:
+        model.load_state_dict(mf.state, strict=True)
+    except RuntimeError as exc:
+        raise ValueError(f"checkpoint {path}: its weights do not fit the model its own config describes "
+                         f"({cfg['model']['name']}, attn {cfg['model']['attn_impl']}): {exc}") from exc
+    return model.eval()
+
+
+def load_model(path: str, device: str = "cpu", dcs_impl: Optional[str] = None) -> LoadedModel:
+    """Rebuild the model stored in ``path`` (``final.pth`` or ``last.pth``) from its own config.
+
+    ``dcs_impl`` overrides the DCS-Attention backend (e.g. ``"sdpa"`` for export)."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"checkpoint {path}: no such file")
+    dev = resolve_device(device)
+    mf = read_model_file(path)
+    cfg = stored_config(mf)
+    if dcs_impl is not None:
+        cfg["model"]["dcs_impl"] = dcs_impl
+    model = build_model_from_file(mf, cfg, path).to(dev)
+    return LoadedModel(model, cfg, mf, dev)
+
+
+def without_camera_ids(model: torch.nn.Module) -> torch.nn.Module:
+    """A copy of a SIE model that needs no camera/view ids: the mean of its SIE embeddings, times the
+    SIE coefficient, is added to the position embedding (the same for every token), so the forward
+    equals the one with the mean embedding. Models without SIE are returned unchanged."""
+    if getattr(model, "sie_embed", None) is None:
+        return model
+    out = copy.deepcopy(model)
+    with torch.no_grad():
+        out.pos_embed.add_(out.sie_coef * out.sie_embed.mean(dim=0, keepdim=True))  # [1,1,D] onto [1,N,D]
+    out.sie_embed = None
+    out.camera_num = out.view_num = 0
+    return out
+
+
+def uses_camera_ids(model: torch.nn.Module) -> int:
+    """Number of cameras the model's SIE embeds (0: camera ids are not used)."""
+    return int(getattr(model, "camera_num", 0) or 0) if getattr(model, "sie_embed", None) is not None else 0
+
+
+def list_images(inputs: Sequence[str], what: str = "input") -> List[str]:
+    """Image files of ``inputs`` (files, or folders searched recursively), sorted per folder.
+    Raises FileNotFoundError naming a missing input, ValueError when nothing is found."""
+    out: List[str] = []
+    for item in inputs:
+        if os.path.isdir(item):
+            found = []
+            for root, dirs, files in os.walk(item):
+                dirs.sort()
+                found += [os.path.join(root, f) for f in sorted(files) if f.lower().endswith(IMG_EXTENSIONS)]
+            if not found:
+                raise ValueError(f"{what} {item}: folder holds no image ({'/'.join(IMG_EXTENSIONS)})")
+            out += found
+        elif os.path.isfile(item):
+            if not item.lower().endswith(IMG_EXTENSIONS):
+                raise ValueError(f"{what} {item}: not an image file (expected {'/'.join(IMG_EXTENSIONS)})")
+            out.append(item)
+        else:
+            raise FileNotFoundError(f"{what} {item}: no such file or folder")
+    if not out:
+        raise ValueError(f"{what}: no images given")
+    return out
+
+
+def market_ids(path: str) -> Optional[Tuple[int, int]]:
+    """(pid, 0-based camid) from a Market-style name ``<pid>_c<cam>...`` (``0002_c1s1_000451_03.jpg``),
+    or None."""
+    m = _MARKET_NAME.match(os.path.basename(path))
+    if m is None or int(m.group(2)) < 1:
+        return None
+    return int(m.group(1)), int(m.group(2)) - 1
+
+
+def ids_from_names(paths: Sequence[str]) -> Tuple[Optional[np.ndarray], Optional[np.ndarray]]:
+    """(pids, 0-based camids) of all ``paths`` from Market-style names, or (None, None) when any name
+    does not follow that pattern."""
+    ids = [market_ids(p) for p in paths]
+    if not ids or any(i is None for i in ids):
+        return None, None
+    return (np.asarray([i[0] for i in ids], dtype=np.int64), np.asarray([i[1] for i in ids], dtype=np.int64))
+
+
+class _Images(torch.utils.data.Dataset):
+    def __init__(self, paths, camids, transform):
+        self.paths, self.camids, self.transform = list(paths), camids, transform
+
+    def __len__(self):
+        return len(self.paths)
+
+    def __getitem__(self, i):
+        from .reid.data import read_image  # raises CorruptImageError naming the path
+
+        cam = -1 if self.camids is None else int(self.camids[i])
+        return self.transform(read_image(self.paths[i])), cam
+
+
+def eval_transform(cfg: Dict):
+    from .reid.transforms import build_transforms
+
+    h, w = cfg["model"]["img_size"]
+    d = cfg["data"]
+    return build_transforms(int(h), int(w), False, mean=d["pixel_mean"], std=d["pixel_std"])
+
+
+def _progress(total: int, enabled: bool, desc: str):
+    if not enabled:
+        return contextlib.nullcontext(None)
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        return contextlib.nullcontext(None)
+    return tqdm(total=total, desc=desc, unit="img", file=sys.stderr, dynamic_ncols=True)
+
+
+@torch.no_grad()
+def extract_features(loaded: LoadedModel, paths: Sequence[str], camids: Optional[Sequence[int]] = None, *,
+                     batch_size: int = 64, num_workers: int = 0, progress: bool = True,
+                     desc: str = "extract") -> np.ndarray:
+    """Retrieval features ``[len(paths), D]`` (float32, not normalised) of the images at ``paths``:
+    the model's eval feature (what evaluation ranks with). ``camids``: 0-based camera ids, or None
+    (mean camera embedding, see the module docstring)."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    model = loaded.model
+    n_cams = uses_camera_ids(model)
+    if camids is not None:
+        camids = np.asarray(camids, dtype=np.int64)
+        if camids.shape != (len(paths),):
+            raise ValueError(f"camids: expected {len(paths)} ids, got shape {camids.shape}")
+        if n_cams and (camids.min() < 0 or camids.max() >= n_cams):
+            raise ValueError(f"camera ids must lie in [0, {n_cams}) for this model (trained with {n_cams} "
+                             f"cameras), got [{camids.min()}, {camids.max()}]; omit them to use the mean "
+                             "camera embedding")
+    if camids is None or not n_cams:
+        model = without_camera_ids(model)
+    model.eval()
+    dev = loaded.device
+    amp = loaded.config["solver"].get("amp")
+    autocast = (torch.autocast("cuda", dtype=torch.bfloat16 if amp == "bf16" else torch.float16)
+                if dev.type == "cuda" and amp in ("bf16", "fp16") else contextlib.nullcontext())
+    loader = torch.utils.data.DataLoader(_Images(paths, camids, eval_transform(loaded.config)),
+                                         batch_size=batch_size, shuffle=False, num_workers=num_workers,
+                                         pin_memory=dev.type == "cuda")
+    feats = []
+    with _progress(len(paths), progress, desc) as bar:
+        for images, cams in loader:
+            images = images.to(dev, non_blocking=True)
+            kwargs = {}
+            if camids is not None and n_cams:
+                kwargs["cam_label"] = cams.to(dev)
+            with autocast:
+                f = model(images, **kwargs)
+            feats.append(f.float().cpu())
+            if bar is not None:
+                bar.update(len(images))
+    return torch.cat(feats).numpy().astype(np.float32, copy=False)
