@@ -194,6 +194,15 @@ def test_seed_reproducible_and_shared_across_backends():
     torch.testing.assert_close(b, explicit, rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("impl", IMPLS)
+def test_tensor_seed_equals_int_seed(impl):
+    q, k, v, theta, _ = make_inputs(1, 2, 9, 16, (1, 2, 9, 16))
+    a = rk.dcs_attention(q, k, v, theta, seed=2**62 + 1, offset=3, impl=impl)
+    b = rk.dcs_attention(q, k, v, theta, seed=torch.tensor(2**62 + 1), offset=3, impl=impl)
+    torch.testing.assert_close(a, b, rtol=0, atol=0)
+    torch.testing.assert_close(rk.dcs_mask(theta, seed=torch.tensor(5)), rk.dcs_mask(theta, seed=5), rtol=0, atol=0)
+
+
 def test_dcs_mask_seeded_gradient_is_straight_through():
     theta = (3 * torch.randn(1, 3, 1, 40, dtype=torch.float64)).requires_grad_(True)
     theta.data[0, 0, 0, :2] = torch.tensor([200.0, -200.0], dtype=torch.float64)  # no overflow
