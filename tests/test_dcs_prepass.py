@@ -1,6 +1,10 @@
 """The C++ CPU mask pre-pass (torch.ops.ribkernels.dcs_mask_apply) against noise contract v2's
 PyTorch reference (ribkernels.dcs.philox) and the float64 formulas, on awkward sizes, broadcast θ,
 dtypes, offsets, NaN; and the PyTorch fallback used without the extension."""
+import os
+import subprocess
+import sys
+
 import pytest
 import torch
 
@@ -107,6 +111,22 @@ def test_fallback_without_extension_gives_the_contract(monkeypatch):
     monkeypatch.setattr(prepass, "cpu_prepass_available", lambda: False)
     without = rk.dcs_attention(q, k, v, theta, seed=31, offset=2, impl="sdpa")
     torch.testing.assert_close(with_op, without, rtol=1e-6, atol=1e-6)
+
+
+def test_package_without_extension_makes_the_same_attention(tmp_path):
+    """RIBKERNELS_NO_EXT=1: the PyTorch contract path, in a fresh process, gives the op's result."""
+    q, k, v = (torch.randn(1, 2, 9, 16) for _ in range(3))
+    theta = torch.randn(1, 2, 1, 16)
+    torch.save((q, k, v, theta), tmp_path / "inputs.pt")
+    code = ("import torch, ribkernels as rk; from ribkernels.dcs import prepass; "
+            f"q, k, v, t = torch.load({str(tmp_path / 'inputs.pt')!r}); "
+            "assert not prepass.cpu_prepass_available(); "
+            f"torch.save(rk.dcs_attention(q, k, v, t, seed=12, impl='sdpa'), {str(tmp_path / 'out.pt')!r})")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ, RIBKERNELS_NO_EXT="1", PYTHONPATH=root)
+    subprocess.run([sys.executable, "-c", code], check=True, env=env, cwd=root, timeout=300)
+    torch.testing.assert_close(torch.load(tmp_path / "out.pt"), rk.dcs_attention(q, k, v, theta, seed=12, impl="sdpa"),
+                               rtol=1e-6, atol=1e-6)
 
 
 @pytest.mark.parametrize("impl", ["sdpa", "eager"])
