@@ -95,6 +95,25 @@ def test_attention_gradients_match_float64_reference(tau, theta_kind):
     torch.testing.assert_close(leaves[3].grad, want[4], rtol=1e-5, atol=1e-6)  # soft in float32
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_gradients_close_to_float64(dtype):
+    B, H, N, D = 1, 2, 17, 16
+    q, k, v = (torch.randn(B, H, N, D).to(dtype) for _ in range(3))
+    theta = torch.randn(B, H, N, D)
+    grad_out = torch.randn(B, H, N, D).to(dtype)
+    leaves = [t.clone().requires_grad_(True) for t in (q, k, v, theta)]
+    out = rk.dcs_attention(*leaves, seed=21, impl="sdpa")
+    out.backward(grad_out)
+    _, _, mask, _ = op(q, k, theta, 21)
+    u = contract_uniform_like(q.shape, 21).double()
+    want = reference_forward_backward(q, k, v, theta, torch.log(u) - torch.log1p(-u), grad_out, mask=mask)
+    got = [out.detach()] + [t.grad for t in leaves]
+    assert got[4].dtype == torch.float32
+    for name, g, w in zip(["out", "dq", "dk", "dv", "dtheta"], got, want):
+        err = (g.double() - w).abs().max().item()
+        assert err <= 0.05 * max(1.0, w.abs().max().item()), f"{dtype} {name}: max error {err}"
+
+
 def test_gradcheck_float64_through_the_op():
     B, H, N, D = 1, 2, 5, 8
     q, k, v = (torch.randn(B, H, N, D, dtype=torch.float64, requires_grad=True) for _ in range(3))
