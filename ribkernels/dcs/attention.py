@@ -2,10 +2,10 @@
 
 A backend is a pair of functions: ``why_not(q, k, v, mask_logits, noise) -> list[str]`` (reasons it
 cannot take this input; empty means it can) and ``run(q, k, v, mask_logits, *, tau, training, seed,
-noise, scale)``. ``impl="auto"`` takes Triton on CUDA when it can, else SDPA. Asking for a backend
+offset, noise, scale)``. ``impl="auto"`` takes Triton on CUDA when it can, else SDPA. Asking for a backend
 that cannot run an input raises one error listing every backend's reasons.
 """
-from typing import Callable, Dict, List, NamedTuple, Optional
+from typing import Callable, Dict, List, NamedTuple, Optional, Union
 
 import torch
 
@@ -72,7 +72,7 @@ def dcs_attention(
     *,
     tau: float = 1.0,
     training: bool = True,
-    seed: Optional[int] = None,
+    seed: Optional[Union[int, torch.Tensor]] = None,
     offset: int = 0,
     noise: Optional[torch.Tensor] = None,
     scale: Optional[float] = None,
@@ -85,9 +85,9 @@ def dcs_attention(
     per token, ``[1, H, 1, D]`` static per channel, ...). noise: explicit logistic noise,
     broadcastable like θ, replacing the RNG (``M = 1[θ + noise > 0]``); else, with ``seed`` (an
     integer in ``[0, 2**63)``) and ``offset`` (``>= 0``, in Philox calls), noise contract v2: the same
-    mask in every backend, ``M = 1[u > sigmoid(−θ)]``; else torch's global generator (Triton: a
-    device-tensor seed drawn from it; PyTorch backends: ``torch.rand``), so ``torch.manual_seed``
-    makes runs reproducible. training=False uses ``M = 1[θ > 0]`` (no noise, no gradient to θ).
+    mask in every backend, ``M = 1[u > sigmoid(−θ)]`` (seed may be a 0-d int64 tensor); else a seed
+    tensor drawn from torch's global generator (Triton; the C++ CPU pre-pass) or ``torch.rand`` noise
+    (PyTorch backends without it), so ``torch.manual_seed`` makes runs reproducible. training=False uses ``M = 1[θ > 0]`` (no noise, no gradient to θ).
     scale defaults to ``D ** -0.5``. impl: ``"auto" | "triton" | "sdpa" | "eager"``.
     check_nan: check θ and noise for NaN (a NaN logit would silently drop its channel). Default: on
     CPU tensors (cheap), off on CUDA (it would sync); True/False forces it. Skipped under
