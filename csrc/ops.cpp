@@ -4,6 +4,7 @@
 #include <Python.h>
 #include <torch/library.h>
 
+#include "dcs_mask.h"
 #include "ibb.h"
 
 namespace ribkernels {
@@ -34,6 +35,18 @@ TORCH_LIBRARY(ribkernels, m) {
   m.def("kmeans_step(Tensor features, Tensor centroids) "
         "-> (Tensor assignments, Tensor sums, Tensor counts, Tensor min_dist)");
   m.def("cuda_enabled() -> bool", &ribkernels::cuda_enabled);
+  // DCS-Attention mask pre-pass (noise contract v2), CPU only: dcs_mask.h.
+  // tau is not used by the forward: it is an argument so the registered autograd can pass it on.
+  m.def("dcs_mask_apply(Tensor q, Tensor k, Tensor theta, Tensor seed, int offset, float tau) "
+        "-> (Tensor qm, Tensor km, Tensor mask, Tensor q_nan_count)");
+  m.def("dcs_mask_apply_backward(Tensor grad_qm, Tensor grad_km, Tensor q, Tensor k, "
+        "Tensor theta, Tensor mask, Tensor seed, int offset, float tau, bool theta_grad) "
+        "-> (Tensor grad_q, Tensor grad_k, Tensor grad_theta)");
+}
+
+TORCH_LIBRARY_IMPL(ribkernels, CPU, m) {
+  m.impl("dcs_mask_apply", &ribkernels::dcs_mask_apply);
+  m.impl("dcs_mask_apply_backward", &ribkernels::dcs_mask_apply_backward);
 }
 
 #define RIBKERNELS_IMPL(KEY)                                           \

@@ -43,7 +43,56 @@ def test_patched_vit_training_step_updates_mask_layer():
     assert attn.mask_logits.weight.grad is not None and attn.mask_logits.weight.grad.abs().sum() > 0
     opt.step()
     assert not torch.equal(attn.mask_logits.weight, before)
-    assert 0 < float(attn.last_keep_fraction) < 1
+    assert attn.last_keep_fraction is None  # tracking is off by default: no pass over θ
+
+
+def test_keep_fraction_tracked_only_when_asked():
+    attn = DCSAttention(32, num_heads=2, impl="sdpa", track_keep_fraction=True)
+    with torch.no_grad():
+        attn.mask_logits.bias.copy_(torch.linspace(-2, 2, 32))
+    x = torch.randn(3, 7, 32)
+    attn(x)
+    theta = attn.compute_mask_logits(x).detach()
+    assert attn.last_keep_fraction.dim() == 0 and not attn.last_keep_fraction.requires_grad
+    torch.testing.assert_close(attn.last_keep_fraction, torch.sigmoid(theta).mean())  # training: expectation
+    attn.eval()
+    attn(x)
+    torch.testing.assert_close(attn.last_keep_fraction, (theta > 0).float().mean())  # eval: exact
+    attn.track_keep_fraction = False
+    attn.train()
+    attn(x)
+    torch.testing.assert_close(attn.last_keep_fraction, (theta > 0).float().mean())  # unchanged
+
+
+def test_check_nan_is_passed_through():
+    attn = DCSAttention(16, num_heads=2, impl="sdpa", mask_mode="channel")
+    with torch.no_grad():
+        attn.mask_logits[0, 0] = float("nan")
+    x = torch.randn(1, 5, 16)
+    with pytest.raises(ValueError, match="mask_logits contains NaN"):
+        attn(x)
+    attn.check_nan = False
+    assert attn(x).shape == x.shape
+
+
+def test_patch_vit_raises_when_nothing_to_patch_and_takes_attn_types():
+    from timm.models.vision_transformer import Attention
+
+    model = small_vit()
+    assert rk.patch_vit(model) == 2
+    with pytest.raises(ValueError, match=r"no module of type.*Attention.*DCSAttention"):
+        rk.patch_vit(model)  # already patched
+    with pytest.raises(ValueError, match="no module of type"):
+        rk.patch_vit(torch.nn.Sequential(torch.nn.Linear(4, 4)))
+
+    class MyAttention(Attention):
+        pass
+
+    wrapper = torch.nn.ModuleDict({"a": MyAttention(32, num_heads=2), "b": Attention(32, num_heads=2)})
+    assert rk.patch_vit(wrapper, attn_types=[MyAttention]) == 1
+    assert isinstance(wrapper["a"], DCSAttention) and type(wrapper["b"]) is Attention
+    with pytest.raises(ValueError, match="attn_types must be"):
+        rk.patch_vit(wrapper, attn_types=[])
 
 
 def test_timm_weights_load_into_dcs_attention():
@@ -56,7 +105,7 @@ def test_timm_weights_load_into_dcs_attention():
 
 
 def test_init_keeps_every_channel_in_eval():
-    attn = DCSAttention(32, num_heads=2, impl="eager").eval()
+    attn = DCSAttention(32, num_heads=2, impl="eager", track_keep_fraction=True).eval()
     x = torch.randn(3, 7, 32)
     attn(x)
     assert float(attn.last_keep_fraction) == 1.0

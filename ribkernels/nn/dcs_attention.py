@@ -4,7 +4,7 @@ The parameter names of ``qkv``, ``q_norm``, ``k_norm``, ``norm`` and ``proj`` ma
 weights load unchanged; the only new parameters are the mask logits' (``mask_logits.*``).
 """
 import logging
-from typing import Optional, Type
+from typing import Optional, Sequence, Type
 
 import torch
 from torch import nn
@@ -24,12 +24,20 @@ class DCSAttention(nn.Module):
     mask_mode="channel": θ is a learned ``[num_heads, head_dim]`` parameter (``mask_logits``).
     With the default ``init_logit=3`` the eval mask keeps every channel: the module starts as the
     plain attention it replaces. Input/output: ``[B, N, dim]``.
+
+    check_nan: passed to :func:`dcs_attention` (None: checked on CPU, not on CUDA; never under
+    tracing). track_keep_fraction: when True, each forward stores ``last_keep_fraction``, a detached
+    0-d float32 tensor — in training the expected kept fraction ``mean(sigmoid(θ))`` (the mask's
+    expectation, not the sampled mask), in eval the exact ``mean(1[θ > 0])``. It costs a pass over θ,
+    so it is off by default; set it around logging steps. With it off, ``last_keep_fraction`` keeps
+    the value of the last forward that had it on (None before any).
     """
 
     def __init__(self, dim: int, num_heads: int = 8, qkv_bias: bool = True, qk_norm: bool = False,
                  scale_norm: bool = False, proj_bias: bool = True, attn_drop: float = 0.0,
                  proj_drop: float = 0.0, norm_layer: Optional[Type[nn.Module]] = None,
-                 mask_mode: str = "token", tau: float = 1.0, init_logit: float = 3.0, impl: str = "auto"):
+                 mask_mode: str = "token", tau: float = 1.0, init_logit: float = 3.0, impl: str = "auto",
+                 check_nan: Optional[bool] = None, track_keep_fraction: bool = False):
         super().__init__()
         if dim % num_heads:
             raise ValueError(f"dim ({dim}) must be divisible by num_heads ({num_heads})")
@@ -47,6 +55,8 @@ class DCSAttention(nn.Module):
         self.mask_mode = mask_mode
         self.tau = tau
         self.impl = impl
+        self.check_nan = check_nan
+        self.track_keep_fraction = bool(track_keep_fraction)
         self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
         self.q_norm = norm_layer(self.head_dim) if qk_norm else nn.Identity()
         self.k_norm = norm_layer(self.head_dim) if qk_norm else nn.Identity()
@@ -59,8 +69,7 @@ class DCSAttention(nn.Module):
             nn.init.constant_(self.mask_logits.bias, init_logit)
         else:
             self.mask_logits = nn.Parameter(torch.full((num_heads, self.head_dim), float(init_logit)))
-        # Fraction of kept channels of the last forward (expected value sigmoid(θ) in training, the
-        # exact 1[θ>0] fraction in eval), detached; read it for logging without syncing every step.
+        # See track_keep_fraction in the class docstring.
         self.last_keep_fraction: Optional[torch.Tensor] = None
 
     def extra_repr(self) -> str:
@@ -81,25 +90,40 @@ class DCSAttention(nn.Module):
         q, k, v = qkv.unbind(0)
         q, k = self.q_norm(q), self.k_norm(k)
         theta = self.compute_mask_logits(x)
-        with torch.no_grad():
-            kept = torch.sigmoid(theta.float()) if self.training else (theta > 0).float()
-            self.last_keep_fraction = kept.mean()
+        if self.track_keep_fraction:
+            with torch.no_grad():
+                kept = torch.sigmoid(theta.float()) if self.training else (theta > 0).float()
+                self.last_keep_fraction = kept.mean()
         x = dcs_attention(q, k, v, theta, tau=self.tau, training=self.training, scale=self.scale,
-                          impl=self.impl)
+                          impl=self.impl, check_nan=self.check_nan)
         x = x.transpose(1, 2).reshape(B, N, C)
         x = self.norm(x)
         return self.proj_drop(self.proj(x))
 
 
-def patch_vit(model: nn.Module, **kwargs) -> int:
+def patch_vit(model: nn.Module, attn_types: Optional[Sequence[type]] = None, **kwargs) -> int:
     """Replace every timm ViT ``Attention`` in ``model`` by a :class:`DCSAttention` in place.
 
-    The qkv/proj (and norm) weights are kept; ``kwargs`` go to ``DCSAttention`` (mask_mode, tau,
-    init_logit, impl). Returns the number of blocks changed (also logged).
+    attn_types: the attention classes to replace (exact type match; default timm's
+    ``vision_transformer.Attention``); each must have timm's ``qkv``/``proj``/``q_norm``/``k_norm``/
+    ``norm`` layout. The qkv/proj (and norm) weights are kept; ``kwargs`` go to ``DCSAttention``
+    (mask_mode, tau, init_logit, impl, check_nan, track_keep_fraction). Returns the number of blocks
+    changed (also logged); raises ValueError when it finds nothing to patch.
     """
-    from timm.models.vision_transformer import Attention
+    if attn_types is None:
+        from timm.models.vision_transformer import Attention
 
-    targets = [(name, mod) for name, mod in model.named_modules() if type(mod) is Attention]
+        attn_types = (Attention,)
+    attn_types = tuple(attn_types)
+    if not attn_types or not all(isinstance(t, type) for t in attn_types):
+        raise ValueError(f"attn_types must be a non-empty sequence of classes, got {attn_types!r}")
+    targets = [(name, mod) for name, mod in model.named_modules() if type(mod) in attn_types]
+    if not targets:
+        found = sorted({type(m).__name__ for m in model.modules() if "attn" in type(m).__name__.lower()
+                        or "attention" in type(m).__name__.lower()})
+        raise ValueError(f"patch_vit: no module of type {[t.__module__ + '.' + t.__qualname__ for t in attn_types]} "
+                         f"in {type(model).__name__} (attention-like classes found: {found or 'none'}); "
+                         f"pass attn_types= to choose which classes to replace")
     for name, old in targets:
         if getattr(old, "gate", None) is not None:
             raise ValueError(f"{name}: gated attention is not supported by DCSAttention")
