@@ -17,14 +17,17 @@ def reduce_to_shape(t: torch.Tensor, shape) -> torch.Tensor:
     return t.sum(dim=dims, keepdim=True) if dims else t
 
 
-def reference_forward_backward(q, k, v, theta, noise, grad_out, *, tau=1.0, scale=None, training=True):
-    """All inputs are upcast to float64. ``noise`` may be None only when ``training`` is False."""
+def reference_forward_backward(q, k, v, theta, noise, grad_out, *, tau=1.0, scale=None, training=True,
+                               mask=None):
+    """All inputs are upcast to float64. ``noise`` may be None only when ``training`` is False.
+    ``mask``: the 0/1 training mask to use instead of ``1[θ + noise > 0]`` (contract v2 decides it
+    as ``u > sigmoid(−θ)`` in float32); ``soft`` still comes from ``θ + noise``."""
     q, k, v, theta, grad_out = (t.detach().double() for t in (q, k, v, theta, grad_out))
     D = q.shape[-1]
     scale = D ** -0.5 if scale is None else scale
     if training:
         z = theta + noise.detach().double()
-        mask = (z > 0).double()
+        mask = (z > 0).double() if mask is None else mask.detach().double()
         soft = torch.sigmoid(z / tau)
     else:
         mask = (theta > 0).double().expand_as(theta)

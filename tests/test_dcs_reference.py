@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import ribkernels as rk
-from ribkernels.dcs.philox import philox_randint, uniform_open01
+from ribkernels.dcs.philox import contract_uniform, philox4x32, philox_randint
 from dcs_reference import manual_mask_gradient, reference_forward_backward
 
 IMPLS = ["eager", "sdpa"]
@@ -145,16 +145,92 @@ def test_all_one_mask_is_plain_attention(impl):
     torch.testing.assert_close(out, torch.nn.functional.scaled_dot_product_attention(q, k, v), rtol=1e-5, atol=1e-5)
 
 
+def contract_mask(theta, shape, seed, offset=0):
+    """Contract v2's training mask from the pure-Python Philox: 1[u > sigmoid(-θ)] in float32."""
+    u = python_contract_uniform(math.prod(shape), seed, offset).reshape(shape)
+    return (u > torch.sigmoid(-theta.float().expand(shape))).float(), u
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("theta_kind", ["token", "channel"])
+@pytest.mark.parametrize("tau", [1.0, 0.6])
+def test_seeded_backend_matches_contract_and_float64_reference(impl, theta_kind, tau):
+    B, H, N, D = 2, 3, 17, 16
+    shape = {"token": (B, H, N, D), "channel": (1, H, 1, D)}[theta_kind]
+    q, k, v, theta, _ = make_inputs(B, H, N, D, shape, dtype=torch.float64)
+    theta = theta.double()
+    seed, offset = 2**62 + 12345, 7
+    mask, u = contract_mask(theta, (B, H, N, D), seed, offset)
+    assert 0 < mask.mean() < 1
+    noise = torch.log(u.double()) - torch.log1p(-u.double())
+    grad_out = torch.randn(B, H, N, D, dtype=torch.float64)
+    got = run_seeded(impl, q, k, v, theta, grad_out, seed=seed, offset=offset, tau=tau)
+    want = reference_forward_backward(q, k, v, theta, noise, grad_out, tau=tau, mask=mask)
+    for name, g, w in zip(["out", "dq", "dk", "dv", "dtheta"], got, want):
+        # dθ: the contract makes soft in float32 (θ, u float32)
+        tol = dict(rtol=1e-5, atol=1e-6) if name == "dtheta" else dict(rtol=1e-9, atol=1e-10)
+        torch.testing.assert_close(g, w, **tol, msg=lambda m: f"{impl} {name}: {m}")
+
+
+def run_seeded(impl, q, k, v, theta, grad_out, **kw):
+    q, k, v, theta = (t.detach().clone().requires_grad_(True) for t in (q, k, v, theta))
+    out = rk.dcs_attention(q, k, v, theta, impl=impl, **kw)
+    out.backward(grad_out)
+    return out.detach(), q.grad, k.grad, v.grad, theta.grad
+
+
 def test_seed_reproducible_and_shared_across_backends():
     B, H, N, D = 2, 2, 17, 16
     q, k, v, theta, _ = make_inputs(B, H, N, D, (B, H, N, D))
     a = rk.dcs_attention(q, k, v, theta, seed=123, impl="eager")
     b = rk.dcs_attention(q, k, v, theta, seed=123, impl="sdpa")
     c = rk.dcs_attention(q, k, v, theta, seed=124, impl="sdpa")
+    d = rk.dcs_attention(q, k, v, theta, seed=123, offset=1, impl="sdpa")
     torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
-    assert not torch.allclose(b, c)
-    explicit = rk.dcs_attention(q, k, v, theta, noise=rk.logistic_noise((B, H, N, D), 123), impl="sdpa")
+    assert not torch.allclose(b, c) and not torch.allclose(b, d)
+    mask, _ = contract_mask(theta, (B, H, N, D), 123)
+    torch.testing.assert_close(rk.dcs_mask(theta, seed=123), mask, rtol=0, atol=0)
+    explicit = rk.dcs_attention(q, k, v, theta, noise=(2 * mask - 1) * 1e4 - theta, impl="sdpa")
     torch.testing.assert_close(b, explicit, rtol=0, atol=0)
+
+
+def test_dcs_mask_seeded_gradient_is_straight_through():
+    theta = (3 * torch.randn(1, 3, 1, 40, dtype=torch.float64)).requires_grad_(True)
+    theta.data[0, 0, 0, :2] = torch.tensor([200.0, -200.0], dtype=torch.float64)  # no overflow
+    shape, seed, tau = (1, 3, 1, 40), 99, 1.0
+    mask = rk.dcs_mask(theta, seed=seed, tau=tau)
+    want_mask, u = contract_mask(theta.detach(), shape, seed)
+    torch.testing.assert_close(mask, want_mask.double(), rtol=0, atol=0)
+    upstream = torch.randn(shape, dtype=torch.float64)
+    mask.backward(upstream)
+    soft = torch.sigmoid(theta.detach() + torch.log(u.double()) - torch.log1p(-u.double()))
+    assert torch.isfinite(theta.grad).all()
+    torch.testing.assert_close(theta.grad, upstream * soft * (1 - soft), rtol=1e-5, atol=1e-7)
+
+
+def test_logistic_noise_is_contract_noise():
+    shape, seed = (3, 5, 7), 2**63 - 1
+    u = python_contract_uniform(105, seed, offset=2**32 - 3).reshape(shape)
+    got = rk.logistic_noise(shape, seed, offset=2**32 - 3)
+    assert got.dtype == torch.float32
+    torch.testing.assert_close(got, torch.log(u) - torch.log1p(-u), rtol=0, atol=0)
+    # offset advanced by ceil(numel / 4) continues the stream without overlap
+    whole = rk.logistic_noise((40,), 5)
+    torch.testing.assert_close(torch.cat([rk.logistic_noise((20,), 5), rk.logistic_noise((20,), 5, offset=5)]), whole)
+
+
+@pytest.mark.parametrize("bad", [-1, 2**63, 1.5, True, "3", torch.tensor(3.0), torch.tensor([1, 2])])
+def test_seed_range_errors(bad):
+    q, k, v, theta, _ = make_inputs(1, 1, 4, 8, (1, 1, 4, 8))
+    for impl in IMPLS:
+        with pytest.raises(ValueError, match=r"seed.*\[0, 2\*\*63\)"):
+            rk.dcs_attention(q, k, v, theta, seed=bad, impl=impl)
+    with pytest.raises(ValueError, match=r"seed.*\[0, 2\*\*63\)"):
+        rk.dcs_mask(theta, seed=bad)
+    with pytest.raises(ValueError, match=r"seed.*\[0, 2\*\*63\)"):
+        rk.logistic_noise((4,), bad)
+    with pytest.raises(ValueError, match=r"offset must be an integer"):
+        rk.logistic_noise((4,), 0, offset=-1)
 
 
 def test_global_generator_makes_runs_reproducible():
@@ -193,21 +269,37 @@ def test_float16_error_bounded(impl):
     assert (out.double() - want).abs().max() < 1e-2
 
 
-def test_philox_matches_python_integer_reference():
-    def philox_py(seed, c0):
-        m = 0xFFFFFFFF
-        k0, k1, c1, c2, c3 = seed & m, seed >> 32 & m, 0, 0, 0
-        for _ in range(10):
-            p_b, p_a = 0xCD9E8D57 * c2, 0xD2511F53 * c0
-            c0, c2, c1, c3 = (p_b >> 32) ^ c1 ^ k0, (p_a >> 32) ^ c3 ^ k1, p_b & m, p_a & m
-            k0, k1 = (k0 + 0x9E3779B9) & m, (k1 + 0xBB67AE85) & m
-        return c0
+def python_philox4x32(seed, c0, c1):
+    """Philox-4x32-10 on Python ints: counter (c0, c1, 0, 0), key (lo32(seed), hi32(seed))."""
+    m = 0xFFFFFFFF
+    k0, k1, c2, c3 = seed & m, seed >> 32 & m, 0, 0
+    for _ in range(10):
+        p_b, p_a = 0xCD9E8D57 * c2, 0xD2511F53 * c0
+        c0, c2, c1, c3 = (p_b >> 32) ^ c1 ^ k0, (p_a >> 32) ^ c3 ^ k1, p_b & m, p_a & m
+        k0, k1 = (k0 + 0x9E3779B9) & m, (k1 + 0xBB67AE85) & m
+    return [c0, c1, c2, c3]
 
-    offsets = torch.tensor([0, 1, 2, 12345, 2**31 - 1])
-    for seed in (0, 42, 2**40 + 7):
-        got = philox_randint(seed, offsets).tolist()
-        assert got == [philox_py(seed, int(o)) for o in offsets]
-    u = uniform_open01(philox_randint(1, torch.arange(100_000)))
+
+def python_contract_uniform(numel, seed, offset=0):
+    """Contract v2's u for elements 0..numel-1, from Python ints (float32)."""
+    bits = []
+    for g in range((numel + 3) // 4):
+        counter = g + offset
+        bits += python_philox4x32(seed, counter & 0xFFFFFFFF, counter >> 32)
+    return torch.tensor([((b >> 9) + 0.5) * 2.0**-23 for b in bits[:numel]], dtype=torch.float32)
+
+
+def test_philox_matches_python_integer_reference():
+    lo = torch.tensor([0, 1, 2, 12345, 2**31 - 1, 2**31, 2**32 - 1])
+    hi = torch.tensor([0, 0, 7, 2**32 - 1, 1, 2**31, 2**32 - 1])
+    for seed in (0, 42, 2**40 + 7, 2**63 - 1):
+        got = torch.stack(philox4x32(seed, lo, hi), dim=-1).tolist()
+        assert got == [python_philox4x32(seed, int(a), int(b)) for a, b in zip(lo, hi)]
+        assert philox_randint(seed, lo).tolist() == [python_philox4x32(seed, int(a), 0)[0] for a in lo]
+    for numel, seed, offset in [(1, 3, 0), (13, 2**63 - 1, 2**32 - 2), (30, 7, 2**63 - 5)]:
+        torch.testing.assert_close(contract_uniform(numel, seed, offset),
+                                   python_contract_uniform(numel, seed, offset), rtol=0, atol=0)
+    u = contract_uniform(100_000, 1)
     assert 0 < u.min() and u.max() < 1 and abs(u.mean().item() - 0.5) < 0.01
 
 

@@ -10,7 +10,7 @@ from typing import Callable, Dict, List, NamedTuple, Optional
 import torch
 
 from . import checks
-from .mask import draw_seed
+from .philox import check_offset, check_seed
 from .reference import dcs_attention_eager, dcs_attention_sdpa
 
 
@@ -73,6 +73,7 @@ def dcs_attention(
     tau: float = 1.0,
     training: bool = True,
     seed: Optional[int] = None,
+    offset: int = 0,
     noise: Optional[torch.Tensor] = None,
     scale: Optional[float] = None,
     impl: str = "auto",
@@ -82,27 +83,29 @@ def dcs_attention(
 
     q, k, v: ``[B, H, N, D]``. mask_logits θ: broadcastable to ``[B, H, N, D]`` (``[B, H, N, D]``
     per token, ``[1, H, 1, D]`` static per channel, ...). noise: explicit logistic noise,
-    broadcastable like θ, replacing the RNG; else Philox noise from ``seed`` (the same mask in every
-    backend); else torch's global generator (Triton: a seed drawn from it; PyTorch backends:
-    ``torch.rand``), so ``torch.manual_seed`` makes runs reproducible. training=False uses ``M = 1[θ > 0]`` (no noise, no gradient to θ).
+    broadcastable like θ, replacing the RNG (``M = 1[θ + noise > 0]``); else, with ``seed`` (an
+    integer in ``[0, 2**63)``) and ``offset`` (``>= 0``, in Philox calls), noise contract v2: the same
+    mask in every backend, ``M = 1[u > sigmoid(−θ)]``; else torch's global generator (Triton: a
+    device-tensor seed drawn from it; PyTorch backends: ``torch.rand``), so ``torch.manual_seed``
+    makes runs reproducible. training=False uses ``M = 1[θ > 0]`` (no noise, no gradient to θ).
     scale defaults to ``D ** -0.5``. impl: ``"auto" | "triton" | "sdpa" | "eager"``.
     check_nan: check θ and noise for NaN (a NaN logit would silently drop its channel). Default: on
-    CPU tensors (cheap), off on CUDA (it would sync); True/False forces it.
+    CPU tensors (cheap), off on CUDA (it would sync); True/False forces it. Skipped under
+    torch.compile / torch.export tracing (data-dependent).
     Returns ``[B, H, N, D]`` in q's dtype.
     """
     checks.check_qkv(q, k, v)
     checks.check_mask_inputs(q, mask_logits, noise)
     checks.check_tau(tau)
-    if check_nan is None:
-        check_nan = not q.is_cuda
-    if check_nan:
+    if seed is not None:
+        seed = check_seed(seed)
+    offset = check_offset(offset)
+    if checks.want_nan_check(check_nan, q):
         checks.check_no_nan("mask_logits", mask_logits)
         if noise is not None and training:
             checks.check_no_nan("noise", noise)
     if scale is None:
         scale = q.shape[-1] ** -0.5
     name = select_backend(impl, q, k, v, mask_logits, noise)
-    if name == "triton" and training and noise is None and seed is None:
-        seed = draw_seed()  # the kernels make their noise from a seed; take it from torch's generator
-    return BACKENDS[name].run(q, k, v, mask_logits, tau=float(tau), training=bool(training),
-                              seed=seed, noise=noise if training else None, scale=float(scale))
+    return BACKENDS[name].run(q, k, v, mask_logits, tau=float(tau), training=bool(training), seed=seed,
+                              offset=offset, noise=noise if training else None, scale=float(scale))

@@ -68,6 +68,26 @@ def check_mask_inputs(q: torch.Tensor, mask_logits, noise) -> None:
         check_broadcast("noise", noise, "q", q.shape)
 
 
+def is_tracing() -> bool:
+    """True under torch.compile / torch.export (dynamo), FX symbolic tracing or torch.jit tracing:
+    data-dependent checks are skipped there on purpose (they would break the graph)."""
+    if torch.compiler.is_compiling() or torch.jit.is_tracing():
+        return True
+    from torch.fx._symbolic_trace import is_fx_symbolic_tracing
+
+    return is_fx_symbolic_tracing()
+
+
+def want_nan_check(check_nan, t: torch.Tensor) -> bool:
+    """Resolve ``check_nan``: None means "on CPU tensors, off on CUDA" (the check syncs the GPU);
+    never under tracing (see :func:`is_tracing`)."""
+    if is_tracing():
+        return False
+    if check_nan is None:
+        return not t.is_cuda
+    return bool(check_nan)
+
+
 def check_no_nan(name: str, t: torch.Tensor) -> None:
     """Costs a device sync on CUDA: used only where asked (``check_nan=True``)."""
     if torch.isnan(t).any():

@@ -1,50 +1,81 @@
-"""Philox-4x32-10 in PyTorch, bit-identical to Triton's ``tl.randint(seed, offset)``.
+"""Philox-4x32-10 in PyTorch and the noise contract v2 (README "API"), on any device.
 
-The fused Triton kernels draw the mask noise in-kernel from ``(seed, element offset)``; this file
-reproduces the same bits on any device so that every backend makes the same mask for a seed.
-All arithmetic is done on int64 tensors holding uint32 values (16-bit limbs for the products).
+Contract v2: element ``i`` (row-major index in the contiguous ``[B, H, N, D]`` mask) takes output
+``r_{i % 4}`` of the Philox-4x32-10 call with counter ``(lo32(g + offset), hi32(g + offset), 0, 0)``,
+``g = i // 4``, and key ``(lo32(seed), hi32(seed))``; its uniform is ``u = ((r >> 9) + 0.5)·2**-23``.
+Every backend (eager, sdpa, the C++ pre-pass, Triton) makes exactly these bits.
+
+Arithmetic is on int64 tensors holding uint32 values; a 32×32-bit product is formed from 16-bit
+halves of one factor so no intermediate exceeds 2**49.
 """
+from typing import Tuple
+
 import torch
 
 _M32 = 0xFFFFFFFF
 _M16 = 0xFFFF
-_KEY_A = 0x9E3779B9
-_KEY_B = 0xBB67AE85
-_ROUND_A = 0xD2511F53
-_ROUND_B = 0xCD9E8D57
+KEY_A = 0x9E3779B9
+KEY_B = 0xBB67AE85
+ROUND_A = 0xD2511F53
+ROUND_B = 0xCD9E8D57
 N_ROUNDS = 10
+SEED_LIMIT = 2**63  # seeds are integers in [0, SEED_LIMIT) for every backend
 
 
-def _mul_hi_lo(a: torch.Tensor, b: int):
-    """(hi, lo) 32-bit halves of the 64-bit product of uint32 tensor ``a`` and constant ``b``."""
-    al, ah = a & _M16, a >> 16
-    bl, bh = b & _M16, b >> 16
-    ll, lh, hl, hh = al * bl, al * bh, ah * bl, ah * bh
-    mid = (ll >> 16) + (lh & _M16) + (hl & _M16)
-    hi = hh + (lh >> 16) + (hl >> 16) + (mid >> 16)
-    lo = ((mid & _M16) << 16) | (ll & _M16)
-    return hi & _M32, lo
+def check_seed(seed, what: str = "seed"):
+    """``seed``: a Python int in ``[0, 2**63)`` (returned as int), or a 0-d int64 tensor (returned
+    as is; its value is checked only for CPU tensors outside tracing, as reading it would sync the
+    GPU or break a graph). ValueError naming the argument, its value and the range otherwise."""
+    if isinstance(seed, torch.Tensor):
+        if seed.dim() != 0 or seed.dtype != torch.int64:
+            raise ValueError(f"{what} tensor must be a 0-d int64 tensor in [0, 2**63), got shape "
+                             f"{tuple(seed.shape)}, dtype {seed.dtype}")
+        from .checks import is_tracing
+
+        if not seed.is_cuda and not is_tracing() and int(seed) < 0:
+            raise ValueError(f"{what} must be an integer in [0, 2**63), got {int(seed)}")
+        return seed
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < SEED_LIMIT:
+        raise ValueError(f"{what} must be an integer in [0, 2**63), got {seed!r}")
+    return int(seed)
 
 
-def philox_randint(seed: int, offsets: torch.Tensor) -> torch.Tensor:
-    """First uint32 output of Philox-4x32-10 with counter ``(offset, 0, 0, 0)`` and key ``seed``.
+def check_offset(offset) -> int:
+    if isinstance(offset, bool) or not isinstance(offset, int) or not 0 <= offset < 2**63:
+        raise ValueError(f"offset must be an integer in [0, 2**63) (counted in Philox calls), got {offset!r}")
+    return int(offset)
 
-    ``offsets``: integer tensor of non-negative values < 2**31. Returns int64 values in [0, 2**32).
+
+def _mul_hi_lo(a: torch.Tensor, b: int) -> Tuple[torch.Tensor, torch.Tensor]:
+    """(hi, lo) 32-bit halves of ``a * b`` for a uint32 tensor ``a`` and a uint32 constant ``b``."""
+    p_hi = (a >> 16) * b  # < 2**48
+    s = ((p_hi & _M16) << 16) + (a & _M16) * b  # < 2**49
+    return (p_hi >> 16) + (s >> 32), s & _M32
+
+
+def philox4x32(seed: int, c0: torch.Tensor, c1: torch.Tensor) -> Tuple[torch.Tensor, ...]:
+    """The 4 outputs of Philox-4x32-10, counter ``(c0, c1, 0, 0)``, key ``(lo32(seed), hi32(seed))``.
+
+    ``c0``, ``c1``: int64 tensors of uint32 values (one shape); ``seed``: int or 0-d int64 tensor.
+    Returns 4 int64 tensors in [0, 2**32).
     """
-    seed = int(seed) & 0xFFFFFFFFFFFFFFFF
     k0, k1 = seed & _M32, (seed >> 32) & _M32
-    c0 = offsets.to(torch.int64)
-    c1 = torch.zeros_like(c0)
     c2 = torch.zeros_like(c0)
     c3 = torch.zeros_like(c0)
     for _ in range(N_ROUNDS):
-        hi_b, lo_b = _mul_hi_lo(c2, _ROUND_B)
-        hi_a, lo_a = _mul_hi_lo(c0, _ROUND_A)
+        hi_b, lo_b = _mul_hi_lo(c2, ROUND_B)
+        hi_a, lo_a = _mul_hi_lo(c0, ROUND_A)
         c0, c2 = hi_b ^ c1 ^ k0, hi_a ^ c3 ^ k1
         c1, c3 = lo_b, lo_a
-        k0 = (k0 + _KEY_A) & _M32
-        k1 = (k1 + _KEY_B) & _M32
-    return c0
+        k0 = (k0 + KEY_A) & _M32
+        k1 = (k1 + KEY_B) & _M32
+    return c0, c1, c2, c3
+
+
+def philox_randint(seed: int, offsets: torch.Tensor) -> torch.Tensor:
+    """Output ``r0`` of Philox-4x32-10 with counter ``(offset, 0, 0, 0)``: Triton's ``tl.randint``
+    for 32-bit offsets (kept for comparing Triton's generator; the contract uses all 4 outputs)."""
+    return philox4x32(seed, offsets.to(torch.int64) & _M32, torch.zeros_like(offsets, dtype=torch.int64))[0]
 
 
 def uniform_open01(bits: torch.Tensor) -> torch.Tensor:
@@ -54,3 +85,15 @@ def uniform_open01(bits: torch.Tensor) -> torch.Tensor:
     noise ``log(u) - log(1 - u)`` is always finite. The Triton kernels use the same formula.
     """
     return ((bits >> 9).to(torch.float32) + 0.5) * (1.0 / 8388608.0)
+
+
+def contract_uniform(numel: int, seed: int, offset: int = 0, device=None) -> torch.Tensor:
+    """The contract's uniforms ``u`` of elements ``0 .. numel-1``: a flat float32 tensor."""
+    seed, offset = check_seed(seed), check_offset(offset)
+    groups = (int(numel) + 3) // 4
+    counter = torch.arange(groups, device=device, dtype=torch.int64)
+    # g + offset as a 64-bit unsigned counter, split into 32-bit words without int64 overflow.
+    lo = counter + (offset & _M32)
+    hi = (lo >> 32) + (offset >> 32)
+    r = philox4x32(seed, lo & _M32, hi & _M32)
+    return uniform_open01(torch.stack(r, dim=-1).reshape(-1)[:numel])
