@@ -8,8 +8,9 @@ instruction mix (tensor-core MMA, integer ops, MUFU, local loads/stores).
     python -m benchmarks.sm90_static --candidates          # also the configs that were pruned
     python -m benchmarks.sm90_static --check               # exit 1 on a compile failure or a spill in a shipped config
 
-Rows: every kernel × every shipped config (``ribkernels.dcs.triton.launch.SHIPPED``) × {fp16, bf16,
-fp32} × D ∈ {32, 64, 128}, each attention kernel twice: with the mask (``MASKED=True``, and the dθ
+Rows: every kernel × every shipped config (``ribkernels.dcs.triton.launch.SHIPPED``) × {fp16, bf16}
+× D ∈ {32, 64, 128} (fp32 has no Triton path on GPU; ``--candidates`` adds its tf32x3 attempts and the
+pruned 16-bit configs, ``shipped=False``), each attention kernel twice: with the mask (``MASKED=True``, and the dθ
 epilogue of per-token θ in the backward) and with the mask compiled out (``MASKED=False``), so the
 mask's share of the instructions is visible (``int_ratio``: integer ops of the row ÷ those of its
 mask-off twin; integer ops are the per-thread integer ALU instructions in ``INT_OPS``, register
@@ -38,9 +39,9 @@ HEAD_DIMS = (32, 64, 128)
 DTYPES = ("fp16", "bf16", "fp32")
 TORCH_DTYPE = {"fp16": "float16", "bf16": "bfloat16", "fp32": "float32"}
 # Pruned-away configs compiled only with --candidates (to show why they are not shipped).
-CANDIDATES = {"fwd": [(128, 64, 4, 3), (128, 128, 8, 2), (64, 128, 4, 2)],
-              "dkdv": [(64, 128, 8, 2), (128, 64, 8, 2), (64, 64, 4, 3)],
-              "dq": [(128, 64, 8, 2), (64, 128, 8, 2), (64, 64, 4, 3)]}
+CANDIDATES = {"fwd": {"all": [(128, 64, 4, 3), (64, 128, 4, 2)]},
+              "dkdv": {"all": [(64, 128, 8, 2), (64, 64, 4, 3)], 128: [(32, 64, 4, 2), (64, 128, 8, 2)]},
+              "dq": {"all": [(128, 64, 8, 2), (64, 64, 4, 3)], 128: [(64, 32, 4, 2), (128, 64, 8, 2)]}}
 
 INT_OPS = {"IMAD", "IADD3", "IADD", "LOP3", "LOP", "SHF", "SHL", "SHR", "ISETP", "LEA", "IMNMX", "VIMNMX",
            "IABS", "SEL", "PRMT", "BMSK", "SGXT", "POPC", "FLO", "BREV", "IDP", "IMUL", "IMADSP", "I2I"}
@@ -91,8 +92,11 @@ def _variants():
             common_ptr = {n: f"*{dt}" for n in ("Q", "K", "V", "O", "DO", "DQ", "DK", "DV", "TH", "NZ")}
             common_ptr.update(MSK=f"*{dt}", LSE="*fp32", DELTA="*fp32", DMK="*fp32", RNG="*i64")
             for kname in ("fwd", "dkdv", "dq"):
-                shipped = launch.shipped_configs(kname, D, tdt)
-                extra = [] if dt == "fp32" else [c for c in CANDIDATES[kname] if c not in shipped]
+                if dt == "fp32":  # no Triton path on GPU (routed to sdpa): the evidence for that
+                    shipped, extra = [], launch.FP32_TF32X3_TRIED[kname][D]
+                else:
+                    shipped = launch.shipped_configs(kname, D, tdt)
+                    extra = [c for c in CANDIDATES[kname].get(D, CANDIDATES[kname]["all"]) if c not in shipped]
                 for cfg, is_shipped in [(c, True) for c in shipped] + [(c, False) for c in extra]:
                     bm, bn, w, s = cfg
                     base = dict(HEAD_DIM=D, DOT_PREC=launch.dot_precision(tdt), BLOCK_M=bm, BLOCK_N=bn)
@@ -179,8 +183,10 @@ def _compile_one(job) -> Dict:
         src = ASTSource(fn=fn, signature=sig, constexprs=constexprs, attrs=attrs)
         ck = triton.compile(src, target=GPUTarget("cuda", 90, 32), options=dict(num_warps=w, num_stages=s))
         row.update(_sass_counts(ck.asm["cubin"]))
-        row["shared_bytes"] = int(getattr(ck.metadata, "shared", 0)) + row.get("static_shared", 0)
-        row["spill_bytes"] = row.get("local_bytes", 0) + 4 * (row["local_ld"] + row["local_st"] > 0)
+        row["shared_bytes"] = max(int(getattr(ck.metadata, "shared", 0)), row.get("static_shared", 0))
+        # These kernels call no functions: their stack frame is register spills (ptxas -v's
+        # "bytes stack frame"); local memory beyond it would be spills too.
+        row["spill_bytes"] = row.get("stack", 0) + row.get("local_bytes", 0)
         if elems:
             row["instr_per_elem"] = row["sass_total"] * w * 32 / elems
         row["error"] = ""
@@ -204,8 +210,12 @@ COLUMNS = ["kernel", "variant", "config", "dtype", "D", "shipped", "registers", 
 
 def run(jobs_n: int = 2, candidates: bool = False) -> List[Dict]:
     jobs = [j for j in _variants() if candidates or j[5]]
+    rows = []
     with cf.ProcessPoolExecutor(max_workers=jobs_n) as ex:
-        rows = list(ex.map(_compile_one, jobs))
+        for i, row in enumerate(ex.map(_compile_one, jobs)):
+            rows.append(row)
+            if (i + 1) % 20 == 0 or i + 1 == len(jobs):
+                print(f"[sm90_static] {i + 1}/{len(jobs)} compiled", file=sys.stderr, flush=True)
     _int_ratios(rows)
     return rows
 

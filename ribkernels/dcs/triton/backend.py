@@ -34,6 +34,9 @@ def why_not(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask_logits: torc
             major, minor = torch.cuda.get_device_capability(dev)
             if (major, minor) < (8, 0):
                 reasons.append(f"needs a CUDA device of compute capability >= 8.0, got {major}.{minor}")
+        if q.dtype == torch.float32:
+            reasons.append("float32 on CUDA goes to the sdpa backend: fp32-accurate (tf32x3) Triton "
+                           "kernels spill registers on sm_90 (python -m benchmarks.sm90_static --candidates)")
     elif dev.type == "cpu":
         if not _interpreting():
             reasons.append("device cpu needs the Triton interpreter (TRITON_INTERPRET=1 set before "

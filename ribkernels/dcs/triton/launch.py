@@ -1,7 +1,7 @@
 """The one launcher of the DCS-Attention kernels: RNG state, the mask pre-pass, forward, backward.
 
-Block sizes: a pruned list per (kernel, D, dtype) — the configs ``benchmarks.sm90_static`` compiles
-for sm_90 without spills — autotuned on GPU (keyed by N, ≤ 2 configs each); the first config when
+Block sizes: a pruned list per (kernel, D) for fp16/bf16 — the configs ``benchmarks.sm90_static``
+compiles for sm_90 without spills — autotuned on GPU (keyed by N, ≤ 2 configs each); the first config when
 ``RIBKERNELS_DCS_AUTOTUNE=0`` (read at each call); a fixed big-block config under
 ``TRITON_INTERPRET=1``. Tests may force ``config=(BLOCK_M, BLOCK_N)``.
 
@@ -31,31 +31,35 @@ MIN_BLOCK = 16  # smallest BLOCK_M / BLOCK_N of any config: bounds the dθ parti
 
 Config = Tuple[int, int, int, int]  # (BLOCK_M, BLOCK_N, num_warps, num_stages)
 
-# The shipped configs, per kernel and head dim (16-bit dtypes; fp32 uses the FP32 lists). Each was
-# compiled for sm_90 by ``python -m benchmarks.sm90_static``: no spills (see benchmarks/results/).
+# The shipped configs, per kernel and head dim (fp16/bf16). Each compiles for sm_90 without spills
+# (``python -m benchmarks.sm90_static``, run by CI; table in benchmarks/results/*-sm90-static/).
 SHIPPED: Dict[str, Dict[int, List[Config]]] = {
     "fwd": {16: [(64, 64, 4, 3)], 32: [(64, 64, 4, 3), (128, 64, 4, 3)],
             64: [(64, 64, 4, 3), (128, 64, 8, 3)], 128: [(64, 64, 4, 2), (128, 64, 8, 2)]},
     "dkdv": {16: [(64, 64, 4, 2)], 32: [(64, 64, 4, 2), (32, 64, 4, 2)],
-             64: [(64, 64, 4, 2), (32, 64, 4, 2)], 128: [(32, 64, 4, 2), (64, 64, 8, 2)]},
+             64: [(64, 64, 4, 2), (32, 64, 4, 2)], 128: [(64, 64, 8, 2)]},
     "dq": {16: [(64, 64, 4, 2)], 32: [(64, 64, 4, 2), (64, 32, 4, 2)],
-           64: [(64, 64, 4, 2), (64, 32, 4, 2)], 128: [(64, 32, 4, 2), (64, 64, 8, 2)]},
+           64: [(64, 64, 4, 2), (64, 32, 4, 2)], 128: [(64, 64, 8, 2)]},
 }
-SHIPPED_FP32: Dict[str, Dict[int, List[Config]]] = {
-    "fwd": {16: [(64, 32, 4, 2)], 32: [(64, 32, 4, 2)], 64: [(64, 32, 4, 2)], 128: [(32, 32, 4, 2)]},
-    "dkdv": {16: [(32, 32, 4, 1)], 32: [(32, 32, 4, 1)], 64: [(32, 32, 4, 1)], 128: [(16, 32, 4, 1)]},
-    "dq": {16: [(32, 32, 4, 1)], 32: [(32, 32, 4, 1)], 64: [(32, 32, 4, 1)], 128: [(32, 16, 4, 1)]},
+# float32 on GPU is routed to the SDPA backend (``backend.why_not``): with tf32x3 dots (fp32-class
+# accuracy) these, the smallest sensible tiles, still spill on sm_90 (4/6 of them at D=128, dK/dV at
+# D=32 and 64: 128-byte stack frames, 255 registers; see the sm90-static results). Kept so the static
+# tool shows the evidence (``--candidates``); under the interpreter fp32 runs with the 16-bit lists.
+FP32_TF32X3_TRIED: Dict[str, Dict[int, List[Config]]] = {
+    "fwd": {32: [(64, 32, 4, 2)], 64: [(64, 32, 4, 2)], 128: [(32, 32, 4, 2)]},
+    "dkdv": {32: [(32, 32, 4, 1)], 64: [(32, 32, 4, 1)], 128: [(16, 32, 4, 1)]},
+    "dq": {32: [(32, 32, 4, 1)], 64: [(32, 32, 4, 1)], 128: [(32, 16, 4, 1)]},
 }
 KERNELS = {"fwd": dcs_fwd_kernel, "dkdv": dcs_bwd_dkdv_kernel, "dq": dcs_bwd_dq_kernel}
 
 
 def shipped_configs(kernel: str, head_dim: int, dtype: torch.dtype) -> List[Config]:
-    table = SHIPPED_FP32 if dtype == torch.float32 else SHIPPED
-    return table[kernel][head_dim]
+    return SHIPPED[kernel][head_dim]
 
 
 def dot_precision(dtype: torch.dtype) -> str:
-    """fp32: tf32x3 (three tf32 MMAs, ~fp32 accuracy) on GPU; the interpreter computes in fp32."""
+    """fp32 dots: "ieee" under the interpreter (fp32 never reaches the GPU kernels), "tf32x3" when
+    compiled (only the static tool does: the evidence for routing fp32 to SDPA)."""
     if dtype == torch.float32:
         return "ieee" if INTERPRET else "tf32x3"
     return "tf32"  # ignored by Triton for 16-bit inputs
