@@ -140,18 +140,18 @@ def ratio_rows(rows: List[Dict]) -> List[Dict]:
     ms = {(r["dtype"], r["shape"], r["provider"]): r["ms"] for r in rows if r.get("pass") == "fwd+bwd"}
     out = []
     for dtype, shape in sorted({(d, s) for d, s, _ in ms}):
-        t = ms.get((dtype, shape, "triton"))
+        nan = float("nan")
+        t = ms.get((dtype, shape, "triton"), nan)
         row = {"dtype": dtype, "shape": shape, "triton_ms": t}
         for prov, (label, op, bound) in TARGETS.items():
-            other = ms.get((dtype, shape, prov))
-            if t is None or other is None or not (t == t and other == other):
-                row[label] = float("nan")
+            other = ms.get((dtype, shape, prov), nan)
+            if not (t == t and other == other):  # NaN: not measured
+                row[label] = nan
                 continue
             val = t / other if prov == "sdpa_nomask" else other / t
             row[label] = val
             row[label + " ok"] = (val <= bound) if op == "<=" else (val >= bound)
-        m = ms.get((dtype, shape, "triton_nomask"))
-        row["mask cost (triton / triton_nomask)"] = t / m if (t and m) else float("nan")
+        row["mask cost (triton / triton_nomask)"] = t / ms.get((dtype, shape, "triton_nomask"), nan)
         out.append(row)
     return out
 
