@@ -23,7 +23,7 @@ from .forward import mask_ptrs, masked_tile
 from .noise import dsoft_tile, load_bhnd
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["H", "N"])  # shape scalars: no recompile per value
 def dcs_bwd_delta_kernel(O, DO, DELTA, sob, soh, son, sod, sdob, sdoh, sdon, sdod, H, N,
                          HEAD_DIM: tl.constexpr, BLOCK: tl.constexpr):
     """DELTA[bh, n] = Σ_d dO[b, h, n, d]·O[b, h, n, d] in float32."""
@@ -56,7 +56,7 @@ def _store_row_partial(DTH, part, which, bh64, BH, pid, NB_MAX, offs_d, HEAD_DIM
             tl.store(DTH + (base + r) * HEAD_DIM + offs_d, tl.zeros_like(part))
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["H", "N", "BH", "NB_MAX"])  # shape scalars: no recompile per value
 def dcs_bwd_dkdv_kernel(
     Q, K, V, MSK, DO, LSE, DELTA, DK, DV, DMK, TH, NZ, RNG, DTH,
     sqb, sqh, sqn, sqd, skb, skh, skn, skd, svb, svh, svn, svd, sdob, sdoh, sdon, sdod,
@@ -112,7 +112,7 @@ def dcs_bwd_dkdv_kernel(
             _store_row_partial(DTH, part, 0, bh64, BH, pid_n, NB_MAX, offs_d, HEAD_DIM)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["H", "N", "BH", "NB_MAX"])  # shape scalars: no recompile per value
 def dcs_bwd_dq_kernel(
     Q, K, V, MSK, DO, LSE, DELTA, DQ, DMK, TH, NZ, RNG, DTH,
     sqb, sqh, sqn, sqd, skb, skh, skn, skd, svb, svh, svn, svd, sdob, sdoh, sdon, sdod,

@@ -5,7 +5,7 @@ import triton.language as tl
 from .noise import element_bits, logistic_from_uniform, uniform_open01
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["numel"])  # shape scalars: no recompile per value
 def flat_noise_kernel(OUT, numel, RNG, WHAT: tl.constexpr, BLOCK: tl.constexpr):
     """Element i (int64) of a flat float32 tensor: WHAT=0 the uniform u, WHAT=1 the logistic noise
     L = log u − log(1 − u), of the contract's Philox group i // 4, lane i % 4. BLOCK % 4 == 0."""

@@ -30,7 +30,7 @@ def masked_tile(PTR, mptrs, b64, h64, offs_n, offs_d, valid, sb, sh, sn, sd, MAS
     return x, keep
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["H", "N"])  # shape scalars: no recompile per value
 def dcs_fwd_kernel(
     Q, K, V, MSK, O, LSE,
     sqb, sqh, sqn, sqd, skb, skh, skn, skd, svb, svh, svn, svd, sob, soh, son, sod,

@@ -14,7 +14,7 @@ import triton.language as tl
 from .noise import element_bits, keep_philox, load_bhnd, tile_groups, uniform_open01
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["H", "N"])  # shape scalars: no recompile per value
 def dcs_mask_prepass_kernel(
     TH, NZ, RNG, MASK,
     stb, sth, stn, std, snb, snh, snn, snd,
