@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # One call on a lent GPU (SPEC §7, issue 10): a full verdict in <= 6 minutes on a fresh machine
 # (python 3.12, torch 2.11, triton 3.6, no package registry), compilation included.
-#   t=0      build the extension (background, <= 150 s) || compile every Triton kernel and the
-#            torch.compile baseline in 4 parallel processes (<= 120 s; disk caches shared)
-#   then     DCS GPU tests (<= 120 s), the other GPU tests once the build is done (<= 60 s),
-#            the DCS benchmark (<= 110 s), IBB benchmarks only if time is left,
+#   t=0      in parallel: build the extension (<= 150 s) || the DCS GPU tests (<= 150 s) || compile
+#            the benchmark's Triton kernels and its torch.compile baseline in 4 processes (<= 120 s;
+#            Triton's and Inductor's disk caches are shared with the timing process)
+#   then     the other GPU tests once the build is done (<= 60 s), the DCS benchmark (<= 110 s),
+#            IBB benchmarks only if time is left,
 #   last     the fwd+bwd ratio table and one VERDICT line.
 # Writes under $OUT (default benchmarks/results/<date>-<gpu>): gpu_check.log, build.log,
 # gpu_tests.txt, dcs.json, dcs.md, verdict.txt (and ibb.md when there was time).
@@ -28,12 +29,14 @@ echo "== environment ($(date -u +%FT%TZ))"
 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv,noheader || true
 $PY -c "import sys, torch, triton; print('python', sys.version.split()[0], 'torch', torch.__version__, 'cuda', torch.version.cuda, 'triton', triton.__version__, torch.cuda.get_device_name())" || { echo "VERDICT: FAIL (no torch/triton/CUDA)"; exit 1; }
 
-echo "== [$(elapsed)s] build the extension (background) + compile the Triton kernels and the torch.compile baseline (4 processes)"
+echo "== [$(elapsed)s] in parallel: build the extension, DCS GPU tests, compile the benchmark's kernels (4 processes)"
 if command -v nvcc >/dev/null; then export CUDA_HOME=${CUDA_HOME:-$(dirname "$(dirname "$(readlink -f "$(command -v nvcc)")")")}; fi
 export TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0} MAX_JOBS=${MAX_JOBS:-8}
 ( timeout 150 $PY setup.py build_ext --inplace > "$OUT/build.log" 2>&1; echo $? > "$LOGS/build_rc" ) &
 BUILD_PID=$!
-WARM="$PY -m benchmarks.bench_dcs_attention --warmup --ns 53,129,211"
+( timeout 150 $PY -m pytest -q -m gpu -p no:cacheprovider tests/test_dcs_triton.py > "$OUT/gpu_tests.txt" 2>&1; echo $? > "$LOGS/dcs_tests_rc" ) &
+TESTS_PID=$!
+WARM="$PY -m benchmarks.bench_dcs_attention --warmup --quick --ns 53,129,211"
 pids=()
 for args in "--dtypes bf16 --providers triton,triton_nomask" "--dtypes fp16 --providers triton,triton_nomask" \
             "--dtypes bf16 --providers compile_sdpa" "--dtypes fp16 --providers compile_sdpa"; do
@@ -46,8 +49,7 @@ record warmup $wrc
 echo "warm-up rc=$wrc at $(elapsed)s"
 
 echo "== [$(elapsed)s] DCS GPU tests"
-timeout 120 $PY -m pytest -q -m gpu -p no:cacheprovider tests/test_dcs_triton.py > "$OUT/gpu_tests.txt" 2>&1
-record dcs_tests $?
+wait "$TESTS_PID"; record dcs_tests "$(cat "$LOGS/dcs_tests_rc" 2>/dev/null || echo 1)"
 tail -n 4 "$OUT/gpu_tests.txt"
 
 echo "== [$(elapsed)s] wait for the extension build"
