@@ -217,7 +217,8 @@ def main(argv=None) -> int:
             f.write(f"# DCS-Attention, {env.get('device')}\n\n{' · '.join(f'{k} {v}' for k, v in env.items())}\n\n"
                     f"{table}\n\n## fwd+bwd ratios against the issue-10 targets\n\n{ratio_table}\n")
     print(table)
-    print("\nfwd+bwd ratios (targets: triton ≤ 1.2× sdpa_nomask, eager ≥ 3× triton, compile_sdpa ≥ 1.3× triton)")
+    print("\nfwd+bwd ratios (targets: triton ≤ 1.2× sdpa_nomask, eager ≥ 3× triton, "
+          "compile_sdpa ≥ 1.3× triton)")
     print(ratio_table)
     return 0
 

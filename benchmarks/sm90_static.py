@@ -9,14 +9,15 @@ instruction mix (tensor-core MMA, integer ops, MUFU, local loads/stores).
     python -m benchmarks.sm90_static --check               # exit 1 on a compile failure or a spill in a shipped config
 
 Rows: every kernel × every shipped config (``ribkernels.dcs.triton.launch.SHIPPED``) × {fp16, bf16}
-× D ∈ {32, 64, 128} (fp32 has no Triton path on GPU; ``--candidates`` adds its tf32x3 attempts and the
-pruned 16-bit configs, ``shipped=False``), each attention kernel twice: with the mask (``MASKED=True``, and the dθ
-epilogue of per-token θ in the backward) and with the mask compiled out (``MASKED=False``), so the
-mask's share of the instructions is visible (``int_ratio``: integer ops of the row ÷ those of its
-mask-off twin; integer ops are the per-thread integer ALU instructions in ``INT_OPS``, register
-moves issued as IMAD and the warp-uniform ``U*`` datapath left out). Counts are static (each instruction once; a loop body counts once, as the per-tile
-cost does). The pre-pass row gives ``instr_per_elem``: SASS instructions each thread issues per
-mask element it makes (static count × threads ÷ elements per program; the pre-pass has no loop).
+× D ∈ {32, 64, 128} (fp32 has no Triton path on GPU; ``--candidates`` adds its tf32x3 attempts and
+the pruned 16-bit configs, ``shipped=False``), each attention kernel twice: with the mask
+(``MASKED=True``, and the dθ epilogue of per-token θ in the backward) and with the mask compiled out
+(``MASKED=False``), so the mask's share of the instructions is visible (``int_ratio``: integer ops
+of the row ÷ those of its mask-off twin; integer ops are the per-thread integer ALU instructions in
+``INT_OPS``, register moves issued as IMAD and the warp-uniform ``U*`` datapath left out). Counts
+are static (each instruction once; a loop body counts once, as the per-tile cost does). The pre-pass
+row gives ``instr_per_elem``: SASS instructions each thread issues per mask element it makes (static
+count × threads ÷ elements per program; the pre-pass has no loop).
 Signatures mimic the benchmark's launch: contiguous ``[B, H, N, D]`` tensors (last stride 1,
 others multiples of 16), N and H not multiples of 16.
 """
@@ -41,7 +42,7 @@ TORCH_DTYPE = {"fp16": "float16", "bf16": "bfloat16", "fp32": "float32"}
 # Pruned-away configs compiled only with --candidates (to show why they are not shipped).
 CANDIDATES = {"fwd": {"all": [(128, 64, 4, 3), (64, 128, 4, 2)]},
               "dkdv": {"all": [(64, 128, 8, 2), (64, 64, 4, 3)], 128: [(32, 64, 4, 2), (64, 128, 8, 2)]},
-              "dq": {"all": [(128, 64, 8, 2), (64, 64, 4, 3)], 128: [(64, 32, 4, 2), (128, 64, 8, 2)]}}
+              "dq": {"all": [(128, 64, 8, 2), (64, 32, 4, 2)], 128: [(64, 32, 4, 2), (128, 64, 8, 2)]}}
 
 INT_OPS = {"IMAD", "IADD3", "IADD", "LOP3", "LOP", "SHF", "SHL", "SHR", "ISETP", "LEA", "IMNMX", "VIMNMX",
            "IABS", "SEL", "PRMT", "BMSK", "SGXT", "POPC", "FLO", "BREV", "IDP", "IMUL", "IMADSP", "I2I"}

@@ -1,8 +1,9 @@
 """The DCS-Attention forward (FlashAttention-2 shape): one program per (block of queries, b·h).
 
 q, k, v, out are read/written through their ``[B, H, N, D]`` strides; the mask is the pre-pass's
-contiguous ``[B, H, N, D]`` 0/1 tensor in q's dtype, multiplied into q and k tiles as they are loaded (``MASKED=False`` skips
-it: plain attention, the benchmarks' and the static tool's "mask off" twin). Scores stay in the log2
+contiguous ``[B, H, N, D]`` 0/1 tensor in q's dtype, multiplied into q and k tiles as they are
+loaded (``MASKED=False`` skips it: plain attention, the benchmarks' and the static tool's "mask
+off" twin). Scores stay in the log2
 domain (``qk_scale = scale·log2 e``, ``exp2``); LSE is stored as ``log2 Σ exp2`` (float32 ``[B·H, N]``).
 """
 import triton

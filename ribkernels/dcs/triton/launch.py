@@ -38,8 +38,8 @@ SHIPPED: Dict[str, Dict[int, List[Config]]] = {
             64: [(64, 64, 4, 3), (128, 64, 8, 3)], 128: [(64, 64, 4, 2), (128, 64, 8, 2)]},
     "dkdv": {16: [(64, 64, 4, 2)], 32: [(64, 64, 4, 2), (32, 64, 4, 2)],
              64: [(64, 64, 4, 2), (32, 64, 4, 2)], 128: [(64, 64, 8, 2)]},
-    "dq": {16: [(64, 64, 4, 2)], 32: [(64, 64, 4, 2), (64, 32, 4, 2)],
-           64: [(64, 64, 4, 2), (64, 32, 4, 2)], 128: [(64, 64, 8, 2)]},
+    "dq": {16: [(64, 64, 4, 2)], 32: [(64, 64, 4, 2), (64, 64, 4, 3)],
+           64: [(64, 64, 4, 2), (64, 64, 4, 3)], 128: [(64, 64, 8, 2)]},
 }
 # float32 on GPU is routed to the SDPA backend (``backend.why_not``): with tf32x3 dots (fp32-class
 # accuracy) these, the smallest sensible tiles, still spill on sm_90 (4/6 of them at D=128, dK/dV at
@@ -222,8 +222,9 @@ def backward(dout, q, k, v, mask, out, lse, theta, noise, rng, *, scale: float, 
     with device_guard(q):
         dcs_bwd_delta_kernel[(triton.cdiv(N, DELTA_ROWS), B * H)](
             out, dout, delta, *out.stride(), *dout.stride(), H, N, HEAD_DIM=D, BLOCK=DELTA_ROWS, num_warps=4)
-        common = (*q.stride(), *k.stride(), *v.stride(), *dout.stride(), *st,
-                  H, N, B * H, dth.shape[2] if dth_mode == 2 else 0, float(scale) * math.log2(math.e), float(scale), 1.0 / float(tau))
+        nb_max = dth.shape[2] if dth_mode == 2 else 0
+        common = (*q.stride(), *k.stride(), *v.stride(), *dout.stride(), *st, H, N, B * H, nb_max,
+                  float(scale) * math.log2(math.e), float(scale), 1.0 / float(tau))
         msk = mask if masked else q
         rng = q if rng is None else rng  # placeholder pointer: read only in Philox mode
         meta = dict(HEAD_DIM=D, MASKED=bool(masked), DOT_PREC=dot_precision(q.dtype), MODE=mode,
