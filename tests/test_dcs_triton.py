@@ -126,14 +126,13 @@ def masks_agree(got, want, theta, u, label=""):
 
 # ---------------------------------------------------------------------------- float64 reference
 
-CPU_CASES = [(1, 16), (17, 32), (53, 64), (129, 16), (17, 64), (53, 32)]
+CASES = [(1, 16, "token"), (17, 32, "channel"), (53, 64, "batch_token"), (129, 16, "head_dim"),
+         (17, 64, "token"), (53, 32, "channel"), (129, 64, "token")]
 
 
 @pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("N,D", CPU_CASES)
-def test_float32_matches_float64_reference_and_sdpa(device, N, D):
-    kinds = list(THETA_SHAPES)
-    theta_kind = kinds[(N + D) % len(kinds)]
+@pytest.mark.parametrize("N,D,theta_kind", CASES)
+def test_float32_matches_float64_reference_and_sdpa(device, N, D, theta_kind):
     B, H = (1, 2) if N > 64 else (2, 2)
     q, k, v, theta, noise, grad_out = make_case(B, H, N, D, theta_kind, DT[device], device)
     got = run("triton", q, k, v, theta, grad_out, noise=noise, tau=0.7)
