@@ -4,7 +4,7 @@
 #   t=0      in parallel: build the extension (<= 150 s) || the DCS GPU tests (<= 150 s) || compile
 #            the benchmark's Triton kernels and its torch.compile baseline in 4 processes (<= 120 s;
 #            Triton's and Inductor's disk caches are shared with the timing process)
-#   then     the other GPU tests once the build is done (<= 60 s), the DCS benchmark (<= 110 s),
+#   then     the other GPU tests once the build is done (30-90 s), the DCS benchmark (<= 110 s),
 #            IBB benchmarks only if time is left,
 #   last     the fwd+bwd ratio table and one VERDICT line.
 # Writes under $OUT (default benchmarks/results/<date>-<gpu>): gpu_check.log, build.log,
@@ -56,8 +56,9 @@ echo "== [$(elapsed)s] wait for the extension build"
 wait "$BUILD_PID"; brc=$(cat "$LOGS/build_rc" 2>/dev/null || echo 1)
 record build "$brc"; tail -n 3 "$OUT/build.log"
 if [ "$brc" -eq 0 ]; then
-  echo "== [$(elapsed)s] other GPU tests"
-  timeout 60 $PY -m pytest -q -m gpu -p no:cacheprovider tests --ignore=tests/test_dcs_triton.py >> "$OUT/gpu_tests.txt" 2>&1
+  t=$(( $(left) - 130 )); [ "$t" -gt 90 ] && t=90; [ "$t" -lt 30 ] && t=30  # leave 130 s for the benchmark
+  echo "== [$(elapsed)s] other GPU tests (<= ${t}s)"
+  timeout "$t" $PY -m pytest -q -m gpu -p no:cacheprovider tests --ignore=tests/test_dcs_triton.py >> "$OUT/gpu_tests.txt" 2>&1
   record other_tests $?
   tail -n 3 "$OUT/gpu_tests.txt"
 else
