@@ -90,14 +90,16 @@ if [ -f "$OUT/dcs.md" ]; then sed -n '/^| provider/,/^$/p' "$OUT/dcs.md" | grep 
 echo
 echo "fwd+bwd ratios (targets: triton <= 1.2x sdpa_nomask, eager >= 3x triton, compile_sdpa >= 1.3x triton):"
 if [ -f "$OUT/dcs.md" ]; then sed -n '/^## fwd+bwd ratios/,$p' "$OUT/dcs.md" | tail -n +3; else echo "(no benchmark table: see .bench.log)"; fi
-FAILS=$(printf '%s\n' "${STATUS[@]}" | grep -vc '=ok$')
 TARGETS=$($PY - "$OUT/dcs.json" <<'PYEOF' 2>/dev/null || echo "targets: not measured"
 import json, sys
-rows = json.load(open(sys.argv[1]))["ratios"]
-oks = [v for r in rows for k, v in r.items() if k.endswith(" ok")]
-print(f"targets met {sum(oks)}/{len(oks)}")
+report = json.load(open(sys.argv[1]))
+oks = [v for r in report["ratios"] for k, v in r.items() if k.endswith(" ok")]
+errors = [f"{r['provider']} {r['dtype']} {r['shape']}" for r in report["rows"] if r.get("note")]
+print(f"targets met {sum(oks)}/{len(oks)} · benchmark rows failed: {len(errors)}" + (f" ({', '.join(errors[:4])})" if errors else ""))
 PYEOF
 )
+case "$TARGETS" in *"rows failed: 0"*) ;; *) STATUS+=("dcs_bench_rows=FAIL");; esac
+FAILS=$(printf '%s\n' "${STATUS[@]}" | grep -vc '=ok$')
 VERDICT="VERDICT: $([ "$FAILS" -eq 0 ] && echo PASS || echo FAIL) · ${STATUS[*]} · $TARGETS · $(elapsed)s"
 echo "$VERDICT" | tee "$OUT/verdict.txt"
 [ "$FAILS" -eq 0 ]
