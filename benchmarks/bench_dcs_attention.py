@@ -1,24 +1,29 @@
 """DCS-Attention benchmark (SPEC §6): forward, backward and forward+backward, median ms, TFLOP/s, GB/s.
 
-Providers (θ per token ``[B, H, N, D]`` in the input dtype, training mode):
-* ``triton``       ``dcs_attention(impl="triton", seed=...)``: fused kernels, noise made in-kernel.
-* ``sdpa``         ``dcs_attention(impl="sdpa", noise=...)``: mask in PyTorch, SDPA on pre-masked q/k
-                   (noise precomputed, so its generation is not timed: the strongest baseline).
-* ``eager``        ``dcs_attention(impl="eager", noise=...)``: materialised scores (TransReID style).
-* ``sdpa_nomask``  ``scaled_dot_product_attention(q, k, v)``: plain attention, the floor.
+Every provider makes its own noise inside the timed region (training mode, θ per token ``[B, H, N, D]``
+in the input dtype, no seed given):
 
-FLOPs: forward ``4·B·H·N²·D`` (QKᵀ and PV), backward 2.5× that (flash-attention's convention,
-recomputing S), the same count for every provider. Bytes: the unavoidable traffic, forward
-q, k, v, θ read + out written (5·BHND elements), backward q, k, v, θ, out, dout read + dq, dk, dv,
-dθ written (10·BHND).
+* ``triton``          ``dcs_attention(impl="triton")``: device-tensor seed drawn, mask pre-pass, fused kernels.
+* ``compile_sdpa``    ``torch.compile`` of ``dcs_attention(impl="sdpa")`` (torch.rand noise + mask + SDPA):
+                      the strongest composite a user can write.
+* ``sdpa``            the same composite, eager.
+* ``eager``           ``dcs_attention(impl="eager")``: materialised scores, TransReID style.
+* ``triton_nomask``   the Triton kernels with the mask compiled out (what the mask costs on top).
+* ``sdpa_nomask``     ``scaled_dot_product_attention(q, k, v)``: plain attention, the floor.
 
-    python benchmarks/bench_dcs_attention.py            # CUDA: TransReID shapes, bf16 and fp16
-    python benchmarks/bench_dcs_attention.py --cpu      # tiny shapes through the Triton interpreter
-    python -m benchmarks.run --sections dcs_attention   # as a section of the full report
+FLOPs: forward ``4·B·H·N²·D`` (QKᵀ and PV), backward 2.5× that (flash-attention's convention), the
+same count for every provider. Bytes: the unavoidable traffic, forward q, k, v, θ read + out written
+(5·BHND elements), backward q, k, v, θ, out, dout read + dq, dk, dv, dθ written (10·BHND).
+
+    python -m benchmarks.bench_dcs_attention [--quick] [--json PATH] [--md PATH]
+    python -m benchmarks.bench_dcs_attention --warmup --dtypes bf16      # compile only (gpu_check.sh)
+    python -m benchmarks.bench_dcs_attention --cpu                       # tiny shapes, interpreter
 """
 import argparse
+import json
 import os
 import sys
+import time
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
@@ -26,8 +31,12 @@ import torch
 if __package__ in (None, ""):  # run as a script: make ``benchmarks`` and ``ribkernels`` importable
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-PROVIDERS = ("triton", "sdpa", "eager", "sdpa_nomask")
+PROVIDERS = ("triton", "compile_sdpa", "sdpa", "eager", "triton_nomask", "sdpa_nomask")
 PASSES = ("fwd", "bwd", "fwd+bwd")
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+# The GPU targets of issue 10 (fwd+bwd): ratio of a provider's time to triton's, and its bound.
+TARGETS = {"sdpa_nomask": ("triton / sdpa_nomask", "<=", 1.2), "eager": ("eager / triton", ">=", 3.0),
+           "compile_sdpa": ("compile_sdpa / triton", ">=", 1.3)}
 
 
 def _flops(B, H, N, D, pss: str) -> float:
@@ -40,86 +49,120 @@ def _bytes(B, H, N, D, elt: int, pss: str) -> float:
     return {"fwd": 5 * n, "bwd": 10 * n, "fwd+bwd": 15 * n}[pss]
 
 
-def _make_fn(provider: str, q, k, v, theta, noise, seed: int) -> Callable[[], torch.Tensor]:
+_COMPILED: Dict[str, Callable] = {}
+
+
+def make_fn(provider: str, q, k, v, theta) -> Callable[[], torch.Tensor]:
     import torch.nn.functional as F
 
     import ribkernels as rk
 
     if provider == "triton":
-        return lambda: rk.dcs_attention(q, k, v, theta, seed=seed, impl="triton", check_nan=False)
+        return lambda: rk.dcs_attention(q, k, v, theta, impl="triton", check_nan=False)
     if provider in ("sdpa", "eager"):
-        return lambda: rk.dcs_attention(q, k, v, theta, noise=noise, impl=provider, check_nan=False)
+        return lambda: rk.dcs_attention(q, k, v, theta, impl=provider, check_nan=False)
+    if provider == "compile_sdpa":
+        if "fn" not in _COMPILED:  # one compiled function; N is marked dynamic (one graph for all N)
+            import torch._functorch.config as functorch_config
+
+            functorch_config.donated_buffer = False  # the "bwd" pass replays backward (retain_graph)
+            _COMPILED["fn"] = torch.compile(
+                lambda q, k, v, t: rk.dcs_attention(q, k, v, t, impl="sdpa", check_nan=False), dynamic=True)
+        fn = _COMPILED["fn"]
+        return lambda: fn(q, k, v, theta)
+    if provider == "triton_nomask":
+        from ribkernels.dcs.triton.backend import attention_unmasked
+
+        return lambda: attention_unmasked(q, k, v)
     if provider == "sdpa_nomask":
         return lambda: F.scaled_dot_product_attention(q, k, v)
-    raise ValueError(f"unknown provider {provider!r}")
+    raise ValueError(f"unknown provider {provider!r}; choose from {PROVIDERS}")
 
 
 def bench_shape(B: int, H: int, N: int, D: int, dtype: torch.dtype, device: str,
-                providers: Sequence[str] = PROVIDERS, reps: int = 100) -> List[Dict]:
+                providers: Sequence[str] = PROVIDERS, reps: int = 100, warmup_only: bool = False) -> List[Dict]:
     """Rows (one per provider and pass) for one shape and dtype."""
     from benchmarks.common import median_ms, peak_memory_mb
-
-    import ribkernels as rk
 
     gen = torch.Generator(device="cpu").manual_seed(0)
     q, k, v, theta, grad_out = (torch.randn(B, H, N, D, generator=gen).to(device=device, dtype=dtype)
                                 for _ in range(5))
-    noise = rk.logistic_noise((B, H, N, D), 1234, device=device)
     leaves = [q, k, v, theta]
     for t in leaves:
         t.requires_grad_(True)
     rows = []
     shape = f"{B}x{H}x{N}x{D}"
     for provider in providers:
-        fn = _make_fn(provider, q, k, v, theta, noise, seed=1234)
-        reasons = rk.available_backends(q, k, v, theta, noise).get(provider, [])
-        if reasons:
-            rows.append({"name": "dcs_attention", "provider": provider, "pass": "all", "dtype": str(dtype)[6:],
-                         "shape": shape, "ms": float("nan"), "note": "; ".join(reasons)})
-            continue
+        base = {"name": "dcs_attention", "provider": provider, "dtype": str(dtype)[6:], "shape": shape}
+        try:
+            fn = make_fn(provider, q, k, v, theta)
 
-        def zero_grads():
-            for t in leaves:
-                t.grad = None
+            def zero_grads():
+                for t in leaves:
+                    t.grad = None
 
-        out = fn()
-        timed: Dict[str, Callable[[], object]] = {
-            "fwd": fn,
-            "bwd": lambda: (zero_grads(), out.backward(grad_out, retain_graph=True)),
-            "fwd+bwd": lambda: (zero_grads(), fn().backward(grad_out)),
-        }
-        for pss in PASSES:
-            ms = median_ms(timed[pss], device, reps=reps)
-            row = {"name": "dcs_attention", "provider": provider, "pass": pss, "dtype": str(dtype)[6:],
-                   "shape": shape, "ms": ms,
-                   "TFLOPs": _flops(B, H, N, D, pss) / (ms * 1e-3) / 1e12,
-                   "GBps": _bytes(B, H, N, D, q.element_size(), pss) / (ms * 1e-3) / 1e9}
-            if pss == "fwd+bwd":
-                row["peak_mem_MB"] = peak_memory_mb(timed[pss], device)
-            rows.append(row)
-        del out
+            out = fn()
+            out.backward(grad_out, retain_graph=True)  # compiles / autotunes every pass before timing
+            if warmup_only:
+                rows.append({**base, "pass": "warmup", "ms": float("nan")})
+                continue
+            timed: Dict[str, Callable[[], object]] = {
+                "fwd": fn,
+                "bwd": lambda: (zero_grads(), out.backward(grad_out, retain_graph=True)),
+                "fwd+bwd": lambda: (zero_grads(), fn().backward(grad_out)),
+            }
+            for pss in PASSES:
+                ms = median_ms(timed[pss], device, reps=reps)
+                row = {**base, "pass": pss, "ms": ms,
+                       "TFLOPs": _flops(B, H, N, D, pss) / (ms * 1e-3) / 1e12,
+                       "GBps": _bytes(B, H, N, D, q.element_size(), pss) / (ms * 1e-3) / 1e9}
+                if pss == "fwd+bwd":
+                    row["peak_mem_MB"] = peak_memory_mb(timed[pss], device)
+                rows.append(row)
+            del out
+        except Exception as exc:  # one provider failing must not hide the others
+            rows.append({**base, "pass": "all", "ms": float("nan"), "note": f"{type(exc).__name__}: {exc}"[:300]})
     return rows
 
 
-def _shapes(device: str, quick: bool) -> List[Tuple[int, int, int, int, torch.dtype]]:
+def shapes(device: str, quick: bool, dtypes: Sequence[str] = ("bf16", "fp16"),
+           ns: Sequence[int] = (53, 129, 211)) -> List[Tuple[int, int, int, int, torch.dtype]]:
     if device == "cpu":  # the interpreter (triton) or PyTorch on CPU: tiny
         return [(1, 2, 53, 32, torch.float32)]
-    if quick:
-        return [(64, 12, 211, 64, torch.bfloat16), (64, 12, 129, 64, torch.bfloat16),
-                (64, 12, 211, 64, torch.float16)]
-    shapes = [(64, 12, n, 64, dt) for dt in (torch.bfloat16, torch.float16) for n in (53, 129, 211, 311)]
-    shapes += [(8, 12, 1024, 64, torch.bfloat16), (2, 12, 4096, 64, torch.bfloat16),
-               (8, 12, 1024, 128, torch.bfloat16)]
-    return shapes
+    out = [(64, 12, n, 64, DTYPES[dt]) for dt in dtypes for n in ns]
+    if not quick:
+        out += [(8, 12, 1024, 64, torch.bfloat16), (8, 12, 1024, 128, torch.bfloat16)]
+    return out
+
+
+def ratio_rows(rows: List[Dict]) -> List[Dict]:
+    """fwd+bwd ratios against the targets, one row per (dtype, shape)."""
+    ms = {(r["dtype"], r["shape"], r["provider"]): r["ms"] for r in rows if r.get("pass") == "fwd+bwd"}
+    out = []
+    for dtype, shape in sorted({(d, s) for d, s, _ in ms}):
+        nan = float("nan")
+        t = ms.get((dtype, shape, "triton"), nan)
+        row = {"dtype": dtype, "shape": shape, "triton_ms": t}
+        for prov, (label, op, bound) in TARGETS.items():
+            other = ms.get((dtype, shape, prov), nan)
+            if not (t == t and other == other):  # NaN: not measured
+                row[label] = nan
+                continue
+            val = t / other if prov == "sdpa_nomask" else other / t
+            row[label] = val
+            row[label + " ok"] = (val <= bound) if op == "<=" else (val >= bound)
+        row["mask cost (triton / triton_nomask)"] = t / ms.get((dtype, shape, "triton_nomask"), nan)
+        out.append(row)
+    return out
 
 
 def run(device: str, quick: bool, providers: Optional[Sequence[str]] = None) -> List[Dict]:
-    """Entry point of ``benchmarks.run``. On CPU the triton provider only runs under
-    ``TRITON_INTERPRET=1`` (its timings then measure the interpreter, not the kernels)."""
+    """Entry point of ``benchmarks.run``. On CPU the triton providers only run under
+    ``TRITON_INTERPRET=1`` (their timings then measure the interpreter, not the kernels)."""
     providers = list(providers or PROVIDERS)
     reps = 100 if device == "cuda" else (3 if quick else 5)
     rows: List[Dict] = []
-    for B, H, N, D, dtype in _shapes(device, quick):
+    for B, H, N, D, dtype in shapes(device, quick):
         rows += bench_shape(B, H, N, D, dtype, device, providers, reps=reps)
     return rows
 
@@ -127,8 +170,13 @@ def run(device: str, quick: bool, providers: Optional[Sequence[str]] = None) -> 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--cpu", action="store_true", help="tiny shapes on CPU, Triton under the interpreter")
-    ap.add_argument("--quick", action="store_true", help="fewer shapes")
+    ap.add_argument("--quick", action="store_true", help="TransReID shapes only")
     ap.add_argument("--providers", default=",".join(PROVIDERS))
+    ap.add_argument("--dtypes", default="bf16,fp16")
+    ap.add_argument("--ns", default="53,129,211")
+    ap.add_argument("--warmup", action="store_true", help="compile/autotune every pass, time nothing")
+    ap.add_argument("--json", help="write the rows (and the ratio rows) here")
+    ap.add_argument("--md", help="write the Markdown tables here")
     args = ap.parse_args(argv)
     if args.cpu:
         os.environ["TRITON_INTERPRET"] = "1"  # before ribkernels defines its kernels
@@ -142,9 +190,36 @@ def main(argv=None) -> int:
     from benchmarks.common import environment, markdown_table
 
     env = environment(device)
-    print(" · ".join(f"{k} {v}" for k, v in env.items()))
-    rows = run(device, args.quick or args.cpu, [p for p in args.providers.split(",") if p])
-    print(markdown_table(rows, ["provider", "pass", "dtype", "shape", "ms", "TFLOPs", "GBps", "peak_mem_MB", "note"]))
+    print(" · ".join(f"{k} {v}" for k, v in env.items()), flush=True)
+    providers = [p for p in args.providers.split(",") if p]
+    dts = [d for d in args.dtypes.split(",") if d]
+    ns = [int(n) for n in args.ns.split(",") if n]
+    rows: List[Dict] = []
+    t0 = time.time()
+    for B, H, N, D, dtype in shapes(device, args.quick or args.cpu, dts, ns):
+        rows += bench_shape(B, H, N, D, dtype, device, providers, reps=100 if device == "cuda" else 3,
+                            warmup_only=args.warmup)
+        print(f"[bench_dcs_attention] {B}x{H}x{N}x{D} {dtype} done at {time.time() - t0:.0f}s", flush=True)
+    if args.warmup:
+        failed = [r for r in rows if r.get("note")]
+        for r in failed:
+            print(f"warm-up failed: {r['provider']} {r['dtype']} {r['shape']}: {r['note']}")
+        return 1 if failed else 0
+    table = markdown_table(rows, ["provider", "pass", "dtype", "shape", "ms", "TFLOPs", "GBps", "peak_mem_MB",
+                                  "note"])
+    ratios = ratio_rows(rows)
+    ratio_table = markdown_table(ratios)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"environment": env, "rows": rows, "ratios": ratios}, f, indent=1, default=str)
+    if args.md:
+        with open(args.md, "w") as f:
+            f.write(f"# DCS-Attention, {env.get('device')}\n\n{' · '.join(f'{k} {v}' for k, v in env.items())}\n\n"
+                    f"{table}\n\n## fwd+bwd ratios against the issue-10 targets\n\n{ratio_table}\n")
+    print(table)
+    print("\nfwd+bwd ratios (targets: triton ≤ 1.2× sdpa_nomask, eager ≥ 3× triton, "
+          "compile_sdpa ≥ 1.3× triton)")
+    print(ratio_table)
     return 0
 
 

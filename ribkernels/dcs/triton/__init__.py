@@ -1,9 +1,10 @@
-"""Fused Triton kernels of DCS-Attention (SPEC §2): flash-attention forward and backward with the
-binary Gumbel channel mask generated in-kernel (Philox) and regenerated, not stored, in backward.
+"""Triton kernels of DCS-Attention (SPEC §2), noise contract v2: a mask pre-pass makes the
+``[B, H, N, D]`` mask once per forward (one byte per element), FlashAttention-2-shaped forward and
+backward kernels apply it to q/k tiles on load and never run Philox.
 
-* ``kernels``: the ``@triton.jit`` kernels and the one noise/mask helper they all share.
-* ``launch``: block-size policy (autotuned on GPU, fixed under ``TRITON_INTERPRET=1``) and launchers.
-* ``ops``: the ``torch.library`` custom ops ``ribkernels::dcs_attention_fwd/bwd`` and their autograd.
-* ``backend``: what ``dcs_attention(impl="triton")`` calls (``why_not``, ``dcs_attention_triton``)
-  and the debug hooks ``triton_logistic_noise`` / ``triton_dcs_mask``.
+* ``noise``: the contract's jit helpers (Philox group → 4 elements, uniform, keep decision, dsoft).
+* ``prepass``: the mask pre-pass kernel.  ``forward``: the forward kernel.
+* ``backward``: delta, dK/dV and dQ kernels (with the dθ epilogues).  ``debug``: the flat noise kernel.
+* ``launch``: the one launcher (configs, RNG state, device guard).  ``ops``: custom ops + autograd.
+* ``backend``: what ``dcs_attention(impl="triton")`` calls, and the debug hooks.
 """

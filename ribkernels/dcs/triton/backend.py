@@ -1,16 +1,16 @@
 """The Triton backend of ``dcs_attention`` (what ``impl="triton"`` dispatches to) and debug hooks.
 
 * :func:`why_not` — reasons the fused kernels cannot take an input (metadata only, never launches).
-* :func:`dcs_attention_triton` — the fused forward/backward (custom op + autograd, see ``ops``).
-* :func:`triton_logistic_noise`, :func:`triton_uniform` — the kernels' in-kernel noise, as a tensor.
-* :func:`triton_dcs_mask` — the mask (or logits z) the attention kernels build for an input.
+* :func:`dcs_attention_triton` — mask pre-pass + fused forward/backward (custom op + autograd).
+* :func:`triton_uniform`, :func:`triton_logistic_noise` — the contract's noise stream, as a tensor.
+* :func:`triton_dcs_mask` — the mask the pre-pass makes for an input (float32 0/1).
 """
 from typing import List, Optional, Sequence
 
 import torch
 
 from . import launch
-from .ops import dcs_attention_fused
+from .ops import attention_unmasked, dcs_attention_fused
 
 SUPPORTED_HEAD_DIMS = (16, 32, 64, 128)
 SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
@@ -32,10 +32,11 @@ def why_not(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask_logits: torc
             reasons.append("CUDA is not available")
         else:
             major, minor = torch.cuda.get_device_capability(dev)
-            if (major, minor) < (7, 0):
-                reasons.append(f"needs a CUDA device of compute capability >= 7.0, got {major}.{minor}")
-            elif q.dtype == torch.bfloat16 and major < 8:
-                reasons.append(f"bfloat16 needs compute capability >= 8.0, got {major}.{minor}")
+            if (major, minor) < (8, 0):
+                reasons.append(f"needs a CUDA device of compute capability >= 8.0, got {major}.{minor}")
+        if q.dtype == torch.float32:
+            reasons.append("float32 on CUDA goes to the sdpa backend: fp32-accurate (tf32x3) Triton "
+                           "kernels spill registers on sm_90 (python -m benchmarks.sm90_static --candidates)")
     elif dev.type == "cpu":
         if not _interpreting():
             reasons.append("device cpu needs the Triton interpreter (TRITON_INTERPRET=1 set before "
@@ -52,8 +53,6 @@ def why_not(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask_logits: torc
     B, H, N, D = q.shape
     if D not in SUPPORTED_HEAD_DIMS:
         reasons.append(f"head dim D={D} is not supported (D in {SUPPORTED_HEAD_DIMS})")
-    if B * H * N * D >= 2**31:
-        reasons.append(f"B*H*N*D = {B * H * N * D} elements: the Philox offsets need < 2**31")
     if B * H > 65535:
         reasons.append(f"B*H = {B * H} exceeds the 65535 programs of the grid's second axis")
     for name, t in (("mask_logits", mask_logits), ("noise", noise)):
@@ -68,22 +67,30 @@ def why_not(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask_logits: torc
     return reasons
 
 
-def dcs_attention_triton(q, k, v, mask_logits, *, tau: float, training: bool, seed: Optional[int],
-                         noise: Optional[torch.Tensor], scale: float) -> torch.Tensor:
+def dcs_attention_triton(q, k, v, mask_logits, *, tau: float, training: bool, seed=None,
+                         noise: Optional[torch.Tensor], scale: float, offset=0) -> torch.Tensor:
     """Fused DCS-Attention ``[B, H, N, D]`` (differentiable w.r.t. q, k, v and, in training,
-    mask_logits; the explicit noise gets no gradient). Inputs as validated by ``dcs_attention``;
-    ``seed`` must be an int when training without explicit noise (drawn from torch's generator if
-    None)."""
-    if training and noise is None:
-        if seed is None:
-            from ..mask import draw_seed
+    mask_logits; explicit noise gets no gradient). Inputs as validated by ``dcs_attention``.
 
-            seed = draw_seed()
-    else:
-        seed = 0
+    ``seed``: None (drawn on q's device from torch's generator: no host sync), an int in
+    [0, 2**63), or a 1-element int64 tensor; ``offset``: int >= 0 or a 1-element int64 tensor, in
+    Philox calls (advance it by ceil(B·H·N·D / 4) for fresh noise, e.g. between CUDA-graph replays).
+    In eval mode under ``torch.compile`` / ``torch.export`` tracing the op decomposes to the SDPA
+    composite (``M = 1[θ > 0]``, no RNG), which the exporters accept."""
+    if not training and torch.compiler.is_compiling():
+        from ..reference import dcs_attention_sdpa
+
+        return dcs_attention_sdpa(q, k, v, mask_logits, tau=tau, training=False, seed=None, noise=None,
+                                  scale=scale)
+    if training and noise is None:
+        rng = launch.rng_state(seed, offset, q.device)
+    else:  # explicit noise or eval: the RNG is not read; still check what the caller gave
+        if seed is not None and not isinstance(seed, torch.Tensor):
+            launch.check_seed(seed)
+        rng = torch.zeros(2, dtype=torch.int64, device=q.device)
     if noise is not None and noise.requires_grad:
         noise = noise.detach()
-    return dcs_attention_fused(q, k, v, mask_logits, noise if training else None, seed=int(seed),
+    return dcs_attention_fused(q, k, v, mask_logits, noise if training else None, rng,
                                tau=float(tau), scale=float(scale), training=bool(training))
 
 
@@ -94,38 +101,33 @@ def _numel(shape: Sequence[int]) -> int:
     return n
 
 
-def triton_uniform(shape: Sequence[int], seed: int, device) -> torch.Tensor:
-    """The kernels' uniform ``u = ((randint(seed, i) >> 9) + 0.5)·2**-23`` for element i of a
-    contiguous float32 tensor of ``shape``."""
+def triton_uniform(shape: Sequence[int], seed, device, offset=0) -> torch.Tensor:
+    """The contract's uniform u of every element of a contiguous float32 tensor of ``shape``."""
     shape = tuple(int(s) for s in shape)
-    return launch.flat_noise(_numel(shape), seed, device, what=2).reshape(shape)
+    rng = launch.rng_state(seed, offset, device)
+    return launch.flat_noise(_numel(shape), rng, device, what=0).reshape(shape)
 
 
-def triton_logistic_noise(shape: Sequence[int], seed: int, device) -> torch.Tensor:
-    """The kernels' logistic noise ``log(u) − log(1 − u)`` for element i (Philox offset i) of a
-    contiguous float32 tensor of ``shape``: the in-kernel counterpart of ``mask.logistic_noise``."""
+def triton_logistic_noise(shape: Sequence[int], seed, device, offset=0) -> torch.Tensor:
+    """The contract's logistic noise ``L = log u − log(1 − u)``: the Triton counterpart of
+    ``rk.logistic_noise(shape, seed, offset)``."""
     shape = tuple(int(s) for s in shape)
-    return launch.flat_noise(_numel(shape), seed, device, what=3).reshape(shape)
+    rng = launch.rng_state(seed, offset, device)
+    return launch.flat_noise(_numel(shape), rng, device, what=1).reshape(shape)
 
 
-def triton_dcs_mask(mask_logits: torch.Tensor, seed: int = 0, tau: float = 1.0, *,
+def triton_dcs_mask(mask_logits: torch.Tensor, seed=0, tau: float = 1.0, *,
                     shape: Optional[Sequence[int]] = None, noise: Optional[torch.Tensor] = None,
-                    training: bool = True, what: str = "mask", block_n: int = 64) -> torch.Tensor:
-    """What the attention kernels build, through the same jit helper, for q of ``shape``
-    ``[B, H, N, D]`` (default: ``mask_logits.shape``, then 4-D): ``what="mask"`` the 0/1 mask M,
-    ``"logits"`` z = θ + L (θ in eval), ``"uniform"`` / ``"noise"`` the Philox u / L at each
-    element's offset. Float32 ``[B, H, N, D]``. ``tau`` does not change M (accepted for symmetry
-    with ``dcs_mask``); ``block_n`` (a power of two >= 16) changes only the tiling, never the values."""
-    whats = {"mask": 0, "logits": 1, "uniform": 2, "noise": 3}
-    if what not in whats:
-        raise ValueError(f"what must be one of {list(whats)}, got {what!r}")
+                    training: bool = True, offset=0) -> torch.Tensor:
+    """The mask the pre-pass makes for q of ``shape`` ``[B, H, N, D]`` (default:
+    ``mask_logits.shape``), as float32 0/1 ``[B, H, N, D]``. ``tau`` does not change M."""
     shape = tuple(int(s) for s in (mask_logits.shape if shape is None else shape))
     if len(shape) != 4 or shape[-1] not in SUPPORTED_HEAD_DIMS:
         raise ValueError(f"shape must be [B, H, N, D] with D in {SUPPORTED_HEAD_DIMS}, got {shape}")
     mode = launch.mode_of(training, noise)
-    return launch.mask_view(mask_logits, noise, shape, seed=int(seed), mode=mode, what=whats[what],
-                            block_n=block_n)
+    rng = launch.rng_state(seed, offset, mask_logits.device)
+    return launch.mask_prepass(mask_logits, noise, shape, rng, mode, torch.float32)
 
 
 __all__ = ["why_not", "dcs_attention_triton", "triton_logistic_noise", "triton_uniform", "triton_dcs_mask",
-           "SUPPORTED_HEAD_DIMS", "SUPPORTED_DTYPES"]
+           "attention_unmasked", "SUPPORTED_HEAD_DIMS", "SUPPORTED_DTYPES"]

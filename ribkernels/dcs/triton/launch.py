@@ -1,161 +1,265 @@
-"""Launchers of the DCS-Attention kernels: block sizes, grids, strides, output buffers.
+"""The one launcher of the DCS-Attention kernels: RNG state, the mask pre-pass, forward, backward.
 
-Block sizes: autotuned on GPU over a small config set keyed by (N, D, mode, dtypes); a fixed config
-under ``TRITON_INTERPRET=1`` (the interpreter cannot autotune, and large blocks make it faster).
-``RIBKERNELS_DCS_AUTOTUNE=0`` (read at each call) turns autotuning off on GPU too (fixed
-heuristic configs). Tests may
-force a config with ``config=(BLOCK_M, BLOCK_N)``.
+Block sizes: a pruned list per (kernel, D) for fp16/bf16 — the configs ``benchmarks.sm90_static``
+compiles for sm_90 without spills — autotuned on GPU (keyed by N, ≤ 2 configs each); the first config when
+``RIBKERNELS_DCS_AUTOTUNE=0`` (read at each call); a fixed big-block config under
+``TRITON_INTERPRET=1``. Tests may force ``config=(BLOCK_M, BLOCK_N)``.
+
+Every launch runs under ``torch.cuda.device(q.device)``; all index arithmetic in the kernels is int64.
+The seed and the offset reach the kernels as a device tensor ``rng = [seed, offset]`` (int64), never as
+scalars: no recompilation per seed, and a CUDA graph replays with whatever the caller wrote there.
 """
+import contextlib
 import math
 import os
-from typing import Optional, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import torch
 import triton
 
-from . import kernels as K
+from . import noise as NZ
+from .backward import dcs_bwd_delta_kernel, dcs_bwd_dkdv_kernel, dcs_bwd_dq_kernel
+from .debug import flat_noise_kernel
+from .forward import dcs_fwd_kernel
+from .prepass import dcs_mask_prepass_kernel
 
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"  # read when the kernels were defined
+SEED_RANGE = (0, 2**63)
+PREPASS_ELEMS = 4096  # mask elements per pre-pass program (4 warps: 32 per thread, 8 Philox calls)
+DELTA_ROWS = 64
+MIN_BLOCK = 16  # smallest BLOCK_M / BLOCK_N of any config: bounds the dθ partial rows
+
+Config = Tuple[int, int, int, int]  # (BLOCK_M, BLOCK_N, num_warps, num_stages)
+
+# The shipped configs, per kernel and head dim (fp16/bf16). Each compiles for sm_90 without spills
+# (``python -m benchmarks.sm90_static``, run by CI; table in benchmarks/results/*-sm90-static/).
+SHIPPED: Dict[str, Dict[int, List[Config]]] = {
+    "fwd": {16: [(64, 64, 4, 3)], 32: [(64, 64, 4, 3), (128, 64, 4, 3)],
+            64: [(64, 64, 4, 3), (128, 64, 8, 3)], 128: [(64, 64, 4, 2), (128, 64, 8, 2)]},
+    "dkdv": {16: [(64, 64, 4, 2)], 32: [(64, 64, 4, 2), (32, 64, 4, 2)],
+             64: [(64, 64, 4, 2), (32, 64, 4, 2)], 128: [(64, 64, 8, 2)]},
+    "dq": {16: [(64, 64, 4, 2)], 32: [(64, 64, 4, 2), (64, 64, 4, 3)],
+           64: [(64, 64, 4, 2), (64, 64, 4, 3)], 128: [(64, 64, 8, 2)]},
+}
+# float32 on GPU is routed to the SDPA backend (``backend.why_not``): with tf32x3 dots (fp32-class
+# accuracy) these, the smallest sensible tiles, still spill on sm_90 (4/6 of them at D=128, dK/dV at
+# D=32 and 64: 128-byte stack frames, 255 registers; see the sm90-static results). Kept so the static
+# tool shows the evidence (``--candidates``); under the interpreter fp32 runs with the 16-bit lists.
+FP32_TF32X3_TRIED: Dict[str, Dict[int, List[Config]]] = {
+    "fwd": {32: [(64, 32, 4, 2)], 64: [(64, 32, 4, 2)], 128: [(32, 32, 4, 2)]},
+    "dkdv": {32: [(32, 32, 4, 1)], 64: [(32, 32, 4, 1)], 128: [(16, 32, 4, 1)]},
+    "dq": {32: [(32, 32, 4, 1)], 64: [(32, 32, 4, 1)], 128: [(32, 16, 4, 1)]},
+}
+KERNELS = {"fwd": dcs_fwd_kernel, "dkdv": dcs_bwd_dkdv_kernel, "dq": dcs_bwd_dq_kernel}
+
+
+def shipped_configs(kernel: str, head_dim: int, dtype: torch.dtype) -> List[Config]:
+    return SHIPPED[kernel][head_dim]
+
+
+def dot_precision(dtype: torch.dtype) -> str:
+    """fp32 dots: "ieee" under the interpreter (fp32 never reaches the GPU kernels), "tf32x3" when
+    compiled (only the static tool does: the evidence for routing fp32 to SDPA)."""
+    if dtype == torch.float32:
+        return "ieee" if INTERPRET else "tf32x3"
+    return "tf32"  # ignored by Triton for 16-bit inputs
 
 
 def autotune_enabled() -> bool:
-    """Autotune on GPU unless ``RIBKERNELS_DCS_AUTOTUNE=0`` (read at each call)."""
     return not INTERPRET and os.environ.get("RIBKERNELS_DCS_AUTOTUNE", "1") != "0"
 
 
-_KEY = ["N", "HEAD_DIM", "MODE"]  # the autotuner adds the dtypes of the tensor arguments
+_TUNED: Dict[tuple, object] = {}
 
 
-def _configs(triples):
-    return [triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=w, num_stages=s) for bm, bn, w, s in triples]
+def _tuned(kernel: str, head_dim: int, dtype: torch.dtype):
+    key = (kernel, head_dim, dtype)
+    if key not in _TUNED:
+        cfgs = [triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=w, num_stages=s)
+                for bm, bn, w, s in shipped_configs(kernel, head_dim, dtype)]
+        _TUNED[key] = triton.autotune(cfgs, key=["N", "MASKED"])(KERNELS[kernel])
+    return _TUNED[key]
 
 
-# (BLOCK_M, BLOCK_N, num_warps, num_stages). Kept small: each config is one more compile per key.
-# Larger blocks regenerate the in-kernel mask fewer times (each query block regenerates every key
-# block's mask and vice versa), smaller ones give more programs for short sequences.
-_FWD_CONFIGS = _configs([(64, 64, 4, 2), (128, 64, 4, 3), (128, 64, 8, 2), (64, 32, 4, 3)])
-_DKDV_CONFIGS = _configs([(64, 64, 4, 2), (32, 64, 4, 3), (64, 128, 8, 2)])
-_DQ_CONFIGS = _configs([(64, 64, 4, 2), (64, 32, 4, 3), (128, 64, 8, 2)])
-
-if not INTERPRET:
-    _fwd_tuned = triton.autotune(_FWD_CONFIGS, key=_KEY)(K.dcs_fwd_kernel)
-    _dkdv_tuned = triton.autotune(_DKDV_CONFIGS, key=_KEY + ["NEED_DMASK"])(K.dcs_bwd_dkdv_kernel)
-    _dq_tuned = triton.autotune(_DQ_CONFIGS, key=_KEY + ["NEED_DMASK"])(K.dcs_bwd_dq_kernel)
-
-
-def _fixed_config(N: int, D: int) -> Tuple[int, int, int, int]:
-    """(BLOCK_M, BLOCK_N, num_warps, num_stages) when not autotuning."""
-    if INTERPRET:  # few, big blocks: each loop iteration costs tens of ms in the interpreter
+def _launch(kernel: str, grid_axis: str, q: torch.Tensor, args, meta, config: Optional[Tuple[int, int]]):
+    """Launch ``kernel`` over (cdiv(N, BLOCK_<grid_axis>), B·H) with a shipped, forced or interpreter config."""
+    B, H, N, D = q.shape
+    if config is None and autotune_enabled():
+        fn = _tuned(kernel, D, q.dtype)
+        fn[lambda m: (triton.cdiv(N, m[grid_axis]), B * H)](*args, **meta)
+        return
+    if config is not None:
+        bm, bn, w, s = (*config, 4, 1 if INTERPRET else 2)
+    elif INTERPRET:  # few, big blocks: each loop iteration costs tens of ms in the interpreter
         b = min(128, max(16, triton.next_power_of_2(N)))
-        return b, b, 4, 1
-    return (64, 64, 4, 2) if D <= 64 else (64, 32, 4, 2)
+        bm, bn, w, s = b, b, 4, 1
+    else:
+        bm, bn, w, s = shipped_configs(kernel, D, q.dtype)[0]
+    block = bm if grid_axis == "BLOCK_M" else bn
+    KERNELS[kernel][(triton.cdiv(N, block), B * H)](*args, **meta, BLOCK_M=bm, BLOCK_N=bn,
+                                                     num_warps=w, num_stages=s)
 
 
-def _strides4(t: torch.Tensor):
-    return tuple(t.stride())
+def device_guard(t: torch.Tensor):
+    """``torch.cuda.device(t.device)`` for CUDA tensors (launches go to t's device, not the current one)."""
+    return torch.cuda.device(t.device) if t.is_cuda else contextlib.nullcontext()
 
 
-def _bhnd(t: Optional[torch.Tensor], shape) -> Tuple[torch.Tensor, Tuple[int, ...]]:
-    """θ or noise expanded (a view, strides 0 on broadcast dims) to ``[B, H, N, D]``."""
-    e = t.expand(shape)
-    return e, _strides4(e)
+def check_seed(seed) -> None:
+    lo, hi = SEED_RANGE
+    if isinstance(seed, bool) or not isinstance(seed, int) or not lo <= seed < hi:
+        raise ValueError(f"seed must be an integer in [0, 2**63), got {seed!r}")
 
 
-def _dot_precision(dtype: torch.dtype) -> str:
-    # fp32 is computed in true fp32 (the float64-reference tolerance of SPEC §5 is ~1e-5); the
-    # argument is ignored by Triton for 16-bit inputs.
-    return "ieee" if dtype == torch.float32 else "tf32"
+def rng_state(seed, offset, device) -> torch.Tensor:
+    """``[seed, offset]`` as an int64 tensor on ``device``. ``seed``: None (drawn on the device from
+    torch's generator, no host sync), an int in [0, 2**63), or a 1-element int64 tensor; ``offset``:
+    an int >= 0 or a 1-element int64 tensor (counted in Philox calls). Tensor values are not checked
+    (that would sync): the caller keeps them in range."""
+    device = torch.device(device)
+    parts = []
+    if seed is None:
+        parts.append(torch.randint(0, 2**63 - 1, (1,), dtype=torch.int64, device=device))
+    elif isinstance(seed, torch.Tensor):
+        if seed.dtype != torch.int64 or seed.numel() != 1:
+            raise ValueError(f"seed as a tensor must be int64 with one element, got dtype {seed.dtype}, "
+                             f"shape {tuple(seed.shape)}")
+        parts.append(seed.reshape(1).to(device))
+    else:
+        check_seed(seed)
+    if isinstance(offset, torch.Tensor):
+        if offset.dtype != torch.int64 or offset.numel() != 1:
+            raise ValueError(f"offset as a tensor must be int64 with one element, got dtype {offset.dtype}, "
+                             f"shape {tuple(offset.shape)}")
+        off = offset.reshape(1).to(device)
+    else:
+        if isinstance(offset, bool) or not isinstance(offset, int) or not 0 <= offset < 2**63:
+            raise ValueError(f"offset must be an integer in [0, 2**63) (Philox calls), got {offset!r}")
+        off = None
+    if not parts and off is None:
+        return torch.tensor([seed, offset], dtype=torch.int64).to(device, non_blocking=True)
+    if not parts:
+        parts.append(torch.full((1,), seed, dtype=torch.int64).to(device, non_blocking=True))
+    if off is None:
+        off = torch.full((1,), offset, dtype=torch.int64).to(device, non_blocking=True)
+    return torch.cat([parts[0], off])
 
 
 def mode_of(training: bool, noise: Optional[torch.Tensor]) -> int:
     if not training:
-        return K.MODE_EVAL
-    return K.MODE_NOISE if noise is not None else K.MODE_PHILOX
+        return NZ.MODE_EVAL
+    return NZ.MODE_NOISE if noise is not None else NZ.MODE_PHILOX
 
 
-def _mask_args(theta, noise, shape, mode):
-    th, th_st = _bhnd(theta, shape)
-    if mode == K.MODE_NOISE:
-        nz, nz_st = _bhnd(noise, shape)
-    else:
-        nz, nz_st = th, (0, 0, 0, 0)  # unused by the kernel
-    return th, nz, th_st + nz_st
+def _theta_noise_args(theta, noise, shape):
+    """θ and noise as ``[B, H, N, D]`` views (stride 0 along broadcast dims) and their 8 strides."""
+    th = theta.expand(shape)
+    nz = noise.expand(shape) if noise is not None else th
+    return th, nz, (*th.stride(), *(nz.stride() if noise is not None else (0, 0, 0, 0)))
 
 
-def forward(q, k, v, theta, noise, *, seed: int, scale: float, mode: int,
-            config: Optional[Tuple[int, int]] = None):
+def prepass_rows(head_dim: int) -> int:
+    """Tokens per pre-pass program: PREPASS_ELEMS elements (amortises the per-program set-up; the
+    static tool shows < 30 SASS instructions per mask element on sm_90 at this size)."""
+    return PREPASS_ELEMS // head_dim
+
+
+def mask_prepass(theta, noise, shape, rng: torch.Tensor, mode: int, dtype: torch.dtype) -> torch.Tensor:
+    """The 0/1 mask in ``dtype`` (the attention inputs' dtype), contiguous ``[B, H, N, D]``."""
+    B, H, N, D = shape
+    mask = torch.empty(shape, dtype=dtype, device=theta.device)
+    if B * H == 0:
+        return mask
+    th, nz, st = _theta_noise_args(theta, noise, shape)
+    with device_guard(theta):
+        rows = prepass_rows(D)
+        dcs_mask_prepass_kernel[(triton.cdiv(N, rows), B * H)](
+            th, nz, rng, mask, *st, H, N, HEAD_DIM=D, MODE=mode, BLOCK_R=rows, FAST=not INTERPRET, num_warps=4)
+    return mask
+
+
+def forward(q, k, v, mask, *, scale: float, masked: bool = True, config: Optional[Tuple[int, int]] = None):
     """out ``[B, H, N, D]`` (q's dtype, contiguous) and LSE ``[B, H, N]`` (float32, log2 domain)."""
     B, H, N, D = q.shape
     out = torch.empty((B, H, N, D), dtype=q.dtype, device=q.device)
     lse = torch.empty((B, H, N), dtype=torch.float32, device=q.device)
     if B * H == 0:
         return out, lse
-    th, nz, mst = _mask_args(theta, noise, q.shape, mode)
-    args = (q, k, v, th, nz, out, lse, *q.stride(), *k.stride(), *v.stride(), *out.stride(), *mst,
-            H, N, int(seed), float(scale) * math.log2(math.e))
-    meta = dict(HEAD_DIM=D, MODE=mode, DOT_PREC=_dot_precision(q.dtype))
-    if config is None and autotune_enabled():
-        grid = lambda m: (triton.cdiv(N, m["BLOCK_M"]), B * H)
-        _fwd_tuned[grid](*args, **meta)
-    else:
-        bm, bn, w, s = _fixed_config(N, D) if config is None else (*config, 4, 1 if INTERPRET else 2)
-        K.dcs_fwd_kernel[(triton.cdiv(N, bm), B * H)](*args, **meta, BLOCK_M=bm, BLOCK_N=bn,
-                                                      num_warps=w, num_stages=s)
+    args = (q, k, v, mask if masked else q, out, lse, *q.stride(), *k.stride(), *v.stride(), *out.stride(),
+            H, N, float(scale) * math.log2(math.e))
+    meta = dict(HEAD_DIM=D, MASKED=bool(masked), DOT_PREC=dot_precision(q.dtype))
+    with device_guard(q):
+        _launch("fwd", "BLOCK_M", q, args, meta, config)
     return out, lse
 
 
-def backward(dout, q, k, v, theta, noise, out, lse, *, seed: int, scale: float, tau: float,
-             mode: int, need_dtheta: bool, config: Optional[Tuple[int, int]] = None):
-    """dq, dk, dv (contiguous, q's dtype) and the full-size float32 ``[B, H, N, D]`` dθ (before the
-    reduction to θ's shape), or None when ``need_dtheta`` is False or in eval mode."""
+def backward(dout, q, k, v, mask, out, lse, theta, noise, rng, *, scale: float, tau: float, mode: int,
+             need_dtheta: bool, masked: bool = True, config: Optional[Tuple[int, int]] = None):
+    """dq, dk, dv (contiguous, q's dtype) and dθ in θ's shape and dtype (None unless
+    ``need_dtheta`` in a training mode)."""
     B, H, N, D = q.shape
     if dout.dtype != q.dtype:  # the kernels' dots need dout in q's dtype
         dout = dout.to(q.dtype)
-    need_dmask = bool(need_dtheta) and mode != K.MODE_EVAL
     dq = torch.empty((B, H, N, D), dtype=q.dtype, device=q.device)
     dk = torch.empty_like(dq)
     dv = torch.empty_like(dq)
-    if need_dmask:
+    need = bool(need_dtheta) and mode != NZ.MODE_EVAL and masked
+    if B * H == 0:
+        return dq, dk, dv, (torch.zeros_like(theta) if need else None)
+    th, nz, st = _theta_noise_args(theta, noise, q.shape)
+    per_token = theta.shape == q.shape
+    dmk = dq  # placeholder, never touched unless dth_mode == 1
+    if not need:
+        dth_mode, dth = 0, dq
+    elif st[2] == 0 and N > 1:  # θ broadcast along tokens: reduce over rows in-kernel
+        dth_mode = 2
+        dth = torch.empty((2, B * H, triton.cdiv(N, MIN_BLOCK), D), dtype=torch.float32, device=q.device)
+    else:
+        dth_mode = 1
         dmk = torch.empty((B, H, N, D), dtype=torch.float32, device=q.device)
-        dth = torch.empty_like(dmk)
+        dth = torch.empty((B, H, N, D), dtype=theta.dtype if per_token else torch.float32, device=q.device)
+    delta = torch.empty((B, H, N), dtype=torch.float32, device=q.device)
+    with device_guard(q):
+        dcs_bwd_delta_kernel[(triton.cdiv(N, DELTA_ROWS), B * H)](
+            out, dout, delta, *out.stride(), *dout.stride(), H, N, HEAD_DIM=D, BLOCK=DELTA_ROWS, num_warps=4)
+        nb_max = dth.shape[2] if dth_mode == 2 else 0
+        common = (*q.stride(), *k.stride(), *v.stride(), *dout.stride(), *st, H, N, B * H, nb_max,
+                  float(scale) * math.log2(math.e), float(scale), 1.0 / float(tau))
+        msk = mask if masked else q
+        rng = q if rng is None else rng  # placeholder pointer: read only in Philox mode
+        meta = dict(HEAD_DIM=D, MASKED=bool(masked), DOT_PREC=dot_precision(q.dtype), MODE=mode,
+                    DTH_MODE=dth_mode, TAU_ONE=float(tau) == 1.0)
+        _launch("dkdv", "BLOCK_N", q, (q, k, v, msk, dout, lse, delta, dk, dv, dmk, th, nz, rng, dth, *common),
+                meta, config)
+        _launch("dq", "BLOCK_M", q, (q, k, v, msk, dout, lse, delta, dq, dmk, th, nz, rng, dth, *common),
+                meta, config)
+    if dth_mode == 0:
+        return dq, dk, dv, None
+    if dth_mode == 2:
+        dtheta = dth.sum(dim=(0, 2)).reshape(B, H, 1, D)
     else:
-        dmk = dth = dq  # placeholders, never touched by the kernels
-    if B * H == 0:
-        return dq, dk, dv, (dth if need_dmask else None)
-    delta = (dout.float() * out.float()).sum(-1)  # [B, H, N] contiguous, rowsum(dO ⊙ O)
-    th, nz, mst = _mask_args(theta, noise, q.shape, mode)
-    common = (*q.stride(), *k.stride(), *v.stride(), *dout.stride(), *mst,
-              H, N, int(seed), float(scale) * math.log2(math.e), float(scale))
-    meta = dict(HEAD_DIM=D, MODE=mode, DOT_PREC=_dot_precision(q.dtype), NEED_DMASK=need_dmask)
-    dkdv_args = (q, k, v, th, nz, dout, lse, delta, dk, dv, dmk, *common)
-    dq_args = (q, k, v, th, nz, dout, lse, delta, dq, dmk, dth, *common, 1.0 / float(tau))
-    if config is None and autotune_enabled():
-        _dkdv_tuned[lambda m: (triton.cdiv(N, m["BLOCK_N"]), B * H)](*dkdv_args, **meta)
-        _dq_tuned[lambda m: (triton.cdiv(N, m["BLOCK_M"]), B * H)](*dq_args, **meta)
-    else:
-        bm, bn, w, s = _fixed_config(N, D) if config is None else (*config, 4, 1 if INTERPRET else 2)
-        K.dcs_bwd_dkdv_kernel[(triton.cdiv(N, bn), B * H)](*dkdv_args, **meta, BLOCK_M=bm, BLOCK_N=bn,
-                                                           num_warps=w, num_stages=s)
-        K.dcs_bwd_dq_kernel[(triton.cdiv(N, bm), B * H)](*dq_args, **meta, BLOCK_M=bm, BLOCK_N=bn,
-                                                         num_warps=w, num_stages=s)
-    return dq, dk, dv, (dth if need_dmask else None)
+        dtheta = dth
+    if not per_token:
+        dtheta = reduce_to_shape(dtheta, theta.shape)
+    return dq, dk, dv, dtheta.to(theta.dtype)
 
 
-def mask_view(theta, noise, shape, *, seed: int, mode: int, what: int = 0, block_n: int = 64):
-    """What the attention kernels build for ``[B, H, N, D]`` ``shape``, float32 contiguous:
-    what=0 the mask M, 1 the logits z, 2 the uniform u, 3 the noise L."""
-    B, H, N, D = shape
-    out = torch.empty(shape, dtype=torch.float32, device=theta.device)
-    if B * H == 0:
-        return out
-    th, nz, mst = _mask_args(theta, noise, shape, mode)
-    K.dcs_mask_kernel[(triton.cdiv(N, block_n), B * H)](th, nz, out, *mst, H, N, int(seed),
-                                                        HEAD_DIM=D, MODE=mode, WHAT=what, BLOCK_N=block_n)
-    return out
+def reduce_to_shape(t: torch.Tensor, shape) -> torch.Tensor:
+    """Sum the ``[B, H, n, D]`` ``t`` over the dims a tensor of ``shape`` was broadcast along."""
+    shape = tuple(shape)
+    lead = t.dim() - len(shape)
+    if lead:
+        t = t.sum(dim=tuple(range(lead)))
+    dims = tuple(i for i, s in enumerate(shape) if s == 1 and t.shape[i] != 1)
+    if dims:
+        t = t.sum(dim=dims, keepdim=True)
+    return t.reshape(shape)
 
 
-def flat_noise(numel: int, seed: int, device, *, what: int = 3, block: int = 1024) -> torch.Tensor:
+def flat_noise(numel: int, rng: torch.Tensor, device, *, what: int = 1, block: int = 1024) -> torch.Tensor:
+    """Flat float32 noise of the contract: what=0 the uniform u, what=1 the logistic noise L."""
     out = torch.empty(numel, dtype=torch.float32, device=device)
     if numel:
-        K.flat_noise_kernel[(triton.cdiv(numel, block),)](out, numel, int(seed), WHAT=what, BLOCK=block)
+        with device_guard(out):
+            flat_noise_kernel[(triton.cdiv(numel, block),)](out, numel, rng, WHAT=what, BLOCK=block)
     return out

@@ -1,15 +1,15 @@
 """``torch.library`` custom ops of the fused DCS-Attention, with fake (meta) implementations and
 autograd, so ``torch.compile`` traces a model that uses them as single nodes.
 
-* ``ribkernels::dcs_attention_fwd(q, k, v, theta, noise?, seed, tau, scale, training)
-  -> (out [B,H,N,D] in q's dtype, lse [B,H,N] float32)``
-* ``ribkernels::dcs_attention_bwd(dout, q, k, v, theta, noise?, out, lse, seed, tau, scale, training,
-  need_dtheta) -> (dq, dk, dv, dtheta)``; dtheta has θ's shape and dtype (the float32 full-size
-  gradient reduced over θ's broadcast dimensions by a deterministic ``sum``), or shape ``()`` when
-  not needed (eval, or θ without grad).
+* ``ribkernels::dcs_attention_fwd(q, k, v, theta, noise?, rng, tau, scale, training)
+  -> (out [B,H,N,D] q's dtype, lse [B,H,N] float32, mask [B,H,N,D] 0/1 in q's dtype)``: the mask pre-pass, then
+  the forward kernel. ``rng`` is the int64 ``[seed, offset]`` device tensor (read only in Philox mode).
+* ``ribkernels::dcs_attention_bwd(dout, q, k, v, theta, noise?, rng, out, lse, mask, tau, scale,
+  training, need_dtheta) -> (dq, dk, dv, dtheta)``; dtheta has θ's shape and dtype, or shape ``()``
+  when not needed (eval, or θ without grad).
 
-θ and noise are passed in their own (broadcastable) shapes; the ops expand them (views, no copy).
-Gradients: q, k, v and θ (θ only in training); noise never gets one.
+The mask made by the forward is saved for the backward: Philox runs once per forward (pre-pass) and
+once per element in the backward's dθ epilogue, never inside the attention loops.
 """
 from typing import Optional, Tuple
 
@@ -19,48 +19,35 @@ from torch import Tensor
 from . import launch
 
 
-def reduce_to_shape(t: Tensor, shape) -> Tensor:
-    """Sum the ``[B, H, N, D]`` ``t`` over the dimensions a tensor of ``shape`` was broadcast along."""
-    shape = tuple(shape)
-    lead = t.dim() - len(shape)
-    if lead:
-        t = t.sum(dim=tuple(range(lead)))
-    dims = tuple(i for i, s in enumerate(shape) if s == 1 and t.shape[i] != 1)
-    if dims:
-        t = t.sum(dim=dims, keepdim=True)
-    return t.reshape(shape)
-
-
 @torch.library.custom_op("ribkernels::dcs_attention_fwd", mutates_args=())
-def dcs_attention_fwd(q: Tensor, k: Tensor, v: Tensor, theta: Tensor, noise: Optional[Tensor],
-                      seed: int, tau: float, scale: float, training: bool) -> Tuple[Tensor, Tensor]:
+def dcs_attention_fwd(q: Tensor, k: Tensor, v: Tensor, theta: Tensor, noise: Optional[Tensor], rng: Tensor,
+                      tau: float, scale: float, training: bool) -> Tuple[Tensor, Tensor, Tensor]:
     mode = launch.mode_of(training, noise)
-    return launch.forward(q, k, v, theta, noise, seed=seed, scale=scale, mode=mode)
+    mask = launch.mask_prepass(theta, noise, q.shape, rng, mode, q.dtype)
+    out, lse = launch.forward(q, k, v, mask, scale=scale)
+    return out, lse, mask
 
 
 @dcs_attention_fwd.register_fake
-def _(q, k, v, theta, noise, seed, tau, scale, training):
+def _(q, k, v, theta, noise, rng, tau, scale, training):
     B, H, N, D = q.shape
-    return q.new_empty((B, H, N, D)), q.new_empty((B, H, N), dtype=torch.float32)
+    return (q.new_empty((B, H, N, D)), q.new_empty((B, H, N), dtype=torch.float32),
+            q.new_empty((B, H, N, D)))
 
 
 @torch.library.custom_op("ribkernels::dcs_attention_bwd", mutates_args=())
 def dcs_attention_bwd(dout: Tensor, q: Tensor, k: Tensor, v: Tensor, theta: Tensor, noise: Optional[Tensor],
-                      out: Tensor, lse: Tensor, seed: int, tau: float, scale: float, training: bool,
-                      need_dtheta: bool) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+                      rng: Tensor, out: Tensor, lse: Tensor, mask: Tensor, tau: float, scale: float,
+                      training: bool, need_dtheta: bool) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
     mode = launch.mode_of(training, noise)
     need = bool(need_dtheta and training)
-    dq, dk, dv, dth = launch.backward(dout, q, k, v, theta, noise, out, lse, seed=seed, scale=scale,
-                                      tau=tau, mode=mode, need_dtheta=need)
-    if need:
-        dtheta = reduce_to_shape(dth, theta.shape).to(theta.dtype)
-    else:
-        dtheta = theta.new_zeros(())
-    return dq, dk, dv, dtheta
+    dq, dk, dv, dtheta = launch.backward(dout, q, k, v, mask, out, lse, theta, noise, rng, scale=scale,
+                                         tau=tau, mode=mode, need_dtheta=need)
+    return dq, dk, dv, (dtheta if need else theta.new_zeros(()))
 
 
 @dcs_attention_bwd.register_fake
-def _(dout, q, k, v, theta, noise, out, lse, seed, tau, scale, training, need_dtheta):
+def _(dout, q, k, v, theta, noise, rng, out, lse, mask, tau, scale, training, need_dtheta):
     B, H, N, D = q.shape
     dq, dk, dv = (q.new_empty((B, H, N, D)) for _ in range(3))
     dtheta = theta.new_empty(theta.shape) if (need_dtheta and training) else theta.new_empty(())
@@ -68,19 +55,19 @@ def _(dout, q, k, v, theta, noise, out, lse, seed, tau, scale, training, need_dt
 
 
 def _setup_context(ctx, inputs, output):
-    q, k, v, theta, noise, seed, tau, scale, training = inputs
-    out, lse = output
-    ctx.save_for_backward(q, k, v, theta, noise, out, lse)
-    ctx.seed, ctx.tau, ctx.scale, ctx.training = seed, tau, scale, training
-    ctx.mark_non_differentiable(lse)
+    q, k, v, theta, noise, rng, tau, scale, training = inputs
+    out, lse, mask = output
+    ctx.save_for_backward(q, k, v, theta, noise, rng, out, lse, mask)
+    ctx.tau, ctx.scale, ctx.training = tau, scale, training
+    ctx.mark_non_differentiable(lse, mask)
 
 
-def _backward(ctx, dout, dlse):
-    q, k, v, theta, noise, out, lse = ctx.saved_tensors
+def _backward(ctx, dout, dlse, dmask):
+    q, k, v, theta, noise, rng, out, lse, mask = ctx.saved_tensors
     need_dtheta = bool(ctx.training and ctx.needs_input_grad[3])
     if dout is None:
         dout = torch.zeros_like(out)
-    dq, dk, dv, dtheta = dcs_attention_bwd(dout, q, k, v, theta, noise, out, lse, ctx.seed, ctx.tau,
+    dq, dk, dv, dtheta = dcs_attention_bwd(dout, q, k, v, theta, noise, rng, out, lse, mask, ctx.tau,
                                            ctx.scale, ctx.training, need_dtheta)
     return dq, dk, dv, (dtheta if need_dtheta else None), None, None, None, None, None
 
@@ -88,9 +75,33 @@ def _backward(ctx, dout, dlse):
 dcs_attention_fwd.register_autograd(_backward, setup_context=_setup_context)
 
 
-def dcs_attention_fused(q: Tensor, k: Tensor, v: Tensor, theta: Tensor, noise: Optional[Tensor], *,
-                        seed: int, tau: float, scale: float, training: bool) -> Tensor:
+def dcs_attention_fused(q: Tensor, k: Tensor, v: Tensor, theta: Tensor, noise: Optional[Tensor], rng: Tensor, *,
+                        tau: float, scale: float, training: bool) -> Tensor:
     """The differentiable fused op: out ``[B, H, N, D]``. Inputs are assumed validated."""
-    out, _ = dcs_attention_fwd(q, k, v, theta, noise if training else None, int(seed), float(tau),
-                               float(scale), bool(training))
+    out, _, _ = dcs_attention_fwd(q, k, v, theta, noise if training else None, rng, float(tau),
+                                  float(scale), bool(training))
     return out
+
+
+class _PlainAttention(torch.autograd.Function):
+    """The same kernels with the mask compiled out (``MASKED=False``): plain attention. The
+    benchmarks' and the static tool's "mask off" twin, to show what the mask costs."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, scale):
+        out, lse = launch.forward(q, k, v, None, scale=scale, masked=False)
+        ctx.save_for_backward(q, k, v, out, lse)
+        ctx.scale = scale
+        return out
+
+    @staticmethod
+    def backward(ctx, dout):
+        q, k, v, out, lse = ctx.saved_tensors
+        dq, dk, dv, _ = launch.backward(dout, q, k, v, None, out, lse, q, None, None, scale=ctx.scale, tau=1.0,
+                                        mode=0, need_dtheta=False, masked=False)
+        return dq, dk, dv, None
+
+
+def attention_unmasked(q: Tensor, k: Tensor, v: Tensor, scale: Optional[float] = None) -> Tensor:
+    """Plain attention through the DCS kernels with the mask compiled out (benchmarks only)."""
+    return _PlainAttention.apply(q, k, v, float(q.shape[-1] ** -0.5 if scale is None else scale))

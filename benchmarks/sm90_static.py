@@ -1,0 +1,266 @@
+"""Static sm_90 evidence without a GPU (SPEC §6): compile every Triton kernel of DCS-Attention for
+Hopper (``triton.compile(ASTSource(...), target=GPUTarget("cuda", 90, 32))``), then read the cubin
+with the ``cuobjdump`` inside the triton wheel: registers, spill bytes, shared memory, and the SASS
+instruction mix (tensor-core MMA, integer ops, MUFU, local loads/stores).
+
+    python -m benchmarks.sm90_static                       # the table (Markdown) on stdout
+    python -m benchmarks.sm90_static --json rows.json      # also every row as a JSON list
+    python -m benchmarks.sm90_static --candidates          # also the configs that were pruned
+    python -m benchmarks.sm90_static --check               # exit 1 on a compile failure or a spill in a shipped config
+
+Rows: every kernel × every shipped config (``ribkernels.dcs.triton.launch.SHIPPED``) × {fp16, bf16}
+× D ∈ {32, 64, 128} (fp32 has no Triton path on GPU; ``--candidates`` adds its tf32x3 attempts and
+the pruned 16-bit configs, ``shipped=False``), each attention kernel twice: with the mask
+(``MASKED=True``, and the dθ epilogue of per-token θ in the backward) and with the mask compiled out
+(``MASKED=False``), so the mask's share of the instructions is visible (``int_ratio``: integer ops
+of the row ÷ those of its mask-off twin; integer ops are the per-thread integer ALU instructions in
+``INT_OPS``, register moves issued as IMAD and the warp-uniform ``U*`` datapath left out). Counts
+are static (each instruction once; a loop body counts once, as the per-tile cost does). The pre-pass
+row gives ``instr_per_elem``: SASS instructions each thread issues per mask element it makes (static
+count × threads ÷ elements per program; the pre-pass has no loop).
+Signatures mimic the benchmark's launch: contiguous ``[B, H, N, D]`` tensors (last stride 1,
+others multiples of 16), N and H not multiples of 16.
+"""
+import argparse
+import collections
+import concurrent.futures as cf
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from typing import Dict, List, Optional
+
+if __package__ in (None, ""):
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+HEAD_DIMS = (32, 64, 128)
+DTYPES = ("fp16", "bf16", "fp32")
+TORCH_DTYPE = {"fp16": "float16", "bf16": "bfloat16", "fp32": "float32"}
+# Pruned-away configs compiled only with --candidates (to show why they are not shipped).
+CANDIDATES = {"fwd": {"all": [(128, 64, 4, 3), (64, 128, 4, 2)]},
+              "dkdv": {"all": [(64, 128, 8, 2), (64, 64, 4, 3)], 128: [(32, 64, 4, 2), (64, 128, 8, 2)]},
+              "dq": {"all": [(128, 64, 8, 2), (64, 32, 4, 2)], 128: [(64, 32, 4, 2), (128, 64, 8, 2)]}}
+
+INT_OPS = {"IMAD", "IADD3", "IADD", "LOP3", "LOP", "SHF", "SHL", "SHR", "ISETP", "LEA", "IMNMX", "VIMNMX",
+           "IABS", "SEL", "PRMT", "BMSK", "SGXT", "POPC", "FLO", "BREV", "IDP", "IMUL", "IMADSP", "I2I"}
+MMA_OPS = {"HGMMA", "HMMA", "IMMA", "QGMMA", "IGMMA", "BGMMA", "DMMA"}
+
+
+def _bin(name: str) -> str:
+    import triton
+
+    return os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", name)
+
+
+def _signature(kernel, dt: str, consts: Dict[str, object], ptr_types: Dict[str, str]):
+    """Signature / constexprs / attrs of a launch on contiguous [B, H, N, D] tensors of dtype dt."""
+    sig, attrs, constexprs = {}, {}, dict(consts)
+    for i, name in enumerate(kernel.arg_names):
+        if name in consts:
+            sig[name] = "constexpr"
+        elif name in ptr_types:
+            sig[name] = ptr_types[name]
+            attrs[(i,)] = [["tt.divisibility", 16]]
+        elif name in ("qk_scale", "scale", "inv_tau"):
+            sig[name] = "fp32"
+        elif re.fullmatch(r"s[a-z]{1,3}d", name):  # innermost stride: 1 → specialised to a constant
+            sig[name] = "constexpr"
+            constexprs[name] = 1
+        elif re.fullmatch(r"s[a-z]{1,3}[bhn]", name):  # outer strides: multiples of 16
+            sig[name] = "i32"
+            attrs[(i,)] = [["tt.divisibility", 16]]
+        elif name in ("H", "N", "BH", "NB_MAX", "numel"):
+            sig[name] = "i32"
+        else:
+            raise ValueError(f"sm90_static: no signature rule for argument {name!r} of {kernel.__name__}")
+    return sig, constexprs, attrs
+
+
+def _variants():
+    """(kernel name, variant, config, dtype, D, shipped, consts, ptr types, elems per program)."""
+    import torch
+
+    from ribkernels.dcs.triton import launch
+    from ribkernels.dcs.triton.noise import MODE_EVAL, MODE_PHILOX
+
+    jobs = []
+    for dt in DTYPES:
+        tdt = getattr(torch, TORCH_DTYPE[dt])
+        for D in HEAD_DIMS:
+            common_ptr = {n: f"*{dt}" for n in ("Q", "K", "V", "O", "DO", "DQ", "DK", "DV", "TH", "NZ")}
+            common_ptr.update(MSK=f"*{dt}", LSE="*fp32", DELTA="*fp32", DMK="*fp32", RNG="*i64")
+            for kname in ("fwd", "dkdv", "dq"):
+                if dt == "fp32":  # no Triton path on GPU (routed to sdpa): the evidence for that
+                    shipped, extra = [], launch.FP32_TF32X3_TRIED[kname][D]
+                else:
+                    shipped = launch.shipped_configs(kname, D, tdt)
+                    extra = [c for c in CANDIDATES[kname].get(D, CANDIDATES[kname]["all"]) if c not in shipped]
+                for cfg, is_shipped in [(c, True) for c in shipped] + [(c, False) for c in extra]:
+                    bm, bn, w, s = cfg
+                    base = dict(HEAD_DIM=D, DOT_PREC=launch.dot_precision(tdt), BLOCK_M=bm, BLOCK_N=bn)
+                    if kname == "fwd":
+                        variants = [("mask", dict(MASKED=True)), ("nomask", dict(MASKED=False))]
+                    else:
+                        bwd = dict(MODE=MODE_PHILOX, TAU_ONE=True)
+                        variants = [("mask+dθ token", dict(MASKED=True, DTH_MODE=1, **bwd)),
+                                    ("nomask", dict(MASKED=False, DTH_MODE=0, **bwd))]
+                        if D == 64 and dt != "fp32":
+                            variants += [("mask", dict(MASKED=True, DTH_MODE=0, **bwd)),
+                                         ("mask+dθ channel", dict(MASKED=True, DTH_MODE=2, **bwd))]
+                    for vname, v in variants:
+                        ptrs = dict(common_ptr)
+                        ptrs["DTH"] = f"*{dt}" if v.get("DTH_MODE") == 1 else "*fp32"
+                        jobs.append((kname, vname, cfg, dt, D, is_shipped, {**base, **v}, ptrs, None))
+            for vname, mode in (("philox", MODE_PHILOX), ("eval (θ > 0)", MODE_EVAL)):
+                rows = launch.prepass_rows(D)
+                jobs.append(("prepass", vname, (rows, 0, 4, 1), dt, D, True,
+                             dict(HEAD_DIM=D, MODE=mode, BLOCK_R=rows, FAST=True),
+                             {"TH": f"*{dt}", "NZ": f"*{dt}", "RNG": "*i64", "MASK": f"*{dt}"}, rows * D))
+            if dt != "fp32":
+                jobs.append(("delta", "", (launch.DELTA_ROWS, 0, 4, 1), dt, D, True,
+                             dict(HEAD_DIM=D, BLOCK=launch.DELTA_ROWS),
+                             {"O": f"*{dt}", "DO": f"*{dt}", "DELTA": "*fp32"}, None))
+    jobs.append(("flat_noise", "logistic", (1024, 0, 4, 1), "fp32", 0, True, dict(WHAT=1, BLOCK=1024),
+                 {"OUT": "*fp32", "RNG": "*i64"}, 1024))
+    return jobs
+
+
+def _kernel_fn(kname: str):
+    from ribkernels.dcs.triton import backward, debug, forward, prepass
+
+    return {"fwd": forward.dcs_fwd_kernel, "dkdv": backward.dcs_bwd_dkdv_kernel,
+            "dq": backward.dcs_bwd_dq_kernel, "prepass": prepass.dcs_mask_prepass_kernel,
+            "delta": backward.dcs_bwd_delta_kernel, "flat_noise": debug.flat_noise_kernel}[kname]
+
+
+def _sass_counts(cubin: bytes) -> Dict[str, int]:
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+        f.write(cubin)
+        f.flush()
+        sass = subprocess.run([_bin("cuobjdump"), "-sass", f.name], capture_output=True, text=True,
+                              check=True).stdout
+        res = subprocess.run([_bin("cuobjdump"), "-res-usage", f.name], capture_output=True, text=True,
+                             check=True).stdout
+    ops = collections.Counter()
+    moves = 0
+    for line in sass.splitlines():
+        m = re.match(r"\s*/\*[0-9a-f]{4,}\*/\s+(?:@!?U?P[T0-9]\s+)?([A-Z][A-Z0-9_]*)([.A-Z0-9_]*)\s*([^;]*);", line)
+        if m:
+            ops[m.group(1)] += 1
+            operands = [o.strip() for o in m.group(3).split(",")]
+            # IMAD.MOV / IMAD.U32 Rd, RZ, RZ, x are register moves issued as IMAD, not integer work
+            if m.group(1) == "IMAD" and (m.group(2).startswith(".MOV") or operands[1:3] == ["RZ", "RZ"]):
+                moves += 1
+    total = sum(n for op, n in ops.items() if op not in ("NOP",))
+    out = {"sass_total": total,
+           "mma": sum(n for op, n in ops.items() if op in MMA_OPS),
+           "int_ops": sum(n for op, n in ops.items() if op in INT_OPS) - moves,
+           "mufu": ops.get("MUFU", 0),
+           "local_ld": ops.get("LDL", 0), "local_st": ops.get("STL", 0)}
+    m = re.search(r"REG:(\d+)\s+STACK:(\d+)\s+SHARED:(\d+)\s+LOCAL:(\d+)", res)
+    if m:
+        out.update(registers=int(m.group(1)), stack=int(m.group(2)), static_shared=int(m.group(3)),
+                   local_bytes=int(m.group(4)))
+    return out
+
+
+def _compile_one(job) -> Dict:
+    kname, vname, cfg, dt, D, shipped, consts, ptrs, elems = job
+    bm, bn, w, s = cfg
+    row = {"kernel": kname, "variant": vname,
+           "config": f"{bm}x{bn} w{w} s{s}" if kname in ("fwd", "dkdv", "dq") else f"{bm} w{w}",
+           "dtype": dt, "D": D, "shipped": shipped}
+    t0 = time.time()
+    try:
+        import triton
+        from triton.backends.compiler import GPUTarget
+        from triton.compiler import ASTSource
+
+        fn = _kernel_fn(kname)
+        sig, constexprs, attrs = _signature(fn, dt, consts, ptrs)
+        src = ASTSource(fn=fn, signature=sig, constexprs=constexprs, attrs=attrs)
+        ck = triton.compile(src, target=GPUTarget("cuda", 90, 32), options=dict(num_warps=w, num_stages=s))
+        row.update(_sass_counts(ck.asm["cubin"]))
+        row["shared_bytes"] = max(int(getattr(ck.metadata, "shared", 0)), row.get("static_shared", 0))
+        # These kernels call no functions: their stack frame is register spills (ptxas -v's
+        # "bytes stack frame"); local memory beyond it would be spills too.
+        row["spill_bytes"] = row.get("stack", 0) + row.get("local_bytes", 0)
+        if elems:
+            row["instr_per_elem"] = row["sass_total"] * w * 32 / elems
+        row["error"] = ""
+    except Exception as exc:  # a compile failure is a row, and fails --check
+        row["error"] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"
+    row["compile_s"] = round(time.time() - t0, 2)
+    return row
+
+
+def _int_ratios(rows: List[Dict]) -> None:
+    base = {(r["kernel"], r["config"], r["dtype"], r["D"]): r for r in rows if r["variant"] == "nomask"}
+    for r in rows:
+        b = base.get((r["kernel"], r["config"], r["dtype"], r["D"]))
+        if b is not None and r is not b and b.get("int_ops") and r.get("int_ops") is not None:
+            r["int_ratio"] = r["int_ops"] / b["int_ops"]
+
+
+COLUMNS = ["kernel", "variant", "config", "dtype", "D", "shipped", "registers", "spill_bytes", "shared_bytes",
+           "mma", "int_ops", "int_ratio", "mufu", "local_ld", "local_st", "sass_total", "instr_per_elem", "error"]
+
+
+def run(jobs_n: int = 2, candidates: bool = False) -> List[Dict]:
+    jobs = [j for j in _variants() if candidates or j[5]]
+    rows = []
+    with cf.ProcessPoolExecutor(max_workers=jobs_n) as ex:
+        for i, row in enumerate(ex.map(_compile_one, jobs)):
+            rows.append(row)
+            if (i + 1) % 20 == 0 or i + 1 == len(jobs):
+                print(f"[sm90_static] {i + 1}/{len(jobs)} compiled", file=sys.stderr, flush=True)
+    _int_ratios(rows)
+    return rows
+
+
+def problems(rows: List[Dict]) -> List[str]:
+    """What fails CI: a compile failure, or a spill in a shipped config."""
+    out = []
+    for r in rows:
+        where = f"{r['kernel']} [{r['variant']}] {r['config']} {r['dtype']} D={r['D']}"
+        if r.get("error"):
+            out.append(f"compile failure: {where}: {r['error']}")
+        elif r["shipped"] and r.get("spill_bytes", 0) > 0:
+            out.append(f"spill in a shipped config: {where}: {r['spill_bytes']} B")
+    return out
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--json", help="write the rows as a JSON list here")
+    ap.add_argument("--md", help="write the Markdown table here")
+    ap.add_argument("--jobs", type=int, default=2, help="compile processes (default 2)")
+    ap.add_argument("--candidates", action="store_true", help="also compile the pruned (unshipped) configs")
+    ap.add_argument("--check", action="store_true", help="exit 1 on a compile failure or a shipped spill")
+    args = ap.parse_args(argv)
+    os.environ.pop("TRITON_INTERPRET", None)  # compile for real (no GPU is needed to compile)
+    from benchmarks.common import markdown_table
+
+    t0 = time.time()
+    rows = run(args.jobs, args.candidates)
+    table = markdown_table(rows, COLUMNS)
+    print(table)
+    bad = problems(rows)
+    print(f"\nsm90_static: {len(rows)} kernels compiled for sm_90 in {time.time() - t0:.0f} s "
+          f"({args.jobs} processes); {len(bad)} problem(s)")
+    for p in bad:
+        print("  " + p)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(rows, f, indent=1)
+    if args.md:
+        with open(args.md, "w") as f:
+            f.write(table + "\n")
+    return 1 if (args.check and bad) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
