@@ -240,6 +240,20 @@ def test_seed_range_errors(bad):
         rk.logistic_noise((4,), bad)
     with pytest.raises(ValueError, match=r"offset must be an integer"):
         rk.logistic_noise((4,), 0, offset=-1)
+    with pytest.raises(ValueError, match=r"offset must be an integer"):
+        rk.logistic_noise((4,), 0, offset=torch.tensor(-1))
+
+
+def test_offset_as_a_tensor_equals_the_int_offset():
+    """A 0-d int64 offset tensor (advanced in place between CUDA-graph replays) draws the same noise."""
+    q, k, v, theta, _ = make_inputs(1, 2, 9, 16, (1, 2, 9, 16))
+    off = 2**32 - 3
+    torch.testing.assert_close(rk.logistic_noise((37,), 11, offset=torch.tensor(off)),
+                               rk.logistic_noise((37,), 11, offset=off), rtol=0, atol=0)
+    for impl in IMPLS:
+        a = rk.dcs_attention(q, k, v, theta, seed=11, offset=torch.tensor(off), impl=impl)
+        b = rk.dcs_attention(q, k, v, theta, seed=11, offset=off, impl=impl)
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
 
 
 def test_global_generator_makes_runs_reproducible():

@@ -40,10 +40,10 @@ def check_seed(seed, what: str = "seed"):
     return int(seed)
 
 
-def check_offset(offset) -> int:
-    if isinstance(offset, bool) or not isinstance(offset, int) or not 0 <= offset < 2**63:
-        raise ValueError(f"offset must be an integer in [0, 2**63) (counted in Philox calls), got {offset!r}")
-    return int(offset)
+def check_offset(offset):
+    """``offset`` (counted in Philox calls): an int in ``[0, 2**63)`` or, like ``seed``, a 0-d int64
+    tensor (what a caller advances in place between CUDA-graph replays)."""
+    return check_seed(offset, "offset")
 
 
 def _mul_hi_lo(a: torch.Tensor, b: int) -> Tuple[torch.Tensor, torch.Tensor]:
