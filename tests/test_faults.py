@@ -20,6 +20,7 @@ import json
 import os
 import pickle
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -202,6 +203,48 @@ def test_interrupt_in_the_first_epoch_then_resume_is_bit_identical(data_root, fu
     assert rc == 0, err
     assert _strip(_metrics(full_run)["epochs"]) == _strip(_metrics(run)["epochs"])
     assert _digest(full_run) == _digest(run)
+
+
+def test_ctrl_c_in_the_last_iteration_skips_the_final_evaluation_and_exits_130(data_root, full_run, stopped_run,
+                                                                                 tmp_path):
+    """Training is complete but the user asked to stop: final.pth and last.pth are saved, the final
+    evaluation is left to --resume (which only evaluates), the exit status is 130 — not 0."""
+    iters = ckpt_io.load(os.path.join(stopped_run, "last.pth"))["scheduler"]["last_iter"]  # one epoch's
+    run = tmp_path / "run"
+    rc, _ = train(*_args(data_root, run, *RUN, "--sigint-at", f"2,{iters - 1}"))
+    assert rc == 130
+    assert (run / "final.pth").is_file() and _metrics(run).get("final") is None and not (run / "results.md").exists()
+    assert "--resume" in (run / "train.log").read_text().splitlines()[-1]
+    rc, err = train(*_args(data_root, run, *RUN, "--resume", "auto"))
+    assert rc == 0, err
+    assert _metrics(run)["final"] == _metrics(full_run)["final"]
+    assert _digest(full_run) == _digest(run)
+
+
+def test_ctrl_c_during_the_final_evaluation_stops_it_and_exits_130(data_root, full_run, stopped_run, tmp_path,
+                                                                   monkeypatch):
+    from ribkernels.engine import components
+
+    evaluate, calls = components.evaluate, []
+
+    def interrupted_once(*a, **k):  # a real SIGINT to this process, as Ctrl-C sends it
+        calls.append(1)
+        if len(calls) == 1:
+            os.kill(os.getpid(), signal.SIGINT)
+        return evaluate(*a, **k)
+
+    monkeypatch.setattr(components, "evaluate", interrupted_once)
+    run = _copy(stopped_run, tmp_path / "run")
+    rc, err = train(*_args(data_root, run, *RUN, "--resume", "auto"))
+    assert rc == 130 and len(calls) == 1, err
+    assert os.path.isfile(os.path.join(run, "final.pth")) and _metrics(run).get("final") is None
+    assert ckpt_io.load(os.path.join(run, "last.pth"))["epoch"] == 3
+    assert not os.path.exists(os.path.join(run, "run.lock"))
+    assert "during the final evaluation" in open(os.path.join(run, "train.log")).read()
+    rc, err = train(*_args(data_root, run, *RUN, "--resume", "auto"))  # evaluates only
+    assert rc == 0 and len(calls) == 2, err
+    assert _metrics(run)["final"] == _metrics(full_run)["final"]
+    assert _strip(_metrics(run)["epochs"]) == _strip(_metrics(full_run)["epochs"])
 
 
 def test_ddp_interrupt_mid_epoch_then_resume_is_bit_identical(data_root, tmp_path):

@@ -69,6 +69,9 @@ def main(argv=None) -> int:
     except SETUP_ERRORS as e:
         print(f"train.py: error: {e}", file=sys.stderr, flush=True)
         return EXIT_USAGE
+    except KeyboardInterrupt:  # Ctrl-C before training started: nothing to save (a new folder is removed)
+        print("train.py: interrupted before training started", file=sys.stderr, flush=True)
+        return EXIT_INTERRUPTED
     try:
         if args.eval_only:
             trainer.evaluate_checkpoint(args.checkpoint, model_file)
@@ -77,6 +80,9 @@ def main(argv=None) -> int:
     except USER_ERRORS as e:
         print(f"train.py: error: {e}", file=sys.stderr, flush=True)
         return EXIT_USAGE
+    except KeyboardInterrupt:  # a second Ctrl-C in training, or one in --eval-only: stop, no traceback
+        print("train.py: interrupted", file=sys.stderr, flush=True)
+        return EXIT_INTERRUPTED
     finally:
         trainer.close()
     return EXIT_INTERRUPTED if trainer.interrupted else 0
