@@ -262,6 +262,36 @@ def test_search_accepts_an_npz_gallery_and_writes_nowhere_else(runs, search_resu
     assert os.listdir(elsewhere) == []
 
 
+def test_search_csv_cells_cannot_start_a_spreadsheet_formula(runs, search_result, tmp_path, monkeypatch):
+    """Relative paths from folders named like formulas: quoted in results.csv, exact in results.json."""
+    import csv
+
+    monkeypatch.chdir(tmp_path)
+    shutil.copytree(search_result.query, "=HYPERLINK(1)")
+    os.mkdir("@gallery")
+    for n in sorted(os.listdir(runs.gallery))[:5]:
+        shutil.copy(os.path.join(runs.gallery, n), os.path.join("@gallery", n))
+    assert cli.main(["search", os.path.join(runs.dcs, "final.pth"), "--query", "=HYPERLINK(1)", "--gallery",
+                     "@gallery", "--top-k", "2", "--out", "out", "--no-progress"]) == 0
+    with open(os.path.join("out", "results.csv"), newline="", encoding="utf-8") as f:
+        rows = list(csv.reader(f))[1:]
+    queries = json.loads(open(os.path.join("out", "results.json")).read())["queries"]
+    expected = [[q["query"], m["gallery"]] for q in queries for m in q["matches"]]
+    assert len(rows) == len(expected) == 2 * len(queries) > 0
+    assert [[r[0], r[2]] for r in rows] == [["'" + a, "'" + b] for a, b in expected]
+    assert all(a.startswith("=HYPERLINK(1)") and b.startswith("@gallery") for a, b in expected)
+    assert all(float(r[3]) >= 0 for r in rows)  # numbers stay numbers
+
+
+def test_spreadsheet_text_quotes_only_formula_starts():
+    from ribkernels.cli.search import spreadsheet_text
+
+    for cell in ("=1+1", "+1", "-2", "@SUM(A1)", "\tx", "\rx"):
+        assert spreadsheet_text(cell) == "'" + cell
+    for cell in ("/data/q/0001_c1.jpg", "q/a=b.jpg", "", "'=x"):
+        assert spreadsheet_text(cell) == cell
+
+
 def test_search_never_lists_the_query_itself(runs, search_result, tmp_path):
     out = tmp_path / "self"
     assert cli.main(["search", os.path.join(runs.dcs, "final.pth"), "--query", search_result.query, "--gallery",
