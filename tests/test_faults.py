@@ -378,6 +378,27 @@ def test_unusable_resume_files_are_named(data_root, stopped_run, tmp_path):
     assert rc == 2 and "holds another run" in err and other in err
 
 
+def test_pretrained_in_the_timm_form_is_checked_and_loaded(data_root, tmp_path):
+    """``--pretrained timm:<timm model name>:<file>`` (README, issue 13): its file is the one checked
+    before any data is read, and train.py loads it through timm's converter."""
+    import timm
+
+    weights = tmp_path / "deit_tiny.pth"
+    torch.save({"model": timm.create_model("vit_tiny_patch16_224", pretrained=False).state_dict()}, weights)
+    missing = str(tmp_path / "missing.pth")
+    for spec, says in ((f"timm:vit_tiny_patch16_224:{missing}", f"--pretrained {missing}: no such file"),
+                       ("timm:vit_tiny_patch16_224", "expected 'timm:<timm model name>:<local weights file>'")):
+        rc, err = train("--config", TINY, "--data-root", str(tmp_path / "data"), "--output-dir", str(tmp_path / "x"),
+                        "--pretrained", spec)
+        assert rc == 2 and says in err, err
+        assert not (tmp_path / "data").exists() and not (tmp_path / "x").exists()
+    run = tmp_path / "run"
+    rc, err = train(*_args(data_root, run, "--epochs", "1", "--model-name", "vit_small_cpu",
+                           "--pretrained", f"timm:vit_tiny_patch16_224:{weights}"))
+    assert rc == 0, err
+    assert f"load_pretrained({weights}, timm vit_tiny_patch16_224): 68 tensors loaded" in (run / "train.log").read_text()
+
+
 def test_leftover_temp_files_are_removed_at_the_next_start(data_root, stopped_run, tmp_path):
     run = _copy(stopped_run, tmp_path / "run")
     leftover = os.path.join(run, ".tmp-killed.pth")
