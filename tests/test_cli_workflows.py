@@ -361,7 +361,28 @@ def test_evaluate_reproduces_the_training_evaluation(runs, tmp_path, capsys):
     assert cli.main(["evaluate", ckpt, "--dataset", "no_such_set", "--output-dir", str(tmp_path / "x")]) == 2
     assert "no_such_set" in capsys.readouterr().err
     assert cli.main(["evaluate", ckpt, "--data-root", str(tmp_path / "nope")]) == 2
+    assert f"--data-root {tmp_path / 'nope'}: no such folder" in capsys.readouterr().err
     assert not (tmp_path / "x").exists()
+    assert sorted(os.listdir(out)) == [n for n in sorted(os.listdir(out)) if n.startswith("eval-")]
+    # into the training run's own folder: its files are kept byte for byte, one eval-*.json added
+    run = tmp_path / "run"
+    shutil.copytree(runs.dcs, run)
+    before = {n: (run / n).read_bytes() for n in os.listdir(run) if (run / n).is_file()}
+    assert cli.main(["evaluate", str(run / "final.pth"), "--output-dir", str(run)]) == 0
+    after = {n: (run / n).read_bytes() for n in os.listdir(run) if (run / n).is_file()}
+    assert {n: b for n, b in after.items() if n in before} == before
+    assert sorted(n.rsplit(".", 1)[1] for n in set(after) - set(before) if n.startswith("eval-")) == ["json", "log"]
+
+
+def test_commands_exit_130_on_ctrl_c(monkeypatch, capsys):
+    from ribkernels.cli import convert_checkpoint
+
+    def interrupted(args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(convert_checkpoint, "run", interrupted)
+    assert cli.main(["convert-checkpoint", "old.pth", "new.pth", "--trust"]) == 130
+    assert "ribkernels convert-checkpoint: interrupted" in capsys.readouterr().err
 
 
 # ------------------------------------------------------------------------------ dispatcher, packaging

@@ -59,3 +59,6 @@ def main(argv: Optional[List[str]] = None) -> int:
             raise
         print(f"ribkernels {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # Ctrl-C: the shell's status for SIGINT, no traceback
+        print(f"ribkernels {args.command}: interrupted", file=sys.stderr)
+        return 130
