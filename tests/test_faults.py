@@ -476,11 +476,17 @@ CHECKPOINT_ENTRY_POINTS = [
 ]
 
 
-def test_the_malicious_payload_does_run_when_unpickled(tmp_path):
-    """The control: the payload of the entry-point tests really creates its file when unpickled."""
-    path, marker = _malicious(tmp_path, "pickle")
-    with open(path, "rb") as f:
-        pickle.load(f)
+@pytest.mark.parametrize("kind", ["zip", "pickle"])
+def test_the_malicious_payload_does_run_when_unpickled(tmp_path, kind):
+    """The control: both payloads of the entry-point tests really create their file when loaded
+    unsafely — the torch.save file by ``torch.load(weights_only=False)`` (what the entry points used
+    to do), the bare pickle by ``pickle.load``."""
+    path, marker = _malicious(tmp_path, kind)
+    if kind == "zip":
+        torch.load(path, weights_only=False)
+    else:
+        with open(path, "rb") as f:
+            pickle.load(f)
     assert os.path.exists(marker)
 
 
