@@ -399,6 +399,22 @@ def test_pretrained_in_the_timm_form_is_checked_and_loaded(data_root, tmp_path):
     assert f"load_pretrained({weights}, timm vit_tiny_patch16_224): 68 tensors loaded" in (run / "train.log").read_text()
 
 
+def test_an_unreadable_image_stops_train_py_before_training_with_its_path(data_root, stopped_run, tmp_path):
+    """A truncated JPEG in a Market-1501 folder: one error line listing it (exit 2, no traceback, no
+    run folder); with --skip-bad-images the run trains and records it in metrics.json."""
+    (generated,) = [os.path.join(data_root, d) for d in os.listdir(data_root)]  # made by stopped_run
+    market = shutil.copytree(generated, tmp_path / "market")
+    bad = sorted((market / "bounding_box_test").glob("00*.jpg"))[-1]  # a person id, not a junk (-1) image
+    bad.write_bytes(bad.read_bytes()[:300])
+    flags = ("--dataset", "market1501", "--set", "data.dataset_kwargs={}", "--epochs", "1")
+    rc, err = train(*_args(str(market), tmp_path / "run", *flags))
+    assert rc == 2 and str(bad) in err and "--skip-bad-images" in err and "Traceback" not in err, err
+    assert not (tmp_path / "run").exists()
+    rc, err = train(*_args(str(market), tmp_path / "run", *flags, "--skip-bad-images"))
+    assert rc == 0, err
+    assert [b["path"] for b in _metrics(tmp_path / "run")["bad_images"]] == [str(bad)]
+
+
 def test_leftover_temp_files_are_removed_at_the_next_start(data_root, stopped_run, tmp_path):
     run = _copy(stopped_run, tmp_path / "run")
     leftover = os.path.join(run, ".tmp-killed.pth")

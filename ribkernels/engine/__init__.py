@@ -6,6 +6,7 @@ import sys
 
 import yaml
 
+from ..reid.datasets import CorruptImageError
 from .checkpoint import CheckpointError
 from .config import DEFAULTS, build_parser, explicit_keys, resolve
 from .resume import parse_allow
@@ -19,8 +20,9 @@ __all__ = ["DEFAULTS", "build_parser", "resolve", "WarmupCosineLR", "Trainer", "
 # Errors about what the user gave (flags, config, files): one clear line, exit status 2, no traceback.
 USER_ERRORS = (ConfigError, CheckpointError, RunFolderError, FileNotFoundError, yaml.YAMLError)
 # Before training starts, a ValueError comes from what the user gave too (a checkpoint that is not a
-# model file, a dataset that does not fit); during training it would be a bug, so it keeps its traceback.
-SETUP_ERRORS = USER_ERRORS + (ValueError,)
+# model file, a dataset that does not fit), and so do the unreadable images the dataset build lists;
+# during training these would be bugs (or files changed under a running job): they keep their traceback.
+SETUP_ERRORS = USER_ERRORS + (ValueError, CorruptImageError)
 EXIT_USAGE, EXIT_INTERRUPTED = 2, 130
 
 
