@@ -4,9 +4,11 @@ to lose work, bend silently or fail without naming the culprit, reproduced and c
 * run folders: never overwritten, a PID lock (stale locks taken over), --eval-only writes its own file,
   a failed start leaves no folder, --resume auto finds the config's latest run or says there is none;
 * Ctrl-C at an iteration, then --resume auto: bit-identical to an uninterrupted run, exit status 130;
+  a Ctrl-C after the last training step (last iteration, final evaluation) is not ignored either;
 * a resume with changed hyperparameters is refused unless --allow-changes, which is recorded;
 * every bad config value fails before any data is read, naming key, value and what is allowed;
-* checkpoint errors name the file; temp files of killed writes go; checkpoints follow the umask;
+* checkpoint, --pretrained (also timm:<name>:<file>) and unreadable-image errors name the file; temp
+  files of killed writes go; checkpoints follow the umask;
 * a malicious pickle handed to every entry point that takes a checkpoint runs no code (issue 14);
   previous-format checkpoints are refused with the conversion command, which converts exactly.
 
