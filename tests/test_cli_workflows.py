@@ -404,8 +404,10 @@ def test_python_dash_m_lists_the_commands():
     res = subprocess.run([sys.executable, "-m", "ribkernels", "--help"], cwd=ROOT, capture_output=True, text=True,
                          timeout=120, env=dict(os.environ, PYTHONPATH=ROOT))
     assert res.returncode == 0, res.stderr
-    for name in ("extract", "search", "export", "evaluate"):
-        assert name in res.stdout
+    text = " ".join(res.stdout.split())
+    for name, mod in cli.available().items():  # each command listed with its one-line help
+        assert f" {name} {' '.join(mod.HELP.split())}" in text, name
+    assert sorted(cli.available()) == sorted(["extract", "search", "export", "evaluate", "convert-checkpoint"])
 
 
 def test_dispatch_says_why_triton_is_missing(monkeypatch):
