@@ -69,34 +69,3 @@ def test_constructor_errors():
         DCSAttention(32, num_heads=4, mask_mode="head")
     with pytest.raises(ValueError, match="attn_drop"):
         DCSAttention(32, num_heads=4, attn_drop=0.1)
-
-
-def test_patch_vit_raises_when_nothing_matches_and_takes_attention_classes():
-    from timm.models.vision_transformer import Attention
-
-    with pytest.raises(ValueError, match=r"patch_vit: ResNet has no module of type Attention.*attention_classes"):
-        rk.patch_vit(timm.create_model("resnet18", pretrained=False))
-    model = small_vit()
-    rk.patch_vit(model, impl="sdpa")
-    with pytest.raises(ValueError, match="already patched"):
-        rk.patch_vit(model, impl="sdpa")
-
-    class OwnAttention(Attention):  # a ViT's own attention class with timm's layout
-        pass
-
-    model = small_vit().eval()
-    for blk in model.blocks:
-        blk.attn.__class__ = OwnAttention
-    x = torch.randn(2, 3, 64, 32)
-    with torch.no_grad():
-        want = model(x)
-    with pytest.raises(ValueError, match="no module of type Attention"):  # exact types only
-        rk.patch_vit(model, impl="sdpa")
-    assert rk.patch_vit(model, attention_classes=[OwnAttention], impl="sdpa") == 2
-    assert all(isinstance(blk.attn, DCSAttention) for blk in model.blocks)
-    with torch.no_grad():
-        torch.testing.assert_close(model(x), want, rtol=1e-5, atol=1e-5)
-    with pytest.raises(TypeError, match="attention_classes"):
-        rk.patch_vit(small_vit(), attention_classes=["Attention"])
-    with pytest.raises(ValueError, match="no nn.Linear 'qkv'"):
-        rk.patch_vit(torch.nn.Sequential(torch.nn.Linear(4, 4)), attention_classes=[torch.nn.Linear])

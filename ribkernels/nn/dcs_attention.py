@@ -4,7 +4,7 @@ The parameter names of ``qkv``, ``q_norm``, ``k_norm``, ``norm`` and ``proj`` ma
 weights load unchanged; the only new parameters are the mask logits' (``mask_logits.*``).
 """
 import logging
-from typing import Optional, Sequence, Type
+from typing import Optional, Type
 
 import torch
 from torch import nn
@@ -91,46 +91,24 @@ class DCSAttention(nn.Module):
         return self.proj_drop(self.proj(x))
 
 
-def patch_vit(model: nn.Module, attention_classes: Optional[Sequence[type]] = None, **kwargs) -> int:
+def patch_vit(model: nn.Module, **kwargs) -> int:
     """Replace every timm ViT ``Attention`` in ``model`` by a :class:`DCSAttention` in place.
 
-    ``attention_classes``: the module classes to replace instead (exact types, e.g. a ViT's own
-    attention class); they must have timm's layout: ``qkv`` and ``proj`` linear layers and
-    ``num_heads`` (``q_norm``/``k_norm``/``norm``/``proj_drop`` optional). The qkv/proj (and norm)
-    weights are kept; ``kwargs`` go to ``DCSAttention`` (mask_mode, tau, init_logit, impl). Returns
-    the number of blocks changed (also logged); raises ValueError when there is none to change.
+    The qkv/proj (and norm) weights are kept; ``kwargs`` go to ``DCSAttention`` (mask_mode, tau,
+    init_logit, impl). Returns the number of blocks changed (also logged).
     """
     from timm.models.vision_transformer import Attention
 
-    classes = tuple(attention_classes) if attention_classes is not None else (Attention,)
-    if not classes or not all(isinstance(c, type) for c in classes):
-        raise TypeError(f"patch_vit: attention_classes must be a non-empty list of classes, got {attention_classes!r}")
-    targets = [(name, mod) for name, mod in model.named_modules() if type(mod) in classes]
-    if not targets:
-        seen = sorted({type(m).__name__ for m in model.modules() if "attention" in type(m).__name__.lower()})
-        hint = ("it is already patched" if DCSAttention.__name__ in seen else
-                f"attention-like modules in it: {seen or 'none'}; pass attention_classes=[...] for a ViT whose "
-                "attention class has timm's layout (qkv, proj, num_heads)")
-        raise ValueError(f"patch_vit: {type(model).__name__} has no module of type "
-                         f"{', '.join(c.__qualname__ for c in classes)} to replace ({hint})")
+    targets = [(name, mod) for name, mod in model.named_modules() if type(mod) is Attention]
     for name, old in targets:
-        for attr in ("qkv", "proj"):
-            if not isinstance(getattr(old, attr, None), nn.Linear):
-                raise ValueError(f"{name}: {type(old).__name__} has no nn.Linear '{attr}' (patch_vit needs timm's "
-                                 "attention layout)")
         if getattr(old, "gate", None) is not None:
             raise ValueError(f"{name}: gated attention is not supported by DCSAttention")
-        num_heads = int(old.num_heads)
-        if getattr(old, "attn_dim", old.qkv.in_features) != old.qkv.in_features \
-                or old.qkv.out_features != 3 * old.qkv.in_features:
+        if getattr(old, "attn_dim", old.head_dim * old.num_heads) != old.qkv.in_features:
             raise ValueError(f"{name}: attention with attn_dim != dim is not supported by DCSAttention")
-        proj_drop = getattr(old, "proj_drop", None)
         new = DCSAttention(
-            old.qkv.in_features, num_heads, qkv_bias=old.qkv.bias is not None,
-            proj_bias=old.proj.bias is not None, proj_drop=getattr(proj_drop, "p", 0.0), **kwargs)
-        for attr in ("q_norm", "k_norm", "norm"):
-            if isinstance(getattr(old, attr, None), nn.Module):
-                setattr(new, attr, getattr(old, attr))
+            old.qkv.in_features, old.num_heads, qkv_bias=old.qkv.bias is not None,
+            proj_bias=old.proj.bias is not None, proj_drop=old.proj_drop.p, **kwargs)
+        new.q_norm, new.k_norm, new.norm = old.q_norm, old.k_norm, old.norm
         missing, unexpected = new.load_state_dict(old.state_dict(), strict=False)
         if unexpected or any(not m.startswith("mask_logits") for m in missing):
             raise RuntimeError(f"{name}: weights did not transfer (missing {missing}, unexpected {unexpected})")
