@@ -69,7 +69,7 @@ def _features_by_hand(loaded, paths, camids=None):
 # ------------------------------------------------------------------------------ final.pth, eval-only
 def test_final_pth_is_a_weights_only_model_file(runs):
     final = torch.load(os.path.join(runs.dcs, "final.pth"), weights_only=True)
-    last = torch.load(os.path.join(runs.dcs, "last.pth"), weights_only=False)
+    last = torch.load(os.path.join(runs.dcs, "last.pth"), weights_only=True)  # both weights-only (issue 14)
     assert (final["format"], final["version"], final["kind"]) == (FORMAT, 2, KIND)
     assert "optimizer" not in final and "rng" not in final
     assert final["config"]["model"] == last["config"]["model"]
@@ -262,6 +262,36 @@ def test_search_accepts_an_npz_gallery_and_writes_nowhere_else(runs, search_resu
     assert os.listdir(elsewhere) == []
 
 
+def test_search_csv_cells_cannot_start_a_spreadsheet_formula(runs, search_result, tmp_path, monkeypatch):
+    """Relative paths from folders named like formulas: quoted in results.csv, exact in results.json."""
+    import csv
+
+    monkeypatch.chdir(tmp_path)
+    shutil.copytree(search_result.query, "=HYPERLINK(1)")
+    os.mkdir("@gallery")
+    for n in sorted(os.listdir(runs.gallery))[:5]:
+        shutil.copy(os.path.join(runs.gallery, n), os.path.join("@gallery", n))
+    assert cli.main(["search", os.path.join(runs.dcs, "final.pth"), "--query", "=HYPERLINK(1)", "--gallery",
+                     "@gallery", "--top-k", "2", "--out", "out", "--no-progress"]) == 0
+    with open(os.path.join("out", "results.csv"), newline="", encoding="utf-8") as f:
+        rows = list(csv.reader(f))[1:]
+    queries = json.loads(open(os.path.join("out", "results.json")).read())["queries"]
+    expected = [[q["query"], m["gallery"]] for q in queries for m in q["matches"]]
+    assert len(rows) == len(expected) == 2 * len(queries) > 0
+    assert [[r[0], r[2]] for r in rows] == [["'" + a, "'" + b] for a, b in expected]
+    assert all(a.startswith("=HYPERLINK(1)") and b.startswith("@gallery") for a, b in expected)
+    assert all(float(r[3]) >= 0 for r in rows)  # numbers stay numbers
+
+
+def test_spreadsheet_text_quotes_only_formula_starts():
+    from ribkernels.cli.search import spreadsheet_text
+
+    for cell in ("=1+1", "+1", "-2", "@SUM(A1)", "\tx", "\rx"):
+        assert spreadsheet_text(cell) == "'" + cell
+    for cell in ("/data/q/0001_c1.jpg", "q/a=b.jpg", "", "'=x"):
+        assert spreadsheet_text(cell) == cell
+
+
 def test_search_never_lists_the_query_itself(runs, search_result, tmp_path):
     out = tmp_path / "self"
     assert cli.main(["search", os.path.join(runs.dcs, "final.pth"), "--query", search_result.query, "--gallery",
@@ -332,23 +362,53 @@ def test_evaluate_reproduces_the_training_evaluation(runs, tmp_path, capsys):
     assert cli.main(["evaluate", ckpt, "--dataset", "no_such_set", "--output-dir", str(tmp_path / "x")]) == 2
     assert "no_such_set" in capsys.readouterr().err
     assert cli.main(["evaluate", ckpt, "--data-root", str(tmp_path / "nope")]) == 2
+    assert f"--data-root {tmp_path / 'nope'}: no such folder" in capsys.readouterr().err
     assert not (tmp_path / "x").exists()
+    assert sorted(os.listdir(out)) == [n for n in sorted(os.listdir(out)) if n.startswith("eval-")]
+    # into the training run's own folder: its files are kept byte for byte, one eval-*.json added
+    run = tmp_path / "run"
+    shutil.copytree(runs.dcs, run)
+    before = {n: (run / n).read_bytes() for n in os.listdir(run) if (run / n).is_file()}
+    assert cli.main(["evaluate", str(run / "final.pth"), "--output-dir", str(run)]) == 0
+    after = {n: (run / n).read_bytes() for n in os.listdir(run) if (run / n).is_file()}
+    assert {n: b for n, b in after.items() if n in before} == before
+    assert sorted(n.rsplit(".", 1)[1] for n in set(after) - set(before) if n.startswith("eval-")) == ["json", "log"]
+
+
+def test_commands_exit_130_on_ctrl_c(monkeypatch, capsys):
+    from ribkernels.cli import convert_checkpoint
+
+    def interrupted(args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(convert_checkpoint, "run", interrupted)
+    assert cli.main(["convert-checkpoint", "old.pth", "new.pth", "--trust"]) == 130
+    assert "ribkernels convert-checkpoint: interrupted" in capsys.readouterr().err
 
 
 # ------------------------------------------------------------------------------ dispatcher, packaging
-def test_dispatcher_skips_a_missing_command_module(monkeypatch):
-    monkeypatch.setattr(cli, "COMMANDS", ["extract", "not_written_yet", "search"])
-    assert sorted(cli.available()) == ["extract", "search"]
-    assert sorted(cli.available(["search", "x"])) == ["search"]
-    assert sorted(cli.available(["not-written-yet"])) == ["extract", "search"]
+def test_dispatcher_imports_only_the_command_it_runs():
+    names = ["extract", "search", "export", "evaluate", "convert-checkpoint"]
+    assert sorted(cli.available()) == sorted(names)
+    assert all(cli.available()[n].__name__ == f"ribkernels.cli.{n.replace('-', '_')}" for n in names)
+    assert sorted(cli.available(["convert-checkpoint", "a", "b"])) == ["convert-checkpoint"]
+    assert sorted(cli.available(["serach"])) == sorted(names)  # a typo: argparse lists them all
+    probe = ("import sys; from ribkernels import cli; cli.available(['search', 'x']); "
+             "print(sorted(m for m in sys.modules if m.startswith('ribkernels.cli.')))")
+    res = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, timeout=120,
+                         env=dict(os.environ, PYTHONPATH=ROOT))
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.split() == ["['ribkernels.cli._common',", "'ribkernels.cli.search']"]
 
 
 def test_python_dash_m_lists_the_commands():
     res = subprocess.run([sys.executable, "-m", "ribkernels", "--help"], cwd=ROOT, capture_output=True, text=True,
                          timeout=120, env=dict(os.environ, PYTHONPATH=ROOT))
     assert res.returncode == 0, res.stderr
-    for name in ("extract", "search", "export", "evaluate"):
-        assert name in res.stdout
+    text = " ".join(res.stdout.split())
+    for name, mod in cli.available().items():  # each command listed with its one-line help
+        assert f" {name} {' '.join(mod.HELP.split())}" in text, name
+    assert sorted(cli.available()) == sorted(["extract", "search", "export", "evaluate", "convert-checkpoint"])
 
 
 def test_dispatch_says_why_triton_is_missing(monkeypatch):

@@ -4,9 +4,11 @@ to lose work, bend silently or fail without naming the culprit, reproduced and c
 * run folders: never overwritten, a PID lock (stale locks taken over), --eval-only writes its own file,
   a failed start leaves no folder, --resume auto finds the config's latest run or says there is none;
 * Ctrl-C at an iteration, then --resume auto: bit-identical to an uninterrupted run, exit status 130;
+  a Ctrl-C after the last training step (last iteration, final evaluation) is not ignored either;
 * a resume with changed hyperparameters is refused unless --allow-changes, which is recorded;
 * every bad config value fails before any data is read, naming key, value and what is allowed;
-* checkpoint errors name the file; temp files of killed writes go; checkpoints follow the umask;
+* checkpoint, --pretrained (also timm:<name>:<file>) and unreadable-image errors name the file; temp
+  files of killed writes go; checkpoints follow the umask;
 * a malicious pickle handed to every entry point that takes a checkpoint runs no code (issue 14);
   previous-format checkpoints are refused with the conversion command, which converts exactly.
 
@@ -20,6 +22,7 @@ import json
 import os
 import pickle
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -204,6 +207,48 @@ def test_interrupt_in_the_first_epoch_then_resume_is_bit_identical(data_root, fu
     assert _digest(full_run) == _digest(run)
 
 
+def test_ctrl_c_in_the_last_iteration_skips_the_final_evaluation_and_exits_130(data_root, full_run, stopped_run,
+                                                                                 tmp_path):
+    """Training is complete but the user asked to stop: final.pth and last.pth are saved, the final
+    evaluation is left to --resume (which only evaluates), the exit status is 130 — not 0."""
+    iters = ckpt_io.load(os.path.join(stopped_run, "last.pth"))["scheduler"]["last_iter"]  # one epoch's
+    run = tmp_path / "run"
+    rc, _ = train(*_args(data_root, run, *RUN, "--sigint-at", f"2,{iters - 1}"))
+    assert rc == 130
+    assert (run / "final.pth").is_file() and _metrics(run).get("final") is None and not (run / "results.md").exists()
+    assert "--resume" in (run / "train.log").read_text().splitlines()[-1]
+    rc, err = train(*_args(data_root, run, *RUN, "--resume", "auto"))
+    assert rc == 0, err
+    assert _metrics(run)["final"] == _metrics(full_run)["final"]
+    assert _digest(full_run) == _digest(run)
+
+
+def test_ctrl_c_during_the_final_evaluation_stops_it_and_exits_130(data_root, full_run, stopped_run, tmp_path,
+                                                                   monkeypatch):
+    from ribkernels.engine import components
+
+    evaluate, calls = components.evaluate, []
+
+    def interrupted_once(*a, **k):  # a real SIGINT to this process, as Ctrl-C sends it
+        calls.append(1)
+        if len(calls) == 1:
+            os.kill(os.getpid(), signal.SIGINT)
+        return evaluate(*a, **k)
+
+    monkeypatch.setattr(components, "evaluate", interrupted_once)
+    run = _copy(stopped_run, tmp_path / "run")
+    rc, err = train(*_args(data_root, run, *RUN, "--resume", "auto"))
+    assert rc == 130 and len(calls) == 1, err
+    assert os.path.isfile(os.path.join(run, "final.pth")) and _metrics(run).get("final") is None
+    assert ckpt_io.load(os.path.join(run, "last.pth"))["epoch"] == 3
+    assert not os.path.exists(os.path.join(run, "run.lock"))
+    assert "during the final evaluation" in open(os.path.join(run, "train.log")).read()
+    rc, err = train(*_args(data_root, run, *RUN, "--resume", "auto"))  # evaluates only
+    assert rc == 0 and len(calls) == 2, err
+    assert _metrics(run)["final"] == _metrics(full_run)["final"]
+    assert _strip(_metrics(run)["epochs"]) == _strip(_metrics(full_run)["epochs"])
+
+
 def test_ddp_interrupt_mid_epoch_then_resume_is_bit_identical(data_root, tmp_path):
     """2 processes (torchrun, gloo): each rank's RNG states and partial sums are saved and restored."""
     def torchrun(run, *extra):
@@ -335,6 +380,47 @@ def test_unusable_resume_files_are_named(data_root, stopped_run, tmp_path):
     assert rc == 2 and "holds another run" in err and other in err
 
 
+def test_pretrained_in_the_timm_form_is_checked_and_loaded(data_root, tmp_path):
+    """``--pretrained timm:<timm model name>:<file>`` (README, issue 13): its file is the one checked
+    before any data is read, and train.py loads it through timm's converter."""
+    import timm
+
+    weights = tmp_path / "deit_tiny.pth"
+    torch.save({"model": timm.create_model("vit_tiny_patch16_224", pretrained=False).state_dict()}, weights)
+    missing = str(tmp_path / "missing.pth")
+    for spec, says in ((f"timm:vit_tiny_patch16_224:{missing}", f"--pretrained {missing}: no such file"),
+                       ("timm:vit_tiny_patch16_224", "expected 'timm:<timm model name>:<local weights file>'")):
+        rc, err = train("--config", TINY, "--data-root", str(tmp_path / "data"), "--output-dir", str(tmp_path / "x"),
+                        "--pretrained", spec)
+        assert rc == 2 and says in err, err
+        assert not (tmp_path / "data").exists() and not (tmp_path / "x").exists()
+    run = tmp_path / "run"
+    rc, err = train(*_args(data_root, run, "--epochs", "1", "--model-name", "vit_small_cpu",
+                           "--pretrained", f"timm:vit_tiny_patch16_224:{weights}"))
+    assert rc == 0, err
+    import re
+
+    found = re.search(rf"load_pretrained\({re.escape(str(weights))}, timm vit_tiny_patch16_224\): (\d+) tensors loaded",
+                      (run / "train.log").read_text())
+    assert found and int(found.group(1)) >= 4 * 12, found  # at least the 12 tensors of each of the 4 blocks
+
+
+def test_an_unreadable_image_stops_train_py_before_training_with_its_path(data_root, stopped_run, tmp_path):
+    """A truncated JPEG in a Market-1501 folder: one error line listing it (exit 2, no traceback, no
+    run folder); with --skip-bad-images the run trains and records it in metrics.json."""
+    (generated,) = [os.path.join(data_root, d) for d in os.listdir(data_root)]  # made by stopped_run
+    market = shutil.copytree(generated, tmp_path / "market")
+    bad = sorted((market / "bounding_box_test").glob("00*.jpg"))[-1]  # a person id, not a junk (-1) image
+    bad.write_bytes(bad.read_bytes()[:300])
+    flags = ("--dataset", "market1501", "--set", "data.dataset_kwargs={}", "--epochs", "1")
+    rc, err = train(*_args(str(market), tmp_path / "run", *flags))
+    assert rc == 2 and str(bad) in err and "--skip-bad-images" in err and "Traceback" not in err, err
+    assert not (tmp_path / "run").exists()
+    rc, err = train(*_args(str(market), tmp_path / "run", *flags, "--skip-bad-images"))
+    assert rc == 0, err
+    assert [b["path"] for b in _metrics(tmp_path / "run")["bad_images"]] == [str(bad)]
+
+
 def test_leftover_temp_files_are_removed_at_the_next_start(data_root, stopped_run, tmp_path):
     run = _copy(stopped_run, tmp_path / "run")
     leftover = os.path.join(run, ".tmp-killed.pth")
@@ -412,11 +498,17 @@ CHECKPOINT_ENTRY_POINTS = [
 ]
 
 
-def test_the_malicious_payload_does_run_when_unpickled(tmp_path):
-    """The control: the payload of the entry-point tests really creates its file when unpickled."""
-    path, marker = _malicious(tmp_path, "pickle")
-    with open(path, "rb") as f:
-        pickle.load(f)
+@pytest.mark.parametrize("kind", ["zip", "pickle"])
+def test_the_malicious_payload_does_run_when_unpickled(tmp_path, kind):
+    """The control: both payloads of the entry-point tests really create their file when loaded
+    unsafely — the torch.save file by ``torch.load(weights_only=False)`` (what the entry points used
+    to do), the bare pickle by ``pickle.load``."""
+    path, marker = _malicious(tmp_path, kind)
+    if kind == "zip":
+        torch.load(path, weights_only=False)
+    else:
+        with open(path, "rb") as f:
+            pickle.load(f)
     assert os.path.exists(marker)
 
 

@@ -2,9 +2,9 @@
 
 Each command is a module ``ribkernels/cli/<module>.py`` exposing ``NAME`` (the command, e.g.
 ``"convert-checkpoint"``), ``HELP`` (one line), ``add_arguments(parser)`` and ``run(args) -> int``
-(the exit status). Modules are imported by name, only when needed; a module absent from this
-checkout is left out of the list without breaking the others. Keep their top-level imports light
-(argparse, os): torch and friends are imported inside ``run``.
+(the exit status). Modules are imported by name, only when needed: a command line that names a
+command imports that module only. Keep their top-level imports light (argparse, os): torch and
+friends are imported inside ``run``.
 """
 import argparse
 import importlib
@@ -20,30 +20,14 @@ class CommandError(Exception):
     """A bad argument or input file: printed as ``ribkernels <command>: error: <message>``, exit 2."""
 
 
-def _module(name: str):
-    """The command module ``name``, or None when this checkout does not have it."""
-    try:
-        return importlib.import_module(f"{__name__}.{name}")
-    except ModuleNotFoundError as exc:
-        if exc.name == f"{__name__}.{name}":
-            return None
-        raise
-
-
 def available(argv: Optional[List[str]] = None) -> Dict[str, object]:
-    """``{NAME: module}`` of the commands present; with ``argv`` naming a command, only that one is
-    imported."""
+    """``{NAME: module}`` of the commands; with ``argv`` naming a command, only that one is imported
+    (anything else, e.g. ``--help`` or a typo, imports them all so that argparse can list them)."""
     wanted = COMMANDS
     if argv and argv[0].replace("-", "_") in COMMANDS:
         wanted = [argv[0].replace("-", "_")]
-    out = {}
-    for name in wanted:
-        mod = _module(name)
-        if mod is not None:
-            out[mod.NAME] = mod
-    if not out and wanted != COMMANDS:  # a command this checkout lacks: list the ones it has
-        return available()
-    return out
+    modules = [importlib.import_module(f"{__name__}.{name}") for name in wanted]
+    return {mod.NAME: mod for mod in modules}
 
 
 def build_parser(commands: Dict[str, object]) -> argparse.ArgumentParser:
@@ -75,3 +59,6 @@ def main(argv: Optional[List[str]] = None) -> int:
             raise
         print(f"ribkernels {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # Ctrl-C: the shell's status for SIGINT, no traceback
+        print(f"ribkernels {args.command}: interrupted", file=sys.stderr)
+        return 130

@@ -4,8 +4,9 @@ and the settings of the config stored in the checkpoint — what ``train.py --ev
     python -m ribkernels evaluate runs/<run>/final.pth --dataset market1501 --data-root /data/market1501
 
 Without ``--dataset``/``--data-root`` the dataset the model was trained on is used (its stored
-``data`` settings). Results go to a run folder (``--output-dir``; default
-``runs/<config>-eval-<timestamp>``): ``metrics.json``, ``results.md``, ``train.log``.
+``data`` settings). Results go to a folder (``--output-dir``, which may be the training run's own
+folder: nothing there is rewritten; default ``runs/<config>-eval-<timestamp>``): ``eval-<timestamp>.json``
+(the metrics, the checkpoint's path and the config used) and ``eval-<timestamp>.log``.
 """
 import copy
 import os

@@ -8,7 +8,9 @@ the images at its paths are only read for the pictures). Written under ``--out``
 ``results.csv`` and ``results.json`` (top-k of every query: gallery path, distance, match),
 ``ranklists/*.png`` (the query, then its top-k, with a green border for the same person and red
 for another when the ids are known from Market-style names ``<pid>_c<camera>...``, gray otherwise)
-and ``index.html`` showing them. Distances are those of the checkpoint's evaluation config
+and ``index.html`` showing them. A path in ``results.csv`` that starts with ``= + - @``, a tab or a
+carriage return gets a leading ``'`` so that a spreadsheet shows it as text instead of running it as a
+formula (``results.json`` keeps the exact paths). Distances are those of the checkpoint's evaluation config
 (Euclidean on L2-normalised features, or cosine). When query and gallery ids are known, gallery
 images of the query's person from the query's camera are skipped (the Market-1501 protocol;
 ``--keep-same-camera`` keeps them) and the query image itself is never listed.
@@ -80,6 +82,14 @@ class OutputFolder:
             raise CommandError(f"refusing to write {os.path.join(*parts)!r}: it resolves to {p}, outside --out "
                                f"{self.root}")
         return p
+
+
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def spreadsheet_text(cell: str) -> str:
+    """``cell`` for a CSV that spreadsheets open: a leading ``'`` when it would start a formula."""
+    return "'" + cell if cell.startswith(FORMULA_STARTS) else cell
 
 
 # ------------------------------------------------------------------------------------------ inputs
@@ -240,7 +250,8 @@ def run(args) -> int:
         w.writerow(["query", "rank", "gallery", "distance", "match"])
         for row in rows:
             for m in row["matches"]:
-                w.writerow([row["query"], m["rank"], m["gallery"], f"{m['distance']:.6f}",
+                w.writerow([spreadsheet_text(row["query"]), m["rank"], spreadsheet_text(m["gallery"]),
+                            f"{m['distance']:.6f}",
                             "" if m["match"] is None else int(m["match"])])
     with open(out.path("results.json"), "w", encoding="utf-8") as f:
         json.dump({"checkpoint": args.checkpoint, "metric": loaded.config["eval"]["distance"],

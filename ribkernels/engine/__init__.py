@@ -6,6 +6,7 @@ import sys
 
 import yaml
 
+from ..reid.datasets import CorruptImageError
 from .checkpoint import CheckpointError
 from .config import DEFAULTS, build_parser, explicit_keys, resolve
 from .resume import parse_allow
@@ -19,8 +20,9 @@ __all__ = ["DEFAULTS", "build_parser", "resolve", "WarmupCosineLR", "Trainer", "
 # Errors about what the user gave (flags, config, files): one clear line, exit status 2, no traceback.
 USER_ERRORS = (ConfigError, CheckpointError, RunFolderError, FileNotFoundError, yaml.YAMLError)
 # Before training starts, a ValueError comes from what the user gave too (a checkpoint that is not a
-# model file, a dataset that does not fit); during training it would be a bug, so it keeps its traceback.
-SETUP_ERRORS = USER_ERRORS + (ValueError,)
+# model file, a dataset that does not fit), and so do the unreadable images the dataset build lists;
+# during training these would be bugs (or files changed under a running job): they keep their traceback.
+SETUP_ERRORS = USER_ERRORS + (ValueError, CorruptImageError)
 EXIT_USAGE, EXIT_INTERRUPTED = 2, 130
 
 
@@ -69,6 +71,9 @@ def main(argv=None) -> int:
     except SETUP_ERRORS as e:
         print(f"train.py: error: {e}", file=sys.stderr, flush=True)
         return EXIT_USAGE
+    except KeyboardInterrupt:  # Ctrl-C before training started: nothing to save (a new folder is removed)
+        print("train.py: interrupted before training started", file=sys.stderr, flush=True)
+        return EXIT_INTERRUPTED
     try:
         if args.eval_only:
             trainer.evaluate_checkpoint(args.checkpoint, model_file)
@@ -77,6 +82,9 @@ def main(argv=None) -> int:
     except USER_ERRORS as e:
         print(f"train.py: error: {e}", file=sys.stderr, flush=True)
         return EXIT_USAGE
+    except KeyboardInterrupt:  # a second Ctrl-C in training, or one in --eval-only: stop, no traceback
+        print("train.py: interrupted", file=sys.stderr, flush=True)
+        return EXIT_INTERRUPTED
     finally:
         trainer.close()
     return EXIT_INTERRUPTED if trainer.interrupted else 0

@@ -267,13 +267,18 @@ def model_weights(path: str, what: str = "--checkpoint") -> Tuple[Dict[str, torc
     return weights, int(epoch) if isinstance(epoch, int) else 0
 
 
-def check_pretrained(path: str) -> None:
-    """Pre-flight of ``--pretrained``: the file exists and, if it is a ``torch.save`` file, loads
-    weights-only (tensor storages memory-mapped, so a large file costs little). ``.npz`` (read without
-    pickles) and ``.safetensors`` files are checked by the model loader."""
+def check_pretrained(spec: str) -> None:
+    """Pre-flight of ``--pretrained`` (a path, or ``timm:<model name>:<path>``): the file exists and, if
+    it is a ``torch.save`` file, loads weights-only (tensor storages memory-mapped, so a large file costs
+    little). ``.npz`` (read without pickles) and ``.safetensors`` files are checked by the model loader."""
+    from ..models.pretrained import _parse_spec  # the one parser of the timm:<name>:<file> form
+
+    _, path = _parse_spec(spec)
     if not os.path.isfile(path):
-        raise CheckpointNotFoundError(path, "no such file (expected ImageNet ViT/ResNet weights: "
-                                            ".pth/.pt/.bin/.safetensors/.npz)", "--pretrained")
+        raise CheckpointNotFoundError(path, "no such file (expected local weights: ImageNet ViT/ResNet "
+                                            ".pth/.pt/.bin/.safetensors/.npz, timm:<timm model name>:<file>, a "
+                                            "TransReID-repository checkpoint or train.py's last.pth/final.pth)",
+                                      "--pretrained")
     if path.endswith((".npz", ".safetensors")):
         return
     load(path, what="--pretrained", mmap=True)

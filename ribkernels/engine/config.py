@@ -26,7 +26,9 @@ DEFAULTS: Dict[str, Dict[str, Any]] = {
         "dcs_mask_mode": "token",       # token (θ = xW + b, the paper's) | channel
         "tau": 1.0,                     # Gumbel-sigmoid temperature
         "dcs_init_logit": 3.0,
-        "pretrained": None,             # local ImageNet ViT weights (.pth/.bin/.safetensors/.npz)
+        "pretrained": None,             # local weights: ImageNet ViT (.pth/.bin/.safetensors/.npz),
+                                        # timm:<timm model name>:<file>, a TransReID-repository checkpoint,
+                                        # train.py's last.pth/final.pth (ribkernels.models.pretrained)
         "neck_feat": "before",          # retrieval feature before/after the BNNeck
         "sie_camera": True,             # side information embedding of the camera id
         "sie_view": False,

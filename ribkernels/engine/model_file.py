@@ -36,24 +36,13 @@ class ModelFile(NamedTuple):
     epoch: int
 
 
-def _plain(value: Any, where: str) -> Any:
-    """``value`` with tuples as lists; raises TypeError for anything that is not plain data."""
-    if isinstance(value, dict):
-        return {str(k): _plain(v, f"{where}.{k}") for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v, f"{where}[{i}]") for i, v in enumerate(value)]
-    if value is None or isinstance(value, (bool, int, float, str)):
-        return value
-    raise TypeError(f"{where}: {type(value).__name__} is not plain data (dict/list/str/int/float/bool/None)")
-
-
 def model_file_state(model: torch.nn.Module, cfg: Dict, num_classes: int, camera_num: int, view_num: int,
                      epoch: int) -> Dict[str, Any]:
     """The ``final.pth`` dict of ``model`` (weights copied to the CPU)."""
     state = {k: v.detach().cpu().clone() for k, v in ckpt_io.model_state_from(model.state_dict()).items()}
-    return {"format": FORMAT, "version": VERSION, "kind": KIND, "model": state, "config": _plain(cfg, "config"),
-            "num_classes": int(num_classes), "camera_num": int(camera_num), "view_num": int(view_num),
-            "epoch": int(epoch)}
+    return {"format": FORMAT, "version": VERSION, "kind": KIND, "model": state,
+            "config": ckpt_io.to_plain(cfg, "config"), "num_classes": int(num_classes),
+            "camera_num": int(camera_num), "view_num": int(view_num), "epoch": int(epoch)}
 
 
 def _infer_sizes(state: Dict[str, torch.Tensor], cfg: Dict, path: str):

@@ -8,7 +8,6 @@ import time
 from typing import Dict, List, Optional
 
 import torch
-import torch.nn.functional as F
 
 from . import checkpoint as ckpt_io
 from . import components
@@ -461,16 +460,30 @@ class Trainer:
                     self.log.warning("stopped by interrupt; resume with --resume %s",
                                      os.path.join(self.run_dir, "last.pth"))
                     return None
+            self._write_digest()
+            if last < epochs:
+                self.log.info("stopped after epoch %d of %d (--stop-after); resume with --resume %s", last, epochs,
+                              os.path.join(self.run_dir, "last.pth"))
+                return None
+            self.save_final(epochs)
+            if self._stop_requested():  # Ctrl-C in the last iteration or while last.pth was written
+                return self._stopped_before_final_eval("before the final evaluation")
+            # From here a Ctrl-C stops the evaluation at once: training is complete and saved.
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+            try:
+                return self.evaluate(epochs, final=True)
+            except KeyboardInterrupt:
+                return self._stopped_before_final_eval("during the final evaluation")
         finally:
             signal.signal(signal.SIGINT, old_handler)
-        self._write_digest()
-        if last < epochs:
-            self.log.info("stopped after epoch %d of %d (--stop-after); resume with --resume %s", last, epochs,
-                          os.path.join(self.run_dir, "last.pth"))
-            return None
-        self.save_final(epochs)
-        final = self.evaluate(epochs, final=True)
-        return final
+
+    def _stopped_before_final_eval(self, when: str) -> None:
+        """A Ctrl-C after the last training step: everything is saved, the final evaluation is left to
+        ``--resume`` (a finished run's resume only evaluates); the exit status says it was interrupted."""
+        self.interrupted = True
+        self.log.warning("stopped by interrupt %s; training is complete (last.pth, final.pth saved): "
+                         "--resume %s runs the final evaluation", when, os.path.join(self.run_dir, "last.pth"))
+        return None
 
     def _write_digest(self) -> None:
         with open(os.path.join(self.run_dir, f"params_rank{self.rank}.sha256"), "w") as f:
