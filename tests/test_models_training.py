@@ -34,6 +34,9 @@ def test_sgd_steps_lower_the_loss(config):
     name, kw = CONFIGS[config]
     num_ids, per_id = 4, 4
     model = build_model(name, num_ids, camera_num=3, img_size=(64, 32), **kw).train()
+    for m in model.modules():  # DCSAttention records its keep fraction only when asked
+        if hasattr(m, "track_keep_fraction"):
+            m.track_keep_fraction = True
     size = (64, 32) if name.startswith("vit") else (32, 16)  # any size for a CNN: keep it cheap
     x = torch.randn(num_ids * per_id, 3, *size)
     pids = torch.arange(num_ids).repeat_interleave(per_id)

@@ -141,7 +141,7 @@ def test_attn_impls_give_same_features(mask_mode):
     x, cams = torch.randn(3, 3, 64, 32, dtype=torch.float64), torch.tensor([0, 1, 2])
     feats = {}
     for impl, m in models.items():
-        m.double().eval()
+        _track_keep_fraction(m).double().eval()
         with torch.no_grad():
             feats[impl] = m(x, cam_label=cams)
     torch.testing.assert_close(feats["sdpa"], feats["eager"], rtol=1e-10, atol=1e-10)
@@ -153,7 +153,7 @@ def test_dcs_training_gradients_match_sdpa_when_all_kept():
     """Training mode with logits far above the noise: the mask is all ones, so the loss and the
     backbone gradients equal plain attention's, and θ still receives a gradient."""
     sdpa = _tiny(attn_impl="sdpa").double().train()
-    dcs = _tiny(attn_impl="dcs", dcs_kwargs=dict(init_logit=60.0, tau=30.0)).double().train()
+    dcs = _track_keep_fraction(_tiny(attn_impl="dcs", dcs_kwargs=dict(init_logit=60.0, tau=30.0))).double().train()
     _copy_weights(sdpa, dcs)
     x, cams, y = torch.randn(4, 3, 64, 32, dtype=torch.float64), torch.tensor([0, 1, 2, 0]), torch.tensor([1, 2, 3, 4])
     losses = []
@@ -170,8 +170,16 @@ def test_dcs_training_gradients_match_sdpa_when_all_kept():
     assert dcs.keep_fraction() == pytest.approx(1.0)
 
 
+def _track_keep_fraction(model):
+    """Ask every DCSAttention to record its keep fraction (off by default: it costs a pass over θ)."""
+    for m in model.modules():
+        if hasattr(m, "track_keep_fraction"):
+            m.track_keep_fraction = True
+    return model
+
+
 def test_keep_fraction_tracks_mask():
-    model = _tiny(attn_impl="dcs", dcs_kwargs=dict(init_logit=-3.0)).eval()
+    model = _track_keep_fraction(_tiny(attn_impl="dcs", dcs_kwargs=dict(init_logit=-3.0))).eval()
     with torch.no_grad():
         feat = model(torch.randn(2, 3, 64, 32), cam_label=torch.tensor([0, 1]))
     assert torch.isfinite(feat).all()  # all-zero masks attend uniformly, no NaN
