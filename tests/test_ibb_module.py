@@ -35,7 +35,7 @@ def test_forward_before_refresh_raises():
 @pytest.mark.parametrize("impl", ["eager", "auto"])
 def test_refresh_builds_centroids_and_q(impl, caplog):
     f, y = data()
-    m = IBBLoss(K, D, num_clusters=A, kmeans_iters=10, impl=impl)
+    m = IBBLoss(K, D, num_clusters=A, beta=1.0, kmeans_iters=10, impl=impl)
     with caplog.at_level(logging.INFO, logger="ribkernels.ibb"):
         stats = m.refresh(f, y)
     assert "empty" in caplog.text and stats["empty_clusters"] >= 0
@@ -73,7 +73,9 @@ def test_state_dict_round_trip():
     m2.load_state_dict(m.state_dict())
     assert bool(m2.refreshed) and bool(m2.input_ready)
     torch.testing.assert_close(m2(f[:8], y[:8]), m(f[:8], y[:8]))
-    assert set(m.state_dict()) == {"centroids", "log_q", "input_centroids", "refreshed", "input_ready"}
+    assert set(m.state_dict()) == {"centroids", "log_q", "input_centroids", "refreshed", "input_ready",
+                                   "beta_used", "input_beta_used"}
+    assert m2._beta == float(m.beta_used) and m2._input_beta == float(m.input_beta_used)
 
 
 def test_input_clusters_and_entropy_term():
