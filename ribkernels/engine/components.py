@@ -205,10 +205,11 @@ def build_ibb(cfg: Dict, data: DataBundle, model: torch.nn.Module):
     from ..nn.ibb_loss import IBBLoss
 
     kwargs = dict(kmeans_iters=int(c["kmeans_iters"]), seed=int(cfg["solver"]["seed"]),
-                  input_size=tuple(c["input_size"]))
+                  input_size=tuple(c["input_size"]), target_entropy=float(c["target_entropy"]))
     if c["input_clusters"] is not None:
         kwargs["num_input_clusters"] = int(c["input_clusters"])
-    return IBBLoss(data.num_classes, int(model.feat_dim), c["ibb_clusters"], float(c["beta"]), **kwargs)
+    beta = "auto" if c["beta"] == "auto" else float(c["beta"])
+    return IBBLoss(data.num_classes, int(model.feat_dim), c["ibb_clusters"], beta, **kwargs)
 
 
 def input_cluster_images(data: DataBundle, cfg: Dict, seed: int, rank: int = 0, world: int = 1) -> torch.Tensor:
@@ -238,9 +239,13 @@ def _rank_result(qf, gf, qp, gp, qc, gc, cfg: Dict) -> Dict[str, float]:
     res = reid_evaluate(qf, gf, qp, gp, qc, gc, metric=e["distance"], normalize=True, max_rank=int(e["max_rank"]),
                     rerank=bool(e["rerank"]))
     cmc = res.cmc
+    nq = max(int(res.num_valid_queries), 1)
+    # standard errors over queries: of the mean AP, and binomial for Rank-1
+    ap_se = float(res.all_AP.std(ddof=1) / nq ** 0.5) if len(res.all_AP) > 1 else float("nan")
     return {"mAP": float(res.mAP), "rank1": float(cmc[0]), "rank5": float(cmc[min(4, len(cmc) - 1)]),
             "rank10": float(cmc[min(9, len(cmc) - 1)]), "mINP": float(res.mINP),
-            "num_valid_queries": int(res.num_valid_queries)}
+            "num_valid_queries": int(res.num_valid_queries), "mAP_se": ap_se,
+            "rank1_se": float((cmc[0] * (1 - cmc[0]) / nq) ** 0.5)}
 
 
 def evaluate(model, data: DataBundle, cfg: Dict, device, autocast) -> Dict[str, float]:

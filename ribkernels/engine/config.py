@@ -20,7 +20,9 @@ DEFAULTS: Dict[str, Dict[str, Any]] = {
         "attn_impl": "sdpa",            # eager | sdpa | dcs (ViT models only)
         "dcs_impl": "auto",             # DCSAttention backend: auto | triton | sdpa | eager
         "dcs_mask_mode": "token",       # token (θ = xW + b, the paper's) | channel
-        "tau": 1.0,                     # Gumbel-sigmoid temperature
+        "tau": 1.0,                     # Gumbel-sigmoid temperature (> 0; the first epoch's under a schedule)
+        "tau_schedule": "constant",     # constant | linear | cosine | exp: τ from `tau` to `tau_end` over the epochs
+        "tau_end": None,                # > 0, τ of the last epoch (null: no annealing)
         "dcs_init_logit": 3.0,
         "pretrained": None,             # local ImageNet ViT weights (.pth/.bin/.safetensors/.npz)
         "neck_feat": "before",          # retrieval feature before/after the BNNeck
@@ -69,7 +71,8 @@ DEFAULTS: Dict[str, Dict[str, Any]] = {
     },
     "ibb": {
         "use_ibb": False,
-        "beta": 1.0,
+        "beta": "auto",                 # auto (calibrated at every refresh) | a positive float
+        "target_entropy": 1.3862943611198906,  # nats, > 0: mean H(phi) the auto beta aims at (log 4)
         "ibb_start_epoch": 1,           # IBB on from this 0-based epoch, after its first refresh
         "ibb_refresh": 1,               # refresh clusters and Q every this many epochs
         "ibb_clusters": None,           # A; null: number of training identities
@@ -92,6 +95,7 @@ DEFAULTS: Dict[str, Dict[str, Any]] = {
         "log_period": 20,               # a log line every this many iterations
         "checkpoint_period": 1,
         "progress": "auto",             # auto (bar on a TTY) | bar | log
+        "keep_fraction_log": True,      # per-block DCS keep fraction (train + eval) in metrics.json / rib.png
     },
 }
 
@@ -243,8 +247,30 @@ def validate(cfg: Dict) -> None:
         raise ValueError(f"solver.epochs must be >= 1, got {s['epochs']}")
     if cfg["ibb"]["ibb_refresh"] < 1:
         raise ValueError(f"ibb.ibb_refresh must be >= 1, got {cfg['ibb']['ibb_refresh']}")
+    _validate_rib(cfg)
     if m["neck_feat"] not in ("before", "after"):
         raise ValueError(f"model.neck_feat must be before|after, got {m['neck_feat']!r}")
+
+
+def _validate_rib(cfg: Dict) -> None:
+    """The RIB keys (issue 11): ibb.beta, ibb.target_entropy, model.tau / tau_schedule / tau_end."""
+    def positive(x) -> bool:
+        return not isinstance(x, bool) and isinstance(x, (int, float)) and 0 < x < float("inf")
+
+    b = cfg["ibb"]["beta"]
+    if b != "auto" and not positive(b):
+        raise ValueError(f"ibb.beta must be 'auto' or a positive number, got {b!r}")
+    if not positive(cfg["ibb"]["target_entropy"]):
+        raise ValueError(f"ibb.target_entropy must be a positive number of nats, got {cfg['ibb']['target_entropy']!r}")
+    m = cfg["model"]
+    if not positive(m["tau"]):
+        raise ValueError(f"model.tau must be a positive number, got {m['tau']!r}")
+    if m["tau_schedule"] not in ("constant", "linear", "cosine", "exp"):
+        raise ValueError(f"model.tau_schedule must be constant|linear|cosine|exp, got {m['tau_schedule']!r}")
+    if m["tau_end"] is not None and not positive(m["tau_end"]):
+        raise ValueError(f"model.tau_end must be null or a positive number, got {m['tau_end']!r}")
+    if m["tau_schedule"] != "constant" and m["tau_end"] is None:
+        raise ValueError(f"model.tau_schedule={m['tau_schedule']!r} needs model.tau_end (a positive number)")
 
 
 def dump(cfg: Dict, path: str) -> None:

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from . import checkpoint as ckpt_io
 from . import components
 from . import distributed as du
+from . import rib_logging
 from .config import dump
 from .reporting import Metrics, Progress, plot_curves, results_table, setup_logging
 from .scheduler import WarmupCosineLR
@@ -87,6 +88,8 @@ class Trainer:
         self.metrics = Metrics(os.path.join(self.run_dir, "metrics.json") if self.main else None)
         self.metrics.data["config_name"] = cfg["_meta"]["config_name"]
         self.input_clusters_ready = False
+        self._want_grad_ratio = False  # the first IBB batch after a refresh logs the gradient ratio
+        self._last_batch = None
         if resume:
             self._load(resume)
 
@@ -193,6 +196,7 @@ class Trainer:
             self.model, self.data.train_eval_loader(self.cfg, self.rank, self.world), self.device, self._autocast,
             self.cfg["model"])
         self.ibb.refresh(feats, labels)
+        self._want_grad_ratio = True
         dt = time.time() - t0
         self.log.info("IBB refresh at epoch %d: %d features on this rank, %.1fs", epoch + 1, len(labels), dt)
         return dt
@@ -225,8 +229,13 @@ class Trainer:
         terms = {"loss_id": loss_id.detach(), "loss_tri": loss_tri.detach()}
         if self.ibb_active(epoch):
             ibb, t1, t2 = components.ibb_terms(self.ibb, out["global_feat"].float(), pids, images)
+            if self._want_grad_ratio:
+                self._want_grad_ratio = False
+                terms["ibb_grad_ratio"] = rib_logging.grad_ratio(loss, l["eta"] * ibb, out["global_feat"])
             loss = loss + l["eta"] * ibb
             terms.update(ibb=ibb.detach(), ibb_term1=t1, ibb_term2=t2, loss_ibb_weighted=l["eta"] * ibb.detach())
+            if isinstance(self.ibb.last_terms.get("beta"), torch.Tensor):  # β fitted to the training batches
+                terms["ibb_beta_train"] = self.ibb.last_terms["beta"]
         terms["loss"] = loss.detach()
         return loss, terms
 
@@ -234,7 +243,11 @@ class Trainer:
         """One optimiser step; returns the detached loss terms (tensors) and, if asked, the fraction of
         kept DCS channels (a host sync on GPU)."""
         images, pids, camids, viewids = components.unpack(batch, self.device)
+        self._last_batch = (images, camids, viewids)
         self.net.train()
+        track = with_keep_fraction and self.cfg["output"]["keep_fraction_log"]
+        if track:
+            rib_logging.set_tracking(self.model, True)
         with self._autocast():
             out = self.net(images, cam_label=camids if self.cfg["model"]["sie_camera"] else None,
                            view_label=viewids if self.cfg["model"]["sie_view"] else None)
@@ -247,16 +260,18 @@ class Trainer:
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.scheduler.step()
-        if with_keep_fraction and hasattr(self.model, "keep_fraction"):
-            kf = self.model.keep_fraction()
-            if kf is not None:
-                terms["keep_fraction"] = float(kf)
+        if track:
+            terms.update(rib_logging.block_keep_fractions(self.model, "keep_fraction"))
+            rib_logging.set_tracking(self.model, False)
         return terms
 
     def train_epoch(self, epoch: int, start_iter: int = 0) -> Optional[Dict]:
         """One epoch from iteration ``start_iter``; returns its record, or None when interrupted."""
         cfg = self.cfg
         ckpt_io.seed_everything(_epoch_seed(cfg["solver"]["seed"], epoch, self.rank))
+        m = cfg["model"]
+        tau = rib_logging.tau_at(epoch, cfg["solver"]["epochs"], m["tau"], m["tau_end"], m["tau_schedule"])
+        rib_logging.set_tau(self.model, tau)
         refresh_s = self._maybe_refresh_ibb(epoch) if start_iter == 0 else None
         if start_iter:
             ckpt_io.seed_everything(_epoch_seed(cfg["solver"]["seed"], epoch, self.rank, salt=start_iter))
@@ -304,6 +319,13 @@ class Trainer:
                   "images_per_s": n_images / max(dt, 1e-9), "ibb_on": self.ibb_active(epoch)}
         if refresh_s is not None:
             record["ibb_refresh_s"] = refresh_s
+            record.update(rib_logging.refresh_record(self.ibb))
+        if rib_logging.dcs_modules(self.model):
+            record["tau"] = tau
+            if cfg["output"]["keep_fraction_log"] and self._last_batch is not None:
+                imgs, cams, views = self._last_batch
+                record.update(rib_logging.eval_keep_fractions(
+                    self.model, imgs, **components._labels(cfg["model"], cams, views)))
         local = torch.stack([sums[k] / counts[k] for k in sorted(sums)])
         if self.world > 1:  # the same keys on every rank: mean over ranks
             local = du.all_reduce_mean(local)
@@ -342,6 +364,7 @@ class Trainer:
                     self.save(epoch + 1, 0, "last.pth")
                 if self.main and (evaluated or stop or epoch + 1 == last):  # plots cost ~1 s: not every epoch
                     plot_curves(self.metrics.data, self.run_dir)
+                    rib_logging.plot_rib(self.metrics.data, self.run_dir)
                 if stop and epoch + 1 < epochs:
                     self.log.warning("stopped by interrupt; resume with --resume %s",
                                      os.path.join(self.run_dir, "last.pth"))
@@ -378,7 +401,13 @@ class Trainer:
             self.metrics.add_eval(result)
             if final:
                 final_rec = dict(res)
-                if self.model_keep_fraction_eval() is not None:
+                if self._last_batch is not None:  # per-block eval masks on the last training batch
+                    imgs, cams, views = self._last_batch
+                    final_rec.update(rib_logging.eval_keep_fractions(
+                        self.model, imgs, **components._labels(self.cfg["model"], cams, views)))
+                if "eval_keep_fraction" in final_rec:
+                    final_rec["keep_fraction"] = final_rec["eval_keep_fraction"]
+                elif self.model_keep_fraction_eval() is not None:
                     final_rec["keep_fraction"] = self.model_keep_fraction_eval()
                 if e["occlusion"]:
                     occ = components.occlusion_table(self.model, self.data, self.cfg, self.device, self._autocast)
