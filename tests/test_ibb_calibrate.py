@@ -138,3 +138,16 @@ def test_training_batches_noisier_than_the_refresh_stay_live():
     m.train()
     m.batch_calibration = False
     torch.testing.assert_close(m(noisy, y), stale)
+
+
+def test_q_smoothing_mixes_with_the_uniform_and_caps_unseen_labels():
+    f, y = reid_like(20, 6, 32)
+    m = IBBLoss(21, 32, num_clusters=20, kmeans_iters=5, q_smoothing=0.1)  # label 20 never seen
+    m.refresh(f, y)
+    q = m.log_q.double().exp()
+    torch.testing.assert_close(q.sum(1), torch.ones(20, dtype=torch.float64), rtol=1e-5, atol=1e-5)
+    assert (q >= 0.1 / 21 - 1e-7).all()
+    unseen = m(f[:4], torch.full((4,), 20))
+    assert unseen.item() == pytest.approx(math.log(21) - math.log(0.1), rel=1e-4)
+    with pytest.raises(ValueError, match="q_smoothing"):
+        IBBLoss(3, 4, q_smoothing=1.0)

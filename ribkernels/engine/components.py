@@ -126,12 +126,14 @@ _warned_slice = False
 
 @torch.no_grad()
 def global_features(model: torch.nn.Module, images, cams, views, model_cfg: Dict) -> torch.Tensor:
-    """The global feature before the BNNeck (what the IBB clusters), [B, feat_dim], eval mode."""
+    """The global feature the IBB clusters, [B, feat_dim], eval mode: before the BNNeck, or after it
+    when ``model_cfg["ibb_after_neck"]`` (set by the trainer from ``ibb.ibb_feature``)."""
     global _warned_slice
     model.eval()
     labels = _labels(model_cfg, cams, views)
     if hasattr(model, "forward_global"):
-        return model.forward_global(images, **labels)
+        f = model.forward_global(images, **labels)
+        return model.neck.bn(f) if model_cfg.get("ibb_after_neck") else f
     out = model(images, **labels)
     if isinstance(out, dict):
         return out["global_feat"]
@@ -205,7 +207,8 @@ def build_ibb(cfg: Dict, data: DataBundle, model: torch.nn.Module):
     from ..nn.ibb_loss import IBBLoss
 
     kwargs = dict(kmeans_iters=int(c["kmeans_iters"]), seed=int(cfg["solver"]["seed"]),
-                  input_size=tuple(c["input_size"]), target_entropy=float(c["target_entropy"]))
+                  input_size=tuple(c["input_size"]), target_entropy=float(c["target_entropy"]),
+                  q_smoothing=float(c["q_smoothing"]))
     if c["input_clusters"] is not None:
         kwargs["num_input_clusters"] = int(c["input_clusters"])
     beta = "auto" if c["beta"] == "auto" else float(c["beta"])

@@ -71,6 +71,10 @@ DEFAULTS: Dict[str, Dict[str, Any]] = {
     },
     "ibb": {
         "use_ibb": False,
+        "ibb_feature": "before",        # before | after: the global feature before/after the BNNeck is clustered
+        "q_smoothing": 0.0,             # [0, 1): Q(y|a) mixed with the uniform, (1-λ) Q + λ/K
+        "refresh_features": "eval_pass",  # eval_pass (a no-grad eval-mode pass over the training set) |
+                                        # train_memory (the training batches' features of the previous epoch)
         "beta": "auto",                 # auto (calibrated at every refresh) | a positive float
         "target_entropy": 1.3862943611198906,  # nats, > 0: mean H(phi) the auto beta aims at (log 4)
         "ibb_start_epoch": 1,           # IBB on from this 0-based epoch, after its first refresh
@@ -257,6 +261,13 @@ def _validate_rib(cfg: Dict) -> None:
     def positive(x) -> bool:
         return not isinstance(x, bool) and isinstance(x, (int, float)) and 0 < x < float("inf")
 
+    if cfg["ibb"]["ibb_feature"] not in ("before", "after"):
+        raise ValueError(f"ibb.ibb_feature must be before|after, got {cfg['ibb']['ibb_feature']!r}")
+    if cfg["ibb"]["refresh_features"] not in ("eval_pass", "train_memory"):
+        raise ValueError(f"ibb.refresh_features must be eval_pass|train_memory, got {cfg['ibb']['refresh_features']!r}")
+    qs = cfg["ibb"]["q_smoothing"]
+    if isinstance(qs, bool) or not isinstance(qs, (int, float)) or not 0 <= qs < 1:
+        raise ValueError(f"ibb.q_smoothing must be a number in [0, 1), got {qs!r}")
     b = cfg["ibb"]["beta"]
     if b != "auto" and not positive(b):
         raise ValueError(f"ibb.beta must be 'auto' or a positive number, got {b!r}")

@@ -90,6 +90,7 @@ class Trainer:
         self.input_clusters_ready = False
         self._want_grad_ratio = False  # the first IBB batch after a refresh logs the gradient ratio
         self._last_batch = None
+        self._feat_memory: List = []  # ibb.refresh_features=train_memory: (features, labels) of this epoch
         if resume:
             self._load(resume)
 
@@ -147,6 +148,7 @@ class Trainer:
                 "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),
                 "ibb": self.ibb.state_dict() if self.ibb is not None else None,
                 "input_clusters_ready": self.input_clusters_ready,
+                "ibb_feat_memory": [(f.cpu(), y.cpu()) for f, y in self._feat_memory],  # exact resume
                 "rng": ckpt_io.rng_state(), "epoch": epoch, "iter": it, "metrics": self.metrics.data,
                 "config": self.cfg, "world_size": self.world}
 
@@ -169,6 +171,7 @@ class Trainer:
         if self.ibb is not None and state.get("ibb") is not None:
             self.ibb.load_state_dict(state["ibb"])
             self.input_clusters_ready = bool(state.get("input_clusters_ready"))
+            self._feat_memory = [(f.to(self.device), y.to(self.device)) for f, y in state.get("ibb_feat_memory") or []]
         ckpt_io.set_rng_state(state["rng"])
         self.start_epoch, self.start_iter = int(state["epoch"]), int(state["iter"])
         self.metrics.data = state["metrics"]
@@ -192,9 +195,13 @@ class Trainer:
                                                      self.rank, self.world)
             self.ibb.set_input_clusters(images.to(self.device))
             self.input_clusters_ready = True
-        feats, labels = components.extract_global_features(
-            self.model, self.data.train_eval_loader(self.cfg, self.rank, self.world), self.device, self._autocast,
-            self.cfg["model"])
+        if c["refresh_features"] == "train_memory" and self._feat_memory:
+            feats = torch.cat([f for f, _ in self._feat_memory])
+            labels = torch.cat([y for _, y in self._feat_memory])
+        else:  # eval_pass, or no training batches seen yet (first epoch, or just resumed)
+            feats, labels = components.extract_global_features(
+                self.model, self.data.train_eval_loader(self.cfg, self.rank, self.world), self.device,
+                self._autocast, {**self.cfg["model"], "ibb_after_neck": c["ibb_feature"] == "after"})
         self.ibb.refresh(feats, labels)
         self._want_grad_ratio = True
         dt = time.time() - t0
@@ -227,11 +234,15 @@ class Trainer:
         loss_id, loss_tri = mix(ids), mix(tris)
         loss = l["id_weight"] * loss_id + l["tri_weight"] * loss_tri
         terms = {"loss_id": loss_id.detach(), "loss_tri": loss_tri.detach()}
+        feat = out["global_bn_feat" if self.cfg["ibb"]["ibb_feature"] == "after" else "global_feat"] \
+            if self.ibb is not None else None
+        if self.ibb is not None and self.cfg["ibb"]["refresh_features"] == "train_memory":
+            self._feat_memory.append((feat.detach().float(), pids))
         if self.ibb_active(epoch):
-            ibb, t1, t2 = components.ibb_terms(self.ibb, out["global_feat"].float(), pids, images)
-            if self._want_grad_ratio:
+            ibb, t1, t2 = components.ibb_terms(self.ibb, feat.float(), pids, images)
+            if self._want_grad_ratio and feat.requires_grad:  # (not under no_grad)
                 self._want_grad_ratio = False
-                terms["ibb_grad_ratio"] = rib_logging.grad_ratio(loss, l["eta"] * ibb, out["global_feat"])
+                terms["ibb_grad_ratio"] = rib_logging.grad_ratio(loss, l["eta"] * ibb, feat)
             loss = loss + l["eta"] * ibb
             terms.update(ibb=ibb.detach(), ibb_term1=t1, ibb_term2=t2, loss_ibb_weighted=l["eta"] * ibb.detach())
             if isinstance(self.ibb.last_terms.get("beta"), torch.Tensor):  # β fitted to the training batches
@@ -273,6 +284,8 @@ class Trainer:
         tau = rib_logging.tau_at(epoch, cfg["solver"]["epochs"], m["tau"], m["tau_end"], m["tau_schedule"])
         rib_logging.set_tau(self.model, tau)
         refresh_s = self._maybe_refresh_ibb(epoch) if start_iter == 0 else None
+        if start_iter == 0:
+            self._feat_memory = []
         if start_iter:
             ckpt_io.seed_everything(_epoch_seed(cfg["solver"]["seed"], epoch, self.rank, salt=start_iter))
         indices = components.epoch_indices(self.data, cfg, cfg["solver"]["seed"], epoch, self.rank, self.world,

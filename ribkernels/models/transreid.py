@@ -123,7 +123,7 @@ class TransReID(nn.Module):
     Forward ``x [B, 3, H, W]`` (+ ``cam_label``/``view_label`` ``[B]`` long when SIE is on):
 
     * training: ``dict(logits=[B, num_classes] x (1 + 4·jpm), feats=[B, D] x (1 + 4·jpm),
-      global_feat=[B, D])``;
+      global_feat=[B, D], global_bn_feat=[B, D])`` (the global feature before / after the BNNeck);
     * eval: ``[B, D·(1 + 4·jpm)]``: the global feature, then each local feature / 4.
     """
 
@@ -304,8 +304,9 @@ class TransReID(nn.Module):
         feats = [global_feat] + (self._local_feats(tokens) if self.use_jpm else [])
         necks = [self.neck] + (list(self.local_necks) if self.use_jpm else [])
         if self.training:
-            logits = [neck(f)[1] for neck, f in zip(necks, feats)]
-            return dict(logits=logits, feats=feats, global_feat=global_feat)
+            outs = [neck(f) for neck, f in zip(necks, feats)]
+            return dict(logits=[o[1] for o in outs], feats=feats, global_feat=global_feat,
+                        global_bn_feat=outs[0][0])
         if self.neck_feat == "after":
             feats = [neck.bn(f) for neck, f in zip(necks, feats)]
         return torch.cat([feats[0]] + [f / self.divide_length for f in feats[1:]], dim=1)

@@ -46,6 +46,10 @@ class IBBLoss(nn.Module):
             In eval mode, and with a fixed β, the refresh's β is used.
         kmeans_iters, seed, init: of the k-means in :meth:`refresh` / :meth:`set_input_clusters`.
         eps: Q is clamped at ``eps`` before the log.
+        q_smoothing: λ in [0, 1): Q(y|a) is mixed with the uniform distribution, ``(1-λ) Q + λ/K``.
+            Any distribution Q keeps term 2 an upper bound (it is a cross-entropy against a
+            variational decoder); smoothing keeps samples whose label the clusters have not seen
+            (held-out or drifted training features) at ``log K - log λ`` instead of ``-log eps``.
         num_input_clusters: B (default A); ``input_size``: (h, w) images are down-sampled to;
         ``input_channels``: C.
         reduction: ``"mean"`` | ``"sum"`` | ``"none"``; ``impl``: ``"auto"`` | ``"ext"`` | ``"eager"``.
@@ -57,7 +61,7 @@ class IBBLoss(nn.Module):
 
     def __init__(self, num_classes: int, feat_dim: int, num_clusters: Optional[int] = None,
                  beta: Union[float, str] = "auto", *, target_entropy: float = DEFAULT_TARGET_ENTROPY,
-                 batch_calibration: bool = True, beta_momentum: float = 0.9, kmeans_iters: int = 20, seed: int = 0,
+                 q_smoothing: float = 0.0, batch_calibration: bool = True, beta_momentum: float = 0.9, kmeans_iters: int = 20, seed: int = 0,
                  init: str = "k-means++", eps: float = 1e-6, normalize: bool = True,
                  num_input_clusters: Optional[int] = None, input_size: Sequence[int] = (16, 8),
                  input_channels: int = 3, reduction: str = "mean", impl: str = "auto"):
@@ -77,6 +81,9 @@ class IBBLoss(nn.Module):
             raise ValueError(f"target_entropy must be a positive number of nats, got {target_entropy!r}")
         self.beta = "auto" if beta == "auto" else float(beta)
         self.target_entropy = float(target_entropy)
+        if isinstance(q_smoothing, bool) or not isinstance(q_smoothing, (int, float)) or not 0.0 <= q_smoothing < 1.0:
+            raise ValueError(f"q_smoothing must lie in [0, 1), got {q_smoothing!r}")
+        self.q_smoothing = float(q_smoothing)
         if not 0.0 <= beta_momentum < 1.0:
             raise ValueError(f"beta_momentum must lie in [0, 1), got {beta_momentum!r}")
         self.batch_calibration, self.beta_momentum = bool(batch_calibration), float(beta_momentum)
@@ -141,6 +148,8 @@ class IBBLoss(nn.Module):
                              beta=beta, normalize=self.normalize, impl=self.impl)
         _all_reduce(counts, _group(None, None))
         q = counts / counts.sum(1, keepdim=True).clamp_min(torch.finfo(counts.dtype).tiny)
+        if self.q_smoothing:
+            q = (1.0 - self.q_smoothing) * q + self.q_smoothing / self.num_classes
         self.centroids.copy_(centroids)
         self.log_q.copy_(q.clamp_min(self.eps).log())
         self.beta_used.fill_(beta)
