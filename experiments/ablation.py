@@ -5,6 +5,8 @@ queries. Also evaluates every run under the occlusion stress test (used by exper
 
     python -m experiments.ablation                      # the demo budget (configs/synthetic_rib_dcs_cpu.yaml)
     python -m experiments.ablation --epochs 8 --train-ids 150    # a smaller budget (say so when quoting it)
+    python -m experiments.ablation --seeds 1234 --variants dcs_only ibb_only \
+        --reuse baseline=runs/demo_baseline rib_dcs=runs/demo_rib  # + the demo's two runs (same config, seed)
 
 Writes experiments/results/ablation.json and ablation.png; run folders under runs/ablation/.
 """
@@ -59,10 +61,29 @@ def main() -> None:
     p.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
     p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     p.add_argument("--run-root", default=os.path.join("runs", "ablation"))
+    p.add_argument("--reuse", nargs="*", default=[], metavar="VARIANT=RUN_DIR",
+                   help="include finished runs of the same config and budget (their metrics.json) as that variant")
     add_budget_flags(p)
     args = p.parse_args()
     common = budget_overrides(args) + ["eval.occlusion=true", f"eval.occlusion_ratios={OCCLUSION}"]
     runs, occlusion = {}, {}
+    import json
+
+    for item in args.reuse:
+        name, run_dir = item.split("=", 1)
+        if name not in VARIANTS:
+            raise SystemExit(f"--reuse {item}: unknown variant {name!r}; expected one of {list(VARIANTS)}")
+        with open(os.path.join(run_dir, "metrics.json")) as f:
+            m = json.load(f)
+        with open(os.path.join(run_dir, "config.yaml")) as f:
+            import yaml
+
+            seed = yaml.safe_load(f)["solver"]["seed"]
+        row = {"seed": seed, "reused_run": run_dir, **final_row(m)}
+        if m["epochs"][-1].get("ibb_term2") is not None:
+            row["ibb_term2_last_epoch"] = m["epochs"][-1]["ibb_term2"]
+        runs.setdefault(name, []).append(row)
+        occlusion.setdefault(name, []).append(m["final"].get("occlusion"))
     for seed in args.seeds:  # seed-major: a partial result still has every variant
         for name in args.variants:
             m = train(os.path.join(args.run_root, f"{name}_seed{seed}"), VARIANTS[name] + common + [f"solver.seed={seed}"])
@@ -78,8 +99,9 @@ def main() -> None:
     out = {"experiment": "ablation", "budget": {"epochs": args.epochs or 18, "train_ids": args.train_ids or 300,
                                                 "demo_budget": not (args.epochs or args.train_ids)},
            "seeds": args.seeds, "command": "python -m experiments.ablation " + " ".join(
-               (f"--epochs {args.epochs} " if args.epochs else "") + (f"--train-ids {args.train_ids}" if args.train_ids else "")
-               .split()), "summary": summary, "runs": runs, "occlusion": occlusion,
+               ((f"--epochs {args.epochs} " if args.epochs else "") + (f"--train-ids {args.train_ids} " if args.train_ids else "")
+                + f"--seeds {' '.join(map(str, args.seeds))} --variants {' '.join(args.variants)}"
+                + (f" --reuse {' '.join(args.reuse)}" if args.reuse else "")).split()), "summary": summary, "runs": runs, "occlusion": occlusion,
            "note": "mean ± std and se over seeds (se = std / sqrt(seeds)); mean_query_se: the runs' mean standard "
                    "error over queries; the machine (2 cores) was shared with other jobs, so wall times are loaded timings"}
     print(write_json("ablation.json", out))

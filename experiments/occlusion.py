@@ -5,6 +5,8 @@ experiments.ablation (which evaluates every run at these levels) and averages ov
 
     python -m experiments.occlusion                 # from experiments/results/ablation.json
     python -m experiments.occlusion --train [--epochs 8 --train-ids 150] [--seeds 1 2 3]
+    python -m experiments.occlusion --checkpoints baseline=runs/demo_baseline rib_dcs=runs/demo_rib
+        # evaluate finished runs' final.pth (train.py --eval-only --occlusion)
 
 Writes experiments/results/occlusion.json and occlusion.png.
 """
@@ -53,10 +55,35 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--train", action="store_true", help="train baseline and RIB-DCS here instead of reading the ablation")
     p.add_argument("--seeds", type=int, nargs="+", default=[1])
+    p.add_argument("--checkpoints", nargs="*", default=None, metavar="VARIANT=RUN_DIR",
+                   help="evaluate these runs' final.pth under occlusion instead of training or reading the ablation")
     p.add_argument("--run-root", default=os.path.join("runs", "occlusion"))
     add_budget_flags(p)
     args = p.parse_args()
-    if args.train:
+    if args.checkpoints:
+        import json
+        import subprocess
+        import sys
+
+        from .common import ROOT
+
+        tables = {}
+        for item in args.checkpoints:
+            name, run_dir = item.split("=", 1)
+            out_dir = os.path.join(args.run_root, f"eval_{name}")
+            cmd = [sys.executable, "train.py", "--config", os.path.join(run_dir, "config.yaml"), "--eval-only",
+                   "--checkpoint", os.path.join(run_dir, "final.pth"), "--set", f"output.output_dir={out_dir}",
+                   "--set", "eval.occlusion=true", "--set", f"eval.occlusion_ratios={OCCLUSION}",
+                   "--set", "output.progress=log"]
+            os.makedirs(out_dir, exist_ok=True)
+            with open(os.path.join(out_dir, "stdout.log"), "w") as log:
+                if subprocess.call(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT):
+                    raise SystemExit(f"eval failed: {' '.join(cmd)}")
+            with open(os.path.join(out_dir, "metrics.json")) as f:
+                tables[name] = [json.load(f)["final"]["occlusion"]]
+        source = "final.pth of " + ", ".join(args.checkpoints)
+        budget = {"checkpoints": args.checkpoints}
+    elif args.train:
         tables = {n: [] for n in NAMES}
         over = budget_overrides(args) + ["eval.occlusion=true", f"eval.occlusion_ratios={OCCLUSION}"]
         for seed in args.seeds:
@@ -74,6 +101,8 @@ def main() -> None:
         source = "experiments/results/ablation.json (" + abl["command"] + ")"
         budget = {**abl["budget"], "seeds": abl["seeds"]}
     out = {"experiment": "occlusion stress test", "source": source, "budget": budget,
+           "command": "python -m experiments.occlusion" + (" --checkpoints " + " ".join(args.checkpoints)
+                                                           if args.checkpoints else (" --train" if args.train else "")),
            "levels": [0.0] + OCCLUSION, "curves": curves(tables)}
     path = write_json("occlusion.json", out)
     plot(out, os.path.join(os.path.dirname(path), "occlusion.png"))

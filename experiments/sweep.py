@@ -53,7 +53,7 @@ def main() -> None:
                 continue
             over = common + ["model.attn_impl=dcs", f"ibb.use_ibb={'true' if eta > 0 else 'false'}",
                              f"loss.eta={eta}", f"ibb.beta={beta}"]
-            m = train(os.path.join(args.run_root, f"eta{eta}_beta{beta}"), over)
+            m = train(os.path.join(args.run_root, f"eta{eta}_beta{beta}_seed{args.seed}"), over)
             cell = {"eta": eta, "beta": beta, **final_row(m)}
             refreshes = [r for r in m["epochs"] if "ibb_refresh_beta" in r]
             if refreshes:
@@ -72,7 +72,8 @@ def main() -> None:
            "command": "python -m experiments.sweep" + (f" --epochs {args.epochs}" if args.epochs else "")
            + (f" --train-ids {args.train_ids}" if args.train_ids else "")
            + (f" --etas {' '.join(map(str, args.etas))}" if args.etas != [0.0, 0.25, 0.5, 1.0, 2.0] else "")
-           + (f" --betas {' '.join(args.betas)}" if args.betas != ["auto", "2", "8", "20"] else ""),
+           + (f" --betas {' '.join(args.betas)}" if args.betas != ["auto", "2", "8", "20"] else "")
+           + (f" --seed {args.seed}" if args.seed != 1 else ""),
            "cells": cells,
            "note": "one seed per cell: compare differences with the ablation's seed-to-seed std; SE = over queries"}
     path = write_json("sweep.json", out)
