@@ -154,7 +154,8 @@ def main() -> None:
            "budget": {"epochs": cfg["solver"]["epochs"], "train_ids": args.train_ids or 300,
                       "demo_budget": not (args.epochs or args.train_ids)},
            "command": "python -m experiments.ib_estimate" + (f" --epochs {args.epochs}" if args.epochs else "")
-           + (f" --train-ids {args.train_ids}" if args.train_ids else ""),
+           + (f" --train-ids {args.train_ids}" if args.train_ids else "")
+           + (f" --run-dir {args.run_dir} --out {args.out}" if args.out != "ib_estimate" else ""),
            "estimator": "plug-in mutual information with the Miller-Madow correction on F discretised by hard "
                         f"k-means into {args.bins} cells, X̃ = hard input cluster, Y = identity",
            "epochs": rows, "bound_holds_every_epoch": all(r["ib_estimate"] <= r["bound_rhs"] for r in rows),
