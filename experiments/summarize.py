@@ -49,9 +49,10 @@ def main() -> None:
             cells = [f"{_f(occ['curves'][n][i]['mAP']['mean'])} / {_f(occ['curves'][n][i]['rank1']['mean'])}" for n in names]
             print(f"| {100 * p['occlusion']:.0f}% | " + " | ".join(cells) + " |")
         print()
-    ib = load_json("ib_estimate.json")
-    if ib:
-        print(f"IBB vs IB estimate — `{ib['command']}`; estimator: {ib['estimator']}\n")
+    for ib in (load_json("ib_estimate_demo.json"), load_json("ib_estimate.json")):
+        if not ib:
+            continue
+        print(f"IBB vs IB estimate — `{ib['command']}` (budget {ib['budget']}); estimator: {ib['estimator']}\n")
         print("| epoch | IBB on | IBB | bound IBB + H(X̃) − H(Y) | estimate I(F;X̃) − I(F;Y) | I(F;X̃) | I(F;Y) | holds |")
         print("|---|---|---|---|---|---|---|---|")
         for r in ib["epochs"]:
