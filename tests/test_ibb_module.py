@@ -35,7 +35,7 @@ def test_forward_before_refresh_raises():
 @pytest.mark.parametrize("impl", ["eager", "auto"])
 def test_refresh_builds_centroids_and_q(impl, caplog):
     f, y = data()
-    m = IBBLoss(K, D, num_clusters=A, kmeans_iters=10, impl=impl)
+    m = IBBLoss(K, D, num_clusters=A, beta=1.0, kmeans_iters=10, impl=impl)
     with caplog.at_level(logging.INFO, logger="ribkernels.ibb"):
         stats = m.refresh(f, y)
     assert "empty" in caplog.text and stats["empty_clusters"] >= 0
@@ -73,7 +73,13 @@ def test_state_dict_round_trip():
     m2.load_state_dict(m.state_dict())
     assert bool(m2.refreshed) and bool(m2.input_ready)
     torch.testing.assert_close(m2(f[:8], y[:8]), m(f[:8], y[:8]))
-    assert set(m.state_dict()) == {"centroids", "log_q", "input_centroids", "refreshed", "input_ready"}
+    assert set(m.state_dict()) == {"centroids", "log_q", "input_centroids", "refreshed", "input_ready",
+                                   "beta_used", "input_beta_used", "_extra_state"}
+    m.train()(f[:8], y[:8])  # a training batch starts the batch-β average; it travels in the extra state
+    m3 = IBBLoss(K, D, num_clusters=A)
+    m3.load_state_dict(m.state_dict())
+    assert m._log_beta_ema is not None and torch.equal(m3._log_beta_ema, m._log_beta_ema)
+    assert m2._beta == float(m.beta_used) and m2._input_beta == float(m.input_beta_used)
 
 
 def test_input_clusters_and_entropy_term():
@@ -144,6 +150,9 @@ def test_distributed_refresh_equals_single_process(tmp_path):
         assert p.returncode == 0, err[-3000:]
     s0, s1 = (torch.load(tmp_path / f"rank{r}.pt") for r in range(2))
     for key in s0:
+        if key == "_extra_state":  # the training-batch β average: per rank, none after a refresh
+            assert s0[key] == s1[key] == {"log_beta_ema": None}
+            continue
         assert torch.equal(s0[key], s1[key]), key  # every rank holds the same state
     f, y = data()
     single = IBBLoss(K, D, num_clusters=A, kmeans_iters=8)

@@ -54,7 +54,8 @@ def test_train_and_eval_outputs(neck_feat):
     x, cams = torch.randn(4, 3, 64, 32), torch.tensor([0, 1, 2, 1])
     model.train()
     out = model(x, cam_label=cams)
-    assert set(out) == {"logits", "feats", "global_feat"}
+    assert set(out) == {"logits", "feats", "global_feat", "global_bn_feat"}
+    assert out["global_bn_feat"].shape == out["global_feat"].shape
     assert len(out["logits"]) == len(out["feats"]) == 5
     assert all(t.shape == (4, 7) for t in out["logits"]) and all(t.shape == (4, 64) for t in out["feats"])
     assert out["global_feat"] is out["feats"][0]

@@ -137,12 +137,14 @@ _warned_slice = False
 
 @torch.no_grad()
 def global_features(model: torch.nn.Module, images, cams, views, model_cfg: Dict) -> torch.Tensor:
-    """The global feature before the BNNeck (what the IBB clusters), [B, feat_dim], eval mode."""
+    """The global feature the IBB clusters, [B, feat_dim], eval mode: before the BNNeck, or after it
+    when ``model_cfg["ibb_after_neck"]`` (set by the trainer from ``ibb.ibb_feature``)."""
     global _warned_slice
     model.eval()
     labels = _labels(model_cfg, cams, views)
     if hasattr(model, "forward_global"):
-        return model.forward_global(images, **labels)
+        f = model.forward_global(images, **labels)
+        return model.neck.bn(f) if model_cfg.get("ibb_after_neck") else f
     out = model(images, **labels)
     if isinstance(out, dict):
         return out["global_feat"]
@@ -216,10 +218,12 @@ def build_ibb(cfg: Dict, data: DataBundle, model: torch.nn.Module):
     from ..nn.ibb_loss import IBBLoss
 
     kwargs = dict(kmeans_iters=int(c["kmeans_iters"]), seed=int(cfg["solver"]["seed"]),
-                  input_size=tuple(c["input_size"]))
+                  input_size=tuple(c["input_size"]), target_entropy=float(c["target_entropy"]),
+                  q_smoothing=float(c["q_smoothing"]))
     if c["input_clusters"] is not None:
         kwargs["num_input_clusters"] = int(c["input_clusters"])
-    return IBBLoss(data.num_classes, int(model.feat_dim), c["ibb_clusters"], float(c["beta"]), **kwargs)
+    beta = "auto" if c["beta"] == "auto" else float(c["beta"])
+    return IBBLoss(data.num_classes, int(model.feat_dim), c["ibb_clusters"], beta, **kwargs)
 
 
 def input_cluster_images(data: DataBundle, cfg: Dict, seed: int, rank: int = 0, world: int = 1) -> torch.Tensor:
@@ -249,9 +253,13 @@ def _rank_result(qf, gf, qp, gp, qc, gc, cfg: Dict) -> Dict[str, float]:
     res = reid_evaluate(qf, gf, qp, gp, qc, gc, metric=e["distance"], normalize=True, max_rank=int(e["max_rank"]),
                     rerank=bool(e["rerank"]))
     cmc = res.cmc
+    nq = max(int(res.num_valid_queries), 1)
+    # standard errors over queries: of the mean AP, and binomial for Rank-1
+    ap_se = float(res.all_AP.std(ddof=1) / nq ** 0.5) if len(res.all_AP) > 1 else float("nan")
     return {"mAP": float(res.mAP), "rank1": float(cmc[0]), "rank5": float(cmc[min(4, len(cmc) - 1)]),
             "rank10": float(cmc[min(9, len(cmc) - 1)]), "mINP": float(res.mINP),
-            "num_valid_queries": int(res.num_valid_queries)}
+            "num_valid_queries": int(res.num_valid_queries), "mAP_se": ap_se,
+            "rank1_se": float((cmc[0] * (1 - cmc[0]) / nq) ** 0.5)}
 
 
 def evaluate(model, data: DataBundle, cfg: Dict, device, autocast) -> Dict[str, float]:

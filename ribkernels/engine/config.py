@@ -24,7 +24,9 @@ DEFAULTS: Dict[str, Dict[str, Any]] = {
         "attn_impl": "sdpa",            # eager | sdpa | dcs (ViT models only)
         "dcs_impl": "auto",             # DCSAttention backend: auto | triton | sdpa | eager
         "dcs_mask_mode": "token",       # token (θ = xW + b, the paper's) | channel
-        "tau": 1.0,                     # Gumbel-sigmoid temperature
+        "tau": 1.0,                     # Gumbel-sigmoid temperature (> 0; the first epoch's under a schedule)
+        "tau_schedule": "constant",     # constant | linear | cosine | exp: τ from `tau` to `tau_end` over the epochs
+        "tau_end": None,                # > 0, τ of the last epoch (null: no annealing)
         "dcs_init_logit": 3.0,
         "pretrained": None,             # local weights: ImageNet ViT (.pth/.bin/.safetensors/.npz),
                                         # timm:<timm model name>:<file>, a TransReID-repository checkpoint,
@@ -76,7 +78,12 @@ DEFAULTS: Dict[str, Dict[str, Any]] = {
     },
     "ibb": {
         "use_ibb": False,
-        "beta": 1.0,
+        "ibb_feature": "before",        # before | after: the global feature before/after the BNNeck is clustered
+        "q_smoothing": 0.0,             # [0, 1): Q(y|a) mixed with the uniform, (1-λ) Q + λ/K
+        "refresh_features": "eval_pass",  # eval_pass (a no-grad eval-mode pass over the training set) |
+                                        # train_memory (the training batches' features of the previous epoch)
+        "beta": "auto",                 # auto (calibrated at every refresh) | a positive float
+        "target_entropy": 1.3862943611198906,  # nats, > 0: mean H(phi) the auto beta aims at (log 4)
         "ibb_start_epoch": 1,           # IBB on from this 0-based epoch, after its first refresh
         "ibb_refresh": 1,               # refresh clusters and Q every this many epochs
         "ibb_clusters": None,           # A; null: number of training identities
@@ -100,6 +107,7 @@ DEFAULTS: Dict[str, Dict[str, Any]] = {
         "checkpoint_period": 1,
         "progress": "auto",             # auto (bar on a TTY) | bar | log
         "tensorboard": False,           # also log to run_dir/tensorboard (needs the tensorboard package)
+        "keep_fraction_log": True,      # per-block DCS keep fraction (train + eval) in metrics.json / rib.png
     },
 }
 

@@ -13,6 +13,7 @@ from . import checkpoint as ckpt_io
 from . import components
 from . import distributed as du
 from . import resume as resume_rules
+from . import rib_logging
 from . import run_folder as rf
 from .config import DEFAULTS, dump
 from .reporting import (Metrics, Progress, RunClock, open_tensorboard, plot_curves, require_tensorboard,
@@ -31,6 +32,8 @@ def param_digest(model: torch.nn.Module) -> str:
     """SHA-256 of all parameters and buffers (names, shapes, bytes), for cross-rank comparisons."""
     h = hashlib.sha256()
     for name, t in sorted(ckpt_io.model_state_from(model.state_dict()).items()):
+        if not torch.is_tensor(t):  # a module's extra state (IBBLoss: its per-rank batch-β average)
+            continue
         h.update(name.encode())
         h.update(str(tuple(t.shape)).encode())
         h.update(t.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
@@ -148,6 +151,9 @@ class Trainer:
         if cfg["output"]["tensorboard"] and self.main and not self.eval_only:
             self.metrics.tensorboard = open_tensorboard(self.run_dir)
         self.input_clusters_ready = False
+        self._want_grad_ratio = False  # the first IBB batch after a refresh logs the gradient ratio
+        self._last_batch = None
+        self._feat_memory: List = []  # ibb.refresh_features=train_memory: (features, labels) of this epoch
         if resume:
             self._load(resume_state, resume)
 
@@ -193,8 +199,12 @@ class Trainer:
         if it and self._partial is not None:
             p = self._partial
             partial = {"sums": {k: v.detach().cpu() for k, v in p["sums"].items()}, "counts": dict(p["counts"]),
-                       "n_images": p["n_images"], "time_s": time.time() - p["t0"], "refresh_s": p["refresh_s"]}
-        return {"rng": ckpt_io.rng_state(), "epoch_partial": partial}
+                       "n_images": p["n_images"], "time_s": time.time() - p["t0"], "refresh_s": p["refresh_s"],
+                       "refresh_record": p["refresh_record"]}
+        ibb_extra = self.ibb.get_extra_state() if self.ibb is not None else None  # per-rank batch-β average
+        memory = [[f.cpu(), y.cpu()] for f, y in self._feat_memory]  # ibb.refresh_features=train_memory
+        return {"rng": ckpt_io.rng_state(), "epoch_partial": partial, "ibb_extra": ibb_extra,
+                "ibb_feat_memory": memory}
 
     def _state(self, epoch: int, it: int, ranks: List[Dict]) -> Dict:
         """The checkpoint (weights-only format, ``checkpoint.FORMAT``) of the state before (epoch, it);
@@ -203,7 +213,9 @@ class Trainer:
             model=self.model.state_dict(), optimizer=self.optimizer.state_dict(),
             scheduler=self.scheduler.state_dict(), scaler=self.scaler.state_dict(),
             ibb=self.ibb.state_dict() if self.ibb is not None else None,
-            input_clusters_ready=self.input_clusters_ready, rng=ranks[0]["rng"], epoch=epoch, iter=it,
+            input_clusters_ready=self.input_clusters_ready,
+            ibb_feat_memory=ranks[0]["ibb_feat_memory"],  # exact resume (each rank's in ``ranks``)
+            rng=ranks[0]["rng"], epoch=epoch, iter=it,
             epoch_partial=ranks[0]["epoch_partial"], ranks=ranks if len(ranks) > 1 else None,
             metrics=self.metrics.data, config=self.cfg, world_size=self.world)
 
@@ -256,6 +268,10 @@ class Trainer:
         ranks = state.get("ranks")
         mine = ranks[self.rank] if ranks and len(ranks) == self.world else state
         ckpt_io.set_rng_state(mine["rng"])
+        if self.ibb is not None and mine.get("ibb_extra") is not None:
+            self.ibb.set_extra_state(mine["ibb_extra"])
+        if self.ibb is not None:
+            self._feat_memory = [(f.to(self.device), y.to(self.device)) for f, y in mine.get("ibb_feat_memory") or []]
         self.start_epoch, self.start_iter = int(state["epoch"]), int(state["iter"])
         self._resume_partial = mine.get("epoch_partial") if self.start_iter else None
         self.metrics.data = state["metrics"]
@@ -285,10 +301,15 @@ class Trainer:
                                                      self.rank, self.world)
             self.ibb.set_input_clusters(images.to(self.device))
             self.input_clusters_ready = True
-        feats, labels = components.extract_global_features(
-            self.model, self.data.train_eval_loader(self.cfg, self.rank, self.world), self.device, self._autocast,
-            self.cfg["model"])
+        if c["refresh_features"] == "train_memory" and self._feat_memory:
+            feats = torch.cat([f for f, _ in self._feat_memory])
+            labels = torch.cat([y for _, y in self._feat_memory])
+        else:  # eval_pass, or no training batches seen yet (first epoch, or just resumed)
+            feats, labels = components.extract_global_features(
+                self.model, self.data.train_eval_loader(self.cfg, self.rank, self.world), self.device,
+                self._autocast, {**self.cfg["model"], "ibb_after_neck": c["ibb_feature"] == "after"})
         self.ibb.refresh(feats, labels)
+        self._want_grad_ratio = True
         dt = time.time() - t0
         self.log.info("IBB refresh at epoch %d: %d features on this rank, %.1fs", epoch + 1, len(labels), dt)
         return dt
@@ -319,10 +340,19 @@ class Trainer:
         loss_id, loss_tri = mix(ids), mix(tris)
         loss = l["id_weight"] * loss_id + l["tri_weight"] * loss_tri
         terms = {"loss_id": loss_id.detach(), "loss_tri": loss_tri.detach()}
+        feat = out["global_bn_feat" if self.cfg["ibb"]["ibb_feature"] == "after" else "global_feat"] \
+            if self.ibb is not None else None
+        if self.ibb is not None and self.cfg["ibb"]["refresh_features"] == "train_memory":
+            self._feat_memory.append((feat.detach().float(), pids))
         if self.ibb_active(epoch):
-            ibb, t1, t2 = components.ibb_terms(self.ibb, out["global_feat"].float(), pids, images)
+            ibb, t1, t2 = components.ibb_terms(self.ibb, feat.float(), pids, images)
+            if self._want_grad_ratio and feat.requires_grad:  # (not under no_grad)
+                self._want_grad_ratio = False
+                terms["ibb_grad_ratio"] = rib_logging.grad_ratio(loss, l["eta"] * ibb, feat)
             loss = loss + l["eta"] * ibb
             terms.update(ibb=ibb.detach(), ibb_term1=t1, ibb_term2=t2, loss_ibb_weighted=l["eta"] * ibb.detach())
+            if isinstance(self.ibb.last_terms.get("beta"), torch.Tensor):  # β fitted to the training batches
+                terms["ibb_beta_train"] = self.ibb.last_terms["beta"]
         terms["loss"] = loss.detach()
         return loss, terms
 
@@ -330,7 +360,11 @@ class Trainer:
         """One optimiser step; returns the detached loss terms (tensors) and, if asked, the fraction of
         kept DCS channels (a host sync on GPU)."""
         images, pids, camids, viewids = components.unpack(batch, self.device)
+        self._last_batch = (images, camids, viewids)
         self.net.train()
+        track = with_keep_fraction and self.cfg["output"]["keep_fraction_log"]
+        if track:
+            rib_logging.set_tracking(self.model, True)
         with self._autocast():
             out = self.net(images, cam_label=camids if self.cfg["model"]["sie_camera"] else None,
                            view_label=viewids if self.cfg["model"]["sie_view"] else None)
@@ -343,10 +377,9 @@ class Trainer:
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.scheduler.step()
-        if with_keep_fraction and hasattr(self.model, "keep_fraction"):
-            kf = self.model.keep_fraction()
-            if kf is not None:
-                terms["keep_fraction"] = float(kf)
+        if track:
+            terms.update(rib_logging.block_keep_fractions(self.model, "keep_fraction"))
+            rib_logging.set_tracking(self.model, False)
         return terms
 
     def train_epoch(self, epoch: int, start_iter: int = 0) -> Optional[Dict]:
@@ -356,11 +389,17 @@ class Trainer:
         cfg = self.cfg
         partial = getattr(self, "_resume_partial", None) if start_iter else None
         self._resume_partial = None
+        m = cfg["model"]
+        tau = rib_logging.tau_at(epoch, cfg["solver"]["epochs"], m["tau"], m["tau_end"], m["tau_schedule"])
+        rib_logging.set_tau(self.model, tau)
         if start_iter == 0:
             ckpt_io.seed_everything(_epoch_seed(cfg["solver"]["seed"], epoch, self.rank))
             refresh_s = self._maybe_refresh_ibb(epoch)
+            refresh_record = rib_logging.refresh_record(self.ibb) if refresh_s is not None else {}
+            self._feat_memory = []
         else:
             refresh_s = partial["refresh_s"] if partial else None
+            refresh_record = (partial.get("refresh_record") or {}) if partial else {}
         indices = components.epoch_indices(self.data, cfg, cfg["solver"]["seed"], epoch, self.rank, self.world,
                                            min_len=self.iters_per_epoch * self.local_batch)
         indices = indices[: self.iters_per_epoch * self.local_batch][start_iter * self.local_batch:]
@@ -379,7 +418,8 @@ class Trainer:
             sums = {k: v.to(self.device) for k, v in partial["sums"].items()}
             counts = {k: int(v) for k, v in partial["counts"].items()}
             n_images, t0 = int(partial["n_images"]), t0 - float(partial["time_s"])
-        self._partial = {"sums": sums, "counts": counts, "n_images": n_images, "t0": t0, "refresh_s": refresh_s}
+        self._partial = {"sums": sums, "counts": counts, "n_images": n_images, "t0": t0, "refresh_s": refresh_s,
+                         "refresh_record": refresh_record}
         for it, batch in enumerate(loader, start=start_iter):
             need = prog.wants(it)
             terms = self.train_step(batch, epoch, with_keep_fraction=need)
@@ -415,6 +455,13 @@ class Trainer:
                   "images_per_s": n_images / max(dt, 1e-9), "ibb_on": self.ibb_active(epoch)}
         if refresh_s is not None:
             record["ibb_refresh_s"] = refresh_s
+            record.update(refresh_record)
+        if rib_logging.dcs_modules(self.model):
+            record["tau"] = tau
+            if cfg["output"]["keep_fraction_log"] and self._last_batch is not None:
+                imgs, cams, views = self._last_batch
+                record.update(rib_logging.eval_keep_fractions(
+                    self.model, imgs, **components._labels(cfg["model"], cams, views)))
         local = torch.stack([sums[k] / counts[k] for k in sorted(sums)])
         if self.world > 1:  # the same keys on every rank: mean over ranks
             local = du.all_reduce_mean(local)
@@ -455,6 +502,7 @@ class Trainer:
                     self.save(epoch + 1, 0, "last.pth")
                 if self.main and (evaluated or stop or epoch + 1 == last):  # plots cost ~1 s: not every epoch
                     plot_curves(self.metrics.data, self.run_dir)
+                    rib_logging.plot_rib(self.metrics.data, self.run_dir)
                 if stop and epoch + 1 < epochs:
                     self.interrupted = True
                     self.log.warning("stopped by interrupt; resume with --resume %s",
@@ -506,7 +554,16 @@ class Trainer:
             self.metrics.add_eval(result)
             if final:
                 final_rec = dict(res)
-                if self.model_keep_fraction_eval() is not None:
+                if rib_logging.dcs_modules(self.model) and self.cfg["output"]["keep_fraction_log"]:
+                    # per-block eval masks on a fixed batch (the first query images), so a resumed run
+                    # that only evaluates records what the uninterrupted one does
+                    imgs, _, cams, views = components.unpack(
+                        next(iter(self.data.test_loader(self.cfg, self.data.query[: self.local_batch]))), self.device)
+                    final_rec.update(rib_logging.eval_keep_fractions(
+                        self.model, imgs, **components._labels(self.cfg["model"], cams, views)))
+                if "eval_keep_fraction" in final_rec:
+                    final_rec["keep_fraction"] = final_rec["eval_keep_fraction"]
+                elif self.model_keep_fraction_eval() is not None:
                     final_rec["keep_fraction"] = self.model_keep_fraction_eval()
                 if e["occlusion"]:
                     occ = components.occlusion_table(self.model, self.data, self.cfg, self.device, self._autocast)

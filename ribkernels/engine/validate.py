@@ -143,6 +143,8 @@ RULES: Dict[str, Rule] = {
     "model.dcs_impl": Choice("auto", "triton", "sdpa", "eager"),
     "model.dcs_mask_mode": Choice("token", "channel"),
     "model.tau": Num(0, lo_open=True),
+    "model.tau_schedule": Choice("constant", "linear", "cosine", "exp"),
+    "model.tau_end": Null() | Num(0, lo_open=True),
     "model.dcs_init_logit": Num(),
     "model.pretrained": Null() | Str(allowed="a file path"),
     "model.neck_feat": Choice("before", "after"),
@@ -192,6 +194,10 @@ RULES: Dict[str, Rule] = {
     "ibb.input_clusters": Null() | Int(1),
     "ibb.input_size": ListOf(Int(1), length=2),
     "ibb.input_samples": Int(1),
+    "ibb.target_entropy": Num(0, lo_open=True, note=" (nats)"),
+    "ibb.q_smoothing": Num(0, 1, hi_open=True),
+    "ibb.ibb_feature": Choice("before", "after"),
+    "ibb.refresh_features": Choice("eval_pass", "train_memory"),
     "eval.eval_period": Int(0, note=" (0: only at the end)"),
     "eval.eval_batch_size": Int(1),
     "eval.distance": Choice("euclidean", "cosine"),
@@ -204,6 +210,7 @@ RULES: Dict[str, Rule] = {
     "output.checkpoint_period": Int(1),
     "output.progress": Choice("auto", "bar", "log"),
     "output.tensorboard": Bool(),
+    "output.keep_fraction_log": Bool(),
 }
 
 
@@ -214,6 +221,10 @@ def _cross_checks(cfg: Dict) -> List[str]:
             and d["batch_size"] % d["num_instances"]:
         errors.append(f"data.batch_size = {d['batch_size']} must be a multiple of data.num_instances = "
                       f"{d['num_instances']} (P identities x K images per batch)")
+    m = cfg["model"]
+    if m.get("tau_schedule", "constant") != "constant" and m.get("tau_end") is None:
+        errors.append(f"model.tau_schedule = {m['tau_schedule']!r} needs model.tau_end (a number > 0, the τ of "
+                      "the last epoch)")
     return errors
 
 

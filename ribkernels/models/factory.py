@@ -22,6 +22,10 @@ VIT_CONFIGS: Dict[str, Dict] = {
     # CPU runs at 128x64: a ViT-Tiny-width model (embed 192, 3 heads, 4 blocks) with SIE + JPM
     "vit_small_cpu": dict(patch_size=16, stride_size=16, embed_dim=192, depth=4, num_heads=3,
                           mlp_ratio=4.0, drop_path_rate=0.1, jpm=True, sie=True),
+    # the CPU demo (make train): 4 blocks of width 192 on a convolutional stem (4 x Conv3x3/2 + 1x1:
+    # an 8x4 token grid at 128x64), JPM; trained from scratch, where 16x16 patches learn nothing
+    "vit_small_conv_cpu": dict(stem="conv", stem_depth=4, embed_dim=192, depth=4, num_heads=3,
+                               mlp_ratio=4.0, drop_path_rate=0.1, jpm=True, sie=True),
     # tests: 2 blocks of width 64, SIE + JPM, overlapping patches
     "vit_tiny_cpu": dict(patch_size=16, stride_size=12, embed_dim=64, depth=2, num_heads=2,
                          mlp_ratio=2.0, drop_path_rate=0.0, jpm=True, sie=True),

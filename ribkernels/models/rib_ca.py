@@ -63,6 +63,6 @@ class ResNetReID(nn.Module):
     def forward(self, x: torch.Tensor, cam_label=None, view_label=None) -> Union[Dict, torch.Tensor]:
         global_feat = self.forward_global(x)
         if self.training:
-            _, logits = self.neck(global_feat)
-            return dict(logits=[logits], feats=[global_feat], global_feat=global_feat)
+            bn_feat, logits = self.neck(global_feat)
+            return dict(logits=[logits], feats=[global_feat], global_feat=global_feat, global_bn_feat=bn_feat)
         return self.neck.bn(global_feat) if self.neck_feat == "after" else global_feat

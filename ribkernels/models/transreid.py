@@ -59,6 +59,40 @@ class PatchEmbedOverlap(nn.Module):
         return self.proj(x).flatten(2).transpose(1, 2)
 
 
+class ConvStem(nn.Module):
+    """A convolutional stem for ViTs trained from scratch on small data (Xiao et al., "Early
+    convolutions help transformers see better", 2021): ``depth`` × (Conv3×3 stride 2, BN, ReLU) with
+    widths doubling up to ``embed_dim`` (24, 48, 96, 192 for 192), then a 1×1 projection to ``embed_dim``.
+
+    ``[B, 3, H, W]`` -> ``[B, (H / 2^depth) * (W / 2^depth), embed_dim]``; H and W must be multiples
+    of ``2^depth``. Exposes ``img_size``, ``grid_size``, ``num_patches`` like :class:`PatchEmbedOverlap`.
+    """
+
+    def __init__(self, img_size=(128, 64), in_chans: int = 3, embed_dim: int = 192, depth: int = 4):
+        super().__init__()
+        self.img_size = _pair(img_size)
+        if depth < 1:
+            raise ValueError(f"stem depth must be >= 1, got {depth}")
+        f = 2 ** depth
+        if any(i % f for i in self.img_size):
+            raise ValueError(f"img_size {self.img_size} must be a multiple of {f} for a {depth}-layer conv stem")
+        self.grid_size = tuple(i // f for i in self.img_size)
+        self.num_patches = self.grid_size[0] * self.grid_size[1]
+        widths = [max(8, embed_dim >> (depth - 1 - i)) for i in range(depth)]
+        layers, c = [], in_chans
+        for w in widths:
+            layers += [nn.Conv2d(c, w, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(w), nn.ReLU(inplace=True)]
+            c = w
+        self.convs = nn.Sequential(*layers)
+        self.proj = nn.Conv2d(c, embed_dim, kernel_size=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() != 4 or tuple(x.shape[-2:]) != self.img_size or x.shape[1] != self.convs[0].in_channels:
+            raise ValueError(f"x must be [B, {self.convs[0].in_channels}, {self.img_size[0]}, {self.img_size[1]}], "
+                             f"got {tuple(x.shape)}")
+        return self.proj(self.convs(x)).flatten(2).transpose(1, 2)
+
+
 def shuffle_unit(features: torch.Tensor, shift: int, groups: int) -> torch.Tensor:
     """TransReID's shift + patch shuffle of the patch tokens of ``features [B, 1+N, D]``.
 
@@ -83,12 +117,13 @@ class TransReID(nn.Module):
     (TransReID's λ, 3.0), ``jpm`` (the jigsaw branch: a copy of the last block applied to 4 shuffled
     groups of patches, each with its own BNNeck head), ``attn_impl`` in {"eager", "sdpa", "dcs"} for
     every block (``dcs_kwargs`` go to :class:`ribkernels.nn.DCSAttention`), ``neck_feat``: eval
-    feature before or after the BNNeck.
+    feature before or after the BNNeck, ``stem``: "patch" (TransReID's patch embedding) or "conv"
+    (:class:`ConvStem` with ``stem_depth`` stride-2 layers, for the CPU models trained from scratch).
 
     Forward ``x [B, 3, H, W]`` (+ ``cam_label``/``view_label`` ``[B]`` long when SIE is on):
 
     * training: ``dict(logits=[B, num_classes] x (1 + 4·jpm), feats=[B, D] x (1 + 4·jpm),
-      global_feat=[B, D])``;
+      global_feat=[B, D], global_bn_feat=[B, D])`` (the global feature before / after the BNNeck);
     * eval: ``[B, D·(1 + 4·jpm)]``: the global feature, then each local feature / 4.
     """
 
@@ -99,7 +134,7 @@ class TransReID(nn.Module):
                  drop_path_rate: float = 0.1, sie_coef: float = 3.0, jpm: bool = True,
                  shift_num: int = 5, shuffle_groups: int = 2, divide_length: int = 4,
                  rearrange: bool = True, neck_feat: str = "before", attn_impl: str = "sdpa",
-                 dcs_kwargs: Optional[Dict] = None):
+                 dcs_kwargs: Optional[Dict] = None, stem: str = "patch", stem_depth: int = 4):
         super().__init__()
         if attn_impl not in ATTN_IMPLS:
             raise ValueError(f"attn_impl must be one of {ATTN_IMPLS}, got {attn_impl!r}")
@@ -121,7 +156,12 @@ class TransReID(nn.Module):
         self.divide_length, self.rearrange = divide_length, rearrange
         self.eval_feat_dim = embed_dim * (1 + (divide_length if jpm else 0))
 
-        self.patch_embed = PatchEmbedOverlap(img_size, patch_size, stride_size, in_chans, embed_dim)
+        if stem == "patch":
+            self.patch_embed = PatchEmbedOverlap(img_size, patch_size, stride_size, in_chans, embed_dim)
+        elif stem == "conv":
+            self.patch_embed = ConvStem(img_size, in_chans, embed_dim, stem_depth)
+        else:
+            raise ValueError(f"stem must be 'patch' or 'conv', got {stem!r}")
         self.img_size = self.patch_embed.img_size
         self.grid_size = self.patch_embed.grid_size
         self.num_tokens = self.patch_embed.num_patches + 1
@@ -264,8 +304,9 @@ class TransReID(nn.Module):
         feats = [global_feat] + (self._local_feats(tokens) if self.use_jpm else [])
         necks = [self.neck] + (list(self.local_necks) if self.use_jpm else [])
         if self.training:
-            logits = [neck(f)[1] for neck, f in zip(necks, feats)]
-            return dict(logits=logits, feats=feats, global_feat=global_feat)
+            outs = [neck(f) for neck, f in zip(necks, feats)]
+            return dict(logits=[o[1] for o in outs], feats=feats, global_feat=global_feat,
+                        global_bn_feat=outs[0][0])
         if self.neck_feat == "after":
             feats = [neck.bn(f) for neck, f in zip(necks, feats)]
         return torch.cat([feats[0]] + [f / self.divide_length for f in feats[1:]], dim=1)

@@ -2,14 +2,16 @@
 from __future__ import annotations
 
 import logging
-from typing import Optional, Sequence
+import math
+from typing import Optional, Sequence, Union
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from ..ibb import ibb_loss, kmeans, soft_assign, soft_counts
-from ..ibb.checks import (check_features_centroids, check_finite, check_label_range, check_labels,
+from ..ibb.calibrate import DEFAULT_TARGET_ENTROPY, assignment_stats, calibrate_beta, calibrate_beta_batch
+from ..ibb.checks import (check_beta, check_features_centroids, check_finite, check_label_range, check_labels,
                           check_tensor, describe)
 from ..ibb.kmeans import _all_reduce, _group
 
@@ -21,15 +23,33 @@ class IBBLoss(nn.Module):
 
     State (buffers, saved in the state_dict): ``centroids`` [A, D] (L2-normalised feature clusters),
     ``log_q`` [A, K] (log of the label table Q, clamped at ``eps``), ``input_centroids``
-    [B, C·h·w] (clusters of down-sampled inputs), and the flags ``refreshed`` / ``input_ready``.
+    [B, C·h·w] (clusters of down-sampled inputs), the flags ``refreshed`` / ``input_ready``, and
+    ``beta_used`` / ``input_beta_used`` (the β of the last refresh / of the input clusters).
 
     Args:
         num_classes: K, the number of training identities.
         feat_dim: D, the feature size.
         num_clusters: A (default K).
-        beta: softmax temperature of phi.
+        beta: softmax temperature of phi: ``"auto"`` (default) calibrates it at every refresh with
+            :func:`ribkernels.ibb.calibrate.calibrate_beta` so that the mean entropy of phi over the
+            training features is ``target_entropy`` nats (the input clusters get their own β by the
+            same rule); a positive float fixes it.
+        target_entropy: of the ``"auto"`` rule (default log 4; capped at half of log A).
+        batch_calibration: with ``beta="auto"``, in training mode (``module.train()``, the default)
+            the forward re-fits β to each batch's features by the same rule (no host sync, rank-
+            local) and uses an exponential moving average of log β (momentum ``beta_momentum``,
+            restarted at each refresh). Why: the refresh sees eval-mode features without
+            augmentation; training features (dropout, drop-path, erasing, crops) lie farther from
+            the centroids, and a β fitted to the clean spread saturates phi on them (measured on the
+            CPU demo: β ≈ 1e5 on collapsed early features, prediction term 3.3 on the refresh
+            features but 12.9 ≈ -log eps on the training batches, IBB gradient 17× the task's).
+            In eval mode, and with a fixed β, the refresh's β is used.
         kmeans_iters, seed, init: of the k-means in :meth:`refresh` / :meth:`set_input_clusters`.
         eps: Q is clamped at ``eps`` before the log.
+        q_smoothing: λ in [0, 1): Q(y|a) is mixed with the uniform distribution, ``(1-λ) Q + λ/K``.
+            Any distribution Q keeps term 2 an upper bound (it is a cross-entropy against a
+            variational decoder); smoothing keeps samples whose label the clusters have not seen
+            (held-out or drifted training features) at ``log K - log λ`` instead of ``-log eps``.
         num_input_clusters: B (default A); ``input_size``: (h, w) images are down-sampled to;
         ``input_channels``: C.
         reduction: ``"mean"`` | ``"sum"`` | ``"none"``; ``impl``: ``"auto"`` | ``"ext"`` | ``"eager"``.
@@ -40,7 +60,8 @@ class IBBLoss(nn.Module):
     """
 
     def __init__(self, num_classes: int, feat_dim: int, num_clusters: Optional[int] = None,
-                 beta: float = 1.0, *, kmeans_iters: int = 20, seed: int = 0,
+                 beta: Union[float, str] = "auto", *, target_entropy: float = DEFAULT_TARGET_ENTROPY,
+                 q_smoothing: float = 0.0, batch_calibration: bool = True, beta_momentum: float = 0.9, kmeans_iters: int = 20, seed: int = 0,
                  init: str = "k-means++", eps: float = 1e-6, normalize: bool = True,
                  num_input_clusters: Optional[int] = None, input_size: Sequence[int] = (16, 8),
                  input_channels: int = 3, reduction: str = "mean", impl: str = "auto"):
@@ -51,7 +72,22 @@ class IBBLoss(nn.Module):
         self.num_classes, self.feat_dim = num_classes, feat_dim
         self.num_clusters = num_clusters if num_clusters is not None else num_classes
         self.num_input_clusters = num_input_clusters if num_input_clusters is not None else self.num_clusters
-        self.beta, self.kmeans_iters, self.seed, self.init = float(beta), kmeans_iters, seed, init
+        if isinstance(beta, str) and beta != "auto":
+            raise ValueError(f"beta must be 'auto' or a positive finite number, got {beta!r}")
+        if beta != "auto":
+            check_beta(beta)
+        if isinstance(target_entropy, bool) or not isinstance(target_entropy, (int, float)) \
+                or not 0 < target_entropy < float("inf"):
+            raise ValueError(f"target_entropy must be a positive number of nats, got {target_entropy!r}")
+        self.beta = "auto" if beta == "auto" else float(beta)
+        self.target_entropy = float(target_entropy)
+        if isinstance(q_smoothing, bool) or not isinstance(q_smoothing, (int, float)) or not 0.0 <= q_smoothing < 1.0:
+            raise ValueError(f"q_smoothing must lie in [0, 1), got {q_smoothing!r}")
+        self.q_smoothing = float(q_smoothing)
+        if not 0.0 <= beta_momentum < 1.0:
+            raise ValueError(f"beta_momentum must lie in [0, 1), got {beta_momentum!r}")
+        self.batch_calibration, self.beta_momentum = bool(batch_calibration), float(beta_momentum)
+        self.kmeans_iters, self.seed, self.init = kmeans_iters, seed, init
         self.eps, self.normalize, self.reduction, self.impl = eps, normalize, reduction, impl
         if reduction not in ("mean", "sum", "none"):
             raise ValueError(f"reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
@@ -64,13 +100,38 @@ class IBBLoss(nn.Module):
         self.register_buffer("input_centroids", torch.zeros(self.num_input_clusters, in_dim))
         self.register_buffer("refreshed", torch.tensor(False))
         self.register_buffer("input_ready", torch.tensor(False))
+        fixed = 1.0 if self.beta == "auto" else self.beta
+        self.register_buffer("beta_used", torch.tensor(fixed, dtype=torch.float64))
+        self.register_buffer("input_beta_used", torch.tensor(fixed, dtype=torch.float64))
         self.last_refresh: dict = {}
         self.last_terms: dict = {}
         self._ready = False  # host copy of `refreshed`: forward must not sync on it every batch
+        self._beta = fixed  # host copies of beta_used / input_beta_used (no sync per batch)
+        self._input_beta = fixed
+        self._log_beta_ema: Optional[torch.Tensor] = None  # training-batch β (device tensor), per refresh
+
+    def get_extra_state(self):
+        """The training-batch β average (part of the state, so a resumed run continues it exactly)."""
+        return {"log_beta_ema": self._log_beta_ema}
+
+    def set_extra_state(self, state) -> None:
+        ema = state.get("log_beta_ema") if isinstance(state, dict) else None
+        self._log_beta_ema = None if ema is None else ema.to(self.beta_used.device)
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
         self._ready = bool(self.refreshed)
+        self._beta, self._input_beta = float(self.beta_used), float(self.input_beta_used)
+
+    def _target(self, num_clusters: int) -> float:
+        return min(self.target_entropy, 0.5 * math.log(num_clusters))
+
+    def _choose_beta(self, x: torch.Tensor, centroids: torch.Tensor, normalize: bool) -> float:
+        if self.beta != "auto":
+            return self.beta
+        if centroids.shape[0] < 2:  # one cluster: phi = 1 whatever β
+            return 1.0
+        return calibrate_beta(x, centroids, target_entropy=self._target(centroids.shape[0]), normalize=normalize)
 
     def extra_repr(self) -> str:
         return (f"num_classes={self.num_classes}, feat_dim={self.feat_dim}, "
@@ -90,20 +151,34 @@ class IBBLoss(nn.Module):
         res = kmeans(features, self.num_clusters, self.kmeans_iters, self.seed, init=self.init,
                      normalize=self.normalize, impl=self.impl)
         centroids = res.centroids
+        beta = self._choose_beta(features, centroids, self.normalize)
         counts = soft_counts(features, labels, centroids, num_classes=self.num_classes,
-                             beta=self.beta, normalize=self.normalize, impl=self.impl)
+                             beta=beta, normalize=self.normalize, impl=self.impl)
         _all_reduce(counts, _group(None, None))
         q = counts / counts.sum(1, keepdim=True).clamp_min(torch.finfo(counts.dtype).tiny)
+        if self.q_smoothing:
+            q = (1.0 - self.q_smoothing) * q + self.q_smoothing / self.num_classes
         self.centroids.copy_(centroids)
         self.log_q.copy_(q.clamp_min(self.eps).log())
+        self.beta_used.fill_(beta)
+        self._beta = beta
+        self._log_beta_ema = None
         self.refreshed.fill_(True)
         self._ready = True
         empty = int((res.counts == 0).sum())
+        phi = soft_assign(features, centroids, beta=beta, normalize=self.normalize, impl=self.impl)
+        stats = assignment_stats(phi, self.log_q)
+        # the prediction term over this rank's training features, against the new centroids and Q
+        label_term = float(-(phi.double() * self.log_q.double()[:, labels].T).sum(1).mean())
         self.last_refresh = {"objective": res.objective[-1], "iterations": len(res.objective) - 1,
-                             "empty_clusters": empty, "reseeded": sum(res.reseeded)}
+                             "empty_clusters": empty, "reseeded": sum(res.reseeded), "beta": beta,
+                             **stats, "label_term": label_term, "log_num_classes": math.log(self.num_classes)}
         logger.info("IBB refresh: %d clusters, %d empty, %d re-seeded during %d iterations, "
-                    "k-means objective %.6g", self.num_clusters, empty, sum(res.reseeded),
-                    len(res.objective) - 1, res.objective[-1])
+                    "k-means objective %.6g; beta %.4g (%s), mean max phi %.3f, mean H(phi) %.3f, "
+                    "mean H(Q(.|a)) %.3f, prediction term %.4f (log K = %.4f)", self.num_clusters, empty,
+                    sum(res.reseeded), len(res.objective) - 1, res.objective[-1], beta,
+                    "auto" if self.beta == "auto" else "fixed", stats["mean_max_phi"], stats["mean_phi_entropy"],
+                    stats["mean_q_entropy"], label_term, math.log(self.num_classes))
         return dict(self.last_refresh)
 
     def _downsample(self, images: torch.Tensor) -> torch.Tensor:
@@ -122,8 +197,11 @@ class IBBLoss(nn.Module):
         res = kmeans(x, self.num_input_clusters, self.kmeans_iters, self.seed, init=self.init,
                      normalize=True, impl=self.impl)
         self.input_centroids.copy_(res.centroids)
+        beta = self._choose_beta(x, res.centroids, True)
+        self.input_beta_used.fill_(beta)
+        self._input_beta = beta
         self.input_ready.fill_(True)
-        stats = {"objective": res.objective[-1], "empty_clusters": int((res.counts == 0).sum())}
+        stats = {"objective": res.objective[-1], "empty_clusters": int((res.counts == 0).sum()), "beta": beta}
         logger.info("IBB input clusters: %d clusters, %d empty", self.num_input_clusters,
                     stats["empty_clusters"])
         return stats
@@ -133,7 +211,7 @@ class IBBLoss(nn.Module):
         """``sum_b phi(X_i, b) log phi(X_i, b)`` per image ([N]), for ``forward(input_entropy=)``."""
         if not bool(self.input_ready):
             raise RuntimeError("IBBLoss.input_entropy needs input clusters: call set_input_clusters(images) first")
-        phi = soft_assign(self._downsample(images), self.input_centroids, beta=self.beta,
+        phi = soft_assign(self._downsample(images), self.input_centroids, beta=self._input_beta,
                           normalize=True, impl=self.impl)
         return torch.xlogy(phi, phi).sum(1)
 
@@ -145,13 +223,24 @@ class IBBLoss(nn.Module):
             raise RuntimeError("IBBLoss has no clusters yet: call refresh(features, labels) on the "
                                "training features first (the IBB is switched on after the first refresh)")
         check_features_centroids(features, self.centroids)
-        per_sample = ibb_loss(features, labels, self.centroids, self.log_q, beta=self.beta,
-                              normalize=self.normalize, reduction="none", impl=self.impl)
+        beta = self._beta
+        if self.beta == "auto" and self.batch_calibration and self.training and self.num_clusters > 1:
+            b = calibrate_beta_batch(features.detach(), self.centroids, normalize=self.normalize,
+                                     target_entropy=self._target(self.num_clusters)).log()
+            ema = self._log_beta_ema
+            self._log_beta_ema = b if ema is None else self.beta_momentum * ema + (1 - self.beta_momentum) * b
+            beta = self._log_beta_ema.exp()
+        if isinstance(beta, torch.Tensor):  # a device tensor: the eager path takes it without a sync
+            per_sample = self._eager_with_tensor_beta(features, labels, beta)
+        else:
+            per_sample = ibb_loss(features, labels, self.centroids, self.log_q, beta=beta,
+                                  normalize=self.normalize, reduction="none", impl=self.impl)
         label_term = per_sample.detach().mean()
         if input_entropy is not None:
             per_sample = per_sample + self._check_entropy(input_entropy, per_sample)
         entropy_term = input_entropy.detach().mean() if input_entropy is not None else None
-        self.last_terms = {"input_entropy": entropy_term, "label_term": label_term}
+        self.last_terms = {"input_entropy": entropy_term, "label_term": label_term,
+                           "beta": beta.detach() if isinstance(beta, torch.Tensor) else beta}
         if logger.isEnabledFor(logging.DEBUG):  # .item() syncs: only when asked for
             logger.debug("IBB terms: input entropy %s, label term %.6g",
                          "n/a" if entropy_term is None else f"{entropy_term.item():.6g}",
@@ -161,6 +250,16 @@ class IBBLoss(nn.Module):
         if self.reduction == "sum":
             return per_sample.sum()
         return per_sample
+
+    def _eager_with_tensor_beta(self, features, labels, beta: torch.Tensor) -> torch.Tensor:
+        """Term 2 per sample with a 0-d tensor β (autograd through the features only)."""
+        if not features.is_cuda:  # (on CUDA an out-of-range label fails the indexing's device assert)
+            check_label_range(labels, self.num_classes)
+        f = F.normalize(features.float(), dim=1) if self.normalize else features.float()
+        c = self.centroids.float()
+        d2 = (f * f).sum(1, keepdim=True) + (c * c).sum(1) - 2.0 * f @ c.T
+        phi = torch.softmax(-beta.float().detach() * d2, dim=1)
+        return -(phi * self.log_q.float()[:, labels.long()].T).sum(1)
 
     @staticmethod
     def _check_entropy(input_entropy, per_sample: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,164 @@
+"""What the trainer logs about RIB itself (issue 11): the IBB refresh diagnostics (β used, mean max
+phi, mean H(Q(·|a)), both terms, the IBB/task gradient ratio on the feature), the per-block keep
+fraction of the DCS masks in training and in eval, the τ schedule, and the ``rib.png`` plot.
+
+Keep-fraction logging uses the ``DCSAttention`` interface: the flag ``track_keep_fraction`` (set only
+around the steps that log) and the detached 0-d tensor ``last_keep_fraction`` of each module.
+"""
+import math
+from typing import Dict, List, Optional
+
+import torch
+
+TAU_SCHEDULES = ("constant", "linear", "cosine", "exp")
+
+
+# ------------------------------------------------------------------------------------------- IBB
+def refresh_record(ibb) -> Dict[str, float]:
+    """The last ``IBBLoss.refresh`` diagnostics as epoch-record keys (``ibb_refresh_*``)."""
+    r = getattr(ibb, "last_refresh", None) or {}
+    keys = ("beta", "mean_max_phi", "mean_phi_entropy", "mean_q_entropy", "label_term", "log_num_classes")
+    out = {f"ibb_refresh_{k}": float(r[k]) for k in keys if k in r}
+    if getattr(ibb, "input_ready", None) is not None and bool(ibb.input_ready):
+        out["ibb_refresh_input_beta"] = float(ibb.input_beta_used)
+    return out
+
+
+def grad_ratio(task_loss: torch.Tensor, ibb_weighted: torch.Tensor, feature: torch.Tensor) -> torch.Tensor:
+    """``||d(η·IBB)/dF|| / ||d(task loss)/dF||`` on the global feature F [B, D] of the batch (0-d
+    tensor, no host sync); the graph is kept for the backward that follows."""
+    g_task, = torch.autograd.grad(task_loss, feature, retain_graph=True, allow_unused=True)
+    g_ibb, = torch.autograd.grad(ibb_weighted, feature, retain_graph=True, allow_unused=True)
+    if g_ibb is None:
+        return torch.zeros((), device=feature.device)
+    if g_task is None:
+        return torch.full((), float("inf"), device=feature.device)
+    return (g_ibb.float().norm() / g_task.float().norm().clamp_min(1e-30)).detach()
+
+
+# ------------------------------------------------------------------------------------------- DCS mask
+def dcs_modules(model: torch.nn.Module) -> List[torch.nn.Module]:
+    """The DCSAttention modules of ``model`` in module order (blocks, then the JPM block)."""
+    from ..nn.dcs_attention import DCSAttention
+
+    return [m for m in model.modules() if isinstance(m, DCSAttention)]
+
+
+def set_tracking(model: torch.nn.Module, on: bool) -> None:
+    for m in dcs_modules(model):
+        m.track_keep_fraction = on
+
+
+def block_keep_fractions(model: torch.nn.Module, prefix: str) -> Dict[str, torch.Tensor]:
+    """``{prefix}_b{i}``: the keep fraction of block i's last forward (0-d tensors, no sync), and
+    ``{prefix}`` their mean."""
+    vals = [getattr(m, "last_keep_fraction", None) for m in dcs_modules(model)]
+    out = {f"{prefix}_b{i}": v.detach().float() for i, v in enumerate(vals) if v is not None}
+    if out:
+        out[prefix] = torch.stack(list(out.values())).mean()
+    return out
+
+
+@torch.no_grad()
+def eval_keep_fractions(model: torch.nn.Module, images: torch.Tensor, **labels) -> Dict[str, float]:
+    """Per-block keep fraction of the eval mask (``1[θ > 0]``) on ``images`` (one forward, eval mode)."""
+    mods = dcs_modules(model)
+    if not mods:
+        return {}
+    was = model.training
+    model.eval()
+    set_tracking(model, True)
+    try:
+        model(images, **labels)
+        return {k: float(v) for k, v in block_keep_fractions(model, "eval_keep_fraction").items()}
+    finally:
+        set_tracking(model, False)
+        model.train(was)
+
+
+def tau_at(epoch: int, epochs: int, tau_start: float, tau_end: Optional[float], schedule: str) -> float:
+    """τ for 0-based ``epoch`` of ``epochs``: from ``tau_start`` at the first epoch to ``tau_end`` at the
+    last, linearly, along a half cosine, or geometrically (``exp``); ``constant`` keeps ``tau_start``."""
+    if schedule not in TAU_SCHEDULES:
+        raise ValueError(f"model.tau_schedule must be one of {TAU_SCHEDULES}, got {schedule!r}")
+    if schedule == "constant" or tau_end is None or epochs <= 1:
+        return float(tau_start)
+    p = min(max(epoch / (epochs - 1), 0.0), 1.0)
+    if schedule == "linear":
+        return tau_start + (tau_end - tau_start) * p
+    if schedule == "cosine":
+        return tau_end + (tau_start - tau_end) * 0.5 * (1 + math.cos(math.pi * p))
+    return tau_start * (tau_end / tau_start) ** p
+
+
+def set_tau(model: torch.nn.Module, tau: float) -> None:
+    for m in dcs_modules(model):
+        m.tau = float(tau)
+
+
+# ------------------------------------------------------------------------------------------- plot
+def plot_rib(metrics: Dict, out_dir: str) -> Optional[str]:
+    """``rib.png``: β and the assignment diagnostics per refresh, the prediction term against log K,
+    the IBB/task gradient ratio, and the per-block keep fractions (train and eval) per epoch."""
+    epochs = metrics.get("epochs") or []
+    has_ibb = any("ibb_refresh_beta" in r for r in epochs)
+    has_kf = any(any(k.startswith("keep_fraction_b") for k in r) for r in epochs)
+    if not (has_ibb or has_kf):
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from .reporting import _save
+
+    def series(key):
+        pts = [(r["epoch"], r[key]) for r in epochs if r.get(key) is not None]
+        return [p[0] for p in pts], [p[1] for p in pts]
+
+    fig, axes = plt.subplots(2, 2, figsize=(10, 7))
+    ax = axes[0, 0]
+    if has_ibb:
+        ax.plot(*series("ibb_refresh_beta"), marker="o", label="β (refresh features)")
+        if any("ibb_beta_train" in r for r in epochs):
+            ax.plot(*series("ibb_beta_train"), marker="^", label="β (training batches, epoch mean)")
+        if any("ibb_refresh_input_beta" in r for r in epochs):
+            ax.plot(*series("ibb_refresh_input_beta"), marker="s", label="β (input clusters)")
+        ax.set_yscale("log")
+        ax.legend()
+    ax.set_title("β used at each refresh")
+    ax = axes[0, 1]
+    for key, label in (("ibb_refresh_mean_max_phi", "mean max φ"), ("ibb_refresh_mean_phi_entropy", "mean H(φ)"),
+                       ("ibb_refresh_mean_q_entropy", "mean H(Q(·|a))")):
+        if any(key in r for r in epochs):
+            ax.plot(*series(key), marker="o", label=label)
+    ax.set_title("refresh: assignments and label table")
+    if has_ibb:
+        ax.legend()
+    ax = axes[1, 0]
+    for key, label in (("ibb_term2", "prediction term (batches)"), ("ibb_refresh_label_term", "prediction term (refresh)"),
+                       ("ibb_refresh_log_num_classes", "log K"), ("ibb_term1", "input term")):
+        if any(key in r for r in epochs):
+            ax.plot(*series(key), marker="o", ms=3, label=label, ls="--" if "log_num" in key else "-")
+    if any("ibb_grad_ratio" in r for r in epochs):
+        ax2 = ax.twinx()
+        ax2.plot(*series("ibb_grad_ratio"), color="black", marker="x", label="|∇IBB| / |∇task| on F")
+        ax2.set_ylabel("gradient ratio")
+        ax2.legend(loc="lower right")
+    ax.set_title("IBB terms (nats)")
+    if has_ibb:
+        ax.legend(loc="upper right", fontsize=8)
+    ax = axes[1, 1]
+    blocks = sorted({k for r in epochs for k in r if k.startswith("keep_fraction_b")}, key=lambda k: int(k.rsplit("b", 1)[1]))
+    for i, k in enumerate(blocks):
+        line, = ax.plot(*series(k), label=f"block {k.rsplit('b', 1)[1]} train")
+        ev = "eval_" + k
+        if any(ev in r for r in epochs):
+            ax.plot(*series(ev), ls="--", color=line.get_color(), label=f"block {k.rsplit('b', 1)[1]} eval")
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_title("kept DCS channels per block")
+    if blocks:
+        ax.legend(fontsize=7)
+    for a in axes.flat:
+        a.set_xlabel("epoch")
+    return _save(fig, out_dir, "rib.png")
