@@ -5,6 +5,13 @@ compiles for sm_90 without spills — autotuned on GPU (keyed by N, ≤ 2 config
 ``RIBKERNELS_DCS_AUTOTUNE=0`` (read at each call); a fixed big-block config under
 ``TRITON_INTERPRET=1``. Tests may force ``config=(BLOCK_M, BLOCK_N)``.
 
+Backward path (``backward_path``): ``"fused"`` (default: one pass per key block, dQ accumulated with
+float32 atomics, then a finishing kernel; ``backward_fused.py``) or ``"split"`` (dK/dV and dQ passes,
+``backward.py``: bit-reproducible run to run). The split path is taken when
+``torch.are_deterministic_algorithms_enabled()``, or when asked: ``backward(..., path="split")`` or the
+environment variable ``RIBKERNELS_DCS_BACKWARD=split`` (``fused`` / ``auto`` = the default; read at
+each call). An explicit ``path=`` wins over both.
+
 Every launch runs under ``torch.cuda.device(q.device)``; all index arithmetic in the kernels is int64.
 The seed and the offset reach the kernels as a device tensor ``rng = [seed, offset]`` (int64), never as
 scalars: no recompilation per seed, and a CUDA graph replays with whatever the caller wrote there.
@@ -19,6 +26,7 @@ import triton
 
 from . import noise as NZ
 from .backward import dcs_bwd_delta_kernel, dcs_bwd_dkdv_kernel, dcs_bwd_dq_kernel
+from .backward_fused import dcs_bwd_dq_finish_kernel, dcs_bwd_fused_kernel
 from .debug import flat_noise_kernel
 from .forward import dcs_fwd_kernel
 from .prepass import dcs_mask_prepass_kernel
@@ -27,6 +35,8 @@ INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"  # read when the kernels w
 SEED_RANGE = (0, 2**63)
 PREPASS_ELEMS = 4096  # mask elements per pre-pass program (4 warps: 32 per thread, 8 Philox calls)
 DELTA_ROWS = 64
+FINISH_ELEMS = 2048  # elements per dq-finishing program: rows = FINISH_ELEMS // D >= MIN_BLOCK for D <= 128
+BACKWARD_PATHS = ("fused", "split")
 MIN_BLOCK = 16  # smallest BLOCK_M / BLOCK_N of any config: bounds the dθ partial rows
 
 Config = Tuple[int, int, int, int]  # (BLOCK_M, BLOCK_N, num_warps, num_stages)
@@ -40,6 +50,8 @@ SHIPPED: Dict[str, Dict[int, List[Config]]] = {
              64: [(64, 64, 4, 2), (32, 64, 4, 2)], 128: [(64, 64, 8, 2)]},
     "dq": {16: [(64, 64, 4, 2)], 32: [(64, 64, 4, 2), (64, 64, 4, 3)],
            64: [(64, 64, 4, 2), (64, 64, 4, 3)], 128: [(64, 64, 8, 2)]},
+    "fused": {16: [(64, 64, 4, 2)], 32: [(64, 64, 4, 2), (32, 64, 4, 2)],
+              64: [(64, 64, 4, 2), (32, 64, 4, 2)], 128: [(64, 64, 8, 2)]},
 }
 # float32 on GPU is routed to the SDPA backend (``backend.why_not``): with tf32x3 dots (fp32-class
 # accuracy) these, the smallest sensible tiles, still spill on sm_90 (4/6 of them at D=128, dK/dV at
@@ -50,7 +62,10 @@ FP32_TF32X3_TRIED: Dict[str, Dict[int, List[Config]]] = {
     "dkdv": {32: [(32, 32, 4, 1)], 64: [(32, 32, 4, 1)], 128: [(16, 32, 4, 1)]},
     "dq": {32: [(32, 32, 4, 1)], 64: [(32, 32, 4, 1)], 128: [(32, 16, 4, 1)]},
 }
-KERNELS = {"fwd": dcs_fwd_kernel, "dkdv": dcs_bwd_dkdv_kernel, "dq": dcs_bwd_dq_kernel}
+KERNELS = {"fwd": dcs_fwd_kernel, "dkdv": dcs_bwd_dkdv_kernel, "dq": dcs_bwd_dq_kernel,
+           "fused": dcs_bwd_fused_kernel}
+# Autotuning runs a kernel several times: buffers it accumulates into must be zeroed before each run.
+RESET_TO_ZERO = {"fused": ["DQACC"]}
 
 
 def shipped_configs(kernel: str, head_dim: int, dtype: torch.dtype) -> List[Config]:
@@ -77,7 +92,8 @@ def _tuned(kernel: str, head_dim: int, dtype: torch.dtype):
     if key not in _TUNED:
         cfgs = [triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=w, num_stages=s)
                 for bm, bn, w, s in shipped_configs(kernel, head_dim, dtype)]
-        _TUNED[key] = triton.autotune(cfgs, key=["N", "MASKED"])(KERNELS[kernel])
+        _TUNED[key] = triton.autotune(cfgs, key=["N", "MASKED"],
+                                      reset_to_zero=RESET_TO_ZERO.get(kernel))(KERNELS[kernel])
     return _TUNED[key]
 
 
@@ -193,10 +209,28 @@ def forward(q, k, v, mask, *, scale: float, masked: bool = True, config: Optiona
     return out, lse
 
 
+def backward_path(path: Optional[str] = None) -> str:
+    """``"fused"`` or ``"split"``: ``path`` if given, else ``"split"`` under
+    ``torch.are_deterministic_algorithms_enabled()``, else ``RIBKERNELS_DCS_BACKWARD`` (``fused``,
+    ``split`` or ``auto``; default ``auto`` = fused), read at each call."""
+    if path is not None:
+        if path not in BACKWARD_PATHS:
+            raise ValueError(f"path must be one of {BACKWARD_PATHS} or None, got {path!r}")
+        return path
+    if torch.are_deterministic_algorithms_enabled():
+        return "split"
+    env = os.environ.get("RIBKERNELS_DCS_BACKWARD", "auto")
+    if env not in (*BACKWARD_PATHS, "auto"):
+        raise ValueError(f"RIBKERNELS_DCS_BACKWARD must be one of 'fused', 'split', 'auto', got {env!r}")
+    return "split" if env == "split" else "fused"
+
+
 def backward(dout, q, k, v, mask, out, lse, theta, noise, rng, *, scale: float, tau: float, mode: int,
-             need_dtheta: bool, masked: bool = True, config: Optional[Tuple[int, int]] = None):
+             need_dtheta: bool, masked: bool = True, config: Optional[Tuple[int, int]] = None,
+             path: Optional[str] = None):
     """dq, dk, dv (contiguous, q's dtype) and dθ in θ's shape and dtype (None unless
-    ``need_dtheta`` in a training mode)."""
+    ``need_dtheta`` in a training mode). ``path``: ``"fused"``, ``"split"`` or None (``backward_path``)."""
+    path = backward_path(path)
     B, H, N, D = q.shape
     if dout.dtype != q.dtype:  # the kernels' dots need dout in q's dtype
         dout = dout.to(q.dtype)
@@ -208,7 +242,7 @@ def backward(dout, q, k, v, mask, out, lse, theta, noise, rng, *, scale: float, 
         return dq, dk, dv, (torch.zeros_like(theta) if need else None)
     th, nz, st = _theta_noise_args(theta, noise, q.shape)
     per_token = theta.shape == q.shape
-    dmk = dq  # placeholder, never touched unless dth_mode == 1
+    dmk = dq  # placeholder, never touched unless dth_mode == 1 on the split path
     if not need:
         dth_mode, dth = 0, dq
     elif st[2] == 0 and N > 1:  # θ broadcast along tokens: reduce over rows in-kernel
@@ -216,23 +250,28 @@ def backward(dout, q, k, v, mask, out, lse, theta, noise, rng, *, scale: float, 
         dth = torch.empty((2, B * H, triton.cdiv(N, MIN_BLOCK), D), dtype=torch.float32, device=q.device)
     else:
         dth_mode = 1
-        dmk = torch.empty((B, H, N, D), dtype=torch.float32, device=q.device)
+        if path == "split":
+            dmk = torch.empty((B, H, N, D), dtype=torch.float32, device=q.device)
         dth = torch.empty((B, H, N, D), dtype=theta.dtype if per_token else torch.float32, device=q.device)
     delta = torch.empty((B, H, N), dtype=torch.float32, device=q.device)
     with device_guard(q):
         dcs_bwd_delta_kernel[(triton.cdiv(N, DELTA_ROWS), B * H)](
             out, dout, delta, *out.stride(), *dout.stride(), H, N, HEAD_DIM=D, BLOCK=DELTA_ROWS, num_warps=4)
         nb_max = dth.shape[2] if dth_mode == 2 else 0
-        common = (*q.stride(), *k.stride(), *v.stride(), *dout.stride(), *st, H, N, B * H, nb_max,
-                  float(scale) * math.log2(math.e), float(scale), 1.0 / float(tau))
         msk = mask if masked else q
         rng = q if rng is None else rng  # placeholder pointer: read only in Philox mode
-        meta = dict(HEAD_DIM=D, MASKED=bool(masked), DOT_PREC=dot_precision(q.dtype), MODE=mode,
-                    DTH_MODE=dth_mode, TAU_ONE=float(tau) == 1.0)
-        _launch("dkdv", "BLOCK_N", q, (q, k, v, msk, dout, lse, delta, dk, dv, dmk, th, nz, rng, dth, *common),
-                meta, config)
-        _launch("dq", "BLOCK_M", q, (q, k, v, msk, dout, lse, delta, dq, dmk, th, nz, rng, dth, *common),
-                meta, config)
+        if path == "split":
+            common = (*q.stride(), *k.stride(), *v.stride(), *dout.stride(), *st, H, N, B * H, nb_max,
+                      float(scale) * math.log2(math.e), float(scale), 1.0 / float(tau))
+            meta = dict(HEAD_DIM=D, MASKED=bool(masked), DOT_PREC=dot_precision(q.dtype), MODE=mode,
+                        DTH_MODE=dth_mode, TAU_ONE=float(tau) == 1.0)
+            _launch("dkdv", "BLOCK_N", q, (q, k, v, msk, dout, lse, delta, dk, dv, dmk, th, nz, rng, dth, *common),
+                    meta, config)
+            _launch("dq", "BLOCK_M", q, (q, k, v, msk, dout, lse, delta, dq, dmk, th, nz, rng, dth, *common),
+                    meta, config)
+        else:
+            _backward_fused(dout, q, k, v, msk, lse, delta, dq, dk, dv, th, nz, st, rng, dth, dth_mode, nb_max,
+                            scale=scale, tau=tau, mode=mode, masked=masked, config=config)
     if dth_mode == 0:
         return dq, dk, dv, None
     if dth_mode == 2:
@@ -242,6 +281,28 @@ def backward(dout, q, k, v, mask, out, lse, theta, noise, rng, *, scale: float, 
     if not per_token:
         dtheta = reduce_to_shape(dtheta, theta.shape)
     return dq, dk, dv, dtheta.to(theta.dtype)
+
+
+def finish_rows(head_dim: int) -> int:
+    """Tokens per dq-finishing program (FINISH_ELEMS elements; >= MIN_BLOCK, which bounds dθ's rows)."""
+    return max(MIN_BLOCK, FINISH_ELEMS // head_dim)
+
+
+def _backward_fused(dout, q, k, v, msk, lse, delta, dq, dk, dv, th, nz, st, rng, dth, dth_mode, nb_max, *,
+                    scale, tau, mode, masked, config):
+    """The single-pass backward (``backward_fused.py``) into dq, dk, dv, dth; under the device guard."""
+    B, H, N, D = q.shape
+    dqacc = torch.zeros((B, H, N, D), dtype=torch.float32, device=q.device)
+    meta = dict(HEAD_DIM=D, MASKED=bool(masked), MODE=mode, DTH_MODE=dth_mode, TAU_ONE=float(tau) == 1.0)
+    _launch("fused", "BLOCK_N", q,
+            (q, k, v, msk, dout, lse, delta, dk, dv, dqacc, th, nz, rng, dth, *q.stride(), *k.stride(),
+             *v.stride(), *dout.stride(), *st, H, N, B * H, nb_max, float(scale) * math.log2(math.e),
+             float(scale), 1.0 / float(tau)),
+            dict(meta, DOT_PREC=dot_precision(q.dtype)), config)
+    rows = finish_rows(D)
+    dcs_bwd_dq_finish_kernel[(triton.cdiv(N, rows), B * H)](
+        dqacc, q, k, msk, dq, dk, th, nz, rng, dth, *q.stride(), *k.stride(), *st, H, N, B * H, nb_max,
+        float(scale), 1.0 / float(tau), **meta, BLOCK_M=rows, num_warps=4)
 
 
 def reduce_to_shape(t: torch.Tensor, shape) -> torch.Tensor:

@@ -1,0 +1,131 @@
+"""The DCS-Attention backward in FlashAttention-2's single-pass shape: one pass per key block with
+dQ accumulated by atomics, then a small per-query-block finishing kernel.
+
+* ``dcs_bwd_fused_kernel`` (grid: key blocks × B·H): for its keys, loops over all query blocks and
+  computes S, P, dv += Pᵀ dO, dP, dS, dk += dSᵀ (q⊙M) as the split dK/dV pass does, and its share
+  of dq: ``tl.atomic_add`` of dS (k⊙M) (unscaled, float32) into DQACC ``[B·H, N, D]``.
+  5 GEMMs per tile (the split dK/dV + dQ passes: 7, they recompute S and dP).
+* ``dcs_bwd_dq_finish_kernel`` (grid: query blocks × B·H): dq = scale·DQACC⊙M in q's dtype and the
+  query side of dθ, with ``soft·(1 − soft)/τ`` evaluated once per element (``noise.dsoft_tile``).
+
+Summation order of dq depends on the order the key programs' atomics land: results differ from run
+to run by float32 rounding. ``launch.backward`` uses the split (deterministic) passes when
+``torch.are_deterministic_algorithms_enabled()`` or when asked (``RIBKERNELS_DCS_BACKWARD=split``).
+
+dθ (``DTH_MODE``, as in ``backward``) needs ``dM = dq_raw⊙q + dk_raw⊙k`` per element:
+* 1 (θ varies along N): the key program stores dk_raw *unmasked* in DK (q's dtype); the finishing
+  kernel, which owns the same tokens' rows, reads it back for dk_raw⊙k, writes dθ = dM·dsoft and
+  zeroes DK where M = 0. That round trip costs 2 B read + 2 B rewrite per element in fp16/bf16 (the
+  split passes' float32 dM_k scratch: 4 B write + 4 B read); dk_raw enters dθ rounded to q's dtype.
+* 2 (θ broadcast along N): each kernel sums its side's ``dM·dsoft`` over its rows in-kernel into one
+  float32 row per program of DTH ``[2, B·H, n_blocks, D]`` (0: keys, 1: queries), as the split passes do.
+"""
+import triton
+import triton.language as tl
+
+from .backward import _store_contig, _store_row_partial
+from .forward import mask_ptrs, masked_tile
+from .noise import dsoft_tile, load_bhnd
+
+
+@triton.jit(do_not_specialize=["H", "N", "BH", "NB_MAX"])  # shape scalars: no recompile per value
+def dcs_bwd_fused_kernel(
+    Q, K, V, MSK, DO, LSE, DELTA, DK, DV, DQACC, TH, NZ, RNG, DTH,
+    sqb, sqh, sqn, sqd, skb, skh, skn, skd, svb, svh, svn, svd, sdob, sdoh, sdon, sdod,
+    stb, sth, stn, std, snb, snh, snn, snd,
+    H, N, BH, NB_MAX, qk_scale, scale, inv_tau,
+    HEAD_DIM: tl.constexpr, MASKED: tl.constexpr, DOT_PREC: tl.constexpr, MODE: tl.constexpr,
+    DTH_MODE: tl.constexpr, TAU_ONE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+):
+    """dk, dv (contiguous ``[B, H, N, D]``) of one key block, its atomic share of DQACC (float32,
+    contiguous, zeroed by the caller) and dθ's key side (see module doc)."""
+    pid_n = tl.program_id(0)
+    bh64 = tl.program_id(1).to(tl.int64)
+    b64 = bh64 // H
+    h64 = bh64 % H
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, HEAD_DIM)
+    n_valid = offs_n < N
+    km, keep_k = masked_tile(K, mask_ptrs(MSK, bh64, offs_n, N, HEAD_DIM), b64, h64, offs_n, offs_d, n_valid,
+                             skb, skh, skn, skd, MASKED)
+    mq_ptrs = mask_ptrs(MSK, bh64, tl.arange(0, BLOCK_M), N, HEAD_DIM)
+    dq_ptrs = mask_ptrs(DQACC, bh64, tl.arange(0, BLOCK_M), N, HEAD_DIM)  # same contiguous layout
+    v = load_bhnd(V, b64, h64, offs_n, offs_d, n_valid, svb, svh, svn, svd)
+
+    dk_acc = tl.zeros([BLOCK_N, HEAD_DIM], tl.float32)
+    dv_acc = tl.zeros([BLOCK_N, HEAD_DIM], tl.float32)
+    row_base = bh64 * N
+    for start_m in range(0, N, BLOCK_M):
+        offs_m = start_m + tl.arange(0, BLOCK_M)
+        m_valid = offs_m < N
+        qm, keep_qi = masked_tile(Q, mq_ptrs, b64, h64, offs_m, offs_d, m_valid, sqb, sqh, sqn, sqd, MASKED)
+        mq_ptrs += BLOCK_M * HEAD_DIM
+        do = load_bhnd(DO, b64, h64, offs_m, offs_d, m_valid, sdob, sdoh, sdon, sdod)
+        lse = tl.load(LSE + row_base + offs_m, mask=m_valid, other=0.0)
+        delta = tl.load(DELTA + row_base + offs_m, mask=m_valid, other=0.0)
+        s_t = tl.dot(km, tl.trans(qm), input_precision=DOT_PREC) * qk_scale  # [BLOCK_N, BLOCK_M]
+        p_t = tl.math.exp2(s_t - lse[None, :])
+        p_t = tl.where(m_valid[None, :], p_t, 0.0)
+        dv_acc += tl.dot(p_t.to(do.dtype), do, input_precision=DOT_PREC)
+        dp_t = tl.dot(v, tl.trans(do), input_precision=DOT_PREC)
+        ds_t = (p_t * (dp_t - delta[None, :])).to(qm.dtype)
+        dk_acc += tl.dot(ds_t, qm, input_precision=DOT_PREC)
+        dq_part = tl.dot(tl.trans(ds_t), km, input_precision=DOT_PREC)  # [BLOCK_M, HEAD_DIM], unscaled
+        tl.atomic_add(dq_ptrs, dq_part, mask=m_valid[:, None], sem="relaxed")
+        dq_ptrs += BLOCK_M * HEAD_DIM
+
+    dk_raw = dk_acc * scale
+    if DTH_MODE == 1:  # unmasked: the finishing kernel needs dk_raw of dropped elements for dθ
+        _store_contig(DK, dk_raw, bh64, offs_n, offs_d, n_valid, N, HEAD_DIM)
+    else:
+        _store_contig(DK, dk_raw.to(DK.dtype.element_ty) * keep_k, bh64, offs_n, offs_d, n_valid, N, HEAD_DIM)
+    _store_contig(DV, dv_acc, bh64, offs_n, offs_d, n_valid, N, HEAD_DIM)
+    if DTH_MODE == 2:
+        k = load_bhnd(K, b64, h64, offs_n, offs_d, n_valid, skb, skh, skn, skd).to(tl.float32)
+        ds = dsoft_tile(TH, NZ, RNG, b64, h64, bh64, offs_n, offs_d, n_valid,
+                        stb, sth, stn, std, snb, snh, snn, snd, N, inv_tau, HEAD_DIM, MODE, TAU_ONE)
+        part = tl.sum(tl.where(n_valid[:, None], dk_raw * k * ds, 0.0), 0)
+        _store_row_partial(DTH, part, 0, bh64, BH, pid_n, NB_MAX, offs_d, HEAD_DIM)
+
+
+@triton.jit(do_not_specialize=["H", "N", "BH", "NB_MAX"])  # shape scalars: no recompile per value
+def dcs_bwd_dq_finish_kernel(
+    DQACC, Q, K, MSK, DQ, DK, TH, NZ, RNG, DTH,
+    sqb, sqh, sqn, sqd, skb, skh, skn, skd, stb, sth, stn, std, snb, snh, snn, snd,
+    H, N, BH, NB_MAX, scale, inv_tau,
+    HEAD_DIM: tl.constexpr, MASKED: tl.constexpr, MODE: tl.constexpr, DTH_MODE: tl.constexpr,
+    TAU_ONE: tl.constexpr, BLOCK_M: tl.constexpr,
+):
+    """dq = scale·DQACC⊙M (contiguous ``[B, H, N, D]``, q's dtype) for one block of queries; dθ's
+    query side and, in DTH_MODE 1, the whole dθ of these elements plus DK's zeroing (module doc)."""
+    pid_m = tl.program_id(0)
+    bh64 = tl.program_id(1).to(tl.int64)
+    b64 = bh64 // H
+    h64 = bh64 % H
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, HEAD_DIM)
+    m_valid = offs_m < N
+    tile = (bh64 * N + offs_m[:, None].to(tl.int64)) * HEAD_DIM + offs_d[None, :]  # contiguous buffers
+    dq_raw = tl.load(DQACC + tile, mask=m_valid[:, None], other=0.0) * scale
+    if MASKED:
+        keep = tl.load(MSK + tile, mask=m_valid[:, None], other=0.0)
+        dq = dq_raw.to(DQ.dtype.element_ty) * keep
+    else:
+        keep = tl.full([1, 1], 1.0, DQ.dtype.element_ty)
+        dq = dq_raw
+    tl.store(DQ + tile, dq.to(DQ.dtype.element_ty), mask=m_valid[:, None])
+    if DTH_MODE != 0:
+        q = load_bhnd(Q, b64, h64, offs_m, offs_d, m_valid, sqb, sqh, sqn, sqd).to(tl.float32)
+        dm = dq_raw * q
+        if DTH_MODE == 1:
+            dk_raw = tl.load(DK + tile, mask=m_valid[:, None], other=0.0).to(tl.float32)
+            k = load_bhnd(K, b64, h64, offs_m, offs_d, m_valid, skb, skh, skn, skd).to(tl.float32)
+            dm += dk_raw * k
+            tl.store(DK + tile, tl.zeros_like(dk_raw).to(DK.dtype.element_ty), mask=m_valid[:, None] & (keep == 0))
+        ds = dsoft_tile(TH, NZ, RNG, b64, h64, bh64, offs_m, offs_d, m_valid,
+                        stb, sth, stn, std, snb, snh, snn, snd, N, inv_tau, HEAD_DIM, MODE, TAU_ONE)
+        if DTH_MODE == 1:
+            _store_contig(DTH, dm * ds, bh64, offs_m, offs_d, m_valid, N, HEAD_DIM)
+        else:
+            part = tl.sum(tl.where(m_valid[:, None], dm * ds, 0.0), 0)
+            _store_row_partial(DTH, part, 1, bh64, BH, pid_m, NB_MAX, offs_d, HEAD_DIM)
