@@ -42,7 +42,9 @@ TORCH_DTYPE = {"fp16": "float16", "bf16": "bfloat16", "fp32": "float32"}
 # Pruned-away configs compiled only with --candidates (to show why they are not shipped).
 CANDIDATES = {"fwd": {"all": [(128, 64, 4, 3), (64, 128, 4, 2)]},
               "dkdv": {"all": [(64, 128, 8, 2), (64, 64, 4, 3)], 128: [(32, 64, 4, 2), (64, 128, 8, 2)]},
-              "dq": {"all": [(128, 64, 8, 2), (64, 32, 4, 2)], 128: [(64, 32, 4, 2), (128, 64, 8, 2)]}}
+              "dq": {"all": [(128, 64, 8, 2), (64, 32, 4, 2)], 128: [(64, 32, 4, 2), (128, 64, 8, 2)]},
+              "fused": {"all": [(32, 64, 4, 2), (64, 128, 8, 2), (32, 64, 4, 3)],
+                        128: [(64, 64, 8, 2), (64, 64, 4, 2), (32, 64, 4, 2)]}}
 
 INT_OPS = {"IMAD", "IADD3", "IADD", "LOP3", "LOP", "SHF", "SHL", "SHR", "ISETP", "LEA", "IMNMX", "VIMNMX",
            "IABS", "SEL", "PRMT", "BMSK", "SGXT", "POPC", "FLO", "BREV", "IDP", "IMUL", "IMADSP", "I2I"}
@@ -91,10 +93,10 @@ def _variants():
         tdt = getattr(torch, TORCH_DTYPE[dt])
         for D in HEAD_DIMS:
             common_ptr = {n: f"*{dt}" for n in ("Q", "K", "V", "O", "DO", "DQ", "DK", "DV", "TH", "NZ")}
-            common_ptr.update(MSK=f"*{dt}", LSE="*fp32", DELTA="*fp32", DMK="*fp32", RNG="*i64")
-            for kname in ("fwd", "dkdv", "dq"):
+            common_ptr.update(MSK=f"*{dt}", LSE="*fp32", DELTA="*fp32", DMK="*fp32", DQACC="*fp32", RNG="*i64")
+            for kname in ("fwd", "dkdv", "dq", "fused"):
                 if dt == "fp32":  # no Triton path on GPU (routed to sdpa): the evidence for that
-                    shipped, extra = [], launch.FP32_TF32X3_TRIED[kname][D]
+                    shipped, extra = [], launch.FP32_TF32X3_TRIED.get(kname, {}).get(D, [])
                 else:
                     shipped = launch.shipped_configs(kname, D, tdt)
                     extra = [c for c in CANDIDATES[kname].get(D, CANDIDATES[kname]["all"]) if c not in shipped]
@@ -107,7 +109,7 @@ def _variants():
                         bwd = dict(MODE=MODE_PHILOX, TAU_ONE=True)
                         variants = [("mask+dθ token", dict(MASKED=True, DTH_MODE=1, **bwd)),
                                     ("nomask", dict(MASKED=False, DTH_MODE=0, **bwd))]
-                        if D == 64 and dt != "fp32":
+                        if (D == 64 or kname == "fused") and dt != "fp32":  # the fused loop: every D
                             variants += [("mask", dict(MASKED=True, DTH_MODE=0, **bwd)),
                                          ("mask+dθ channel", dict(MASKED=True, DTH_MODE=2, **bwd))]
                     for vname, v in variants:
@@ -120,6 +122,14 @@ def _variants():
                              dict(HEAD_DIM=D, MODE=mode, BLOCK_R=rows, FAST=True),
                              {"TH": f"*{dt}", "NZ": f"*{dt}", "RNG": "*i64", "MASK": f"*{dt}"}, rows * D))
             if dt != "fp32":
+                rows = launch.finish_rows(D)
+                bwd = dict(HEAD_DIM=D, MODE=MODE_PHILOX, TAU_ONE=True, BLOCK_M=rows)
+                for vname, v in (("mask+dθ token", dict(MASKED=True, DTH_MODE=1)),
+                                 ("mask+dθ channel", dict(MASKED=True, DTH_MODE=2)),
+                                 ("mask", dict(MASKED=True, DTH_MODE=0)), ("nomask", dict(MASKED=False, DTH_MODE=0))):
+                    ptrs = {n: f"*{dt}" for n in ("Q", "K", "MSK", "DQ", "DK", "TH", "NZ")}
+                    ptrs.update(DQACC="*fp32", RNG="*i64", DTH=f"*{dt}" if v["DTH_MODE"] == 1 else "*fp32")
+                    jobs.append(("dq_finish", vname, (rows, 0, 4, 1), dt, D, True, {**bwd, **v}, ptrs, None))
                 jobs.append(("delta", "", (launch.DELTA_ROWS, 0, 4, 1), dt, D, True,
                              dict(HEAD_DIM=D, BLOCK=launch.DELTA_ROWS),
                              {"O": f"*{dt}", "DO": f"*{dt}", "DELTA": "*fp32"}, None))
@@ -129,11 +139,35 @@ def _variants():
 
 
 def _kernel_fn(kname: str):
-    from ribkernels.dcs.triton import backward, debug, forward, prepass
+    from ribkernels.dcs.triton import backward, backward_fused, debug, forward, prepass
 
     return {"fwd": forward.dcs_fwd_kernel, "dkdv": backward.dcs_bwd_dkdv_kernel,
-            "dq": backward.dcs_bwd_dq_kernel, "prepass": prepass.dcs_mask_prepass_kernel,
+            "dq": backward.dcs_bwd_dq_kernel, "fused": backward_fused.dcs_bwd_fused_kernel,
+            "dq_finish": backward_fused.dcs_bwd_dq_finish_kernel, "prepass": prepass.dcs_mask_prepass_kernel,
             "delta": backward.dcs_bwd_delta_kernel, "flat_noise": debug.flat_noise_kernel}[kname]
+
+
+def _is_move(op: str, mods: str, operands: List[str]) -> bool:
+    """IMAD.MOV / IMAD.U32 Rd, RZ, RZ, x are register moves issued as IMAD, not integer work."""
+    return op == "IMAD" and (mods.startswith(".MOV") or operands[1:3] == ["RZ", "RZ"])
+
+
+def _main_loop(instrs) -> Optional[tuple]:
+    """(start, end) addresses of the loop body with the most MMA instructions (ties: the longest),
+    from the backward branches ``BRA target`` with target < own address; None without a loop holding
+    an MMA (the pre-pass, delta, finishing kernels)."""
+    best = None
+    for addr, op, _mods, operands in instrs:
+        if op != "BRA" or not operands or not operands[0].startswith("0x"):
+            continue
+        target = int(operands[0], 16)
+        if target >= addr:
+            continue
+        mma = sum(1 for a, o, _, _ in instrs if target <= a <= addr and o in MMA_OPS)
+        score = (mma, addr - target)
+        if mma and (best is None or score > best[0]):
+            best = (score, (target, addr))
+    return None if best is None else best[1]
 
 
 def _sass_counts(cubin: bytes) -> Dict[str, int]:
@@ -144,22 +178,29 @@ def _sass_counts(cubin: bytes) -> Dict[str, int]:
                               check=True).stdout
         res = subprocess.run([_bin("cuobjdump"), "-res-usage", f.name], capture_output=True, text=True,
                              check=True).stdout
-    ops = collections.Counter()
-    moves = 0
+    instrs = []  # (address, opcode, modifiers, operands)
     for line in sass.splitlines():
-        m = re.match(r"\s*/\*[0-9a-f]{4,}\*/\s+(?:@!?U?P[T0-9]\s+)?([A-Z][A-Z0-9_]*)([.A-Z0-9_]*)\s*([^;]*);", line)
+        m = re.match(r"\s*/\*([0-9a-f]{4,})\*/\s+(?:@!?U?P[T0-9]\s+)?([A-Z][A-Z0-9_]*)([.A-Z0-9_]*)\s*([^;]*);",
+                     line)
         if m:
-            ops[m.group(1)] += 1
-            operands = [o.strip() for o in m.group(3).split(",")]
-            # IMAD.MOV / IMAD.U32 Rd, RZ, RZ, x are register moves issued as IMAD, not integer work
-            if m.group(1) == "IMAD" and (m.group(2).startswith(".MOV") or operands[1:3] == ["RZ", "RZ"]):
-                moves += 1
+            instrs.append((int(m.group(1), 16), m.group(2), m.group(3), [o.strip() for o in m.group(4).split(",")]))
+    ops = collections.Counter(op for _, op, _, _ in instrs)
+    moves = sum(1 for _, op, mods, opnds in instrs if _is_move(op, mods, opnds))
     total = sum(n for op, n in ops.items() if op not in ("NOP",))
     out = {"sass_total": total,
            "mma": sum(n for op, n in ops.items() if op in MMA_OPS),
            "int_ops": sum(n for op, n in ops.items() if op in INT_OPS) - moves,
            "mufu": ops.get("MUFU", 0),
            "local_ld": ops.get("LDL", 0), "local_st": ops.get("STL", 0)}
+    loop = _main_loop(instrs)
+    if loop is not None:  # the attention loop body: what each tile costs
+        body = [i for i in instrs if loop[0] <= i[0] <= loop[1]]
+        out["loop_mma"] = sum(1 for _, op, _, _ in body if op in MMA_OPS)
+        # a warpgroup MMA group: HGMMA ... HGMMA(gsb0) between WARPGROUP.ARRIVE and its DEPBAR; one per tl.dot
+        out["loop_mma_groups"] = sum(1 for _, op, _, opnds in body if op == "HGMMA" and "gsb0" in opnds)
+        out["loop_int_ops"] = sum(1 for _, op, mods, opnds in body
+                                  if op in INT_OPS and not _is_move(op, mods, opnds))
+        out["loop_atomics"] = sum(1 for _, op, _, _ in body if op in ("RED", "REDG", "ATOM", "ATOMG"))
     m = re.search(r"REG:(\d+)\s+STACK:(\d+)\s+SHARED:(\d+)\s+LOCAL:(\d+)", res)
     if m:
         out.update(registers=int(m.group(1)), stack=int(m.group(2)), static_shared=int(m.group(3)),
@@ -171,7 +212,7 @@ def _compile_one(job) -> Dict:
     kname, vname, cfg, dt, D, shipped, consts, ptrs, elems = job
     bm, bn, w, s = cfg
     row = {"kernel": kname, "variant": vname,
-           "config": f"{bm}x{bn} w{w} s{s}" if kname in ("fwd", "dkdv", "dq") else f"{bm} w{w}",
+           "config": f"{bm}x{bn} w{w} s{s}" if kname in ("fwd", "dkdv", "dq", "fused") else f"{bm} w{w}",
            "dtype": dt, "D": D, "shipped": shipped}
     t0 = time.time()
     try:
@@ -201,12 +242,16 @@ def _int_ratios(rows: List[Dict]) -> None:
     base = {(r["kernel"], r["config"], r["dtype"], r["D"]): r for r in rows if r["variant"] == "nomask"}
     for r in rows:
         b = base.get((r["kernel"], r["config"], r["dtype"], r["D"]))
-        if b is not None and r is not b and b.get("int_ops") and r.get("int_ops") is not None:
-            r["int_ratio"] = r["int_ops"] / b["int_ops"]
+        if b is None or r is b:
+            continue
+        for key in ("int_ops", "loop_int_ops"):
+            if b.get(key) and r.get(key) is not None:
+                r[key.replace("_ops", "_ratio")] = r[key] / b[key]
 
 
 COLUMNS = ["kernel", "variant", "config", "dtype", "D", "shipped", "registers", "spill_bytes", "shared_bytes",
-           "mma", "int_ops", "int_ratio", "mufu", "local_ld", "local_st", "sass_total", "instr_per_elem", "error"]
+           "mma", "loop_mma", "loop_mma_groups", "int_ops", "int_ratio", "loop_int_ops", "loop_int_ratio",
+           "loop_atomics", "mufu", "local_ld", "local_st", "sass_total", "instr_per_elem", "error"]
 
 
 def run(jobs_n: int = 2, candidates: bool = False) -> List[Dict]:

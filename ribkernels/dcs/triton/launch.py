@@ -51,7 +51,7 @@ SHIPPED: Dict[str, Dict[int, List[Config]]] = {
     "dq": {16: [(64, 64, 4, 2)], 32: [(64, 64, 4, 2), (64, 64, 4, 3)],
            64: [(64, 64, 4, 2), (64, 64, 4, 3)], 128: [(64, 64, 8, 2)]},
     "fused": {16: [(64, 64, 4, 2)], 32: [(64, 64, 4, 2), (32, 64, 4, 2)],
-              64: [(64, 64, 4, 2), (32, 64, 4, 2)], 128: [(64, 64, 8, 2)]},
+              64: [(64, 64, 4, 2), (64, 64, 8, 2)], 128: [(32, 64, 8, 2)]},
 }
 # float32 on GPU is routed to the SDPA backend (``backend.why_not``): with tf32x3 dots (fp32-class
 # accuracy) these, the smallest sensible tiles, still spill on sm_90 (4/6 of them at D=128, dK/dV at
