@@ -3,7 +3,10 @@
 Every provider makes its own noise inside the timed region (training mode, θ per token ``[B, H, N, D]``
 in the input dtype, no seed given):
 
-* ``triton``          ``dcs_attention(impl="triton")``: device-tensor seed drawn, mask pre-pass, fused kernels.
+* ``triton``          ``dcs_attention(impl="triton")``: device-tensor seed drawn, mask pre-pass, fused kernels,
+                      the single-pass backward (dQ by float32 atomics; the default).
+* ``triton_split``    the same with the deterministic split backward (dK/dV and dQ passes;
+                      ``RIBKERNELS_DCS_BACKWARD=split`` while this provider runs).
 * ``compile_sdpa``    ``torch.compile`` of ``dcs_attention(impl="sdpa")`` (torch.rand noise + mask + SDPA):
                       the strongest composite a user can write.
 * ``sdpa``            the same composite, eager.
@@ -31,7 +34,9 @@ import torch
 if __package__ in (None, ""):  # run as a script: make ``benchmarks`` and ``ribkernels`` importable
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-PROVIDERS = ("triton", "compile_sdpa", "sdpa", "eager", "triton_nomask", "sdpa_nomask")
+PROVIDERS = ("triton", "triton_split", "compile_sdpa", "sdpa", "eager", "triton_nomask", "sdpa_nomask")
+# Environment each provider runs under (set for its whole section: forward, backward, warm-up).
+PROVIDER_ENV = {"triton_split": {"RIBKERNELS_DCS_BACKWARD": "split"}}
 PASSES = ("fwd", "bwd", "fwd+bwd")
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 # The GPU targets of issue 10 (fwd+bwd): ratio of a provider's time to triton's, and its bound.
@@ -57,7 +62,7 @@ def make_fn(provider: str, q, k, v, theta) -> Callable[[], torch.Tensor]:
 
     import ribkernels as rk
 
-    if provider == "triton":
+    if provider in ("triton", "triton_split"):  # triton_split: PROVIDER_ENV picks the backward path
         return lambda: rk.dcs_attention(q, k, v, theta, impl="triton", check_nan=False)
     if provider in ("sdpa", "eager"):
         return lambda: rk.dcs_attention(q, k, v, theta, impl=provider, check_nan=False)
@@ -94,6 +99,8 @@ def bench_shape(B: int, H: int, N: int, D: int, dtype: torch.dtype, device: str,
     shape = f"{B}x{H}x{N}x{D}"
     for provider in providers:
         base = {"name": "dcs_attention", "provider": provider, "dtype": str(dtype)[6:], "shape": shape}
+        saved_env = {key: os.environ.get(key) for key in PROVIDER_ENV.get(provider, {})}
+        os.environ.update(PROVIDER_ENV.get(provider, {}))
         try:
             fn = make_fn(provider, q, k, v, theta)
 
@@ -122,6 +129,12 @@ def bench_shape(B: int, H: int, N: int, D: int, dtype: torch.dtype, device: str,
             del out
         except Exception as exc:  # one provider failing must not hide the others
             rows.append({**base, "pass": "all", "ms": float("nan"), "note": f"{type(exc).__name__}: {exc}"[:300]})
+        finally:
+            for key, val in saved_env.items():
+                if val is None:
+                    os.environ.pop(key, None)
+                else:
+                    os.environ[key] = val
     return rows
 
 
@@ -152,6 +165,7 @@ def ratio_rows(rows: List[Dict]) -> List[Dict]:
             row[label] = val
             row[label + " ok"] = (val <= bound) if op == "<=" else (val >= bound)
         row["mask cost (triton / triton_nomask)"] = t / ms.get((dtype, shape, "triton_nomask"), nan)
+        row["fused bwd gain (triton_split / triton)"] = ms.get((dtype, shape, "triton_split"), nan) / t
         out.append(row)
     return out
 

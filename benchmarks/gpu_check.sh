@@ -2,7 +2,8 @@
 # One call on a lent GPU (SPEC §7, issue 10): a full verdict in <= 6 minutes on a fresh machine
 # (python 3.12, torch 2.11, triton 3.6, no package registry), compilation included.
 #   t=0      in parallel: build the extension (<= 150 s) || the DCS GPU tests (<= 150 s) || compile
-#            the benchmark's Triton kernels and its torch.compile baseline in 4 processes (<= 120 s;
+#            the benchmark's Triton kernels (fused and split backward) and its torch.compile baseline
+#            in 6 processes (<= 120 s;
 #            Triton's and Inductor's disk caches are shared with the timing process)
 #   then     the other GPU tests once the build is done (30-90 s), the DCS benchmark (<= 110 s),
 #            IBB benchmarks only if time is left,
@@ -29,16 +30,17 @@ echo "== environment ($(date -u +%FT%TZ))"
 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv,noheader || true
 $PY -c "import sys, torch, triton; print('python', sys.version.split()[0], 'torch', torch.__version__, 'cuda', torch.version.cuda, 'triton', triton.__version__, torch.cuda.get_device_name())" || { echo "VERDICT: FAIL (no torch/triton/CUDA)"; exit 1; }
 
-echo "== [$(elapsed)s] in parallel: build the extension, DCS GPU tests, compile the benchmark's kernels (4 processes)"
+echo "== [$(elapsed)s] in parallel: build the extension, DCS GPU tests, compile the benchmark's kernels (6 processes)"
 if command -v nvcc >/dev/null; then export CUDA_HOME=${CUDA_HOME:-$(dirname "$(dirname "$(readlink -f "$(command -v nvcc)")")")}; fi
 export TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0} MAX_JOBS=${MAX_JOBS:-8}
 ( timeout 150 $PY setup.py build_ext --inplace > "$OUT/build.log" 2>&1; echo $? > "$LOGS/build_rc" ) &
 BUILD_PID=$!
-( timeout 150 $PY -m pytest -q -m gpu -p no:cacheprovider tests/test_dcs_triton.py > "$OUT/gpu_tests.txt" 2>&1; echo $? > "$LOGS/dcs_tests_rc" ) &
+( timeout 150 $PY -m pytest -q -m gpu -p no:cacheprovider tests/test_dcs_triton.py tests/test_dcs_triton_backward.py > "$OUT/gpu_tests.txt" 2>&1; echo $? > "$LOGS/dcs_tests_rc" ) &
 TESTS_PID=$!
 WARM="$PY -m benchmarks.bench_dcs_attention --warmup --quick --ns 53,129,211"
 pids=()
 for args in "--dtypes bf16 --providers triton,triton_nomask" "--dtypes fp16 --providers triton,triton_nomask" \
+            "--dtypes bf16 --providers triton_split" "--dtypes fp16 --providers triton_split" \
             "--dtypes bf16 --providers compile_sdpa" "--dtypes fp16 --providers compile_sdpa"; do
   timeout 120 $WARM $args > "$LOGS/warm_${#pids[@]}.log" 2>&1 &
   pids+=($!)
@@ -58,14 +60,15 @@ record build "$brc"; tail -n 3 "$OUT/build.log"
 if [ "$brc" -eq 0 ]; then
   t=$(( $(left) - 130 )); [ "$t" -gt 90 ] && t=90; [ "$t" -lt 30 ] && t=30  # leave 130 s for the benchmark
   echo "== [$(elapsed)s] other GPU tests (<= ${t}s)"
-  timeout "$t" $PY -m pytest -q -m gpu -p no:cacheprovider tests --ignore=tests/test_dcs_triton.py >> "$OUT/gpu_tests.txt" 2>&1
+  timeout "$t" $PY -m pytest -q -m gpu -p no:cacheprovider tests --ignore=tests/test_dcs_triton.py \
+    --ignore=tests/test_dcs_triton_backward.py >> "$OUT/gpu_tests.txt" 2>&1
   record other_tests $?
   tail -n 3 "$OUT/gpu_tests.txt"
 else
   STATUS+=("other_tests=skipped(build failed)")
 fi
 
-echo "== [$(elapsed)s] DCS benchmark (B=64 H=12 D=64, N in 53/129/211, bf16 + fp16, 6 providers)"
+echo "== [$(elapsed)s] DCS benchmark (B=64 H=12 D=64, N in 53/129/211, bf16 + fp16, 7 providers)"
 t=$(( $(left) - 20 )); [ "$t" -gt 110 ] && t=110
 if [ "$t" -gt 20 ]; then
   timeout "$t" $PY -m benchmarks.bench_dcs_attention --quick --json "$OUT/dcs.json" --md "$OUT/dcs.md" > "$LOGS/bench.log" 2>&1

@@ -18,6 +18,12 @@ of the row ÷ those of its mask-off twin; integer ops are the per-thread integer
 are static (each instruction once; a loop body counts once, as the per-tile cost does). The pre-pass
 row gives ``instr_per_elem``: SASS instructions each thread issues per mask element it makes (static
 count × threads ÷ elements per program; the pre-pass has no loop).
+``loop_*`` columns read the attention loop's body only (the backward branch around the most MMAs):
+``loop_mma`` MMA instructions, ``loop_mma_groups`` warpgroup-MMA commit groups (one per ``tl.dot``
+unless ptxas serialises the wgmma or the dot runs as mma.sync, counted in ``loop_hmma``),
+``loop_int_ops`` and ``loop_int_ratio`` (÷ the mask-off twin's loop), ``loop_atomics`` (RED/ATOM:
+the fused backward's dQ adds). Kernels: ``fwd``; the split backward ``dkdv`` + ``dq``; the fused
+backward ``fused`` (one pass per key block) + ``dq_finish``; ``prepass``, ``delta``, ``flat_noise``.
 Signatures mimic the benchmark's launch: contiguous ``[B, H, N, D]`` tensors (last stride 1,
 others multiples of 16), N and H not multiples of 16.
 """
@@ -43,7 +49,7 @@ TORCH_DTYPE = {"fp16": "float16", "bf16": "bfloat16", "fp32": "float32"}
 CANDIDATES = {"fwd": {"all": [(128, 64, 4, 3), (64, 128, 4, 2)]},
               "dkdv": {"all": [(64, 128, 8, 2), (64, 64, 4, 3)], 128: [(32, 64, 4, 2), (64, 128, 8, 2)]},
               "dq": {"all": [(128, 64, 8, 2), (64, 32, 4, 2)], 128: [(64, 32, 4, 2), (128, 64, 8, 2)]},
-              "fused": {"all": [(32, 64, 4, 2), (64, 128, 8, 2), (32, 64, 4, 3)],
+              "fused": {"all": [(32, 64, 4, 2), (64, 128, 8, 2), (64, 64, 8, 2), (32, 64, 4, 3)],
                         128: [(64, 64, 8, 2), (64, 64, 4, 2), (32, 64, 4, 2)]}}
 
 INT_OPS = {"IMAD", "IADD3", "IADD", "LOP3", "LOP", "SHF", "SHL", "SHR", "ISETP", "LEA", "IMNMX", "VIMNMX",
@@ -196,8 +202,11 @@ def _sass_counts(cubin: bytes) -> Dict[str, int]:
     if loop is not None:  # the attention loop body: what each tile costs
         body = [i for i in instrs if loop[0] <= i[0] <= loop[1]]
         out["loop_mma"] = sum(1 for _, op, _, _ in body if op in MMA_OPS)
-        # a warpgroup MMA group: HGMMA ... HGMMA(gsb0) between WARPGROUP.ARRIVE and its DEPBAR; one per tl.dot
+        # A warpgroup MMA group: HGMMA ... HGMMA(gsb0) after a WARPGROUP.ARRIVE, one per tl.dot, unless
+        # ptxas serialises the wgmma (then one per HGMMA) or the dot runs as mma.sync (HMMA, no groups:
+        # a dot with fewer than 64 rows per warpgroup).
         out["loop_mma_groups"] = sum(1 for _, op, _, opnds in body if op == "HGMMA" and "gsb0" in opnds)
+        out["loop_hmma"] = sum(1 for _, op, _, _ in body if op == "HMMA")
         out["loop_int_ops"] = sum(1 for _, op, mods, opnds in body
                                   if op in INT_OPS and not _is_move(op, mods, opnds))
         out["loop_atomics"] = sum(1 for _, op, _, _ in body if op in ("RED", "REDG", "ATOM", "ATOMG"))
@@ -250,7 +259,7 @@ def _int_ratios(rows: List[Dict]) -> None:
 
 
 COLUMNS = ["kernel", "variant", "config", "dtype", "D", "shipped", "registers", "spill_bytes", "shared_bytes",
-           "mma", "loop_mma", "loop_mma_groups", "int_ops", "int_ratio", "loop_int_ops", "loop_int_ratio",
+           "mma", "loop_mma", "loop_mma_groups", "loop_hmma", "int_ops", "int_ratio", "loop_int_ops", "loop_int_ratio",
            "loop_atomics", "mufu", "local_ld", "local_st", "sass_total", "instr_per_elem", "error"]
 
 

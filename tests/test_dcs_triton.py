@@ -33,8 +33,10 @@ SLACK = {torch.bfloat16: 2e-3, torch.float16: 1e-3, torch.float32: 2e-6}
 
 @pytest.fixture(autouse=True)
 def _fixed_configs(monkeypatch):
-    """Small shapes: skip autotuning on GPU (the TransReID tests run the autotuned path)."""
+    """Small shapes: skip autotuning on GPU (the TransReID tests run the autotuned path); the
+    default backward path (fused)."""
     monkeypatch.setenv("RIBKERNELS_DCS_AUTOTUNE", "0")
+    monkeypatch.delenv("RIBKERNELS_DCS_BACKWARD", raising=False)
 
 
 def randn(*shape, device, dtype=torch.float32):
@@ -51,6 +53,20 @@ def run(impl, q, k, v, theta, grad_out, **kw):
     out = rk.dcs_attention(q, k, v, theta, impl=impl, **kw)
     out.backward(grad_out)
     return [out.detach(), q.grad, k.grad, v.grad, theta.grad]
+
+
+# The fused backward (the default) adds dQ with float32 atomics: on CUDA, dq and dθ may differ run to
+# run in the last bits (summation order); the rest, and everything under the interpreter, is exact.
+ATOMIC_ORDER = {"dq", "dtheta"}
+
+
+def assert_same_run(device, name, a, b, label=""):
+    """Two runs with the same inputs: bit-identical, except dq/dθ of the fused path on CUDA."""
+    if device == "cuda" and name in ATOMIC_ORDER:
+        torch.testing.assert_close(a, b, rtol=2e-3, atol=2e-3 * max(b.abs().max().item(), 1e-3),
+                                   msg=lambda m: f"{label} {name}: {m}")
+    else:
+        assert torch.equal(a, b), f"{label} different {name}"
 
 
 def max_err(got, want) -> float:
@@ -232,7 +248,7 @@ def test_seeded_run_matches_contract_reference(device, theta_kind, tau):
     assert torch.equal((got[1] != 0).float(), pre) and torch.equal((got[2] != 0).float(), pre)
     again = run("triton", q, k, v, theta, grad_out, seed=seed, tau=tau)
     for name, a, b in zip(NAMES, got, again):
-        assert torch.equal(a, b), f"same seed, different {name}"
+        assert_same_run(device, name, a, b, "same seed,")
     other = run("triton", q, k, v, theta, grad_out, seed=seed, offset=(B * H * N * D) // 4, tau=tau)
     assert not torch.equal(other[0], got[0]), "advancing the offset gave the same output"
 
@@ -263,7 +279,7 @@ def test_seed_none_draws_on_device_and_follows_manual_seed(device):
     torch.manual_seed(1234)
     b = run("triton", q, k, v, theta, grad_out)
     for name, x, y in zip(NAMES, a, b):
-        assert torch.equal(x, y), name
+        assert_same_run(device, name, x, y, "manual_seed")
     rng = launch.rng_state(None, 3, device)
     assert rng.device.type == torch.device(device).type and rng.dtype == torch.int64 and rng[1].item() == 3
 
@@ -490,7 +506,7 @@ def test_torch_compile_traces_the_op(device):
     out.backward(grad_out)
     want = run("triton", q, k, v, theta, grad_out, noise=noise, tau=0.8)
     for name, g, w in zip(NAMES, [out.detach()] + [t.grad for t in leaves], want):
-        torch.testing.assert_close(g, w, rtol=0, atol=0, msg=lambda m: f"compiled {name}: {m}")
+        assert_same_run(device, name, g, w, "compiled")
 
 
 def test_eval_mode_exports_as_the_sdpa_composite():
@@ -535,7 +551,12 @@ def test_transreid_shape_autotuned_seeded(monkeypatch):
     a = run("triton", q, k, v, theta, grad_out, seed=seed)
     b = run("triton", q, k, v, theta, grad_out, seed=seed)
     for name, x, y in zip(NAMES, a, b):
-        assert torch.equal(x, y), f"same seed, different {name}"
+        assert_same_run("cuda", name, x, y, "same seed,")
+    monkeypatch.setenv("RIBKERNELS_DCS_BACKWARD", "split")  # the deterministic path: bit-identical
+    c, d = (run("triton", q, k, v, theta, grad_out, seed=seed) for _ in range(2))
+    for name, x, y in zip(NAMES, c, d):
+        assert torch.equal(x, y), f"split path, same seed, different {name}"
+    monkeypatch.delenv("RIBKERNELS_DCS_BACKWARD")
     mask, u = contract_mask(theta, (B, H, N, D), seed)
     pre = backend.triton_dcs_mask(theta, seed, shape=(B, H, N, D))
     masks_agree(pre, mask, theta, u, label="pre-pass")

@@ -1,0 +1,193 @@
+"""The two backward paths of the Triton DCS-Attention — fused (one pass per key block, dQ by float32
+atomics, then a finishing kernel: the default) and split (dK/dV and dQ passes: deterministic) — each
+against SPEC §2's float64 formulas and against each other, and the dispatch between them.
+
+``cpu`` runs the kernels under ``TRITON_INTERPRET=1`` (set by conftest), fp32 (and one fp16 case);
+``cuda`` (marked ``gpu``) runs fp16. Forced small blocks make several key programs add into the same
+dQ rows and leave partial blocks at the end (N not a multiple of the block, or N < the block).
+"""
+import pytest
+import torch
+
+pytest.importorskip("triton")
+
+import ribkernels as rk  # noqa: E402
+from dcs_reference import reference_forward_backward  # noqa: E402
+from ribkernels.dcs.philox import contract_uniform  # noqa: E402
+from ribkernels.dcs.triton import launch  # noqa: E402
+from ribkernels.dcs.triton import noise as NZ  # noqa: E402
+
+DEVICES = [pytest.param("cpu", marks=pytest.mark.skipif(not launch.INTERPRET, reason="needs TRITON_INTERPRET=1")),
+           pytest.param("cuda", marks=pytest.mark.gpu)]
+DT = {"cpu": torch.float32, "cuda": torch.float16}
+NAMES = ["out", "dq", "dk", "dv", "dtheta"]
+
+
+@pytest.fixture(autouse=True)
+def _fixed_configs(monkeypatch):
+    monkeypatch.setenv("RIBKERNELS_DCS_AUTOTUNE", "0")
+    monkeypatch.delenv("RIBKERNELS_DCS_BACKWARD", raising=False)
+
+
+def fresh_seed() -> int:
+    return int(torch.randint(0, 2**62, (), dtype=torch.int64))
+
+
+def run_paths(q, k, v, theta, grad_out, *, mode, noise=None, seed=0, tau=1.0, config=None):
+    """[out, dq, dk, dv, dθ] from the launcher for each path (same mask), and the mask."""
+    D = q.shape[-1]
+    rng = launch.rng_state(seed, 0, q.device)
+    mask = launch.mask_prepass(theta, noise, q.shape, rng, mode, q.dtype)
+    out, lse = launch.forward(q, k, v, mask, scale=D**-0.5, config=config)
+    res = {}
+    for path in launch.BACKWARD_PATHS:
+        grads = launch.backward(grad_out, q, k, v, mask, out, lse, theta, noise, rng, scale=D**-0.5, tau=tau,
+                                mode=mode, need_dtheta=mode != NZ.MODE_EVAL, config=config, path=path)
+        res[path] = [out, *grads]
+    return res, mask
+
+
+def check_close(got, want, rtol, label):
+    for name, g, w in zip(NAMES, got, want):
+        if g is None:  # no dθ (eval): the reference's is zero, or the other path has none either
+            assert name == "dtheta" and (w is None or not w.any()), f"{label} {name}: missing"
+            continue
+        assert g.shape == w.shape, f"{label} {name}: shape {tuple(g.shape)} != {tuple(w.shape)}"
+        assert torch.isfinite(g).all(), f"{label} {name} not finite"
+        err = (g.double() - w.double()).abs().max().item()
+        tol = rtol * max(w.abs().max().item(), 0.1)
+        assert err <= tol, f"{label} {name}: err {err:.3g} > {tol:.3g}"
+
+
+# (B, H, N, D, θ shape, mode, forced (BLOCK_M, BLOCK_N) or None for the launcher's choice)
+CASES = [
+    (2, 2, 53, 32, "token", "noise", (16, 32)),     # 4 query × 2 key blocks, both partial at the end
+    (1, 2, 37, 64, "channel", "seed", (32, 16)),    # broadcast θ [1, H, 1, D]: in-kernel row sums
+    (2, 1, 11, 64, "token", "seed", (16, 16)),      # N < every block
+    (1, 1, 33, 128, "token", "noise", (16, 32)),
+    (1, 2, 29, 32, "token", "eval", (16, 16)),      # eval: M = 1[θ > 0], no dθ
+]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("B,H,N,D,theta_kind,mode,config", CASES)
+def test_fused_and_split_match_float64_reference_and_each_other(device, B, H, N, D, theta_kind, mode, config):
+    dt = DT[device]
+    q, k, v, grad_out = (torch.randn(B, H, N, D, device=device, dtype=dt) for _ in range(4))
+    theta = torch.randn(*((B, H, N, D) if theta_kind == "token" else (1, H, 1, D)), device=device, dtype=dt)
+    seed, noise, tau = fresh_seed(), None, 0.7
+    if mode == "noise":
+        noise = rk.logistic_noise(tuple(theta.shape), seed=seed, device=device)
+        kmode = NZ.MODE_NOISE
+    elif mode == "seed":
+        kmode, tau = NZ.MODE_PHILOX, 1.0  # τ = 1: soft from u without logs
+    else:
+        kmode = NZ.MODE_EVAL
+    res, mask = run_paths(q, k, v, theta, grad_out, mode=kmode, noise=noise, seed=seed, tau=tau, config=config)
+    if mode == "seed":
+        u = contract_uniform(B * H * N * D, seed, 0, device=device).reshape(B, H, N, D)
+        ref_noise = torch.log(u.double()) - torch.log1p(-u.double())
+        want = reference_forward_backward(q, k, v, theta, ref_noise, grad_out, tau=tau, mask=mask)
+    else:
+        want = reference_forward_backward(q, k, v, theta, noise, grad_out, tau=tau, training=mode != "eval")
+    rtol = 5e-5 if device == "cpu" else 2e-2
+    label = f"N={N} D={D} {theta_kind} {mode} cfg={config}"
+    for path, got in res.items():
+        check_close(got, want, rtol, f"{path} {label}")
+        keep = mask.expand(q.shape) != 0
+        assert not got[1][~keep].any() and not got[2][~keep].any(), f"{path}: dq/dk nonzero off the mask"
+    # Same kernels' arithmetic up to dQ's summation order (and dk_raw in q's dtype for per-token dθ).
+    check_close(res["fused"], res["split"], 2e-6 if device == "cpu" else 2e-3, f"fused vs split {label}")
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_fused_float16_per_token_theta_within_twice_eager_error(device):
+    """fp16, per-token θ: the fused path's dθ takes dk_raw rounded to fp16 (module doc of
+    backward_fused); still within SPEC §5's 2× same-precision eager error."""
+    B, H, N, D = 1, 2, 45, 32
+    q, k, v, theta, grad_out = (torch.randn(B, H, N, D, device=device, dtype=torch.float16) for _ in range(5))
+    noise = rk.logistic_noise((B, H, N, D), seed=fresh_seed(), device=device)
+    want = reference_forward_backward(q, k, v, theta, noise, grad_out, tau=0.7)
+    res, _ = run_paths(q, k, v, theta, grad_out, mode=NZ.MODE_NOISE, noise=noise, tau=0.7, config=(16, 32))
+    leaves = [t.clone().requires_grad_(True) for t in (q, k, v, theta)]
+    out = rk.dcs_attention(*leaves, noise=noise, tau=0.7, impl="eager")
+    out.backward(grad_out)
+    eager = [out.detach()] + [t.grad for t in leaves]
+    for name, g, e, w in zip(NAMES, res["fused"], eager, want):
+        err, err_eager = (g.double() - w).abs().max().item(), (e.double() - w).abs().max().item()
+        assert err <= 2 * err_eager + 1e-3 * w.abs().max().item(), f"{name}: {err:.3g} vs eager {err_eager:.3g}"
+
+
+# ---------------------------------------------------------------------------- dispatch
+
+
+def test_backward_path_dispatch(monkeypatch):
+    assert launch.backward_path() == "fused"
+    monkeypatch.setenv("RIBKERNELS_DCS_BACKWARD", "split")
+    assert launch.backward_path() == "split"
+    assert launch.backward_path("fused") == "fused"  # an explicit path wins
+    monkeypatch.setenv("RIBKERNELS_DCS_BACKWARD", "auto")
+    assert launch.backward_path() == "fused"
+    was = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True)
+    try:
+        assert launch.backward_path() == "split"
+    finally:
+        torch.use_deterministic_algorithms(was)
+    monkeypatch.setenv("RIBKERNELS_DCS_BACKWARD", "atomic")
+    with pytest.raises(ValueError, match=r"RIBKERNELS_DCS_BACKWARD must be one of .* got 'atomic'"):
+        launch.backward_path()
+    with pytest.raises(ValueError, match=r"path must be one of .* got 'fast'"):
+        launch.backward_path("fast")
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_public_op_runs_fused_by_default_and_split_when_deterministic(device, monkeypatch):
+    launched = []
+    real_launch = launch._launch
+    monkeypatch.setattr(launch, "_launch", lambda kernel, *a, **kw: (launched.append(kernel), real_launch(kernel, *a, **kw)))
+    B, H, N, D = 1, 2, 19, 16
+    q, k, v, theta = (torch.randn(B, H, N, D, device=device, dtype=DT[device]).requires_grad_(True) for _ in range(4))
+
+    def fwd_bwd():
+        launched.clear()
+        rk.dcs_attention(q, k, v, theta, impl="triton", seed=3).sum().backward()
+        return list(launched)
+
+    assert fwd_bwd() == ["fwd", "fused"]
+    was = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True)
+    try:
+        assert fwd_bwd() == ["fwd", "dkdv", "dq"]
+    finally:
+        torch.use_deterministic_algorithms(was)
+    monkeypatch.setenv("RIBKERNELS_DCS_BACKWARD", "split")
+    assert fwd_bwd() == ["fwd", "dkdv", "dq"]
+
+
+def test_bad_backward_env_raises_before_any_launch(monkeypatch):
+    if not launch.INTERPRET:
+        pytest.skip("CPU dispatch under the interpreter")
+
+    def boom(*a, **kw):
+        raise AssertionError("a kernel was launched")
+
+    B, H, N, D = 1, 1, 5, 16
+    q, k, v, theta = (torch.randn(B, H, N, D) for _ in range(4))
+    out, lse = launch.forward(q, k, v, torch.ones_like(q), scale=0.25)
+    monkeypatch.setattr(launch, "_launch", boom)
+    monkeypatch.setattr(launch, "dcs_bwd_delta_kernel", None)  # subscripting None would fail too
+    monkeypatch.setenv("RIBKERNELS_DCS_BACKWARD", "fast")
+    with pytest.raises(ValueError, match="RIBKERNELS_DCS_BACKWARD"):
+        launch.backward(q, q, k, v, torch.ones_like(q), out, lse, theta, None, None, scale=0.25, tau=1.0,
+                        mode=NZ.MODE_EVAL, need_dtheta=False)
+
+
+def test_fused_kernels_take_the_rng_as_a_pointer():
+    """No recompilation per seed or offset: they are never kernel arguments."""
+    from ribkernels.dcs.triton import backward_fused
+
+    for kern in (backward_fused.dcs_bwd_fused_kernel, backward_fused.dcs_bwd_dq_finish_kernel):
+        names = getattr(kern, "arg_names", None) or kern.fn.arg_names
+        assert "RNG" in names and not {"seed", "offset"} & set(names)
+    assert launch.RESET_TO_ZERO["fused"] == ["DQACC"]  # autotuning reruns must not double dQ
