@@ -133,7 +133,7 @@ def _variants():
                 for vname, v in (("mask+dθ token", dict(MASKED=True, DTH_MODE=1)),
                                  ("mask+dθ channel", dict(MASKED=True, DTH_MODE=2)),
                                  ("mask", dict(MASKED=True, DTH_MODE=0)), ("nomask", dict(MASKED=False, DTH_MODE=0))):
-                    ptrs = {n: f"*{dt}" for n in ("Q", "K", "MSK", "DQ", "DK", "TH", "NZ")}
+                    ptrs = {n: f"*{dt}" for n in ("Q", "MSK", "DQ", "TH", "NZ")}
                     ptrs.update(DQACC="*fp32", RNG="*i64", DTH=f"*{dt}" if v["DTH_MODE"] == 1 else "*fp32")
                     jobs.append(("dq_finish", vname, (rows, 0, 4, 1), dt, D, True, {**bwd, **v}, ptrs, None))
                 jobs.append(("delta", "", (launch.DELTA_ROWS, 0, 4, 1), dt, D, True,

@@ -96,14 +96,14 @@ def test_fused_and_split_match_float64_reference_and_each_other(device, B, H, N,
         check_close(got, want, rtol, f"{path} {label}")
         keep = mask.expand(q.shape) != 0
         assert not got[1][~keep].any() and not got[2][~keep].any(), f"{path}: dq/dk nonzero off the mask"
-    # Same kernels' arithmetic up to dQ's summation order (and dk_raw in q's dtype for per-token dθ).
+    # Same arithmetic up to dQ's summation order (and dM_k rounded to θ's dtype for per-token dθ).
     check_close(res["fused"], res["split"], 2e-6 if device == "cpu" else 2e-3, f"fused vs split {label}")
 
 
 @pytest.mark.parametrize("device", DEVICES)
 def test_fused_float16_per_token_theta_within_twice_eager_error(device):
-    """fp16, per-token θ: the fused path's dθ takes dk_raw rounded to fp16 (module doc of
-    backward_fused); still within SPEC §5's 2× same-precision eager error."""
+    """fp16, per-token θ: the fused path passes dM_k = dk_raw⊙k through dθ's buffer in θ's dtype
+    (module doc of backward_fused); still within SPEC §5's 2× same-precision eager error."""
     B, H, N, D = 1, 2, 45, 32
     q, k, v, theta, grad_out = (torch.randn(B, H, N, D, device=device, dtype=torch.float16) for _ in range(5))
     noise = rk.logistic_noise((B, H, N, D), seed=fresh_seed(), device=device)

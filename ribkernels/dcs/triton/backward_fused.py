@@ -13,10 +13,11 @@ to run by float32 rounding. ``launch.backward`` uses the split (deterministic) p
 ``torch.are_deterministic_algorithms_enabled()`` or when asked (``RIBKERNELS_DCS_BACKWARD=split``).
 
 dθ (``DTH_MODE``, as in ``backward``) needs ``dM = dq_raw⊙q + dk_raw⊙k`` per element:
-* 1 (θ varies along N): the key program stores dk_raw *unmasked* in DK (q's dtype); the finishing
-  kernel, which owns the same tokens' rows, reads it back for dk_raw⊙k, writes dθ = dM·dsoft and
-  zeroes DK where M = 0. That round trip costs 2 B read + 2 B rewrite per element in fp16/bf16 (the
-  split passes' float32 dM_k scratch: 4 B write + 4 B read); dk_raw enters dθ rounded to q's dtype.
+* 1 (θ varies along N): the key program, the only owner of its tokens' dk_raw, stores its share
+  dM_k = dk_raw⊙k into DTH itself (``[B, H, N, D]``, θ's dtype when θ is ``[B, H, N, D]``, else
+  float32); the finishing kernel reads it back, adds dq_raw⊙q and overwrites it with dM·dsoft. The
+  round trip costs one write + one read in DTH's dtype (4 B per element in fp16/bf16; the split
+  passes' float32 dM_k scratch costs 8 B), no atomics, no second Philox; dM_k is rounded to DTH's dtype.
 * 2 (θ broadcast along N): each kernel sums its side's ``dM·dsoft`` over its rows in-kernel into one
   float32 row per program of DTH ``[2, B·H, n_blocks, D]`` (0: keys, 1: queries), as the split passes do.
 """
@@ -75,13 +76,13 @@ def dcs_bwd_fused_kernel(
         dq_ptrs += BLOCK_M * HEAD_DIM
 
     dk_raw = dk_acc * scale
-    if DTH_MODE == 1:  # unmasked: the finishing kernel needs dk_raw of dropped elements for dθ
-        _store_contig(DK, dk_raw, bh64, offs_n, offs_d, n_valid, N, HEAD_DIM)
-    else:
-        _store_contig(DK, dk_raw.to(DK.dtype.element_ty) * keep_k, bh64, offs_n, offs_d, n_valid, N, HEAD_DIM)
+    _store_contig(DK, dk_raw.to(DK.dtype.element_ty) * keep_k, bh64, offs_n, offs_d, n_valid, N, HEAD_DIM)
     _store_contig(DV, dv_acc, bh64, offs_n, offs_d, n_valid, N, HEAD_DIM)
-    if DTH_MODE == 2:
+    if DTH_MODE != 0:
         k = load_bhnd(K, b64, h64, offs_n, offs_d, n_valid, skb, skh, skn, skd).to(tl.float32)
+    if DTH_MODE == 1:  # dM_k, finished by dcs_bwd_dq_finish_kernel (same rows of DTH)
+        _store_contig(DTH, dk_raw * k, bh64, offs_n, offs_d, n_valid, N, HEAD_DIM)
+    if DTH_MODE == 2:
         ds = dsoft_tile(TH, NZ, RNG, b64, h64, bh64, offs_n, offs_d, n_valid,
                         stb, sth, stn, std, snb, snh, snn, snd, N, inv_tau, HEAD_DIM, MODE, TAU_ONE)
         part = tl.sum(tl.where(n_valid[:, None], dk_raw * k * ds, 0.0), 0)
@@ -90,14 +91,14 @@ def dcs_bwd_fused_kernel(
 
 @triton.jit(do_not_specialize=["H", "N", "BH", "NB_MAX"])  # shape scalars: no recompile per value
 def dcs_bwd_dq_finish_kernel(
-    DQACC, Q, K, MSK, DQ, DK, TH, NZ, RNG, DTH,
-    sqb, sqh, sqn, sqd, skb, skh, skn, skd, stb, sth, stn, std, snb, snh, snn, snd,
+    DQACC, Q, MSK, DQ, TH, NZ, RNG, DTH,
+    sqb, sqh, sqn, sqd, stb, sth, stn, std, snb, snh, snn, snd,
     H, N, BH, NB_MAX, scale, inv_tau,
     HEAD_DIM: tl.constexpr, MASKED: tl.constexpr, MODE: tl.constexpr, DTH_MODE: tl.constexpr,
     TAU_ONE: tl.constexpr, BLOCK_M: tl.constexpr,
 ):
     """dq = scale·DQACC⊙M (contiguous ``[B, H, N, D]``, q's dtype) for one block of queries; dθ's
-    query side and, in DTH_MODE 1, the whole dθ of these elements plus DK's zeroing (module doc)."""
+    query side and, in DTH_MODE 1, the whole dθ of these elements (module doc)."""
     pid_m = tl.program_id(0)
     bh64 = tl.program_id(1).to(tl.int64)
     b64 = bh64 // H
@@ -108,20 +109,15 @@ def dcs_bwd_dq_finish_kernel(
     tile = (bh64 * N + offs_m[:, None].to(tl.int64)) * HEAD_DIM + offs_d[None, :]  # contiguous buffers
     dq_raw = tl.load(DQACC + tile, mask=m_valid[:, None], other=0.0) * scale
     if MASKED:
-        keep = tl.load(MSK + tile, mask=m_valid[:, None], other=0.0)
-        dq = dq_raw.to(DQ.dtype.element_ty) * keep
+        dq = dq_raw.to(DQ.dtype.element_ty) * tl.load(MSK + tile, mask=m_valid[:, None], other=0.0)
     else:
-        keep = tl.full([1, 1], 1.0, DQ.dtype.element_ty)
         dq = dq_raw
     tl.store(DQ + tile, dq.to(DQ.dtype.element_ty), mask=m_valid[:, None])
     if DTH_MODE != 0:
         q = load_bhnd(Q, b64, h64, offs_m, offs_d, m_valid, sqb, sqh, sqn, sqd).to(tl.float32)
         dm = dq_raw * q
-        if DTH_MODE == 1:
-            dk_raw = tl.load(DK + tile, mask=m_valid[:, None], other=0.0).to(tl.float32)
-            k = load_bhnd(K, b64, h64, offs_m, offs_d, m_valid, skb, skh, skn, skd).to(tl.float32)
-            dm += dk_raw * k
-            tl.store(DK + tile, tl.zeros_like(dk_raw).to(DK.dtype.element_ty), mask=m_valid[:, None] & (keep == 0))
+        if DTH_MODE == 1:  # + dM_k, stored here by the key program
+            dm += tl.load(DTH + tile, mask=m_valid[:, None], other=0.0).to(tl.float32)
         ds = dsoft_tile(TH, NZ, RNG, b64, h64, bh64, offs_m, offs_d, m_valid,
                         stb, sth, stn, std, snb, snh, snn, snd, N, inv_tau, HEAD_DIM, MODE, TAU_ONE)
         if DTH_MODE == 1:

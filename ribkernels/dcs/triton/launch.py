@@ -301,7 +301,7 @@ def _backward_fused(dout, q, k, v, msk, lse, delta, dq, dk, dv, th, nz, st, rng,
             dict(meta, DOT_PREC=dot_precision(q.dtype)), config)
     rows = finish_rows(D)
     dcs_bwd_dq_finish_kernel[(triton.cdiv(N, rows), B * H)](
-        dqacc, q, k, msk, dq, dk, th, nz, rng, dth, *q.stride(), *k.stride(), *st, H, N, B * H, nb_max,
+        dqacc, q, msk, dq, th, nz, rng, dth, *q.stride(), *st, H, N, B * H, nb_max,
         float(scale), 1.0 / float(tau), **meta, BLOCK_M=rows, num_warps=4)
 
 
