@@ -1,4 +1,7 @@
-"""The DCS-Attention backward (FlashAttention-2 shape): delta, dK/dV and dQ passes.
+"""The DCS-Attention backward, split: delta, dK/dV and dQ passes (bit-reproducible run to run; the
+launcher's choice under ``torch.are_deterministic_algorithms_enabled()`` or
+``RIBKERNELS_DCS_BACKWARD=split``). The default is the single pass of ``backward_fused.py``, which
+also uses the delta kernel and the store helpers defined here.
 
 * ``dcs_bwd_delta_kernel``: delta = rowsum(dO ⊙ O) (float32 ``[B·H, N]``).
 * ``dcs_bwd_dkdv_kernel``: per key block, dv = Pᵀ dO, dk = scale·(dSᵀ(q⊙M))⊙M.
