@@ -13,24 +13,24 @@ Writes experiments/results/ablation.json and ablation.png; run folders under run
 import argparse
 import os
 
-from .common import VARIANTS, final_row, mean_std_se, train, write_json
+from .common import VARIANTS, budget_overrides as common_budget_overrides, budget_record as common_budget_record, \
+    final_row, mean_std_se, train, write_json
 
 OCCLUSION = [0.2, 0.4, 0.6, 0.8]
 
 
 def budget_overrides(args) -> list:
-    o = []
-    if args.epochs:  # the IBB starts a third of the way in, as in the demo config (epoch 7 of 18)
-        o += [f"solver.epochs={args.epochs}", f"ibb.ibb_start_epoch={max(1, args.epochs // 3)}"]
-    if args.train_ids:
-        o.append(f"data.dataset_kwargs={{num_train_ids: {args.train_ids}, train_imgs_per_id: 8, num_test_ids: 200, "
-                 f"query_imgs_per_id: 4, gallery_imgs_per_id: 6, num_distractors: 100, num_junk: 20, occluder_prob: 0.4}}")
-    return o
+    """The ``--set`` overrides of the budget flags (see :func:`experiments.common.budget_overrides`)."""
+    return common_budget_overrides(args.epochs, args.train_ids)
+
+
+def budget_record(args) -> dict:
+    return common_budget_record(args.epochs, args.train_ids)
 
 
 def add_budget_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--epochs", type=int, default=None, help="training epochs (default: the demo config's 18)")
-    p.add_argument("--train-ids", type=int, default=None, help="training identities (default: the demo's 300)")
+    p.add_argument("--epochs", type=int, default=None, help="training epochs (default: the demo config's)")
+    p.add_argument("--train-ids", type=int, default=None, help="training identities (default: the demo config's)")
 
 
 def plot(results: dict, path: str) -> None:
@@ -96,8 +96,7 @@ def main() -> None:
     summary = {n: {k: mean_std_se([r[k] for r in rs]) for k in ("mAP", "rank1")} for n, rs in runs.items()}
     for n, rs in runs.items():
         summary[n]["mean_query_se"] = {k: sum(r.get(f"{k}_se", float("nan")) for r in rs) / len(rs) for k in ("mAP", "rank1")}
-    out = {"experiment": "ablation", "budget": {"epochs": args.epochs or 18, "train_ids": args.train_ids or 300,
-                                                "demo_budget": not (args.epochs or args.train_ids)},
+    out = {"experiment": "ablation", "budget": budget_record(args),
            "seeds": args.seeds, "command": "python -m experiments.ablation " + " ".join(
                ((f"--epochs {args.epochs} " if args.epochs else "") + (f"--train-ids {args.train_ids} " if args.train_ids else "")
                 + f"--seeds {' '.join(map(str, args.seeds))} --variants {' '.join(args.variants)}"

@@ -47,6 +47,49 @@ def train(run_dir: str, overrides: Sequence[str] = (), config: str = DEMO_CONFIG
     return metrics
 
 
+def demo_settings(config: str = DEMO_CONFIG) -> Dict:
+    """The demo config's (``configs/synthetic_rib_dcs_cpu.yaml``) epochs, IBB start epoch and
+    synthetic-dataset sizes: the "demo budget" every experiment defaults to."""
+    from ribkernels.engine.config import DEFAULTS, load_yaml, merge
+
+    cfg = merge(DEFAULTS, load_yaml(os.path.join(ROOT, config)))
+    return {"epochs": cfg["solver"]["epochs"], "ibb_start_epoch": cfg["ibb"]["ibb_start_epoch"],
+            "dataset_kwargs": dict(cfg["data"]["dataset_kwargs"])}
+
+
+def budget_overrides(epochs: Optional[int] = None, train_ids: Optional[int] = None) -> List[str]:
+    """``--set`` overrides for a smaller budget than the demo's: ``epochs`` (the IBB then starts a third
+    of the way in, as in the demo config) and ``train_ids`` training identities (the demo's test split
+    is kept, so results at every budget are evaluated on the same queries)."""
+    o: List[str] = []
+    if epochs:
+        o += [f"solver.epochs={epochs}", f"ibb.ibb_start_epoch={max(1, epochs // 3)}"]
+    if train_ids:
+        kw = demo_settings()["dataset_kwargs"]
+        kw["num_train_ids"] = train_ids
+        o.append("data.dataset_kwargs={" + ", ".join(f"{k}: {v}" for k, v in kw.items()) + "}")
+    return o
+
+
+def budget_record(epochs: Optional[int] = None, train_ids: Optional[int] = None) -> Dict:
+    """What a result file says about its budget."""
+    demo = demo_settings()
+    return {"epochs": epochs or demo["epochs"], "train_ids": train_ids or demo["dataset_kwargs"]["num_train_ids"],
+            "demo_budget": not (epochs or train_ids)}
+
+
+def budget_of_run(run_dir: str) -> Dict:
+    """The settings two runs must share to be compared as "same budget": model, epochs, data sizes."""
+    import yaml
+
+    with open(os.path.join(run_dir, "config.yaml")) as f:
+        cfg = yaml.safe_load(f)
+    return {"model": cfg["model"]["name"], "model_kwargs": cfg["model"].get("model_kwargs") or {},
+            "img_size": list(cfg["model"]["img_size"]), "epochs": cfg["solver"]["epochs"],
+            "batch_size": cfg["data"]["batch_size"], "dataset": cfg["data"]["dataset"],
+            "dataset_kwargs": cfg["data"].get("dataset_kwargs") or {}}
+
+
 def mean_std_se(values: Sequence[float]) -> Dict[str, float]:
     """Mean, sample standard deviation and standard error of the mean (std / sqrt(n))."""
     n = len(values)

@@ -8,7 +8,7 @@ import argparse
 import os
 import time
 
-from .common import BASELINE_CONFIG, final_row, train, write_json
+from .common import BASELINE_CONFIG, budget_of_run, final_row, train, write_json
 
 
 def main() -> None:
@@ -19,7 +19,7 @@ def main() -> None:
     out = {"source": "python -m experiments.demo_baseline (" + m["command"] + ")",
            "date_utc": time.strftime("%Y-%m-%d %H:%M", time.gmtime()),
            "machine": f"{os.cpu_count()} CPU cores, shared with other jobs while it ran",
-           **final_row(m), "final": m["final"]}
+           "budget": budget_of_run(args.run_dir), **final_row(m), "final": m["final"]}
     print(write_json("demo_baseline.json", out))
 
 

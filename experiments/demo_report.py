@@ -13,7 +13,7 @@ import math
 import os
 import time
 
-from .common import final_row, load_json
+from .common import budget_of_run, final_row, load_json
 
 
 def _row(name, r):
@@ -43,6 +43,11 @@ def main() -> int:
     else:
         b = load_json("demo_baseline.json")
         base, source = (b, b["source"] + ", " + b["date_utc"] + " UTC") if b else (None, None)
+        if b is not None and b.get("budget") != budget_of_run(args.run_dir):
+            mine = budget_of_run(args.run_dir)
+            diff = sorted(k for k in set(mine) | set(b.get("budget") or {}) if mine.get(k) != (b.get("budget") or {}).get(k))
+            print(f"note: the committed baseline was trained with different settings ({', '.join(diff)}) than "
+                  f"{args.run_dir}; rerun python -m experiments.demo_baseline for a like-for-like comparison\n")
     print("| model (synthetic dataset, CPU) | mAP % ± SE | Rank-1 % ± SE | eval keep fraction | wall |")
     print("|---|---|---|---|---|")
     print(_row(f"RIB-DCS (this run: {args.run_dir})", rib))

@@ -26,7 +26,7 @@ import time
 import numpy as np
 import torch
 
-from .ablation import add_budget_flags, budget_overrides
+from .ablation import add_budget_flags, budget_overrides, budget_record
 from .common import DEMO_CONFIG, write_json
 
 
@@ -151,8 +151,7 @@ def main() -> None:
     d_est = np.diff([r["ib_estimate"] for r in rows])
     d_rhs = np.diff([r["bound_rhs"] for r in rows])
     out = {"experiment": "IBB vs an independent IB estimate", "seed": args.seed, "bins": args.bins,
-           "budget": {"epochs": cfg["solver"]["epochs"], "train_ids": args.train_ids or 300,
-                      "demo_budget": not (args.epochs or args.train_ids)},
+           "budget": budget_record(args),
            "command": "python -m experiments.ib_estimate" + (f" --epochs {args.epochs}" if args.epochs else "")
            + (f" --train-ids {args.train_ids}" if args.train_ids else "")
            + (f" --run-dir {args.run_dir} --out {args.out}" if args.out != "ib_estimate" else ""),

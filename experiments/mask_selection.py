@@ -10,7 +10,7 @@ Writes experiments/results/mask_selection.json and mask_selection.png.
 import argparse
 import os
 
-from .ablation import add_budget_flags, budget_overrides
+from .ablation import add_budget_flags, budget_overrides, budget_record
 from .common import final_row, train, write_json
 
 
@@ -35,7 +35,7 @@ def main() -> None:
                      "eval_keep": {k[len("keep_fraction_"):]: last.get("eval_" + k) for k in blocks}})
         print(rows[-1], flush=True)
     out = {"experiment": "mask selection", "rows": rows, "seed": args.seed, "tau_end": args.tau_end,
-           "budget": {"epochs": args.epochs or 18, "train_ids": args.train_ids or 300},
+           "budget": budget_record(args),
            "command": "python -m experiments.mask_selection --init-logits " + " ".join(map(str, args.init_logits))
            + (f" --tau-end {args.tau_end}" if args.tau_end else "")
            + (f" --epochs {args.epochs}" if args.epochs else "") + (f" --train-ids {args.train_ids}" if args.train_ids else "")}

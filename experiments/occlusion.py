@@ -13,7 +13,7 @@ Writes experiments/results/occlusion.json and occlusion.png.
 import argparse
 import os
 
-from .ablation import OCCLUSION, add_budget_flags, budget_overrides
+from .ablation import OCCLUSION, add_budget_flags, budget_overrides, budget_record
 from .common import VARIANTS, load_json, mean_std_se, train, write_json
 
 NAMES = ("baseline", "rib_dcs")
@@ -91,7 +91,7 @@ def main() -> None:
                 m = train(os.path.join(args.run_root, f"{n}_seed{seed}"), VARIANTS[n] + over + [f"solver.seed={seed}"])
                 tables[n].append(m["final"]["occlusion"])
         source = "trained here"
-        budget = {"epochs": args.epochs or 18, "train_ids": args.train_ids or 300, "seeds": args.seeds}
+        budget = {**budget_record(args), "seeds": args.seeds}
     else:
         abl = load_json("ablation.json")
         if abl is None:

@@ -1,4 +1,4 @@
-"""Experiment (b): η × β sweep of RIB-DCS on the synthetic dataset: η ∈ {0, 0.25, 0.5, 1, 2} and β ∈
+"""Experiment (b): η × β sweep of RIB-DCS on the synthetic dataset: η ∈ {0, 0.1 (the demo's), 0.25, 0.5, 1, 2} and β ∈
 {auto (calibrated at every refresh), fixed values}; one seed per cell (η = 0 trains no IBB, so its β
 column repeats one run). Reports mAP / Rank-1 with standard errors over queries, the β the auto rule
 chose, and the last epoch's IBB prediction term against log K.
@@ -11,7 +11,7 @@ Writes experiments/results/sweep.json and sweep.png; run folders under runs/swee
 import argparse
 import os
 
-from .ablation import add_budget_flags, budget_overrides
+from .ablation import add_budget_flags, budget_overrides, budget_record
 from .common import final_row, train, write_json
 
 
@@ -38,7 +38,7 @@ def plot(out: dict, path: str) -> None:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--etas", type=float, nargs="+", default=[0.0, 0.25, 0.5, 1.0, 2.0])
+    p.add_argument("--etas", type=float, nargs="+", default=[0.0, 0.1, 0.25, 0.5, 1.0, 2.0])
     p.add_argument("--betas", nargs="+", default=["auto", "2", "8", "20"])
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--run-root", default=os.path.join("runs", "sweep"))
@@ -67,11 +67,10 @@ def main() -> None:
                 eta0 = {k: v for k, v in cell.items() if k != "beta"}
             print(f"eta {eta} beta {beta}: mAP {cell['mAP']:.2f} Rank-1 {cell['rank1']:.2f}", flush=True)
     out = {"experiment": "eta x beta sweep", "seed": args.seed, "etas": args.etas, "betas": args.betas,
-           "budget": {"epochs": args.epochs or 18, "train_ids": args.train_ids or 300,
-                      "demo_budget": not (args.epochs or args.train_ids)},
+           "budget": budget_record(args),
            "command": "python -m experiments.sweep" + (f" --epochs {args.epochs}" if args.epochs else "")
            + (f" --train-ids {args.train_ids}" if args.train_ids else "")
-           + (f" --etas {' '.join(map(str, args.etas))}" if args.etas != [0.0, 0.25, 0.5, 1.0, 2.0] else "")
+           + (f" --etas {' '.join(map(str, args.etas))}" if args.etas != [0.0, 0.1, 0.25, 0.5, 1.0, 2.0] else "")
            + (f" --betas {' '.join(args.betas)}" if args.betas != ["auto", "2", "8", "20"] else "")
            + (f" --seed {args.seed}" if args.seed != 1 else ""),
            "cells": cells,

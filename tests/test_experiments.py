@@ -1,0 +1,52 @@
+"""The experiment scripts' shared plumbing: budgets derived from the demo config, and the demo report's
+check that the committed baseline was trained like the run it is printed beside."""
+import json
+
+import yaml
+
+from experiments import common, demo_report
+
+
+def test_budget_overrides_keep_the_demo_test_split():
+    demo = common.demo_settings()
+    over = common.budget_overrides(epochs=9, train_ids=40)
+    assert "solver.epochs=9" in over and "ibb.ibb_start_epoch=3" in over
+    kwargs = yaml.safe_load(next(o for o in over if o.startswith("data.dataset_kwargs=")).split("=", 1)[1])
+    assert kwargs["num_train_ids"] == 40
+    for key, value in demo["dataset_kwargs"].items():
+        if key != "num_train_ids":
+            assert kwargs[key] == value, key
+    assert common.budget_overrides() == []
+    assert common.budget_record() == {"epochs": demo["epochs"], "train_ids": demo["dataset_kwargs"]["num_train_ids"],
+                                      "demo_budget": True}
+    assert common.budget_record(epochs=9)["demo_budget"] is False
+
+
+def _fake_run(path, epochs, num_test_ids, mAP=0.61):
+    path.mkdir()
+    cfg = {"model": {"name": "vit_small_conv_cpu", "model_kwargs": {"jpm": False}, "img_size": [128, 64]},
+           "solver": {"epochs": epochs}, "data": {"batch_size": 32, "dataset": "synthetic",
+                                                  "dataset_kwargs": {"num_test_ids": num_test_ids}}}
+    (path / "config.yaml").write_text(yaml.safe_dump(cfg))
+    metrics = {"final": {"mAP": mAP, "rank1": 0.72, "mAP_se": 0.012, "rank1_se": 0.02},
+               "epochs": [{"epoch": epochs, "ibb_term2": 3.0, "ibb_refresh_log_num_classes": 5.7}]}
+    (path / "metrics.json").write_text(json.dumps(metrics))
+    return str(path)
+
+
+def test_demo_report_flags_a_baseline_trained_differently(tmp_path, monkeypatch, capsys):
+    run = _fake_run(tmp_path / "run", epochs=32, num_test_ids=150)
+    same = {"source": "test", "date_utc": "2026-11-29 10:00", "mAP": 55.0, "rank1": 70.0,
+            "budget": common.budget_of_run(run)}
+    monkeypatch.setattr(demo_report, "load_json", lambda name: same)
+    monkeypatch.setattr("sys.argv", ["demo_report", run])
+    assert demo_report.main() == 0
+    out = capsys.readouterr().out
+    assert "different settings" not in out
+    assert "[met] mAP >= 60%" in out and "[met] IBB prediction term 3.000 < log K = 5.700" in out
+
+    stale = dict(same, budget=dict(same["budget"], epochs=18))
+    monkeypatch.setattr(demo_report, "load_json", lambda name: stale)
+    assert demo_report.main() == 0
+    out = capsys.readouterr().out
+    assert "different settings (epochs)" in out
