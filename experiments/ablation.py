@@ -14,23 +14,29 @@ import argparse
 import os
 
 from .common import VARIANTS, budget_overrides as common_budget_overrides, budget_record as common_budget_record, \
-    final_row, mean_std_se, train, write_json
+    command_line, final_row, mean_std_se, train, write_json
 
 OCCLUSION = [0.2, 0.4, 0.6, 0.8]
 
 
 def budget_overrides(args) -> list:
     """The ``--set`` overrides of the budget flags (see :func:`experiments.common.budget_overrides`)."""
-    return common_budget_overrides(args.epochs, args.train_ids)
+    threads = getattr(args, "num_threads", None)
+    return common_budget_overrides(args.epochs, args.train_ids) + ([f"solver.num_threads={threads}"] if threads else [])
 
 
 def budget_record(args) -> dict:
-    return common_budget_record(args.epochs, args.train_ids)
+    rec = common_budget_record(args.epochs, args.train_ids)
+    if getattr(args, "num_threads", None):
+        rec["num_threads"] = args.num_threads
+    return rec
 
 
 def add_budget_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--epochs", type=int, default=None, help="training epochs (default: the demo config's)")
     p.add_argument("--train-ids", type=int, default=None, help="training identities (default: the demo config's)")
+    p.add_argument("--num-threads", type=int, default=None,
+                   help="torch CPU threads per run (two experiments side by side on 2 cores: 1 each)")
 
 
 def plot(results: dict, path: str) -> None:
@@ -97,12 +103,9 @@ def main() -> None:
     for n, rs in runs.items():
         summary[n]["mean_query_se"] = {k: sum(r.get(f"{k}_se", float("nan")) for r in rs) / len(rs) for k in ("mAP", "rank1")}
     out = {"experiment": "ablation", "budget": budget_record(args),
-           "seeds": args.seeds, "command": "python -m experiments.ablation " + " ".join(
-               ((f"--epochs {args.epochs} " if args.epochs else "") + (f"--train-ids {args.train_ids} " if args.train_ids else "")
-                + f"--seeds {' '.join(map(str, args.seeds))} --variants {' '.join(args.variants)}"
-                + (f" --reuse {' '.join(args.reuse)}" if args.reuse else "")).split()), "summary": summary, "runs": runs, "occlusion": occlusion,
+           "seeds": args.seeds, "command": command_line("experiments.ablation"), "summary": summary, "runs": runs, "occlusion": occlusion,
            "note": "mean ± std and se over seeds (se = std / sqrt(seeds)); mean_query_se: the runs' mean standard "
-                   "error over queries; the machine (2 cores) was shared with other jobs, so wall times are loaded timings"}
+                   "error over queries; wall times depend on what else ran on the 2-core machine (num_threads in budget)"}
     print(write_json("ablation.json", out))
     plot(out, os.path.join(os.path.dirname(write_json("ablation.json", out)), "ablation.png"))
 

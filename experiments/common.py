@@ -78,6 +78,13 @@ def budget_record(epochs: Optional[int] = None, train_ids: Optional[int] = None)
             "demo_budget": not (epochs or train_ids)}
 
 
+def command_line(module: str) -> str:
+    """How this experiment was started: ``python -m MODULE`` and its arguments, shell-quoted."""
+    import shlex
+
+    return " ".join(["python", "-m", module] + [shlex.quote(a) for a in sys.argv[1:]])
+
+
 def budget_of_run(run_dir: str) -> Dict:
     """The settings two runs must share to be compared as "same budget": model, epochs, data sizes."""
     import yaml

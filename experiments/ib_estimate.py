@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from .ablation import add_budget_flags, budget_overrides, budget_record
-from .common import DEMO_CONFIG, write_json
+from .common import DEMO_CONFIG, command_line, write_json
 
 
 def entropy_counts(counts: np.ndarray) -> float:
@@ -152,9 +152,7 @@ def main() -> None:
     d_rhs = np.diff([r["bound_rhs"] for r in rows])
     out = {"experiment": "IBB vs an independent IB estimate", "seed": args.seed, "bins": args.bins,
            "budget": budget_record(args),
-           "command": "python -m experiments.ib_estimate" + (f" --epochs {args.epochs}" if args.epochs else "")
-           + (f" --train-ids {args.train_ids}" if args.train_ids else "")
-           + (f" --run-dir {args.run_dir} --out {args.out}" if args.out != "ib_estimate" else ""),
+           "command": command_line("experiments.ib_estimate"),
            "estimator": "plug-in mutual information with the Miller-Madow correction on F discretised by hard "
                         f"k-means into {args.bins} cells, X̃ = hard input cluster, Y = identity",
            "epochs": rows, "bound_holds_every_epoch": all(r["ib_estimate"] <= r["bound_rhs"] for r in rows),

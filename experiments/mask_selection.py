@@ -11,7 +11,7 @@ import argparse
 import os
 
 from .ablation import add_budget_flags, budget_overrides, budget_record
-from .common import final_row, train, write_json
+from .common import command_line, final_row, train, write_json
 
 
 def main() -> None:
@@ -36,9 +36,7 @@ def main() -> None:
         print(rows[-1], flush=True)
     out = {"experiment": "mask selection", "rows": rows, "seed": args.seed, "tau_end": args.tau_end,
            "budget": budget_record(args),
-           "command": "python -m experiments.mask_selection --init-logits " + " ".join(map(str, args.init_logits))
-           + (f" --tau-end {args.tau_end}" if args.tau_end else "")
-           + (f" --epochs {args.epochs}" if args.epochs else "") + (f" --train-ids {args.train_ids}" if args.train_ids else "")}
+           "command": command_line("experiments.mask_selection")}
     path = write_json("mask_selection.json", out)
     import matplotlib
 

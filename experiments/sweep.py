@@ -12,7 +12,7 @@ import argparse
 import os
 
 from .ablation import add_budget_flags, budget_overrides, budget_record
-from .common import final_row, train, write_json
+from .common import command_line, final_row, train, write_json
 
 
 def plot(out: dict, path: str) -> None:
@@ -68,11 +68,7 @@ def main() -> None:
             print(f"eta {eta} beta {beta}: mAP {cell['mAP']:.2f} Rank-1 {cell['rank1']:.2f}", flush=True)
     out = {"experiment": "eta x beta sweep", "seed": args.seed, "etas": args.etas, "betas": args.betas,
            "budget": budget_record(args),
-           "command": "python -m experiments.sweep" + (f" --epochs {args.epochs}" if args.epochs else "")
-           + (f" --train-ids {args.train_ids}" if args.train_ids else "")
-           + (f" --etas {' '.join(map(str, args.etas))}" if args.etas != [0.0, 0.1, 0.25, 0.5, 1.0, 2.0] else "")
-           + (f" --betas {' '.join(args.betas)}" if args.betas != ["auto", "2", "8", "20"] else "")
-           + (f" --seed {args.seed}" if args.seed != 1 else ""),
+           "command": command_line("experiments.sweep"),
            "cells": cells,
            "note": "one seed per cell: compare differences with the ablation's seed-to-seed std; SE = over queries"}
     path = write_json("sweep.json", out)
