@@ -26,7 +26,8 @@ attention on the pre-pass's q⊙M, k⊙M, so its mask-off twin is the same kerne
 unless ptxas serialises the wgmma or the dot runs as mma.sync, counted in ``loop_hmma``),
 ``loop_int_ops`` and ``loop_int_ratio`` (÷ the mask-off twin's loop), ``loop_atomics`` (RED/ATOM:
 the fused backward's dQ adds), ``wgmma_serialized`` (ptxas's reason when it serialises the
-warpgroup MMAs, its C7515 note; empty when it does not). Kernels: ``fwd``; the split backward ``dkdv`` + ``dq``; the fused
+warpgroup MMAs, its C7515 note; empty when it does not; ``--check`` fails on it except in the
+mask-off twins of the backward, which only the benchmarks run). Kernels: ``fwd``; the split backward ``dkdv`` + ``dq``; the fused
 backward ``fused`` (one pass per key block) + ``dq_finish``; ``prepass``, ``delta``, ``flat_noise``.
 Signatures mimic the benchmark's launch: contiguous ``[B, H, N, D]`` tensors (last stride 1,
 others multiples of 16), N and H not multiples of 16.
@@ -303,7 +304,9 @@ def run(jobs_n: int = 2, candidates: bool = False) -> List[Dict]:
 
 
 def problems(rows: List[Dict]) -> List[str]:
-    """What fails CI: a compile failure, or a spill or serialised warpgroup MMAs in a shipped config."""
+    """What fails CI: a compile failure, a spill in a shipped config, or serialised warpgroup MMAs in a
+    shipped config DCS-Attention runs (a mask-off twin, only a benchmark baseline, is reported in the
+    table, not failed)."""
     out = []
     for r in rows:
         where = f"{r['kernel']} [{r['variant']}] {r['config']} {r['dtype']} D={r['D']}"
@@ -311,7 +314,7 @@ def problems(rows: List[Dict]) -> List[str]:
             out.append(f"compile failure: {where}: {r['error']}")
         elif r["shipped"] and r.get("spill_bytes", 0) > 0:
             out.append(f"spill in a shipped config: {where}: {r['spill_bytes']} B")
-        elif r["shipped"] and r.get("wgmma_serialized"):
+        elif r["shipped"] and r.get("wgmma_serialized") and r["variant"] != "nomask":
             out.append(f"ptxas serialises the warpgroup MMAs of a shipped config: {where}: "
                        f"{r['wgmma_serialized']}")
     return out
