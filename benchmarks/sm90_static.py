@@ -6,23 +6,28 @@ instruction mix (tensor-core MMA, integer ops, MUFU, local loads/stores).
     python -m benchmarks.sm90_static                       # the table (Markdown) on stdout
     python -m benchmarks.sm90_static --json rows.json      # also every row as a JSON list
     python -m benchmarks.sm90_static --candidates          # also the configs that were pruned
-    python -m benchmarks.sm90_static --check               # exit 1 on a compile failure or a spill in a shipped config
+    python -m benchmarks.sm90_static --check               # exit 1 on a compile failure, or a spill or
+                                                           # serialised wgmma (ptxas C7515) in a shipped config
 
 Rows: every kernel × every shipped config (``ribkernels.dcs.triton.launch.SHIPPED``) × {fp16, bf16}
 × D ∈ {32, 64, 128} (fp32 has no Triton path on GPU; ``--candidates`` adds its tf32x3 attempts and
-the pruned 16-bit configs, ``shipped=False``), each attention kernel twice: with the mask
-(``MASKED=True``, and the dθ epilogue of per-token θ in the backward) and with the mask compiled out
-(``MASKED=False``), so the mask's share of the instructions is visible (``int_ratio``: integer ops
+the pruned 16-bit configs, ``shipped=False``), each backward kernel twice: with the mask
+(``MASKED=True``, and the dθ epilogue of per-token θ) and with the mask compiled out (``MASKED=False``),
+so the mask's share of the instructions is visible (``int_ratio``: integer ops
 of the row ÷ those of its mask-off twin; integer ops are the per-thread integer ALU instructions in
 ``INT_OPS``, register moves issued as IMAD and the warp-uniform ``U*`` datapath left out). Counts
 are static (each instruction once; a loop body counts once, as the per-tile cost does). The pre-pass
 row gives ``instr_per_elem``: SASS instructions each thread issues per mask element it makes (static
-count × threads ÷ elements per program; the pre-pass has no loop).
+count × threads ÷ elements per program; the pre-pass has no loop): with q⊙M and k⊙M (what the
+forward uses) and the mask alone (``triton_dcs_mask``). The forward compiles once: it is plain
+attention on the pre-pass's q⊙M, k⊙M, so its mask-off twin is the same kernel.
 ``loop_*`` columns read the attention loop's body only (the backward branch around the most MMAs):
 ``loop_mma`` MMA instructions, ``loop_mma_groups`` warpgroup-MMA commit groups (one per ``tl.dot``
 unless ptxas serialises the wgmma or the dot runs as mma.sync, counted in ``loop_hmma``),
 ``loop_int_ops`` and ``loop_int_ratio`` (÷ the mask-off twin's loop), ``loop_atomics`` (RED/ATOM:
-the fused backward's dQ adds). Kernels: ``fwd``; the split backward ``dkdv`` + ``dq``; the fused
+the fused backward's dQ adds), ``wgmma_serialized`` (ptxas's reason when it serialises the
+warpgroup MMAs, its C7515 note; empty when it does not; ``--check`` fails on it except in the
+mask-off twins of the backward, which only the benchmarks run). Kernels: ``fwd``; the split backward ``dkdv`` + ``dq``; the fused
 backward ``fused`` (one pass per key block) + ``dq_finish``; ``prepass``, ``delta``, ``flat_noise``.
 Signatures mimic the benchmark's launch: contiguous ``[B, H, N, D]`` tensors (last stride 1,
 others multiples of 16), N and H not multiples of 16.
@@ -52,6 +57,8 @@ CANDIDATES = {"fwd": {"all": [(128, 64, 4, 3), (64, 128, 4, 2)]},
               "fused": {"all": [(32, 64, 4, 2), (64, 128, 8, 2), (64, 64, 8, 2), (32, 64, 4, 3)],
                         128: [(64, 64, 8, 2), (64, 64, 4, 2), (32, 64, 4, 2)]}}
 
+# The forward is plain attention on the pre-pass's q⊙M, k⊙M: with the mask and without it is one kernel.
+FWD_VARIANT = "q⊙M, k⊙M (= nomask)"
 INT_OPS = {"IMAD", "IADD3", "IADD", "LOP3", "LOP", "SHF", "SHL", "SHR", "ISETP", "LEA", "IMNMX", "VIMNMX",
            "IABS", "SEL", "PRMT", "BMSK", "SGXT", "POPC", "FLO", "BREV", "IDP", "IMUL", "IMADSP", "I2I"}
 MMA_OPS = {"HGMMA", "HMMA", "IMMA", "QGMMA", "IGMMA", "BGMMA", "DMMA"}
@@ -109,8 +116,8 @@ def _variants():
                 for cfg, is_shipped in [(c, True) for c in shipped] + [(c, False) for c in extra]:
                     bm, bn, w, s = cfg
                     base = dict(HEAD_DIM=D, DOT_PREC=launch.dot_precision(tdt), BLOCK_M=bm, BLOCK_N=bn)
-                    if kname == "fwd":
-                        variants = [("mask", dict(MASKED=True)), ("nomask", dict(MASKED=False))]
+                    if kname == "fwd":  # plain attention: the pre-pass made q⊙M, k⊙M; the mask-off twin is itself
+                        variants = [(FWD_VARIANT, {})]
                     else:
                         bwd = dict(MODE=MODE_PHILOX, TAU_ONE=True)
                         variants = [("mask+dθ token", dict(MASKED=True, DTH_MODE=1, **bwd)),
@@ -122,11 +129,14 @@ def _variants():
                         ptrs = dict(common_ptr)
                         ptrs["DTH"] = f"*{dt}" if v.get("DTH_MODE") == 1 else "*fp32"
                         jobs.append((kname, vname, cfg, dt, D, is_shipped, {**base, **v}, ptrs, None))
-            for vname, mode in (("philox", MODE_PHILOX), ("eval (θ > 0)", MODE_EVAL)):
+            for vname, mode, mask_qk in (("philox + q⊙M, k⊙M", MODE_PHILOX, True),
+                                         ("eval (θ > 0) + q⊙M, k⊙M", MODE_EVAL, True),
+                                         ("philox, mask only", MODE_PHILOX, False)):
                 rows = launch.prepass_rows(D)
                 jobs.append(("prepass", vname, (rows, 0, 4, 1), dt, D, True,
-                             dict(HEAD_DIM=D, MODE=mode, BLOCK_R=rows, FAST=True),
-                             {"TH": f"*{dt}", "NZ": f"*{dt}", "RNG": "*i64", "MASK": f"*{dt}"}, rows * D))
+                             dict(HEAD_DIM=D, MODE=mode, BLOCK_R=rows, FAST=True, MASK_QK=mask_qk),
+                             {n: f"*{dt}" for n in ("TH", "NZ", "MASK", "Q", "K", "QM", "KM")} | {"RNG": "*i64"},
+                             rows * D))
             if dt != "fp32":
                 rows = launch.finish_rows(D)
                 bwd = dict(HEAD_DIM=D, MODE=MODE_PHILOX, TAU_ONE=True, BLOCK_M=rows)
@@ -217,6 +227,21 @@ def _sass_counts(cubin: bytes) -> Dict[str, int]:
     return out
 
 
+def _wgmma_serialized(ptx: str) -> str:
+    """Why ptxas serialises the kernel's warpgroup MMAs (its "C7515 Potential Performance Loss" note,
+    which triton's own ptxas run discards), or "" when it does not. Reruns ptxas -v on the PTX with
+    the flags triton uses."""
+    with tempfile.TemporaryDirectory() as tmp:
+        src = os.path.join(tmp, "k.ptx")
+        with open(src, "w") as f:
+            f.write(ptx)
+        log = subprocess.run([_bin("ptxas"), "-v", "--regAllocOptLevel=2", "--gpu-name=sm_90a", src, "-o",
+                              os.path.join(tmp, "k.cubin")], capture_output=True, text=True, check=True)
+    m = re.search(r"wgmma\.mma_async instructions are serialized due to (.*?) in the function",
+                  log.stdout + log.stderr)
+    return m.group(1) if m else ""
+
+
 def _compile_one(job) -> Dict:
     kname, vname, cfg, dt, D, shipped, consts, ptrs, elems = job
     bm, bn, w, s = cfg
@@ -234,6 +259,8 @@ def _compile_one(job) -> Dict:
         src = ASTSource(fn=fn, signature=sig, constexprs=constexprs, attrs=attrs)
         ck = triton.compile(src, target=GPUTarget("cuda", 90, 32), options=dict(num_warps=w, num_stages=s))
         row.update(_sass_counts(ck.asm["cubin"]))
+        if row.get("loop_mma"):
+            row["wgmma_serialized"] = _wgmma_serialized(ck.asm["ptx"])
         row["shared_bytes"] = max(int(getattr(ck.metadata, "shared", 0)), row.get("static_shared", 0))
         # These kernels call no functions: their stack frame is register spills (ptxas -v's
         # "bytes stack frame"); local memory beyond it would be spills too.
@@ -260,7 +287,8 @@ def _int_ratios(rows: List[Dict]) -> None:
 
 COLUMNS = ["kernel", "variant", "config", "dtype", "D", "shipped", "registers", "spill_bytes", "shared_bytes",
            "mma", "loop_mma", "loop_mma_groups", "loop_hmma", "int_ops", "int_ratio", "loop_int_ops", "loop_int_ratio",
-           "loop_atomics", "mufu", "local_ld", "local_st", "sass_total", "instr_per_elem", "error"]
+           "loop_atomics", "wgmma_serialized", "mufu", "local_ld", "local_st", "sass_total", "instr_per_elem",
+           "error"]
 
 
 def run(jobs_n: int = 2, candidates: bool = False) -> List[Dict]:
@@ -276,7 +304,9 @@ def run(jobs_n: int = 2, candidates: bool = False) -> List[Dict]:
 
 
 def problems(rows: List[Dict]) -> List[str]:
-    """What fails CI: a compile failure, or a spill in a shipped config."""
+    """What fails CI: a compile failure, a spill in a shipped config, or serialised warpgroup MMAs in a
+    shipped config DCS-Attention runs (a mask-off twin, only a benchmark baseline, is reported in the
+    table, not failed)."""
     out = []
     for r in rows:
         where = f"{r['kernel']} [{r['variant']}] {r['config']} {r['dtype']} D={r['D']}"
@@ -284,6 +314,9 @@ def problems(rows: List[Dict]) -> List[str]:
             out.append(f"compile failure: {where}: {r['error']}")
         elif r["shipped"] and r.get("spill_bytes", 0) > 0:
             out.append(f"spill in a shipped config: {where}: {r['spill_bytes']} B")
+        elif r["shipped"] and r.get("wgmma_serialized") and r["variant"] != "nomask":
+            out.append(f"ptxas serialises the warpgroup MMAs of a shipped config: {where}: "
+                       f"{r['wgmma_serialized']}")
     return out
 
 
@@ -293,7 +326,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     ap.add_argument("--md", help="write the Markdown table here")
     ap.add_argument("--jobs", type=int, default=2, help="compile processes (default 2)")
     ap.add_argument("--candidates", action="store_true", help="also compile the pruned (unshipped) configs")
-    ap.add_argument("--check", action="store_true", help="exit 1 on a compile failure or a shipped spill")
+    ap.add_argument("--check", action="store_true",
+                    help="exit 1 on a compile failure, or a spill or serialised wgmma in a shipped config")
     args = ap.parse_args(argv)
     os.environ.pop("TRITON_INTERPRET", None)  # compile for real (no GPU is needed to compile)
     from benchmarks.common import markdown_table

@@ -230,6 +230,28 @@ def test_prepass_mask_is_the_contract_mask(device, theta_kind):
 
 
 @pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("mode", [NZ.MODE_EVAL, NZ.MODE_NOISE, NZ.MODE_PHILOX])
+def test_masked_qk_prepass_writes_exact_masked_operands(device, mode):
+    """One pass makes the mask and q⊙M, k⊙M (the forward's operands): the same mask as the mask-only
+    pre-pass, q·M and k·M exactly, contiguous, from strided q, k (timm's qkv layout), over a partial
+    second pre-pass program (N = 300 tokens, 256 per program at D = 16)."""
+    B, H, N, D = 1, 2, 300, 16
+    dt = DT[device]
+    q, k, _ = randn(B, N, 3, H, D, device=device, dtype=dt).permute(2, 0, 3, 1, 4).unbind(0)
+    theta = torch.linspace(-1.5, 1.5, H * D, device=device, dtype=dt).reshape(1, H, 1, D)
+    noise = rk.logistic_noise((B, H, N, 1), fresh_seed(), device=device) if mode == NZ.MODE_NOISE else None
+    rng = launch.rng_state(fresh_seed(), 7, device)
+    assert launch.prepass_rows(D) < N < 2 * launch.prepass_rows(D) and not q.is_contiguous()
+    mask, qm, km = launch.masked_qk_prepass(q, k, theta, noise, rng, mode)
+    alone = launch.mask_prepass(theta, noise, q.shape, rng, mode, dt)
+    for name, t in (("mask", mask), ("q⊙M", qm), ("k⊙M", km)):
+        assert t.shape == q.shape and t.dtype == dt and t.is_contiguous(), name
+    assert torch.equal(mask, alone)
+    assert 0.2 < mask.float().mean().item() < 0.8  # neither all kept nor all dropped: the test can fail
+    assert torch.equal(qm, q * mask) and torch.equal(km, k * mask)
+
+
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("theta_kind,tau", [("token", 1.0), ("channel", 1.0), ("token", 0.5), ("head_dim", 1.0)])
 def test_seeded_run_matches_contract_reference(device, theta_kind, tau):
     """Philox mode end to end: the forward uses the contract mask, dq/dk vanish exactly off it, and
@@ -317,10 +339,10 @@ def test_block_size_does_not_change_results(device, theta_kind):
     B, H, N, D = 1, 2, 53, 32
     q, k, v, theta, _, grad_out = make_case(B, H, N, D, theta_kind, DT[device], device)
     rng = launch.rng_state(fresh_seed(), 0, device)
-    mask = launch.mask_prepass(theta, None, q.shape, rng, NZ.MODE_PHILOX, q.dtype)
+    mask, qm, km = launch.masked_qk_prepass(q, k, theta, None, rng, NZ.MODE_PHILOX)
     res = []
     for cfg in [(16, 32), (64, 16)]:
-        out, lse = launch.forward(q, k, v, mask, scale=D**-0.5, config=cfg)
+        out, lse = launch.forward(qm, km, v, scale=D**-0.5, config=cfg)
         grads = launch.backward(grad_out, q, k, v, mask, out, lse, theta, None, rng, scale=D**-0.5, tau=1.0,
                                 mode=NZ.MODE_PHILOX, need_dtheta=True, config=cfg)
         res.append([out, *grads])

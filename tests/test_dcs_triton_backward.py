@@ -37,8 +37,8 @@ def run_paths(q, k, v, theta, grad_out, *, mode, noise=None, seed=0, tau=1.0, co
     """[out, dq, dk, dv, dθ] from the launcher for each path (same mask), and the mask."""
     D = q.shape[-1]
     rng = launch.rng_state(seed, 0, q.device)
-    mask = launch.mask_prepass(theta, noise, q.shape, rng, mode, q.dtype)
-    out, lse = launch.forward(q, k, v, mask, scale=D**-0.5, config=config)
+    mask, qm, km = launch.masked_qk_prepass(q, k, theta, noise, rng, mode)
+    out, lse = launch.forward(qm, km, v, scale=D**-0.5, config=config)
     res = {}
     for path in launch.BACKWARD_PATHS:
         grads = launch.backward(grad_out, q, k, v, mask, out, lse, theta, noise, rng, scale=D**-0.5, tau=tau,
@@ -174,7 +174,7 @@ def test_bad_backward_env_raises_before_any_launch(monkeypatch):
 
     B, H, N, D = 1, 1, 5, 16
     q, k, v, theta = (torch.randn(B, H, N, D) for _ in range(4))
-    out, lse = launch.forward(q, k, v, torch.ones_like(q), scale=0.25)
+    out, lse = launch.forward(q, k, v, scale=0.25)
     monkeypatch.setattr(launch, "_launch", boom)
     monkeypatch.setattr(launch, "dcs_bwd_delta_kernel", None)  # subscripting None would fail too
     monkeypatch.setenv("RIBKERNELS_DCS_BACKWARD", "fast")

@@ -1,9 +1,10 @@
 """Triton kernels of DCS-Attention (SPEC §2), noise contract v2: a mask pre-pass makes the
-``[B, H, N, D]`` mask once per forward (one byte per element), FlashAttention-2-shaped forward and
-backward kernels apply it to q/k tiles on load and never run Philox.
+``[B, H, N, D]`` mask once per forward (0/1 in the inputs' dtype) and, in the same pass, q⊙M and
+k⊙M; the FlashAttention-2-shaped forward is plain attention on those, the backward kernels apply the
+saved mask to q/k tiles on load; none of them runs Philox in a loop.
 
 * ``noise``: the contract's jit helpers (Philox group → 4 elements, uniform, keep decision, dsoft).
-* ``prepass``: the mask pre-pass kernel.  ``forward``: the forward kernel.
+* ``prepass``: the mask pre-pass kernel (mask, q⊙M, k⊙M).  ``forward``: the forward kernel (plain attention).
 * ``backward_fused``: the default backward, one pass per key block (dQ by float32 atomics) and a dq
   finishing kernel.  ``backward``: delta, and the split dK/dV and dQ passes (deterministic).
 * ``debug``: the flat noise kernel.

@@ -22,8 +22,26 @@ The mask of a tile is the pre-pass's bytes; the kernels never run Philox in thei
 import triton
 import triton.language as tl
 
-from .forward import mask_ptrs, masked_tile
 from .noise import dsoft_tile, load_bhnd
+
+
+@triton.jit
+def mask_ptrs(MSK, bh64, offs_n, N, HEAD_DIM: tl.constexpr):
+    """Pointers of the mask tile of tokens ``offs_n`` of head ``bh`` (contiguous ``[B, H, N, D]``);
+    the loops advance them by ``BLOCK·HEAD_DIM`` instead of recomputing 64-bit addresses per tile."""
+    return MSK + (bh64 * N + offs_n[:, None].to(tl.int64)) * HEAD_DIM + tl.arange(0, HEAD_DIM)[None, :]
+
+
+@triton.jit
+def masked_tile(PTR, mptrs, b64, h64, offs_n, offs_d, valid, sb, sh, sn, sd, MASKED: tl.constexpr):
+    """A q/k tile times the DCS mask (0/1 in the tile's dtype, read at ``mptrs``), and the mask tile."""
+    x = load_bhnd(PTR, b64, h64, offs_n, offs_d, valid, sb, sh, sn, sd)
+    if MASKED:
+        keep = tl.load(mptrs, mask=valid[:, None], other=0.0)
+        x = x * keep
+    else:
+        keep = tl.full([1, 1], 1.0, x.dtype)
+    return x, keep
 
 
 @triton.jit(do_not_specialize=["H", "N"])  # shape scalars: no recompile per value

@@ -24,8 +24,7 @@ dθ (``DTH_MODE``, as in ``backward``) needs ``dM = dq_raw⊙q + dk_raw⊙k`` pe
 import triton
 import triton.language as tl
 
-from .backward import _store_contig, _store_row_partial
-from .forward import mask_ptrs, masked_tile
+from .backward import _store_contig, _store_row_partial, mask_ptrs, masked_tile
 from .noise import dsoft_tile, load_bhnd
 
 

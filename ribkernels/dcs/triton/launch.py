@@ -64,6 +64,7 @@ FP32_TF32X3_TRIED: Dict[str, Dict[int, List[Config]]] = {
 }
 KERNELS = {"fwd": dcs_fwd_kernel, "dkdv": dcs_bwd_dkdv_kernel, "dq": dcs_bwd_dq_kernel,
            "fused": dcs_bwd_fused_kernel}
+AUTOTUNE_KEYS = {"fwd": ["N"], "dkdv": ["N", "MASKED"], "dq": ["N", "MASKED"], "fused": ["N", "MASKED"]}
 # Autotuning runs a kernel several times: buffers it accumulates into must be zeroed before each run.
 RESET_TO_ZERO = {"fused": ["DQACC"]}
 
@@ -92,7 +93,7 @@ def _tuned(kernel: str, head_dim: int, dtype: torch.dtype):
     if key not in _TUNED:
         cfgs = [triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=w, num_stages=s)
                 for bm, bn, w, s in shipped_configs(kernel, head_dim, dtype)]
-        _TUNED[key] = triton.autotune(cfgs, key=["N", "MASKED"],
+        _TUNED[key] = triton.autotune(cfgs, key=AUTOTUNE_KEYS[kernel],
                                       reset_to_zero=RESET_TO_ZERO.get(kernel))(KERNELS[kernel])
     return _TUNED[key]
 
@@ -176,34 +177,50 @@ def _theta_noise_args(theta, noise, shape):
 
 def prepass_rows(head_dim: int) -> int:
     """Tokens per pre-pass program: PREPASS_ELEMS elements (amortises the per-program set-up; the
-    static tool shows < 30 SASS instructions per mask element on sm_90 at this size)."""
+    static tool shows ≈ 29 SASS instructions per mask element on sm_90 at this size for the mask
+    alone, ≈ 34.5 with q⊙M and k⊙M: memory-bound either way)."""
     return PREPASS_ELEMS // head_dim
 
 
-def mask_prepass(theta, noise, shape, rng: torch.Tensor, mode: int, dtype: torch.dtype) -> torch.Tensor:
-    """The 0/1 mask in ``dtype`` (the attention inputs' dtype), contiguous ``[B, H, N, D]``."""
+def _prepass(theta, noise, shape, rng, mode: int, dtype: torch.dtype, q=None, k=None):
+    """Launch the pre-pass: the 0/1 mask in ``dtype`` and, given q and k, q⊙M and k⊙M (all contiguous)."""
     B, H, N, D = shape
     mask = torch.empty(shape, dtype=dtype, device=theta.device)
+    qm, km = (None, None) if q is None else (torch.empty_like(mask), torch.empty_like(mask))
     if B * H == 0:
-        return mask
+        return mask, qm, km
     th, nz, st = _theta_noise_args(theta, noise, shape)
+    qk_args = (mask,) * 4 + (0,) * 8 if q is None else (q, k, qm, km, *q.stride(), *k.stride())
     with device_guard(theta):
         rows = prepass_rows(D)
         dcs_mask_prepass_kernel[(triton.cdiv(N, rows), B * H)](
-            th, nz, rng, mask, *st, H, N, HEAD_DIM=D, MODE=mode, BLOCK_R=rows, FAST=not INTERPRET, num_warps=4)
-    return mask
+            th, nz, rng, mask, *qk_args[:4], *st, *qk_args[4:], H, N, HEAD_DIM=D, MODE=mode, BLOCK_R=rows,
+            FAST=not INTERPRET, MASK_QK=q is not None, num_warps=4)
+    return mask, qm, km
 
 
-def forward(q, k, v, mask, *, scale: float, masked: bool = True, config: Optional[Tuple[int, int]] = None):
-    """out ``[B, H, N, D]`` (q's dtype, contiguous) and LSE ``[B, H, N]`` (float32, log2 domain)."""
+def mask_prepass(theta, noise, shape, rng: torch.Tensor, mode: int, dtype: torch.dtype) -> torch.Tensor:
+    """The 0/1 mask alone in ``dtype``, contiguous ``[B, H, N, D]`` (``triton_dcs_mask``)."""
+    return _prepass(theta, noise, shape, rng, mode, dtype)[0]
+
+
+def masked_qk_prepass(q, k, theta, noise, rng: torch.Tensor, mode: int):
+    """One pass over q, k, θ (and noise): ``(mask, q⊙M, k⊙M)``, contiguous ``[B, H, N, D]`` in q's
+    dtype. The mask is what the backward saves; q⊙M and k⊙M are the forward's operands (freed after it)."""
+    return _prepass(theta, noise, q.shape, rng, mode, q.dtype, q, k)
+
+
+def forward(q, k, v, *, scale: float, config: Optional[Tuple[int, int]] = None):
+    """Plain attention: out ``[B, H, N, D]`` (q's dtype, contiguous) and LSE ``[B, H, N]`` (float32,
+    log2 domain). DCS-Attention passes the pre-pass's q⊙M and k⊙M as q and k (``masked_qk_prepass``)."""
     B, H, N, D = q.shape
     out = torch.empty((B, H, N, D), dtype=q.dtype, device=q.device)
     lse = torch.empty((B, H, N), dtype=torch.float32, device=q.device)
     if B * H == 0:
         return out, lse
-    args = (q, k, v, mask if masked else q, out, lse, *q.stride(), *k.stride(), *v.stride(), *out.stride(),
+    args = (q, k, v, out, lse, *q.stride(), *k.stride(), *v.stride(), *out.stride(),
             H, N, float(scale) * math.log2(math.e))
-    meta = dict(HEAD_DIM=D, MASKED=bool(masked), DOT_PREC=dot_precision(q.dtype))
+    meta = dict(HEAD_DIM=D, DOT_PREC=dot_precision(q.dtype))
     with device_guard(q):
         _launch("fwd", "BLOCK_M", q, args, meta, config)
     return out, lse

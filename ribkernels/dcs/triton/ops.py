@@ -2,14 +2,15 @@
 autograd, so ``torch.compile`` traces a model that uses them as single nodes.
 
 * ``ribkernels::dcs_attention_fwd(q, k, v, theta, noise?, rng, tau, scale, training)
-  -> (out [B,H,N,D] q's dtype, lse [B,H,N] float32, mask [B,H,N,D] 0/1 in q's dtype)``: the mask pre-pass, then
-  the forward kernel. ``rng`` is the int64 ``[seed, offset]`` device tensor (read only in Philox mode).
+  -> (out [B,H,N,D] q's dtype, lse [B,H,N] float32, mask [B,H,N,D] 0/1 in q's dtype)``: the mask pre-pass
+  (mask, q⊙M, k⊙M in one pass), then the forward kernel on q⊙M, k⊙M (freed when it returns). ``rng`` is the int64 ``[seed, offset]`` device tensor (read only in Philox mode).
 * ``ribkernels::dcs_attention_bwd(dout, q, k, v, theta, noise?, rng, out, lse, mask, tau, scale,
   training, need_dtheta) -> (dq, dk, dv, dtheta)``; dtheta has θ's shape and dtype, or shape ``()``
   when not needed (eval, or θ without grad).
 
-The mask made by the forward is saved for the backward: Philox runs once per forward (pre-pass) and
-once per element in the backward's dθ epilogue, never inside the attention loops.
+The mask made by the forward is saved for the backward (which applies it to raw q, k tiles: dθ needs
+them): Philox runs once per forward (pre-pass) and once per element in the backward's dθ epilogue,
+never inside the attention loops.
 """
 from typing import Optional, Tuple
 
@@ -23,8 +24,8 @@ from . import launch
 def dcs_attention_fwd(q: Tensor, k: Tensor, v: Tensor, theta: Tensor, noise: Optional[Tensor], rng: Tensor,
                       tau: float, scale: float, training: bool) -> Tuple[Tensor, Tensor, Tensor]:
     mode = launch.mode_of(training, noise)
-    mask = launch.mask_prepass(theta, noise, q.shape, rng, mode, q.dtype)
-    out, lse = launch.forward(q, k, v, mask, scale=scale)
+    mask, qm, km = launch.masked_qk_prepass(q, k, theta, noise, rng, mode)
+    out, lse = launch.forward(qm, km, v, scale=scale)
     return out, lse, mask
 
 
@@ -84,12 +85,12 @@ def dcs_attention_fused(q: Tensor, k: Tensor, v: Tensor, theta: Tensor, noise: O
 
 
 class _PlainAttention(torch.autograd.Function):
-    """The same kernels with the mask compiled out (``MASKED=False``): plain attention. The
+    """The same kernels without the mask (forward on raw q, k; backward ``MASKED=False``). The
     benchmarks' and the static tool's "mask off" twin, to show what the mask costs."""
 
     @staticmethod
     def forward(ctx, q, k, v, scale):
-        out, lse = launch.forward(q, k, v, None, scale=scale, masked=False)
+        out, lse = launch.forward(q, k, v, scale=scale)
         ctx.save_for_backward(q, k, v, out, lse)
         ctx.scale = scale
         return out
