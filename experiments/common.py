@@ -59,8 +59,9 @@ def demo_settings(config: str = DEMO_CONFIG) -> Dict:
 
 def budget_overrides(epochs: Optional[int] = None, train_ids: Optional[int] = None) -> List[str]:
     """``--set`` overrides for a smaller budget than the demo's: ``epochs`` (the IBB then starts a third
-    of the way in, as in the demo config) and ``train_ids`` training identities (the demo's test split
-    is kept, so results at every budget are evaluated on the same queries)."""
+    of the way in, as in the demo config) and ``train_ids`` training identities (the demo's other
+    dataset sizes are kept; the generator's draws depend on every size, so the test split has the same
+    size but other people and images than the demo's)."""
     o: List[str] = []
     if epochs:
         o += [f"solver.epochs={epochs}", f"ibb.ibb_start_epoch={max(1, epochs // 3)}"]

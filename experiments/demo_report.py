@@ -46,8 +46,9 @@ def main() -> int:
         if b is not None and b.get("budget") != budget_of_run(args.run_dir):
             mine = budget_of_run(args.run_dir)
             diff = sorted(k for k in set(mine) | set(b.get("budget") or {}) if mine.get(k) != (b.get("budget") or {}).get(k))
-            print(f"note: the committed baseline was trained with different settings ({', '.join(diff)}) than "
-                  f"{args.run_dir}; rerun python -m experiments.demo_baseline for a like-for-like comparison\n")
+            what = f"different settings ({', '.join(diff)})" if b.get("budget") else "no record of its settings"
+            print(f"note: the committed baseline has {what} compared with {args.run_dir}; rerun "
+                  "python -m experiments.demo_baseline for a like-for-like comparison\n")
     print("| model (synthetic dataset, CPU) | mAP % ± SE | Rank-1 % ± SE | eval keep fraction | wall |")
     print("|---|---|---|---|---|")
     print(_row(f"RIB-DCS (this run: {args.run_dir})", rib))

@@ -79,7 +79,11 @@ def main() -> None:
             with open(os.path.join(out_dir, "stdout.log"), "w") as log:
                 if subprocess.call(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT):
                     raise SystemExit(f"eval failed: {' '.join(cmd)}")
-            with open(os.path.join(out_dir, "metrics.json")) as f:
+            # --eval-only writes eval-<timestamp>.json (never metrics.json): take the newest
+            evals = sorted(f for f in os.listdir(out_dir) if f.startswith("eval-") and f.endswith(".json"))
+            if not evals:
+                raise SystemExit(f"eval of {run_dir} wrote no eval-*.json in {out_dir}; see {out_dir}/stdout.log")
+            with open(os.path.join(out_dir, evals[-1])) as f:
                 tables[name] = [json.load(f)["final"]["occlusion"]]
         source = "final.pth of " + ", ".join(args.checkpoints)
         budget = {"checkpoints": args.checkpoints}

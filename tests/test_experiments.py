@@ -42,7 +42,7 @@ def test_demo_report_flags_a_baseline_trained_differently(tmp_path, monkeypatch,
     monkeypatch.setattr("sys.argv", ["demo_report", run])
     assert demo_report.main() == 0
     out = capsys.readouterr().out
-    assert "different settings" not in out
+    assert "different settings" not in out and "no record" not in out
     assert "[met] mAP >= 60%" in out and "[met] IBB prediction term 3.000 < log K = 5.700" in out
 
     stale = dict(same, budget=dict(same["budget"], epochs=18))
