@@ -251,6 +251,19 @@ def test_masked_qk_prepass_writes_exact_masked_operands(device, mode):
     assert torch.equal(qm, q * mask) and torch.equal(km, k * mask)
 
 
+def test_prepass_copies_views_whose_in_program_offsets_overflow_int32():
+    """The pre-pass indexes inside a program in int32 (r·stride_n + d·stride_d, r < rows): views with a
+    token stride too large for that are made contiguous first, the others pass through untouched
+    (meta tensors: the check reads strides only)."""
+    rows = launch.prepass_rows(64)
+    ok = torch.empty_strided((1, 1, 300, 64), (0, 0, (2**31 - 64) // (rows - 1) - 1, 1), device="meta")
+    too_far = torch.empty_strided((1, 1, 300, 64), (0, 0, (2**31 - 64) // (rows - 1) + 1, 1), device="meta")
+    broadcast = torch.empty_strided((2, 12, 300, 64), (0, 64, 0, 1), device="meta")
+    assert launch._int32_rows(ok, rows) is ok and launch._int32_rows(broadcast, rows) is broadcast
+    copied = launch._int32_rows(too_far, rows)
+    assert copied is not too_far and copied.is_contiguous()
+
+
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("theta_kind,tau", [("token", 1.0), ("channel", 1.0), ("token", 0.5), ("head_dim", 1.0)])
 def test_seeded_run_matches_contract_reference(device, theta_kind, tau):

@@ -182,6 +182,12 @@ def prepass_rows(head_dim: int) -> int:
     return PREPASS_ELEMS // head_dim
 
 
+def _int32_rows(t: torch.Tensor, rows: int) -> torch.Tensor:
+    """``t`` (``[B, H, N, D]``), or a contiguous copy if the pre-pass's int32 in-program offsets
+    ``r·stride_n + d·stride_d`` (r < rows) would not fit."""
+    return t if (rows - 1) * t.stride(2) + (t.shape[3] - 1) * t.stride(3) < 2**31 else t.contiguous()
+
+
 def _prepass(theta, noise, shape, rng, mode: int, dtype: torch.dtype, q=None, k=None):
     """Launch the pre-pass: the 0/1 mask in ``dtype`` and, given q and k, q⊙M and k⊙M (all contiguous)."""
     B, H, N, D = shape
@@ -189,10 +195,15 @@ def _prepass(theta, noise, shape, rng, mode: int, dtype: torch.dtype, q=None, k=
     qm, km = (None, None) if q is None else (torch.empty_like(mask), torch.empty_like(mask))
     if B * H == 0:
         return mask, qm, km
-    th, nz, st = _theta_noise_args(theta, noise, shape)
+    rows = prepass_rows(D)
+    # The kernel's offsets inside a program are int32 (r·stride_n + d·stride_d, r < rows): a view
+    # whose token stride is too large for that (> 2**31 / rows elements) is copied first.
+    th, nz = (None if t is None else _int32_rows(t.expand(shape), rows) for t in (theta, noise))
+    th, nz, st = _theta_noise_args(th, nz, shape)
+    if q is not None:
+        q, k = _int32_rows(q, rows), _int32_rows(k, rows)
     qk_args = (mask,) * 4 + (0,) * 8 if q is None else (q, k, qm, km, *q.stride(), *k.stride())
     with device_guard(theta):
-        rows = prepass_rows(D)
         dcs_mask_prepass_kernel[(triton.cdiv(N, rows), B * H)](
             th, nz, rng, mask, *qk_args[:4], *st, *qk_args[4:], H, N, HEAD_DIM=D, MODE=mode, BLOCK_R=rows,
             FAST=not INTERPRET, MASK_QK=q is not None, num_warps=4)
