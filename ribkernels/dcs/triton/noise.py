@@ -59,12 +59,13 @@ def element_bits(seed, offset, g):
 
 @triton.jit
 def tile_bits(seed, offset, bh64, offs_n, N, HEAD_DIM: tl.constexpr):
-    """uint32 bits ``[len(offs_n), HEAD_DIM]`` of tokens ``offs_n`` of head ``bh``: the same numbers as
-    ``element_bits(seed, offset, tile_groups(...))``, built so that each thread's 8 consecutive
-    elements (two groups: one 128-bit access of fp16/bf16) come from two Philox tiles ``[rows, D // 8]``
-    joined in registers. ``element_bits`` on a ``[rows, D // 4]`` tile makes Triton hand one group per
-    thread and then move the bits through shared memory to the 8-per-thread layout of the loads and
-    stores (a convert_layout: stores, loads and barriers in every pre-pass program)."""
+    """uint32 bits ``[len(offs_n), HEAD_DIM]`` of tokens ``offs_n`` of head ``bh`` (groups
+    ``(bh·N + n)·D/4 + j``): the numbers ``element_bits`` gives for those groups, built so that each
+    thread's 8 consecutive elements (two groups: one 128-bit access of fp16/bf16) come from two Philox
+    tiles ``[rows, D // 8]`` joined in registers. ``element_bits`` on a ``[rows, D // 4]`` tile of
+    groups makes Triton hand one group per thread and then move the bits through shared memory to
+    the 8-per-thread layout of the loads and stores (a convert_layout: shared stores, loads and
+    barriers in every program). HEAD_DIM % 8 == 0."""
     offs_j = tl.arange(0, HEAD_DIM // 8)
     g_even = (bh64 * N + offs_n[:, None].to(tl.int64)) * (HEAD_DIM // 4) + 2 * offs_j[None, :]
     e0, e1, e2, e3 = philox_group(seed, offset, g_even)
@@ -95,13 +96,6 @@ def exp_ftz(x, FAST: tl.constexpr):
     else:
         y = tl.exp(x)
     return y
-
-
-@triton.jit
-def tile_groups(bh64, offs_n, N, HEAD_DIM: tl.constexpr):
-    """Group indices ``[len(offs_n), HEAD_DIM // 4]`` (int64) of tokens ``offs_n`` of head ``bh``."""
-    offs_j = tl.arange(0, HEAD_DIM // 4)
-    return (bh64 * N + offs_n[:, None].to(tl.int64)) * (HEAD_DIM // 4) + offs_j[None, :]
 
 
 @triton.jit
@@ -156,7 +150,7 @@ def dsoft_tile(TH, NZ, RNG, b64, h64, bh64, offs_n, offs_d, valid,
     else:
         seed = tl.load(RNG)
         offset = tl.load(RNG + 1)
-        u = uniform_open01(element_bits(seed, offset, tile_groups(bh64, offs_n, N, HEAD_DIM)))
+        u = uniform_open01(tile_bits(seed, offset, bh64, offs_n, N, HEAD_DIM))
         if TAU_ONE:
             ds = dsoft_philox_tau1(u, theta)
         else:

@@ -74,9 +74,11 @@ def dcs_mask_prepass_kernel(
     out0 = (bh64 * N + row064) * HEAD_DIM  # contiguous outputs
     tile = offs_r[:, None] * HEAD_DIM + offs_d[None, :]
     keep = keep.to(MASK.dtype.element_ty)
-    tl.store(MASK + out0 + tile, keep, mask=valid[:, None])
     if MASK_QK:  # x·1 / x·0 as the PyTorch backends' apply_mask (a NaN stays NaN)
-        q = load_block(Q + (b64 * sqb + h64 * sqh + row064 * sqn), rows, offs_d, sqn, sqd)
-        tl.store(QM + out0 + tile, q * keep, mask=valid[:, None])
-        k = load_block(K + (b64 * skb + h64 * skh + row064 * skn), rows, offs_d, skn, skd)
-        tl.store(KM + out0 + tile, k * keep, mask=valid[:, None])
+        # both products before any store: ptxas then packs each pair of mask values once for the
+        # three uses (storing the mask first made it re-pack them after the store)
+        qm = load_block(Q + (b64 * sqb + h64 * sqh + row064 * sqn), rows, offs_d, sqn, sqd) * keep
+        km = load_block(K + (b64 * skb + h64 * skh + row064 * skn), rows, offs_d, skn, skd) * keep
+        tl.store(QM + out0 + tile, qm, mask=valid[:, None])
+        tl.store(KM + out0 + tile, km, mask=valid[:, None])
+    tl.store(MASK + out0 + tile, keep, mask=valid[:, None])
