@@ -20,7 +20,7 @@ backends' C++ pre-pass, ``ribkernels/dcs/prepass.py``, makes q⊙M and k⊙M too
 import triton
 import triton.language as tl
 
-from .noise import keep_philox, tile_bits, uniform_open01
+from .noise import keep_philox, tile_bits, uniform_open01_mantissa
 
 
 @triton.jit
@@ -69,7 +69,7 @@ def dcs_mask_prepass_kernel(
     else:
         seed = tl.load(RNG)
         offset = tl.load(RNG + 1)
-        u = uniform_open01(tile_bits(seed, offset, bh64, offs_n, N, HEAD_DIM))
+        u = uniform_open01_mantissa(tile_bits(seed, offset, bh64, offs_n, N, HEAD_DIM))
         keep = keep_philox(u, theta, FAST)
     out0 = (bh64 * N + row064) * HEAD_DIM  # contiguous outputs
     tile = offs_r[:, None] * HEAD_DIM + offs_d[None, :]
