@@ -204,6 +204,28 @@ def test_uniform_bits_follow_the_contract(device):
 
 
 @pytest.mark.parametrize("device", DEVICES)
+def test_mantissa_uniform_equals_the_ffma_uniform(device):
+    """The pre-pass's u (the 23 bits in 1.0's mantissa, minus 1 − 2**-24) is the contract's
+    ((bits >> 9) + 0.5)·2**-23 bit for bit, extremes included."""
+    import triton
+    import triton.language as tl
+
+    @triton.jit
+    def both(BITS, OUT_FFMA, OUT_MANT, BLOCK: tl.constexpr):
+        bits = tl.load(BITS + tl.arange(0, BLOCK)).to(tl.uint32, bitcast=True)
+        tl.store(OUT_FFMA + tl.arange(0, BLOCK), NZ.uniform_open01(bits))
+        tl.store(OUT_MANT + tl.arange(0, BLOCK), NZ.uniform_open01_mantissa(bits))
+
+    edges = torch.tensor([0, 1, 511, 512, 2**31 - 1, 2**31, 2**32 - 512, 2**32 - 1], dtype=torch.int64)
+    bits = torch.cat([edges, torch.randint(0, 2**32, (1016,), dtype=torch.int64)])
+    bits32 = (bits - (bits >= 2**31).long() * 2**32).to(torch.int32).to(device)
+    ffma, mant = (torch.empty(1024, device=device) for _ in range(2))
+    both[(1,)](bits32, ffma, mant, BLOCK=1024)
+    want = ((bits >> 9).double() + 0.5) * 2.0**-23
+    assert torch.equal(ffma.cpu().double(), want) and torch.equal(mant.cpu().double(), want)
+
+
+@pytest.mark.parametrize("device", DEVICES)
 def test_offset_advances_the_stream(device):
     seed = fresh_seed()
     full = backend.triton_uniform((64,), seed, device)
@@ -249,6 +271,19 @@ def test_masked_qk_prepass_writes_exact_masked_operands(device, mode):
     assert torch.equal(mask, alone)
     assert 0.2 < mask.float().mean().item() < 0.8  # neither all kept nor all dropped: the test can fail
     assert torch.equal(qm, q * mask) and torch.equal(km, k * mask)
+
+
+def test_prepass_copies_views_whose_in_program_offsets_overflow_int32():
+    """The pre-pass indexes inside a program in int32 (r·stride_n + d·stride_d, r < rows): views with a
+    token stride too large for that are made contiguous first, the others pass through untouched
+    (meta tensors: the check reads strides only)."""
+    rows = launch.prepass_rows(64)
+    ok = torch.empty_strided((1, 1, 300, 64), (0, 0, (2**31 - 64) // (rows - 1) - 1, 1), device="meta")
+    too_far = torch.empty_strided((1, 1, 300, 64), (0, 0, (2**31 - 64) // (rows - 1) + 1, 1), device="meta")
+    broadcast = torch.empty_strided((2, 12, 300, 64), (0, 64, 0, 1), device="meta")
+    assert launch._int32_rows(ok, rows) is ok and launch._int32_rows(broadcast, rows) is broadcast
+    copied = launch._int32_rows(too_far, rows)
+    assert copied is not too_far and copied.is_contiguous()
 
 
 @pytest.mark.parametrize("device", DEVICES)

@@ -141,6 +141,25 @@ def test_backward_path_dispatch(monkeypatch):
         launch.backward_path("fast")
 
 
+@pytest.mark.parametrize("masked,want", [(True, (32, 64, 8, 2)), (False, (64, 64, 8, 2))])
+def test_mask_off_twin_launches_its_own_config_at_d128(monkeypatch, masked, want):
+    """At D=128 the fused mask-off twin (the benchmarks' baseline) has its own config: ptxas serialises
+    its wgmma at the masked kernel's 32x64 w8 (benchmarks/results/*-sm90-static)."""
+    assert launch.shipped_configs("fused", 128, torch.bfloat16, masked=masked)[0] == want
+    launched = {}
+
+    class Recorder:
+        def __getitem__(self, grid):
+            return lambda *args, **kw: launched.update(kw)
+
+    monkeypatch.setattr(launch, "INTERPRET", False)
+    monkeypatch.setenv("RIBKERNELS_DCS_AUTOTUNE", "0")
+    monkeypatch.setitem(launch.KERNELS, "fused", Recorder())
+    q = torch.empty(1, 1, 40, 128, dtype=torch.bfloat16)
+    launch._launch("fused", "BLOCK_N", q, (), dict(MASKED=masked), None)
+    assert (launched["BLOCK_M"], launched["BLOCK_N"], launched["num_warps"], launched["num_stages"]) == want
+
+
 @pytest.mark.parametrize("device", DEVICES)
 def test_public_op_runs_fused_by_default_and_split_when_deterministic(device, monkeypatch):
     launched = []

@@ -53,6 +53,12 @@ SHIPPED: Dict[str, Dict[int, List[Config]]] = {
     "fused": {16: [(64, 64, 4, 2)], 32: [(64, 64, 4, 2), (64, 128, 8, 2)],
               64: [(64, 64, 4, 2), (64, 64, 8, 2)], 128: [(32, 64, 8, 2)]},
 }
+# The mask-off twins (``MASKED=False``: ``attention_unmasked``, the benchmarks' baseline) where the
+# masked kernel's config does not suit them: at D=128 ptxas serialises the fused mask-off kernel's
+# wgmma at ``32x64 w8`` (36 commit groups per iteration, C7515) where the masked kernel has 4 + mma.sync;
+# ``64x64 w8`` compiles it with 5 groups and no spill, so the baseline is not slowed by a compiler
+# artefact the masked kernel escapes (which would make the mask look cheaper than it is).
+SHIPPED_NOMASK: Dict[str, Dict[int, List[Config]]] = {"fused": {128: [(64, 64, 8, 2)]}}
 # float32 on GPU is routed to the SDPA backend (``backend.why_not``): with tf32x3 dots (fp32-class
 # accuracy) these, the smallest sensible tiles, still spill on sm_90 (4/6 of them at D=128, dK/dV at
 # D=32 and 64: 128-byte stack frames, 255 registers; see the sm90-static results). Kept so the static
@@ -69,7 +75,10 @@ AUTOTUNE_KEYS = {"fwd": ["N"], "dkdv": ["N", "MASKED"], "dq": ["N", "MASKED"], "
 RESET_TO_ZERO = {"fused": ["DQACC"]}
 
 
-def shipped_configs(kernel: str, head_dim: int, dtype: torch.dtype) -> List[Config]:
+def shipped_configs(kernel: str, head_dim: int, dtype: torch.dtype, masked: bool = True) -> List[Config]:
+    """The configs the launcher may pick; ``masked=False``: those of the mask-off twin."""
+    if not masked and head_dim in SHIPPED_NOMASK.get(kernel, {}):
+        return SHIPPED_NOMASK[kernel][head_dim]
     return SHIPPED[kernel][head_dim]
 
 
@@ -88,11 +97,11 @@ def autotune_enabled() -> bool:
 _TUNED: Dict[tuple, object] = {}
 
 
-def _tuned(kernel: str, head_dim: int, dtype: torch.dtype):
-    key = (kernel, head_dim, dtype)
+def _tuned(kernel: str, head_dim: int, dtype: torch.dtype, masked: bool):
+    key = (kernel, head_dim, dtype, masked)
     if key not in _TUNED:
         cfgs = [triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=w, num_stages=s)
-                for bm, bn, w, s in shipped_configs(kernel, head_dim, dtype)]
+                for bm, bn, w, s in shipped_configs(kernel, head_dim, dtype, masked)]
         _TUNED[key] = triton.autotune(cfgs, key=AUTOTUNE_KEYS[kernel],
                                       reset_to_zero=RESET_TO_ZERO.get(kernel))(KERNELS[kernel])
     return _TUNED[key]
@@ -101,8 +110,9 @@ def _tuned(kernel: str, head_dim: int, dtype: torch.dtype):
 def _launch(kernel: str, grid_axis: str, q: torch.Tensor, args, meta, config: Optional[Tuple[int, int]]):
     """Launch ``kernel`` over (cdiv(N, BLOCK_<grid_axis>), B·H) with a shipped, forced or interpreter config."""
     B, H, N, D = q.shape
+    masked = bool(meta.get("MASKED", True))
     if config is None and autotune_enabled():
-        fn = _tuned(kernel, D, q.dtype)
+        fn = _tuned(kernel, D, q.dtype, masked)
         fn[lambda m: (triton.cdiv(N, m[grid_axis]), B * H)](*args, **meta)
         return
     if config is not None:
@@ -111,7 +121,7 @@ def _launch(kernel: str, grid_axis: str, q: torch.Tensor, args, meta, config: Op
         b = min(128, max(16, triton.next_power_of_2(N)))
         bm, bn, w, s = b, b, 4, 1
     else:
-        bm, bn, w, s = shipped_configs(kernel, D, q.dtype)[0]
+        bm, bn, w, s = shipped_configs(kernel, D, q.dtype, masked)[0]
     block = bm if grid_axis == "BLOCK_M" else bn
     KERNELS[kernel][(triton.cdiv(N, block), B * H)](*args, **meta, BLOCK_M=bm, BLOCK_N=bn,
                                                      num_warps=w, num_stages=s)
@@ -182,6 +192,12 @@ def prepass_rows(head_dim: int) -> int:
     return PREPASS_ELEMS // head_dim
 
 
+def _int32_rows(t: torch.Tensor, rows: int) -> torch.Tensor:
+    """``t`` (``[B, H, N, D]``), or a contiguous copy if the pre-pass's int32 in-program offsets
+    ``r·stride_n + d·stride_d`` (r < rows) would not fit."""
+    return t if (rows - 1) * t.stride(2) + (t.shape[3] - 1) * t.stride(3) < 2**31 else t.contiguous()
+
+
 def _prepass(theta, noise, shape, rng, mode: int, dtype: torch.dtype, q=None, k=None):
     """Launch the pre-pass: the 0/1 mask in ``dtype`` and, given q and k, q⊙M and k⊙M (all contiguous)."""
     B, H, N, D = shape
@@ -189,10 +205,15 @@ def _prepass(theta, noise, shape, rng, mode: int, dtype: torch.dtype, q=None, k=
     qm, km = (None, None) if q is None else (torch.empty_like(mask), torch.empty_like(mask))
     if B * H == 0:
         return mask, qm, km
-    th, nz, st = _theta_noise_args(theta, noise, shape)
+    rows = prepass_rows(D)
+    # The kernel's offsets inside a program are int32 (r·stride_n + d·stride_d, r < rows): a view
+    # whose token stride is too large for that (> 2**31 / rows elements) is copied first.
+    th, nz = (None if t is None else _int32_rows(t.expand(shape), rows) for t in (theta, noise))
+    th, nz, st = _theta_noise_args(th, nz, shape)
+    if q is not None:
+        q, k = _int32_rows(q, rows), _int32_rows(k, rows)
     qk_args = (mask,) * 4 + (0,) * 8 if q is None else (q, k, qm, km, *q.stride(), *k.stride())
     with device_guard(theta):
-        rows = prepass_rows(D)
         dcs_mask_prepass_kernel[(triton.cdiv(N, rows), B * H)](
             th, nz, rng, mask, *qk_args[:4], *st, *qk_args[4:], H, N, HEAD_DIM=D, MODE=mode, BLOCK_R=rows,
             FAST=not INTERPRET, MASK_QK=q is not None, num_warps=4)

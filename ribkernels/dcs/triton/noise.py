@@ -58,10 +58,41 @@ def element_bits(seed, offset, g):
 
 
 @triton.jit
+def tile_bits(seed, offset, bh64, offs_n, N, HEAD_DIM: tl.constexpr):
+    """uint32 bits ``[len(offs_n), HEAD_DIM]`` of tokens ``offs_n`` of head ``bh`` (groups
+    ``(bh·N + n)·D/4 + j``): the numbers ``element_bits`` gives for those groups, built so that each
+    thread's 8 consecutive elements (two groups: one 128-bit access of fp16/bf16) come from two Philox
+    tiles ``[rows, D // 8]`` joined in registers. ``element_bits`` on a ``[rows, D // 4]`` tile of
+    groups makes Triton hand one group per thread and then move the bits through shared memory to
+    the 8-per-thread layout of the loads and stores (a convert_layout: shared stores, loads and
+    barriers in every program). HEAD_DIM % 8 == 0."""
+    offs_j = tl.arange(0, HEAD_DIM // 8)
+    g_even = (bh64 * N + offs_n[:, None].to(tl.int64)) * (HEAD_DIM // 4) + 2 * offs_j[None, :]
+    e0, e1, e2, e3 = philox_group(seed, offset, g_even)
+    o0, o1, o2, o3 = philox_group(seed, offset, g_even + 1)
+    # tl.join's new axis is the innermost: the outermost join picks bit 0 of the element index within
+    # 8, the middle one bit 1, the innermost bit 2 (even / odd group): [rows, D/8, 2, 2, 2] → [rows, D]
+    lane02 = tl.join(tl.join(e0, o0), tl.join(e2, o2))
+    lane13 = tl.join(tl.join(e1, o1), tl.join(e3, o3))
+    return tl.reshape(tl.join(lane02, lane13), (offs_n.shape[0], HEAD_DIM))
+
+
+@triton.jit
 def uniform_open01(bits):
     """``((bits >> 9) + 0.5) · 2**-23`` (logical shift of uint32): float32 in (0, 1), exact — one
     FFMA: ``m·2**-23 + 2**-24 = (2m + 1)·2**-24`` needs 24 significant bits, which float32 has."""
     return tl.fma((bits >> 9).to(tl.float32), 1.1920928955078125e-07, 5.9604644775390625e-08)
+
+
+@triton.jit
+def uniform_open01_mantissa(bits):
+    """``uniform_open01(bits)``, the same floats, without the int→float conversion: the 23 bits go
+    into the mantissa of 1.0 (``f = 1 + m·2**-23``: one shift-add, LEA.HI), then
+    ``f − (1 − 2**-24) = (2m + 1)·2**-24`` (exact). One instruction less per element: the pre-pass
+    uses it (its ≤ 30 instructions per element); in the backward's epilogues it made ptxas add
+    address arithmetic to the attention loop (+5 integer ops), so they keep the FFMA form."""
+    f = ((bits >> 9) + 0x3F800000).to(tl.float32, bitcast=True)
+    return f - 0.999999940395355224609375
 
 
 @triton.jit
@@ -74,13 +105,6 @@ def exp_ftz(x, FAST: tl.constexpr):
     else:
         y = tl.exp(x)
     return y
-
-
-@triton.jit
-def tile_groups(bh64, offs_n, N, HEAD_DIM: tl.constexpr):
-    """Group indices ``[len(offs_n), HEAD_DIM // 4]`` (int64) of tokens ``offs_n`` of head ``bh``."""
-    offs_j = tl.arange(0, HEAD_DIM // 4)
-    return (bh64 * N + offs_n[:, None].to(tl.int64)) * (HEAD_DIM // 4) + offs_j[None, :]
 
 
 @triton.jit
@@ -135,7 +159,7 @@ def dsoft_tile(TH, NZ, RNG, b64, h64, bh64, offs_n, offs_d, valid,
     else:
         seed = tl.load(RNG)
         offset = tl.load(RNG + 1)
-        u = uniform_open01(element_bits(seed, offset, tile_groups(bh64, offs_n, N, HEAD_DIM)))
+        u = uniform_open01(tile_bits(seed, offset, bh64, offs_n, N, HEAD_DIM))
         if TAU_ONE:
             ds = dsoft_philox_tau1(u, theta)
         else:

@@ -20,7 +20,16 @@ backends' C++ pre-pass, ``ribkernels/dcs/prepass.py``, makes q⊙M and k⊙M too
 import triton
 import triton.language as tl
 
-from .noise import element_bits, keep_philox, load_bhnd, tile_groups, uniform_open01
+from .noise import keep_philox, tile_bits, uniform_open01_mantissa
+
+
+@triton.jit
+def load_block(BASE, rows, offs_d, sn, sd):
+    """A ``[len(rows), len(offs_d)]`` tile at ``BASE`` (a pointer, advanced in int64 to the program's
+    first token) with in-program offsets ``r·sn + d·sd`` in int32 (the launcher keeps them below 2**31).
+    Unmasked: ``rows`` are clamped to the last token, so rows past N (never stored) read a valid row
+    instead of a predicated load whose registers ptxas zero-fills first."""
+    return tl.load(BASE + (rows[:, None] * sn + offs_d[None, :] * sd))
 
 
 @triton.jit(do_not_specialize=["H", "N"])  # shape scalars: no recompile per value
@@ -35,31 +44,41 @@ def dcs_mask_prepass_kernel(
     ``bh = program_id(1)``; with MASK_QK also QM = q⊙M and KM = k⊙M (contiguous, MASK's dtype = q's).
     θ, noise, q and k are read through the strides of their ``[B, H, N, D]`` views.
     MODE 0: θ > 0; 1: θ + noise > 0; 2: u > sigmoid(−θ) with u of (seed, offset) = RNG[0], RNG[1].
-    FAST: inline-PTX exp (False under the interpreter)."""
+    FAST: inline-PTX exp (False under the interpreter).
+    Addresses: one int64 base per tensor and program (uniform), int32 offsets inside the program
+    (``BLOCK_R`` tokens: the launcher checks ``BLOCK_R·|stride| < 2**31``) — one IMAD.WIDE per row
+    and tensor instead of 64-bit multiply-adds per row."""
     pid = tl.program_id(0)
-    bh = tl.program_id(1)
-    bh64 = bh.to(tl.int64)
+    bh64 = tl.program_id(1).to(tl.int64)
     b64 = bh64 // H
     h64 = bh64 % H
-    offs_n = pid * BLOCK_R + tl.arange(0, BLOCK_R)
+    row0 = pid * BLOCK_R
+    row064 = row0.to(tl.int64)
+    offs_r = tl.arange(0, BLOCK_R)
+    offs_n = row0 + offs_r
     offs_d = tl.arange(0, HEAD_DIM)
     valid = offs_n < N
-    theta = load_bhnd(TH, b64, h64, offs_n, offs_d, valid, stb, sth, stn, std).to(tl.float32)
+    rows = tl.minimum(offs_n, N - 1) - row0  # loads: past-the-end rows read token N − 1
+    theta = load_block(TH + (b64 * stb + h64 * sth + row064 * stn), rows, offs_d, stn, std)
+    theta = theta.to(tl.float32)
     if MODE == 0:
         keep = theta > 0
     elif MODE == 1:
-        noise = load_bhnd(NZ, b64, h64, offs_n, offs_d, valid, snb, snh, snn, snd).to(tl.float32)
-        keep = theta + noise > 0
+        noise = load_block(NZ + (b64 * snb + h64 * snh + row064 * snn), rows, offs_d, snn, snd)
+        keep = theta + noise.to(tl.float32) > 0
     else:
         seed = tl.load(RNG)
         offset = tl.load(RNG + 1)
-        u = uniform_open01(element_bits(seed, offset, tile_groups(bh64, offs_n, N, HEAD_DIM)))
+        u = uniform_open01_mantissa(tile_bits(seed, offset, bh64, offs_n, N, HEAD_DIM))
         keep = keep_philox(u, theta, FAST)
-    tile = (bh64 * N + offs_n[:, None].to(tl.int64)) * HEAD_DIM + offs_d[None, :]  # contiguous outputs
+    out0 = (bh64 * N + row064) * HEAD_DIM  # contiguous outputs
+    tile = offs_r[:, None] * HEAD_DIM + offs_d[None, :]
     keep = keep.to(MASK.dtype.element_ty)
-    tl.store(MASK + tile, keep, mask=valid[:, None])
     if MASK_QK:  # x·1 / x·0 as the PyTorch backends' apply_mask (a NaN stays NaN)
-        q = load_bhnd(Q, b64, h64, offs_n, offs_d, valid, sqb, sqh, sqn, sqd)
-        tl.store(QM + tile, q * keep, mask=valid[:, None])
-        k = load_bhnd(K, b64, h64, offs_n, offs_d, valid, skb, skh, skn, skd)
-        tl.store(KM + tile, k * keep, mask=valid[:, None])
+        # both products before any store: ptxas then packs each pair of mask values once for the
+        # three uses (storing the mask first made it re-pack them after the store)
+        qm = load_block(Q + (b64 * sqb + h64 * sqh + row064 * sqn), rows, offs_d, sqn, sqd) * keep
+        km = load_block(K + (b64 * skb + h64 * skh + row064 * skn), rows, offs_d, skn, skd) * keep
+        tl.store(QM + out0 + tile, qm, mask=valid[:, None])
+        tl.store(KM + out0 + tile, km, mask=valid[:, None])
+    tl.store(MASK + out0 + tile, keep, mask=valid[:, None])
