@@ -48,13 +48,12 @@ def train(run_dir: str, overrides: Sequence[str] = (), config: str = DEMO_CONFIG
 
 
 def demo_settings(config: str = DEMO_CONFIG) -> Dict:
-    """The demo config's (``configs/synthetic_rib_dcs_cpu.yaml``) epochs, IBB start epoch and
-    synthetic-dataset sizes: the "demo budget" every experiment defaults to."""
+    """The demo config's (``configs/synthetic_rib_dcs_cpu.yaml``) epochs and synthetic-dataset sizes:
+    the "demo budget" every experiment defaults to."""
     from ribkernels.engine.config import DEFAULTS, load_yaml, merge
 
     cfg = merge(DEFAULTS, load_yaml(os.path.join(ROOT, config)))
-    return {"epochs": cfg["solver"]["epochs"], "ibb_start_epoch": cfg["ibb"]["ibb_start_epoch"],
-            "dataset_kwargs": dict(cfg["data"]["dataset_kwargs"])}
+    return {"epochs": cfg["solver"]["epochs"], "dataset_kwargs": dict(cfg["data"]["dataset_kwargs"])}
 
 
 def budget_overrides(epochs: Optional[int] = None, train_ids: Optional[int] = None) -> List[str]:
