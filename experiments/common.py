@@ -24,15 +24,83 @@ VARIANTS: Dict[str, List[str]] = {
 }
 
 
+# Keys that add reports but change neither training nor the clean final evaluation ("final" in metrics.json).
+REPORT_ONLY_KEYS = ("eval.occlusion", "eval.occlusion_ratios")
+
+
+def _resolved_config(args: Sequence[str]) -> Dict:
+    """The config ``train.py ARGS`` would run with, without its ``output`` section and ``_meta``."""
+    from ribkernels.engine.config import build_parser, resolve
+
+    cwd = os.getcwd()
+    try:
+        os.chdir(ROOT)
+        cfg = resolve(build_parser(list(args)).parse_args(list(args)))
+    finally:
+        os.chdir(cwd)
+    return {k: v for k, v in cfg.items() if k not in ("output", "_meta")}
+
+
+def finished_run(run_dir: str, args: Sequence[str]) -> Optional[Dict]:
+    """metrics.json of a run in ``run_dir`` that finished (has ``"final"``) with the config ``train.py
+    ARGS`` would use (the ``output`` section aside), else None: lets a long experiment continue after an
+    interruption, or take a run another experiment already made with the same settings.
+    ``REPORT_ONLY_KEYS`` may differ."""
+    import yaml
+
+    paths = [os.path.join(run_dir, n) for n in ("metrics.json", "config.yaml")]
+    if not all(os.path.isfile(p) for p in paths):
+        return None
+    with open(paths[0]) as f:
+        metrics = json.load(f)
+    with open(paths[1]) as f:
+        stored = yaml.safe_load(f)
+    want = _resolved_config(args)
+    for cfg in (stored, want):
+        for dotted in REPORT_ONLY_KEYS:
+            section, key = dotted.split(".")
+            cfg.get(section, {}).pop(key, None)
+    stored = {k: v for k, v in stored.items() if k not in ("output", "_meta")}
+    if "final" not in metrics or stored != want:
+        return None
+    return metrics
+
+
+def adopt_finished_run(run_dir: str, overrides: Sequence[str], search_root: str) -> None:
+    """Copy into ``run_dir`` a finished run from a folder under ``search_root`` (e.g. the ablation's) with
+    the config ``overrides`` give (see :func:`finished_run`), so the same run is not trained twice."""
+    import shutil
+
+    if os.path.isfile(os.path.join(run_dir, "metrics.json")) or not os.path.isdir(search_root):
+        return
+    args = ["--config", DEMO_CONFIG] + [a for o in overrides for a in ("--set", o)]
+    for name in sorted(os.listdir(search_root)):
+        cand = os.path.join(search_root, name)
+        if os.path.isdir(cand) and finished_run(cand, args) is not None:
+            shutil.copytree(cand, run_dir, dirs_exist_ok=True)
+            print(f"{run_dir}: adopted {cand} (same config)", file=sys.stderr, flush=True)
+            return
+
+
 def train(run_dir: str, overrides: Sequence[str] = (), config: str = DEMO_CONFIG,
-          log_name: str = "stdout.log") -> Dict:
+          log_name: str = "stdout.log", reuse: bool = False) -> Dict:
     """Run ``train.py --config config --set ...`` into ``run_dir``; returns its metrics.json plus
-    ``wall_s`` (the whole process, data set-up included). Raises if train.py fails."""
+    ``wall_s`` (the whole process, data set-up included). Raises if train.py fails. ``reuse``: when
+    ``run_dir`` holds a finished run with the same config, return its metrics (``"reused": True``,
+    ``wall_s`` from its first run when known) instead of training again."""
     os.makedirs(run_dir, exist_ok=True)
     cmd = [sys.executable, "train.py", "--config", config, "--set", f"output.output_dir={run_dir}",
            "--set", "output.progress=log"]
     for o in overrides:
         cmd += ["--set", o]
+    if reuse:
+        done = finished_run(run_dir, cmd[2:])
+        if done is not None:
+            done["reused"] = True
+            done.setdefault("wall_s", None)
+            done["command"] = " ".join(cmd[1:])
+            print(f"{run_dir}: finished run with the same config, reused", flush=True)
+            return done
     env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
     t0 = time.time()
     with open(os.path.join(run_dir, log_name), "w") as log:

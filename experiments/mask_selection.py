@@ -11,7 +11,7 @@ import argparse
 import os
 
 from .ablation import add_budget_flags, budget_overrides, budget_record
-from .common import command_line, final_row, train, write_json
+from .common import VARIANTS, adopt_finished_run, command_line, final_row, train, write_json
 
 
 def main() -> None:
@@ -20,17 +20,23 @@ def main() -> None:
     p.add_argument("--tau-end", type=float, default=None, help="anneal τ from 1 to this (cosine)")
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--run-root", default=os.path.join("runs", "mask_selection"))
+    p.add_argument("--reuse-from", default=os.path.join("runs", "ablation"),
+                   help="take a finished run with a row's exact config from here (the ablation's RIB-DCS run "
+                        "is init 3 without a τ schedule); '' to train all")
     add_budget_flags(p)
     args = p.parse_args()
     rows = []
     for logit in args.init_logits:
-        over = budget_overrides(args) + [f"solver.seed={args.seed}", f"model.dcs_init_logit={logit}"]
+        over = budget_overrides(args) + [f"solver.seed={args.seed}", f"model.dcs_init_logit={logit}"] + VARIANTS["rib_dcs"]
         if args.tau_end:
             over += ["model.tau_schedule=cosine", f"model.tau_end={args.tau_end}"]
-        m = train(os.path.join(args.run_root, f"init{logit}"), over)
+        run_dir = os.path.join(args.run_root, f"init{logit}" + (f"_tau{args.tau_end}" if args.tau_end else ""))
+        if args.reuse_from:
+            adopt_finished_run(run_dir, over, args.reuse_from)
+        m = train(run_dir, over, reuse=True)
         last = m["epochs"][-1]
-        blocks = sorted(k for k in last if k.startswith("keep_fraction_b"))
-        rows.append({"init_logit": logit, **final_row(m),
+        blocks = sorted((k for k in last if k.startswith("keep_fraction_b")), key=lambda k: int(k.rsplit("b", 1)[1]))
+        rows.append({"init_logit": logit, **final_row(m), "reused_run": bool(m.get("reused")),
                      "train_keep": {k[len("keep_fraction_"):]: last[k] for k in blocks},
                      "eval_keep": {k[len("keep_fraction_"):]: last.get("eval_" + k) for k in blocks}})
         print(rows[-1], flush=True)
@@ -49,7 +55,8 @@ def main() -> None:
         line, = ax.plot(range(len(bs)), [r["train_keep"][b] for b in bs], marker="o", label=f"init {r['init_logit']} train")
         ax.plot(range(len(bs)), [r["eval_keep"][b] for b in bs], marker="s", ls="--", color=line.get_color(),
                 label=f"init {r['init_logit']} eval (mAP {r['mAP']:.1f})")
-    ax.set_xlabel("block (last: JPM)")
+    ax.set_xticks(range(len(bs)), bs)
+    ax.set_xlabel("block")
     ax.set_ylabel("kept channels, last epoch")
     ax.set_ylim(-0.02, 1.02)
     ax.legend(fontsize=7)

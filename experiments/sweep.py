@@ -3,7 +3,7 @@
 column repeats one run). Reports mAP / Rank-1 with standard errors over queries, the β the auto rule
 chose, and the last epoch's IBB prediction term against log K.
 
-    python -m experiments.sweep                                  # demo budget: 5 x 4 cells (~2.5 h on 2 cores)
+    python -m experiments.sweep                                  # demo budget: 16 cells, 14 runs (~1.8 h on 2 cores)
     python -m experiments.sweep --epochs 6 --train-ids 100       # a smaller budget (say so when quoting it)
 
 Writes experiments/results/sweep.json and sweep.png; run folders under runs/sweep/.
@@ -12,7 +12,7 @@ import argparse
 import os
 
 from .ablation import add_budget_flags, budget_overrides, budget_record
-from .common import command_line, final_row, train, write_json
+from .common import VARIANTS, adopt_finished_run, command_line, final_row, train, write_json
 
 
 def plot(out: dict, path: str) -> None:
@@ -39,9 +39,13 @@ def plot(out: dict, path: str) -> None:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--etas", type=float, nargs="+", default=[0.0, 0.1, 0.25, 0.5, 1.0, 2.0])
-    p.add_argument("--betas", nargs="+", default=["auto", "2", "8", "20"])
+    p.add_argument("--betas", nargs="+", default=["auto", "2", "20"],
+                   help="auto picks about 7-8 at the demo budget, so 2 and 20 bracket it")
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--run-root", default=os.path.join("runs", "sweep"))
+    p.add_argument("--reuse-from", default=os.path.join("runs", "ablation"),
+                   help="take a finished run with a cell's exact config from here (the ablation's "
+                        "'DCS only' and 'RIB-DCS' runs are the cells eta 0 and eta 0.1 / beta auto); '' to train all")
     add_budget_flags(p)
     args = p.parse_args()
     common = budget_overrides(args) + [f"solver.seed={args.seed}"]
@@ -51,10 +55,14 @@ def main() -> None:
             if eta == 0 and eta0 is not None:  # η = 0: the IBB does not train; one run serves every β
                 cells.append({**eta0, "beta": beta})
                 continue
-            over = common + ["model.attn_impl=dcs", f"ibb.use_ibb={'true' if eta > 0 else 'false'}",
-                             f"loss.eta={eta}", f"ibb.beta={beta}"]
-            m = train(os.path.join(args.run_root, f"eta{eta}_beta{beta}_seed{args.seed}"), over)
-            cell = {"eta": eta, "beta": beta, **final_row(m)}
+            # η = 0 is the ablation's "DCS only" (no IBB: η and β are not read), so its run can be reused
+            over = common + (VARIANTS["dcs_only"] if eta == 0 else
+                             VARIANTS["rib_dcs"] + [f"loss.eta={eta}", f"ibb.beta={beta}"])
+            run_dir = os.path.join(args.run_root, f"eta{eta}_beta{beta}_seed{args.seed}")
+            if args.reuse_from:
+                adopt_finished_run(run_dir, over, args.reuse_from)
+            m = train(run_dir, over, reuse=True)
+            cell = {"eta": eta, "beta": beta, **final_row(m), "reused_run": bool(m.get("reused"))}
             refreshes = [r for r in m["epochs"] if "ibb_refresh_beta" in r]
             if refreshes:
                 cell.update(beta_used_last=refreshes[-1]["ibb_refresh_beta"],

@@ -50,3 +50,52 @@ def test_demo_report_flags_a_baseline_trained_differently(tmp_path, monkeypatch,
     assert demo_report.main() == 0
     out = capsys.readouterr().out
     assert "different settings (epochs)" in out
+
+
+def _finished_run_with(path, args):
+    """A run folder as train.py leaves it: the resolved config of ``args`` and a final metrics.json."""
+    path.mkdir()
+    cfg = dict(common._resolved_config(args), output={"output_dir": str(path)}, _meta={"config_name": "x"})
+    (path / "config.yaml").write_text(yaml.safe_dump(cfg))
+    (path / "metrics.json").write_text(json.dumps({"final": {"mAP": 0.6, "rank1": 0.7}, "epochs": []}))
+    return str(path)
+
+
+def test_a_finished_run_is_reused_only_with_the_same_config(tmp_path):
+    def args(*sets):
+        return ["--config", common.DEMO_CONFIG] + [a for s in sets for a in ("--set", s)]
+
+    (tmp_path / "ablation").mkdir()
+    run = _finished_run_with(tmp_path / "ablation" / "rib_dcs_seed1",
+                             args("solver.seed=1", "loss.eta=0.1"))
+    assert common.finished_run(run, args("solver.seed=1", "loss.eta=0.1")) is not None
+    # report-only keys and the output section may differ; anything that changes training may not
+    assert common.finished_run(run, args("solver.seed=1", "eval.occlusion=true",
+                                         "output.output_dir=elsewhere")) is not None
+    assert common.finished_run(run, args("solver.seed=2")) is None
+    assert common.finished_run(run, args("solver.seed=1", "loss.eta=0.25")) is None
+
+    metrics = json.loads((tmp_path / "ablation" / "rib_dcs_seed1" / "metrics.json").read_text())
+    del metrics["final"]  # an interrupted run is never reused
+    (tmp_path / "ablation" / "rib_dcs_seed1" / "metrics.json").write_text(json.dumps(metrics))
+    assert common.finished_run(run, args("solver.seed=1")) is None
+
+
+def test_adopt_copies_the_matching_run_and_train_reuses_it(tmp_path, monkeypatch):
+    (tmp_path / "ablation").mkdir()
+    over = ["solver.seed=2", "model.attn_impl=dcs", "ibb.use_ibb=false"]
+
+    def args(seed):
+        return ["--config", common.DEMO_CONFIG] + [a for s in [f"solver.seed={seed}"] + over[1:] for a in ("--set", s)]
+
+    _finished_run_with(tmp_path / "ablation" / "dcs_only_seed1", args(1))
+    _finished_run_with(tmp_path / "ablation" / "dcs_only_seed2", args(2))
+    cell = tmp_path / "sweep" / "eta0"
+    common.adopt_finished_run(str(cell), over, str(tmp_path / "other"))  # nothing to adopt from
+    assert not cell.exists()
+    common.adopt_finished_run(str(cell), over, str(tmp_path / "ablation"))
+    assert (cell / "metrics.json").is_file()
+    assert yaml.safe_load((cell / "config.yaml").read_text())["solver"]["seed"] == 2
+    monkeypatch.setattr(common.subprocess, "call", lambda *a, **k: (_ for _ in ()).throw(AssertionError("trained")))
+    m = common.train(str(cell), over, reuse=True)
+    assert m["reused"] and m["final"]["mAP"] == 0.6
