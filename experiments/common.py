@@ -87,7 +87,8 @@ def train(run_dir: str, overrides: Sequence[str] = (), config: str = DEMO_CONFIG
     """Run ``train.py --config config --set ...`` into ``run_dir``; returns its metrics.json plus
     ``wall_s`` (the whole process, data set-up included). Raises if train.py fails. ``reuse``: when
     ``run_dir`` holds a finished run with the same config, return its metrics (``"reused": True``,
-    ``wall_s`` from its first run when known) instead of training again."""
+    ``wall_s`` None) instead of training again; when it holds an interrupted one (``last.pth``, no
+    final evaluation), continue it with ``--resume auto`` (``wall_s`` then counts only the continuation)."""
     os.makedirs(run_dir, exist_ok=True)
     cmd = [sys.executable, "train.py", "--config", config, "--set", f"output.output_dir={run_dir}",
            "--set", "output.progress=log"]
@@ -101,9 +102,13 @@ def train(run_dir: str, overrides: Sequence[str] = (), config: str = DEMO_CONFIG
             done["command"] = " ".join(cmd[1:])
             print(f"{run_dir}: finished run with the same config, reused", flush=True)
             return done
+    interrupted = reuse and os.path.isfile(os.path.join(run_dir, "last.pth"))
+    if interrupted:  # train.py checks that the config is the one the checkpoint was trained with
+        cmd += ["--resume", "auto"]
+        print(f"{run_dir}: continuing an interrupted run (--resume auto)", flush=True)
     env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
     t0 = time.time()
-    with open(os.path.join(run_dir, log_name), "w") as log:
+    with open(os.path.join(run_dir, log_name), "a" if interrupted else "w") as log:
         rc = subprocess.call(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env=env)
     wall = time.time() - t0
     if rc:

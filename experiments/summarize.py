@@ -34,9 +34,13 @@ def main() -> None:
         print(f"η × β sweep — `{sw['command']}` (budget {sw['budget']}, seed {sw['seed']})\n")
         print("| η | β | mAP % ± SE | Rank-1 % ± SE | β used (last refresh) | last-epoch IBB term 2 / log K | IBB/task grad ratio |")
         print("|---|---|---|---|---|---|---|")
-        for c in sw["cells"]:
+        cells = [c for c in sw["cells"] if c["eta"] > 0 or c is next(d for d in sw["cells"] if d["eta"] == 0)]
+        for c in cells:  # η = 0 trains no IBB: one run, shown once
+            if c.get("not_run"):
+                print(f"| {c['eta']} | {c['beta']} | not run | | | | |")
+                continue
             t2 = f"{_f(c.get('ibb_term2_last_epoch'), 2)} / {_f(c.get('log_k'), 2)}" if c.get("log_k") else "—"
-            print(f"| {c['eta']} | {c['beta']} | {_f(c['mAP'])} ± {_f(c.get('mAP_se'))} | {_f(c['rank1'])} ± {_f(c.get('rank1_se'))} | "
+            print(f"| {c['eta']} | {c['beta'] if c['eta'] > 0 else '— (no IBB)'} | {_f(c['mAP'])} ± {_f(c.get('mAP_se'))} | {_f(c['rank1'])} ± {_f(c.get('rank1_se'))} | "
                   f"{_f(c.get('beta_used_last'), 2)} | {t2} | {_f(c.get('grad_ratio_last'), 2)} |")
         print()
     occ = load_json("occlusion.json")
@@ -61,6 +65,16 @@ def main() -> None:
         print(f"\nbound holds every epoch: {ib['bound_holds_every_epoch']}; Pearson (levels) {_f(ib['pearson_levels'], 2)}, "
               f"Spearman (levels) {_f(ib['spearman_levels'], 2)}, Pearson (epoch-to-epoch changes) {_f(ib['pearson_changes'], 2)}; "
               f"final mAP {_f(100 * ib['final']['mAP'])} Rank-1 {_f(100 * ib['final']['rank1'])}\n")
+    ms = load_json("mask_selection.json")
+    if ms:
+        print(f"mask selection — `{ms['command']}` (budget {ms['budget']}, seed {ms['seed']}, τ end {ms['tau_end']})\n")
+        print("| initial mask logit | mAP % ± SE | Rank-1 % ± SE | kept in training, per block | kept at eval, per block |")
+        print("|---|---|---|---|---|")
+        for r in ms["rows"]:
+            keeps = [" ".join(_f(v, 2) for v in r[k].values()) for k in ("train_keep", "eval_keep")]
+            print(f"| {r['init_logit']} | {_f(r['mAP'])} ± {_f(r.get('mAP_se'))} | {_f(r['rank1'])} ± {_f(r.get('rank1_se'))} | "
+                  f"{keeps[0]} | {keeps[1]} |")
+        print()
     em = load_json("eval_mask_demo.json")
     if em:
         print(f"eval mask — `{em['command']}`\n")

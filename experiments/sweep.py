@@ -5,6 +5,9 @@ chose, and the last epoch's IBB prediction term against log K.
 
     python -m experiments.sweep                                  # demo budget: 16 cells, 14 runs (~1.8 h on 2 cores)
     python -m experiments.sweep --epochs 6 --train-ids 100       # a smaller budget (say so when quoting it)
+    python -m experiments.sweep --finished-only                  # tabulate what has finished, train nothing
+
+Finished runs are reused and interrupted ones continued, so a stopped sweep picks up where it was.
 
 Writes experiments/results/sweep.json and sweep.png; run folders under runs/sweep/.
 """
@@ -12,7 +15,7 @@ import argparse
 import os
 
 from .ablation import add_budget_flags, budget_overrides, budget_record
-from .common import VARIANTS, adopt_finished_run, command_line, final_row, train, write_json
+from .common import DEMO_CONFIG, VARIANTS, adopt_finished_run, command_line, final_row, finished_run, train, write_json
 
 
 def plot(out: dict, path: str) -> None:
@@ -24,7 +27,7 @@ def plot(out: dict, path: str) -> None:
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
     for ax, key in zip(axes, ("mAP", "rank1")):
         for beta in out["betas"]:
-            cells = [c for c in out["cells"] if c["beta"] == beta]
+            cells = [c for c in out["cells"] if c["beta"] == beta and not c.get("not_run")]
             ax.errorbar([c["eta"] for c in cells], [c[key] for c in cells], yerr=[c.get(f"{key}_se", 0) for c in cells],
                         marker="o", capsize=3, label=f"β = {beta}")
         ax.set_xlabel("η")
@@ -46,6 +49,8 @@ def main() -> None:
     p.add_argument("--reuse-from", default=os.path.join("runs", "ablation"),
                    help="take a finished run with a cell's exact config from here (the ablation's "
                         "'DCS only' and 'RIB-DCS' runs are the cells eta 0 and eta 0.1 / beta auto); '' to train all")
+    p.add_argument("--finished-only", action="store_true",
+                   help="train nothing: tabulate the cells whose runs have finished, the others as not run")
     add_budget_flags(p)
     args = p.parse_args()
     common = budget_overrides(args) + [f"solver.seed={args.seed}"]
@@ -61,7 +66,15 @@ def main() -> None:
             run_dir = os.path.join(args.run_root, f"eta{eta}_beta{beta}_seed{args.seed}")
             if args.reuse_from:
                 adopt_finished_run(run_dir, over, args.reuse_from)
-            m = train(run_dir, over, reuse=True)
+            if args.finished_only:
+                m = finished_run(run_dir, ["--config", DEMO_CONFIG] + [a for o in over for a in ("--set", o)])
+                if m is None:
+                    cells.append({"eta": eta, "beta": beta, "not_run": True})
+                    print(f"eta {eta} beta {beta}: not run", flush=True)
+                    continue
+                m["reused"] = True
+            else:
+                m = train(run_dir, over, reuse=True)
             cell = {"eta": eta, "beta": beta, **final_row(m), "reused_run": bool(m.get("reused"))}
             refreshes = [r for r in m["epochs"] if "ibb_refresh_beta" in r]
             if refreshes:
