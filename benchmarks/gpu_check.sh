@@ -31,7 +31,13 @@ nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=c
 $PY -c "import sys, torch, triton; print('python', sys.version.split()[0], 'torch', torch.__version__, 'cuda', torch.version.cuda, 'triton', triton.__version__, torch.cuda.get_device_name())" || { echo "VERDICT: FAIL (no torch/triton/CUDA)"; exit 1; }
 
 echo "== [$(elapsed)s] in parallel: build the extension, DCS GPU tests, compile the benchmark's kernels (6 processes)"
-if command -v nvcc >/dev/null; then export CUDA_HOME=${CUDA_HOME:-$(dirname "$(dirname "$(readlink -f "$(command -v nvcc)")")")}; fi
+# CUDA_HOME as setup.py finds it: ask nvcc where its toolkit is. nvcc on PATH may be a wrapper script
+# (/usr/local/bin/nvcc exec'ing the real one): `readlink -f` then gives /usr/local, and the link
+# fails (no lib64/libcudart there).
+if [ -z "${CUDA_HOME:-}" ] && command -v nvcc >/dev/null; then
+  nvcc_bin=$(nvcc --dryrun -x cu -c /dev/null -o /dev/null 2>&1 | sed -n 's/^#\$ _HERE_=//p' | head -n 1)
+  [ -n "$nvcc_bin" ] && export CUDA_HOME=$(dirname "$nvcc_bin")
+fi
 export TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0} MAX_JOBS=${MAX_JOBS:-8}
 ( timeout 150 $PY setup.py build_ext --inplace > "$OUT/build.log" 2>&1; echo $? > "$LOGS/build_rc" ) &
 BUILD_PID=$!

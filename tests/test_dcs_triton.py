@@ -515,6 +515,27 @@ def test_unsupported_input_raises_dispatch_error_without_launching(monkeypatch, 
     assert expected in str(info.value) and "sdpa: can run it" in str(info.value)
 
 
+def test_interpreter_loops_over_a_scalar_kernel_argument():
+    """``range(0, N, BLOCK)`` over a scalar argument runs under the interpreter: triton 3.6's
+    ``tensor.__index__`` fails on NumPy >= 2.4 unless ``interpreter_compat.fix_tensor_index`` (applied
+    by the launcher) is in place."""
+    if not launch.INTERPRET:
+        pytest.skip("the Triton interpreter only")
+    import triton
+    import triton.language as tl
+
+    @triton.jit
+    def count_blocks(OUT, N, BLOCK: tl.constexpr):
+        blocks = 0
+        for start in range(0, N, BLOCK):
+            blocks += 1
+        tl.store(OUT + tl.program_id(0), blocks)
+
+    out = torch.zeros(2, dtype=torch.int32)
+    count_blocks[(2,)](out, 37, BLOCK=16)
+    assert out.tolist() == [3, 3]
+
+
 def test_why_not_reasons_and_never_launches(monkeypatch):
     _forbid_launch(monkeypatch)
     meta = torch.empty(1, 2, 5, 32, device="meta")

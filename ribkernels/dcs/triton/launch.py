@@ -29,9 +29,12 @@ from .backward import dcs_bwd_delta_kernel, dcs_bwd_dkdv_kernel, dcs_bwd_dq_kern
 from .backward_fused import dcs_bwd_dq_finish_kernel, dcs_bwd_fused_kernel
 from .debug import flat_noise_kernel
 from .forward import dcs_fwd_kernel
+from .interpreter_compat import fix_tensor_index
 from .prepass import dcs_mask_prepass_kernel
 
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"  # read when the kernels were defined
+if INTERPRET:  # triton 3.6's interpreter under NumPy >= 2.4 (interpreter_compat.py)
+    fix_tensor_index()
 SEED_RANGE = (0, 2**63)
 PREPASS_ELEMS = 4096  # mask elements per pre-pass program (4 warps: 32 per thread, 8 Philox calls)
 DELTA_ROWS = 64
