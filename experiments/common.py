@@ -61,7 +61,7 @@ def finished_run(run_dir: str, args: Sequence[str]) -> Optional[Dict]:
             section, key = dotted.split(".")
             cfg.get(section, {}).pop(key, None)
     stored = {k: v for k, v in stored.items() if k not in ("output", "_meta")}
-    if "final" not in metrics or stored != want:
+    if not metrics.get("final") or stored != want:
         return None
     return metrics
 

@@ -76,9 +76,12 @@ def test_a_finished_run_is_reused_only_with_the_same_config(tmp_path):
     assert common.finished_run(run, args("solver.seed=1", "loss.eta=0.25")) is None
 
     metrics = json.loads((tmp_path / "ablation" / "rib_dcs_seed1" / "metrics.json").read_text())
-    del metrics["final"]  # an interrupted run is never reused
+    metrics["final"] = None  # what an interrupted run's metrics.json holds: never reused
     (tmp_path / "ablation" / "rib_dcs_seed1" / "metrics.json").write_text(json.dumps(metrics))
-    assert common.finished_run(run, args("solver.seed=1")) is None
+    assert common.finished_run(run, args("solver.seed=1", "loss.eta=0.1")) is None
+    del metrics["final"]
+    (tmp_path / "ablation" / "rib_dcs_seed1" / "metrics.json").write_text(json.dumps(metrics))
+    assert common.finished_run(run, args("solver.seed=1", "loss.eta=0.1")) is None
 
 
 def test_adopt_copies_the_matching_run_and_train_reuses_it(tmp_path, monkeypatch):
@@ -99,3 +102,26 @@ def test_adopt_copies_the_matching_run_and_train_reuses_it(tmp_path, monkeypatch
     monkeypatch.setattr(common.subprocess, "call", lambda *a, **k: (_ for _ in ()).throw(AssertionError("trained")))
     m = common.train(str(cell), over, reuse=True)
     assert m["reused"] and m["final"]["mAP"] == 0.6
+
+
+def test_train_continues_an_interrupted_run(tmp_path, monkeypatch):
+    run = tmp_path / "cell"
+    run.mkdir()
+    (run / "last.pth").write_bytes(b"")
+    (run / "stdout.log").write_text("first part\n")
+    calls = []
+
+    def fake_call(cmd, **kw):
+        calls.append(cmd)
+        (run / "metrics.json").write_text(json.dumps({"final": {"mAP": 0.5, "rank1": 0.6}, "epochs": []}))
+        return 0
+
+    monkeypatch.setattr(common.subprocess, "call", fake_call)
+    m = common.train(str(run), ["solver.seed=1"], reuse=True)
+    assert calls[0][-2:] == ["--resume", "auto"] and m["final"]["mAP"] == 0.5
+    assert (run / "stdout.log").read_text().startswith("first part")  # the log is appended to
+    calls.clear()
+    (run / "last.pth").unlink()
+    (run / "metrics.json").unlink()
+    common.train(str(run), ["solver.seed=1"], reuse=True)
+    assert "--resume" not in calls[0]
