@@ -53,36 +53,35 @@ def _first_columns(x, ROWS: tl.constexpr, COLS: tl.constexpr):
 
 
 @triton.jit
-def lse_delta_cols(LSE, DELTA, row_base, offs_m, m_valid, BLOCK_M: tl.constexpr, WIDE: tl.constexpr):
+def lse_delta_cols(LSE, DELTA, row_base, offs_m, m_valid, BLOCK_M: tl.constexpr, THREADS: tl.constexpr):
     """LSE and DELTA of query rows ``offs_m`` (float32 ``[BLOCK_M]`` each) for a loop that uses them
     along the columns of its ``[BLOCK_N, BLOCK_M]`` tiles.
 
-    ``WIDE``: one ``[BLOCK_M, 256 // BLOCK_M]`` load (even columns LSE, odd DELTA: at least one element
-    per thread up to 8 warps), split in registers. Two ``[BLOCK_M]`` loads have fewer elements than
+    ``THREADS`` > 0: one ``[BLOCK_M, THREADS // BLOCK_M]`` load (even columns LSE, odd DELTA: an
+    element per thread of a program of up to ``THREADS`` threads), split in registers. Two ``[BLOCK_M]`` loads have fewer elements than
     threads, which Triton 3.6's layout pass treats as cheap and gives the layout of their use, the
     wgmma accumulator's column slice (``BLOCK_M/4`` elements per thread, replicated over the warps);
     its pipeliner then issues a 4-byte ``cp.async`` per element and thread, each with its own address,
     bound check and zero-fill select (dK/dV bf16 D=64 ``64x64 w4``: 166 loop integer ops against
     triton 3.8's 92, which re-lays cheap async copies coalesced: ``CoalesceCheapAsyncCopyGlobalToLocal``).
     The wide load keeps its coalesced layout; reading the copy from shared memory gives the slice
-    (91 loop integer ops under either version). ``WIDE=False``: the two plain loads.
+    (91 loop integer ops under either version). ``THREADS=0``: the two plain loads.
     """
-    if not WIDE:
+    if THREADS == 0:
         lse = tl.load(LSE + row_base + offs_m, mask=m_valid, other=0.0)
         delta = tl.load(DELTA + row_base + offs_m, mask=m_valid, other=0.0)
-        return lse, delta
-    tl.static_assert(BLOCK_M <= 128, "lse_delta_cols: BLOCK_M must be <= 128")
-    COPIES: tl.constexpr = 256 // BLOCK_M
-    col = tl.arange(0, COPIES)[None, :]
-    ptrs = tl.where(col % 2 == 0, LSE, DELTA) + (row_base + offs_m[:, None])
-    x = tl.load(ptrs, mask=m_valid[:, None], other=0.0)
-    if COPIES >= 16:
-        x = _first_columns(x, BLOCK_M, 16)
-    if COPIES >= 8:
-        x = _first_columns(x, BLOCK_M, 8)
-    if COPIES >= 4:
-        x = _first_columns(x, BLOCK_M, 4)
-    lse, delta = tl.split(x)
+    else:
+        tl.static_assert(THREADS >= 2 * BLOCK_M, "lse_delta_cols: THREADS must be 0 or >= 2 * BLOCK_M")
+        col = tl.arange(0, THREADS // BLOCK_M)[None, :]
+        ptrs = tl.where(col % 2 == 0, LSE, DELTA) + (row_base + offs_m[:, None])
+        x = tl.load(ptrs, mask=m_valid[:, None], other=0.0)
+        if THREADS // BLOCK_M >= 16:
+            x = _first_columns(x, BLOCK_M, 16)
+        if THREADS // BLOCK_M >= 8:
+            x = _first_columns(x, BLOCK_M, 8)
+        if THREADS // BLOCK_M >= 4:
+            x = _first_columns(x, BLOCK_M, 4)
+        lse, delta = tl.split(x)
     return lse, delta
 
 
@@ -150,8 +149,10 @@ def dcs_bwd_dkdv_kernel(
         qm, keep_qi = masked_tile(Q, mq_ptrs, b64, h64, offs_m, offs_d, m_valid, sqb, sqh, sqn, sqd, MASKED)
         mq_ptrs += BLOCK_M * HEAD_DIM
         do = load_bhnd(DO, b64, h64, offs_m, offs_d, m_valid, sdob, sdoh, sdon, sdod)
-        # D=128 (64x64 w8): the wide read makes ptxas serialise the loop's wgmma (C7515, 40 groups)
-        lse, delta = lse_delta_cols(LSE, DELTA, row_base, offs_m, m_valid, BLOCK_M, HEAD_DIM < 128)
+        # Read widths where ptxas keeps the shipped loops' wgmma pipelined: with one read at D=128
+        # (64x64 w8), or 4 columns at D=32, it serialises them (C7515; benchmarks/sm90_static).
+        ld_threads: tl.constexpr = 0 if HEAD_DIM >= 128 else (128 if BLOCK_M >= 64 else 256)
+        lse, delta = lse_delta_cols(LSE, DELTA, row_base, offs_m, m_valid, BLOCK_M, ld_threads)
         s_t = tl.dot(km, tl.trans(qm), input_precision=DOT_PREC) * qk_scale  # [BLOCK_N, BLOCK_M]
         p_t = tl.math.exp2(s_t - lse[None, :])
         p_t = tl.where(m_valid[None, :], p_t, 0.0)
