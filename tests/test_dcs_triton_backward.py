@@ -230,7 +230,7 @@ def _lse_delta_copy_kernel(LSE, DELTA, OUT, N, BLOCK_M: tl.constexpr, THREADS: t
 
 @pytest.mark.skipif(not launch.INTERPRET, reason="needs TRITON_INTERPRET=1")
 @pytest.mark.parametrize("block_m", [16, 32, 64, 128])
-@pytest.mark.parametrize("threads", [256, 0])
+@pytest.mark.parametrize("threads", [1024, 256, 0])
 def test_lse_delta_cols_reads_both_rows_of_a_block(block_m, threads):
     """``backward.lse_delta_cols`` (the loops' LSE/DELTA read; ``threads`` > 0: one
     [BLOCK_M, threads // BLOCK_M] load split in registers) returns row ``bh`` of LSE and of DELTA at the block's rows, 0 past N."""

@@ -71,16 +71,14 @@ def lse_delta_cols(LSE, DELTA, row_base, offs_m, m_valid, BLOCK_M: tl.constexpr,
         lse = tl.load(LSE + row_base + offs_m, mask=m_valid, other=0.0)
         delta = tl.load(DELTA + row_base + offs_m, mask=m_valid, other=0.0)
     else:
-        tl.static_assert(THREADS >= 2 * BLOCK_M, "lse_delta_cols: THREADS must be 0 or >= 2 * BLOCK_M")
+        tl.static_assert(2 * BLOCK_M <= THREADS and THREADS <= 64 * BLOCK_M,
+                         "lse_delta_cols: THREADS must be 0 or 2 to 64 times BLOCK_M")
         col = tl.arange(0, THREADS // BLOCK_M)[None, :]
         ptrs = tl.where(col % 2 == 0, LSE, DELTA) + (row_base + offs_m[:, None])
         x = tl.load(ptrs, mask=m_valid[:, None], other=0.0)
-        if THREADS // BLOCK_M >= 16:
-            x = _first_columns(x, BLOCK_M, 16)
-        if THREADS // BLOCK_M >= 8:
-            x = _first_columns(x, BLOCK_M, 8)
-        if THREADS // BLOCK_M >= 4:
-            x = _first_columns(x, BLOCK_M, 4)
+        for cols in tl.static_range(6, 1, -1):  # halve the columns down to 2 (both powers of 2)
+            if THREADS // BLOCK_M >= 2**cols:
+                x = _first_columns(x, BLOCK_M, 2**cols)
         lse, delta = tl.split(x)
     return lse, delta
 
@@ -149,9 +147,9 @@ def dcs_bwd_dkdv_kernel(
         qm, keep_qi = masked_tile(Q, mq_ptrs, b64, h64, offs_m, offs_d, m_valid, sqb, sqh, sqn, sqd, MASKED)
         mq_ptrs += BLOCK_M * HEAD_DIM
         do = load_bhnd(DO, b64, h64, offs_m, offs_d, m_valid, sdob, sdoh, sdon, sdod)
-        # Read widths where ptxas keeps the shipped loops' wgmma pipelined: with one read at D=128
-        # (64x64 w8), or 4 columns at D=32, it serialises them (C7515; benchmarks/sm90_static).
-        ld_threads: tl.constexpr = 0 if HEAD_DIM >= 128 else (128 if BLOCK_M >= 64 else 256)
+        # Widths (columns = ld_threads / BLOCK_M) where ptxas keeps every shipped loop's wgmma pipelined:
+        # 4 columns serialise them (C7515) at D=32 (64x64 w4, 32x64 w4) and D=128 (benchmarks/sm90_static).
+        ld_threads: tl.constexpr = 512 if HEAD_DIM >= 128 else (128 if BLOCK_M >= 64 else 256)
         lse, delta = lse_delta_cols(LSE, DELTA, row_base, offs_m, m_valid, BLOCK_M, ld_threads)
         s_t = tl.dot(km, tl.trans(qm), input_precision=DOT_PREC) * qk_scale  # [BLOCK_N, BLOCK_M]
         p_t = tl.math.exp2(s_t - lse[None, :])
