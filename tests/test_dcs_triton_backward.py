@@ -70,6 +70,7 @@ CASES = [
     (2, 1, 11, 64, "token", "seed", (16, 16)),      # N < every block
     (1, 1, 33, 128, "token", "noise", (16, 32)),
     (1, 2, 29, 32, "token", "eval", (16, 16)),      # eval: M = 1[θ > 0], no dθ
+    (1, 1, 70, 32, "token", "seed", None),          # the interpreter's own 128-blocks (one partial block)
 ]
 
 

@@ -58,9 +58,9 @@ def lse_delta_cols(LSE, DELTA, row_base, offs_m, m_valid, BLOCK_M: tl.constexpr,
     along the columns of its ``[BLOCK_N, BLOCK_M]`` tiles.
 
     ``THREADS`` > 0: one ``[BLOCK_M, THREADS // BLOCK_M]`` load (even columns LSE, odd DELTA: an
-    element per thread of a program of up to ``THREADS`` threads), split in registers. Two ``[BLOCK_M]`` loads have fewer elements than
-    threads, which Triton 3.6's layout pass treats as cheap and gives the layout of their use, the
-    wgmma accumulator's column slice (``BLOCK_M/4`` elements per thread, replicated over the warps);
+    element per thread of a program of up to ``THREADS`` threads), split in registers. Two
+    ``[BLOCK_M]`` loads have fewer elements than threads, which Triton 3.6's layout pass treats as
+    cheap and gives the layout of their use, the wgmma accumulator's column slice (``BLOCK_M/4`` elements per thread, replicated over the warps);
     its pipeliner then issues a 4-byte ``cp.async`` per element and thread, each with its own address,
     bound check and zero-fill select (dK/dV bf16 D=64 ``64x64 w4``: 166 loop integer ops against
     triton 3.8's 92, which re-lays cheap async copies coalesced: ``CoalesceCheapAsyncCopyGlobalToLocal``).
@@ -149,7 +149,7 @@ def dcs_bwd_dkdv_kernel(
         do = load_bhnd(DO, b64, h64, offs_m, offs_d, m_valid, sdob, sdoh, sdon, sdod)
         # Widths (columns = ld_threads / BLOCK_M) where ptxas keeps every shipped loop's wgmma pipelined:
         # 4 columns serialise them (C7515) at D=32 (64x64 w4, 32x64 w4) and D=128 (benchmarks/sm90_static).
-        ld_threads: tl.constexpr = 512 if HEAD_DIM >= 128 else (128 if BLOCK_M >= 64 else 256)
+        ld_threads: tl.constexpr = 512 if HEAD_DIM >= 128 else (2 * BLOCK_M if BLOCK_M >= 64 else 256)
         lse, delta = lse_delta_cols(LSE, DELTA, row_base, offs_m, m_valid, BLOCK_M, ld_threads)
         s_t = tl.dot(km, tl.trans(qm), input_precision=DOT_PREC) * qk_scale  # [BLOCK_N, BLOCK_M]
         p_t = tl.math.exp2(s_t - lse[None, :])
