@@ -11,11 +11,15 @@ import torch
 
 pytest.importorskip("triton")
 
+import triton  # noqa: E402
+import triton.language as tl  # noqa: E402
+
 import ribkernels as rk  # noqa: E402
 from dcs_reference import reference_forward_backward  # noqa: E402
 from ribkernels.dcs.philox import contract_uniform  # noqa: E402
 from ribkernels.dcs.triton import launch  # noqa: E402
 from ribkernels.dcs.triton import noise as NZ  # noqa: E402
+from ribkernels.dcs.triton.backward import lse_delta_cols  # noqa: E402
 
 DEVICES = [pytest.param("cpu", marks=pytest.mark.skipif(not launch.INTERPRET, reason="needs TRITON_INTERPRET=1")),
            pytest.param("cuda", marks=pytest.mark.gpu)]
@@ -66,6 +70,7 @@ CASES = [
     (2, 1, 11, 64, "token", "seed", (16, 16)),      # N < every block
     (1, 1, 33, 128, "token", "noise", (16, 32)),
     (1, 2, 29, 32, "token", "eval", (16, 16)),      # eval: M = 1[θ > 0], no dθ
+    (1, 1, 70, 32, "token", "seed", None),          # the interpreter's own 128-blocks (one partial block)
 ]
 
 
@@ -210,3 +215,31 @@ def test_fused_kernels_take_the_rng_as_a_pointer():
         names = getattr(kern, "arg_names", None) or kern.fn.arg_names
         assert "RNG" in names and not {"seed", "offset"} & set(names)
     assert launch.RESET_TO_ZERO["fused"] == ["DQACC"]  # autotuning reruns must not double dQ
+
+
+
+@triton.jit
+def _lse_delta_copy_kernel(LSE, DELTA, OUT, N, BLOCK_M: tl.constexpr, THREADS: tl.constexpr):
+    """OUT[bh, m] = (lse, delta) as ``lse_delta_cols`` reads them for the block of rows m."""
+    bh64 = tl.program_id(1).to(tl.int64)
+    offs_m = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    lse, delta = lse_delta_cols(LSE, DELTA, bh64 * N, offs_m, offs_m < N, BLOCK_M, THREADS)
+    out = OUT + (bh64 * tl.num_programs(0) * BLOCK_M + offs_m) * 2
+    tl.store(out, lse)
+    tl.store(out + 1, delta)
+
+
+@pytest.mark.skipif(not launch.INTERPRET, reason="needs TRITON_INTERPRET=1")
+@pytest.mark.parametrize("block_m", [16, 32, 64, 128])
+@pytest.mark.parametrize("threads", [1024, 256, 0])
+def test_lse_delta_cols_reads_both_rows_of_a_block(block_m, threads):
+    """``backward.lse_delta_cols`` (the loops' LSE/DELTA read; ``threads`` > 0: one
+    [BLOCK_M, threads // BLOCK_M] load split in registers) returns row ``bh`` of LSE and of DELTA at the block's rows, 0 past N."""
+    bh, n = 3, 2 * block_m + 5  # a partial last block
+    lse, delta = torch.randn(bh, n), torch.randn(bh, n)
+    nb = triton.cdiv(n, block_m)
+    out = torch.full((bh, nb * block_m, 2), float("nan"))
+    _lse_delta_copy_kernel[(nb, bh)](lse, delta, out, n, BLOCK_M=block_m, THREADS=threads)
+    want = torch.zeros(bh, nb * block_m, 2)
+    want[:, :n, 0], want[:, :n, 1] = lse, delta
+    torch.testing.assert_close(out, want, rtol=0, atol=0)

@@ -44,6 +44,45 @@ def masked_tile(PTR, mptrs, b64, h64, offs_n, offs_d, valid, sb, sh, sn, sd, MAS
     return x, keep
 
 
+@triton.jit
+def _first_columns(x, ROWS: tl.constexpr, COLS: tl.constexpr):
+    """Columns ``0 … COLS/2 − 1`` of ``x`` (``[ROWS, COLS]``), by a split (no data movement)."""
+    halves = tl.permute(tl.reshape(x, [ROWS, 2, COLS // 2]), (0, 2, 1))
+    first, _ = tl.split(halves)
+    return first
+
+
+@triton.jit
+def lse_delta_cols(LSE, DELTA, row_base, offs_m, m_valid, BLOCK_M: tl.constexpr, THREADS: tl.constexpr):
+    """LSE and DELTA of query rows ``offs_m`` (float32 ``[BLOCK_M]`` each) for a loop that uses them
+    along the columns of its ``[BLOCK_N, BLOCK_M]`` tiles.
+
+    ``THREADS`` > 0: one ``[BLOCK_M, THREADS // BLOCK_M]`` load (even columns LSE, odd DELTA: an
+    element per thread of a program of up to ``THREADS`` threads), split in registers. Two
+    ``[BLOCK_M]`` loads have fewer elements than threads, which Triton 3.6's layout pass treats as
+    cheap and gives the layout of their use, the wgmma accumulator's column slice (``BLOCK_M/4`` elements per thread, replicated over the warps);
+    its pipeliner then issues a 4-byte ``cp.async`` per element and thread, each with its own address,
+    bound check and zero-fill select (dK/dV bf16 D=64 ``64x64 w4``: 166 loop integer ops against
+    triton 3.8's 92, which re-lays cheap async copies coalesced: ``CoalesceCheapAsyncCopyGlobalToLocal``).
+    The wide load keeps its coalesced layout; reading the copy from shared memory gives the slice
+    (91 loop integer ops under either version). ``THREADS=0``: the two plain loads.
+    """
+    if THREADS == 0:
+        lse = tl.load(LSE + row_base + offs_m, mask=m_valid, other=0.0)
+        delta = tl.load(DELTA + row_base + offs_m, mask=m_valid, other=0.0)
+    else:
+        tl.static_assert(2 * BLOCK_M <= THREADS and THREADS <= 64 * BLOCK_M,
+                         "lse_delta_cols: THREADS must be 0 or 2 to 64 times BLOCK_M")
+        col = tl.arange(0, THREADS // BLOCK_M)[None, :]
+        ptrs = tl.where(col % 2 == 0, LSE, DELTA) + (row_base + offs_m[:, None])
+        x = tl.load(ptrs, mask=m_valid[:, None], other=0.0)
+        for cols in tl.static_range(6, 1, -1):  # halve the columns down to 2 (both powers of 2)
+            if THREADS // BLOCK_M >= 2**cols:
+                x = _first_columns(x, BLOCK_M, 2**cols)
+        lse, delta = tl.split(x)
+    return lse, delta
+
+
 @triton.jit(do_not_specialize=["H", "N"])  # shape scalars: no recompile per value
 def dcs_bwd_delta_kernel(O, DO, DELTA, sob, soh, son, sod, sdob, sdoh, sdon, sdod, H, N,
                          HEAD_DIM: tl.constexpr, BLOCK: tl.constexpr):
@@ -108,8 +147,10 @@ def dcs_bwd_dkdv_kernel(
         qm, keep_qi = masked_tile(Q, mq_ptrs, b64, h64, offs_m, offs_d, m_valid, sqb, sqh, sqn, sqd, MASKED)
         mq_ptrs += BLOCK_M * HEAD_DIM
         do = load_bhnd(DO, b64, h64, offs_m, offs_d, m_valid, sdob, sdoh, sdon, sdod)
-        lse = tl.load(LSE + row_base + offs_m, mask=m_valid, other=0.0)
-        delta = tl.load(DELTA + row_base + offs_m, mask=m_valid, other=0.0)
+        # Widths (columns = ld_threads / BLOCK_M) where ptxas keeps every shipped loop's wgmma pipelined:
+        # 4 columns serialise them (C7515) at D=32 (64x64 w4, 32x64 w4) and D=128 (benchmarks/sm90_static).
+        ld_threads: tl.constexpr = 512 if HEAD_DIM >= 128 else (2 * BLOCK_M if BLOCK_M >= 64 else 256)
+        lse, delta = lse_delta_cols(LSE, DELTA, row_base, offs_m, m_valid, BLOCK_M, ld_threads)
         s_t = tl.dot(km, tl.trans(qm), input_precision=DOT_PREC) * qk_scale  # [BLOCK_N, BLOCK_M]
         p_t = tl.math.exp2(s_t - lse[None, :])
         p_t = tl.where(m_valid[None, :], p_t, 0.0)

@@ -24,7 +24,7 @@ dθ (``DTH_MODE``, as in ``backward``) needs ``dM = dq_raw⊙q + dk_raw⊙k`` pe
 import triton
 import triton.language as tl
 
-from .backward import _store_contig, _store_row_partial, mask_ptrs, masked_tile
+from .backward import _store_contig, _store_row_partial, lse_delta_cols, mask_ptrs, masked_tile
 from .noise import dsoft_tile, load_bhnd
 
 
@@ -61,8 +61,7 @@ def dcs_bwd_fused_kernel(
         qm, keep_qi = masked_tile(Q, mq_ptrs, b64, h64, offs_m, offs_d, m_valid, sqb, sqh, sqn, sqd, MASKED)
         mq_ptrs += BLOCK_M * HEAD_DIM
         do = load_bhnd(DO, b64, h64, offs_m, offs_d, m_valid, sdob, sdoh, sdon, sdod)
-        lse = tl.load(LSE + row_base + offs_m, mask=m_valid, other=0.0)
-        delta = tl.load(DELTA + row_base + offs_m, mask=m_valid, other=0.0)
+        lse, delta = lse_delta_cols(LSE, DELTA, row_base, offs_m, m_valid, BLOCK_M, 256)  # up to 8 warps
         s_t = tl.dot(km, tl.trans(qm), input_precision=DOT_PREC) * qk_scale  # [BLOCK_N, BLOCK_M]
         p_t = tl.math.exp2(s_t - lse[None, :])
         p_t = tl.where(m_valid[None, :], p_t, 0.0)
