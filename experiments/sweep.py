@@ -24,7 +24,7 @@ def plot(out: dict, path: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
     for ax, key in zip(axes, ("mAP", "rank1")):
         for beta in out["betas"]:
             cells = [c for c in out["cells"] if c["beta"] == beta and not c.get("not_run")]
@@ -34,6 +34,19 @@ def plot(out: dict, path: str) -> None:
         ax.set_ylabel(f"{key} (%) ± SE over queries")
         ax.set_title(key)
         ax.legend()
+    ax = axes[2]  # what predicts the cost: the IBB's gradient on the feature relative to the task loss's
+    for beta in out["betas"]:
+        cells = [c for c in out["cells"] if c["beta"] == beta and c.get("grad_ratio_last")]
+        ax.errorbar([c["grad_ratio_last"] for c in cells], [c["mAP"] for c in cells],
+                    yerr=[c.get("mAP_se", 0) for c in cells], marker="o", ls="none", capsize=3, label=f"β = {beta}")
+    eta0 = next((c for c in out["cells"] if c["eta"] == 0 and not c.get("not_run")), None)
+    if eta0:
+        ax.axhline(eta0["mAP"], color="gray", ls="--", label="η = 0")
+    ax.set_xscale("log")
+    ax.set_xlabel("‖∇ η·IBB‖ / ‖∇ task loss‖ on the feature (last refresh)")
+    ax.set_ylabel("mAP (%) ± SE over queries")
+    ax.set_title("mAP against the IBB's gradient share")
+    ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
