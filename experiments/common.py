@@ -28,6 +28,11 @@ VARIANTS: Dict[str, List[str]] = {
 REPORT_ONLY_KEYS = ("eval.occlusion", "eval.occlusion_ratios")
 
 
+def train_args(overrides: Sequence[str] = (), config: str = DEMO_CONFIG) -> List[str]:
+    """``train.py``'s arguments for ``config`` with ``--set`` ``overrides``."""
+    return ["--config", config] + [a for o in overrides for a in ("--set", o)]
+
+
 def _resolved_config(args: Sequence[str]) -> Dict:
     """The config ``train.py ARGS`` would run with, without its ``output`` section and ``_meta``."""
     from ribkernels.engine.config import build_parser, resolve
@@ -66,14 +71,14 @@ def finished_run(run_dir: str, args: Sequence[str]) -> Optional[Dict]:
     return metrics
 
 
-def adopt_finished_run(run_dir: str, overrides: Sequence[str], search_root: str) -> None:
+def adopt_finished_run(run_dir: str, overrides: Sequence[str], search_root: str, config: str = DEMO_CONFIG) -> None:
     """Copy into ``run_dir`` a finished run from a folder under ``search_root`` (e.g. the ablation's) with
     the config ``overrides`` give (see :func:`finished_run`), so the same run is not trained twice."""
     import shutil
 
     if os.path.isfile(os.path.join(run_dir, "metrics.json")) or not os.path.isdir(search_root):
         return
-    args = ["--config", DEMO_CONFIG] + [a for o in overrides for a in ("--set", o)]
+    args = train_args(overrides, config)
     for name in sorted(os.listdir(search_root)):
         cand = os.path.join(search_root, name)
         if os.path.isdir(cand) and finished_run(cand, args) is not None:
@@ -83,22 +88,24 @@ def adopt_finished_run(run_dir: str, overrides: Sequence[str], search_root: str)
 
 
 def train(run_dir: str, overrides: Sequence[str] = (), config: str = DEMO_CONFIG,
-          log_name: str = "stdout.log", reuse: bool = False) -> Dict:
+          log_name: str = "stdout.log", reuse: bool = False, adopt_from: str = "") -> Dict:
     """Run ``train.py --config config --set ...`` into ``run_dir``; returns its metrics.json plus
     ``wall_s`` (the whole process, data set-up included). Raises if train.py fails. ``reuse``: when
     ``run_dir`` holds a finished run with the same config, return its metrics (``"reused": True``,
     ``wall_s`` None) instead of training again; when it holds an interrupted one (``last.pth``, no
-    final evaluation), continue it with ``--resume auto`` (``wall_s`` then counts only the continuation)."""
+    final evaluation), continue it with ``--resume auto`` (``wall_s`` then counts only the continuation).
+    ``adopt_from`` (with ``reuse``): first copy a finished run with the same config from a folder under
+    this one into ``run_dir``."""
     os.makedirs(run_dir, exist_ok=True)
-    cmd = [sys.executable, "train.py", "--config", config, "--set", f"output.output_dir={run_dir}",
-           "--set", "output.progress=log"]
-    for o in overrides:
-        cmd += ["--set", o]
+    cmd = [sys.executable, "train.py"] + train_args(
+        [f"output.output_dir={run_dir}", "output.progress=log", *overrides], config)
     if reuse:
+        if adopt_from:
+            adopt_finished_run(run_dir, overrides, adopt_from, config)
         done = finished_run(run_dir, cmd[2:])
         if done is not None:
             done["reused"] = True
-            done.setdefault("wall_s", None)
+            done["wall_s"] = None
             done["command"] = " ".join(cmd[1:])
             print(f"{run_dir}: finished run with the same config, reused", flush=True)
             return done

@@ -11,7 +11,7 @@ import argparse
 import os
 
 from .ablation import add_budget_flags, budget_overrides, budget_record
-from .common import VARIANTS, adopt_finished_run, command_line, final_row, train, write_json
+from .common import VARIANTS, command_line, final_row, train, write_json
 
 
 def main() -> None:
@@ -31,9 +31,7 @@ def main() -> None:
         if args.tau_end:
             over += ["model.tau_schedule=cosine", f"model.tau_end={args.tau_end}"]
         run_dir = os.path.join(args.run_root, f"init{logit}" + (f"_tau{args.tau_end}" if args.tau_end else ""))
-        if args.reuse_from:
-            adopt_finished_run(run_dir, over, args.reuse_from)
-        m = train(run_dir, over, reuse=True)
+        m = train(run_dir, over, reuse=True, adopt_from=args.reuse_from)
         last = m["epochs"][-1]
         blocks = sorted((k for k in last if k.startswith("keep_fraction_b")), key=lambda k: int(k.rsplit("b", 1)[1]))
         rows.append({"init_logit": logit, **final_row(m), "reused_run": bool(m.get("reused")),

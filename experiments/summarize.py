@@ -34,8 +34,12 @@ def main() -> None:
         print(f"η × β sweep — `{sw['command']}` (budget {sw['budget']}, seed {sw['seed']})\n")
         print("| η | β | mAP % ± SE | Rank-1 % ± SE | β used (last refresh) | last-epoch IBB term 2 / log K | IBB/task grad ratio |")
         print("|---|---|---|---|---|---|---|")
-        cells = [c for c in sw["cells"] if c["eta"] > 0 or c is next(d for d in sw["cells"] if d["eta"] == 0)]
-        for c in cells:  # η = 0 trains no IBB: one run, shown once
+        eta0_shown = False
+        for c in sw["cells"]:
+            if c["eta"] == 0:  # η = 0 trains no IBB: one run, shown once
+                if eta0_shown:
+                    continue
+                eta0_shown = True
             if c.get("not_run"):
                 print(f"| {c['eta']} | {c['beta']} | not run | | | | |")
                 continue

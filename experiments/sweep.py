@@ -15,7 +15,7 @@ import argparse
 import os
 
 from .ablation import add_budget_flags, budget_overrides, budget_record
-from .common import DEMO_CONFIG, VARIANTS, adopt_finished_run, command_line, final_row, finished_run, train, write_json
+from .common import VARIANTS, command_line, final_row, finished_run, train, train_args, write_json
 
 
 def plot(out: dict, path: str) -> None:
@@ -77,17 +77,15 @@ def main() -> None:
             over = common + (VARIANTS["dcs_only"] if eta == 0 else
                              VARIANTS["rib_dcs"] + [f"loss.eta={eta}", f"ibb.beta={beta}"])
             run_dir = os.path.join(args.run_root, f"eta{eta}_beta{beta}_seed{args.seed}")
-            if args.reuse_from:
-                adopt_finished_run(run_dir, over, args.reuse_from)
             if args.finished_only:
-                m = finished_run(run_dir, ["--config", DEMO_CONFIG] + [a for o in over for a in ("--set", o)])
+                m = finished_run(run_dir, train_args(over))
                 if m is None:
                     cells.append({"eta": eta, "beta": beta, "not_run": True})
                     print(f"eta {eta} beta {beta}: not run", flush=True)
                     continue
                 m["reused"] = True
             else:
-                m = train(run_dir, over, reuse=True)
+                m = train(run_dir, over, reuse=True, adopt_from=args.reuse_from)
             cell = {"eta": eta, "beta": beta, **final_row(m), "reused_run": bool(m.get("reused"))}
             refreshes = [r for r in m["epochs"] if "ibb_refresh_beta" in r]
             if refreshes:
