@@ -217,7 +217,6 @@ def test_fused_kernels_take_the_rng_as_a_pointer():
     assert launch.RESET_TO_ZERO["fused"] == ["DQACC"]  # autotuning reruns must not double dQ
 
 
-
 @triton.jit
 def _lse_delta_copy_kernel(LSE, DELTA, OUT, N, BLOCK_M: tl.constexpr, THREADS: tl.constexpr):
     """OUT[bh, m] = (lse, delta) as ``lse_delta_cols`` reads them for the block of rows m."""
