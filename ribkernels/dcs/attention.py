@@ -158,29 +158,40 @@ def _measure_choice(key, q, k, v, mask_logits, noise, *, training: bool, grad: b
 
 def choose_auto(q, k, v, mask_logits, noise, *, training: bool, measure: bool = True,
                 call: Optional[dict] = None) -> Tuple[str, str]:
-    """``(backend, source)`` for ``impl="auto"``; source is ``"measured"``, ``"cache file"`` or
-    ``"static rule (<why>)"``. Measures (when ``measure`` and allowed) on the first call for a key;
-    under tracing only the cached winner or the static rule."""
+    """``(backend, source)`` for ``impl="auto"``; source is ``"measured"``, ``"cache file"``,
+    ``"cached"`` (under tracing) or ``"static rule (<why>)"``. Measures (when ``measure`` and allowed)
+    on the first call for a key; under tracing only the cached winner or the static rule."""
     grad = _needs_grad(q, k, v, mask_logits)
+    tracing = checks.is_tracing()
+    if not tracing:
+        if not backend_choice.enabled():
+            return static_choice(q, k, v, mask_logits, noise), f"static rule ({backend_choice.ENV_VAR}=0)"
+        exact = (q.device, q.dtype, q.shape, mask_logits.shape, None if noise is None or not training else noise.shape,
+                 bool(training), grad, torch.get_num_threads())
+        hit = backend_choice.FAST.get(exact)  # a choice already validated for these exact metadata
+        if hit is not None:
+            return hit
     key = backend_choice.make_key(q, mask_logits, noise, training=training, grad=grad)
     known = known_impls()
-    name = backend_choice.cached_choice(key, known)
-    if name and name in auto_candidates(q, k, v, mask_logits, noise):
-        rec = backend_choice.cached(key, known) if not checks.is_tracing() else None
-        return name, rec.source if rec is not None else "cached"
     static = static_choice(q, k, v, mask_logits, noise)
-    if checks.is_tracing():
+    if tracing:
+        name = backend_choice.cached_choice(key, known)  # read at trace time, a constant in the graph
+        if name and name in auto_candidates(q, k, v, mask_logits, noise):
+            return name, "cached"
         return static, "static rule (tracing, nothing cached)"
-    why = backend_choice.why_no_timing(q)
-    if why is None and not measure:
-        why = "not measured yet"
-    if why is not None:
-        return static, f"static rule ({why})"
-    if call is None:
-        call = dict(tau=1.0, seed=None, offset=0, scale=q.shape[-1] ** -0.5)
-    rec = _measure_choice(key, q, k, v, mask_logits, noise, training=training, grad=grad, call=call)
-    if rec is None:
-        return static, "static rule (no candidate ran)"
+    rec = backend_choice.cached(key, known)
+    if rec is None or rec.choice not in auto_candidates(q, k, v, mask_logits, noise):
+        why = backend_choice.why_no_timing(q)
+        if why is None and not measure:
+            why = "not measured yet"
+        if why is not None:
+            return static, f"static rule ({why})"
+        if call is None:
+            call = dict(tau=1.0, seed=None, offset=0, scale=q.shape[-1] ** -0.5)
+        rec = _measure_choice(key, q, k, v, mask_logits, noise, training=training, grad=grad, call=call)
+        if rec is None:
+            return static, "static rule (no candidate ran)"
+    backend_choice.remember_fast(exact, (rec.choice, rec.source))
     return rec.choice, rec.source
 
 

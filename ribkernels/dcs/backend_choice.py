@@ -60,12 +60,16 @@ _MEMORY: Dict[Key, Record] = {}        # measured in this process
 _DISK: Dict[str, Dict[str, Record]] = {}  # cache path -> key string -> record, loaded once per path
 _WARNED: set = set()
 _UNWRITABLE: set = set()
+#: exact input metadata -> (choice, source): the per-call fast path of ``impl="auto"`` (eager only).
+FAST: Dict[tuple, Tuple[str, str]] = {}
+_FAST_MAX = 4096
 
 
 def reset() -> None:
     """Forget every choice held in memory and every warning given (the cache file is untouched)."""
     _MEMORY.clear()
     _DISK.clear()
+    FAST.clear()
     _WARNED.clear()
     _UNWRITABLE.clear()
 
@@ -298,6 +302,13 @@ def cached_choice(key: Key, known: Tuple[str, ...]) -> str:
     """:func:`cached`'s choice, ``""`` when none; a constant for torch.compile (read at trace time)."""
     rec = cached(key, known)
     return rec.choice if rec is not None else ""
+
+
+def remember_fast(exact: tuple, choice: Tuple[str, str]) -> None:
+    """Remember a validated choice for exact input metadata (bounded: cleared when full)."""
+    if len(FAST) >= _FAST_MAX:
+        FAST.clear()
+    FAST[exact] = choice
 
 
 def store(key: Key, rec: Record, known: Sequence[str]) -> None:
