@@ -348,3 +348,23 @@ def test_patched_vit_with_auto_compiles_fullgraph_and_exports_after_a_measured_s
     torch.testing.assert_close(exported.module()(x), model(x), rtol=1e-5, atol=1e-5)
     assert len(backend_choice._MEMORY) == 2  # the eager eval call above measured its key
     torch._dynamo.reset()
+
+
+def test_close_leaders_get_more_rounds_until_max_reps(fresh):
+    counts = {"a": 0, "b": 0, "c": 0}
+
+    def candidate(name, ms):
+        def run():
+            counts[name] += 1
+            fresh.t += ms / 1e3
+        return run
+
+    timings, _ = backend_choice.measure({"a": candidate("a", 10.0), "b": candidate("b", 10.5),
+                                         "c": candidate("c", 30.0)}, lambda: None, warmup=1, reps=5, max_reps=9,
+                                        budget_s=10.0)
+    assert counts == {"a": 1 + 9, "b": 1 + 9, "c": 1 + 5}  # c is out of the race after the first rounds
+    assert timings == pytest.approx({"a": 10.0, "b": 10.5, "c": 30.0})
+    counts.update(a=0, b=0, c=0)
+    backend_choice.measure({"a": candidate("a", 10.0), "b": candidate("b", 10.5)}, lambda: None, warmup=1,
+                           reps=5, max_reps=50, budget_s=0.05)  # the extra rounds stop at the time budget
+    assert counts["a"] == counts["b"] == 1 + 5 + 3  # 3 extra rounds of 20.5 fake ms pass 50 ms

@@ -34,8 +34,11 @@ logger = logging.getLogger(__name__)
 ENV_VAR = "RIBKERNELS_DCS_AUTOTUNE_BACKEND"
 CACHE_FILE_NAME = "dcs-backend-choice.json"
 FORMAT = 1
-WARMUP = 2
-REPS = 5
+WARMUP = 2     # untimed calls per candidate (the first may compile, allocate, fill caches)
+REPS = 5       # timed rounds of every candidate
+MAX_REPS = 15  # rounds in all while the leaders are within CLOSE of each other
+CLOSE = 0.10
+BUDGET_S = 2.0  # seconds of such extra rounds at most
 
 #: The clock used by :func:`measure` (seconds, monotonic); tests replace it by a fake one.
 clock: Callable[[], float] = time.perf_counter
@@ -323,9 +326,14 @@ def store(key: Key, rec: Record, known: Sequence[str]) -> None:
 # -------------------------------------------------------------------------------------- timing
 
 def measure(candidates: Dict[str, Callable[[], object]], sync: Callable[[], None], *, warmup: int = WARMUP,
-            reps: int = REPS) -> Tuple[Dict[str, float], Dict[str, str]]:
-    """Median ms of each candidate (``warmup`` untimed calls each, then ``reps`` rounds, one call of every
-    candidate per round, so a loaded machine slows them alike) and, for those that raised, why."""
+            reps: int = REPS, max_reps: int = MAX_REPS, close: float = CLOSE,
+            budget_s: float = BUDGET_S) -> Tuple[Dict[str, float], Dict[str, str]]:
+    """Median ms of each candidate and, for those that raised, why.
+
+    ``warmup`` untimed calls each, then ``reps`` rounds of one call of every candidate (interleaved, so a
+    loaded machine slows them alike). While the runners-up within ``close`` (relative) of the leader's
+    median leave the choice in doubt, more rounds of just those, up to ``max_reps`` rounds in all and
+    ``budget_s`` seconds of extra timing."""
     failed: Dict[str, str] = {}
     live: List[str] = []
     for name, fn in candidates.items():
@@ -335,10 +343,12 @@ def measure(candidates: Dict[str, Callable[[], object]], sync: Callable[[], None
             sync()
             live.append(name)
         except Exception as exc:  # a backend that cannot take this input (e.g. an SDPA kernel's limits, OOM)
-            failed[name] = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"[:300]
+            text = str(exc).strip()
+            failed[name] = f"{type(exc).__name__}: {text.splitlines()[0] if text else ''}"[:300]
     samples: Dict[str, List[float]] = {name: [] for name in live}
-    for _ in range(reps):
-        for name in list(samples):
+
+    def one_round(names: Sequence[str]) -> None:
+        for name in names:
             try:
                 sync()
                 t0 = clock()
@@ -348,6 +358,18 @@ def measure(candidates: Dict[str, Callable[[], object]], sync: Callable[[], None
             except Exception as exc:
                 failed[name] = f"{type(exc).__name__}: {exc}"[:300]
                 del samples[name]
+
+    for _ in range(reps):
+        one_round(list(samples))
+    start, rounds = clock(), reps
+    while rounds < max_reps and clock() - start < budget_s and len(samples) > 1:
+        med = {name: statistics.median(s) for name, s in samples.items()}
+        best = min(med.values())
+        contenders = [name for name in samples if med[name] <= best * (1 + close)]
+        if len(contenders) < 2:
+            break
+        one_round(contenders)
+        rounds += 1
     return {name: statistics.median(s) * 1e3 for name, s in samples.items()}, failed
 
 
