@@ -150,7 +150,7 @@ def _measure_choice(key, q, k, v, mask_logits, noise, *, training: bool, grad: b
         return None
     rec = backend_choice.Record(choice, timings, failed)
     backend_choice.store(key, rec, known_impls())
-    logger.info("dcs_attention(impl='auto') chose %s for %s (median ms: %s%s)", choice, backend_choice.key_str(key),
+    logger.info("dcs_attention(impl='auto') chose %s for %s (best ms: %s%s)", choice, backend_choice.key_str(key),
                 ", ".join(f"{n} {t:.3g}" for n, t in timings.items()),
                 "".join(f"; {n} failed: {why}" for n, why in failed.items()))
     return rec
@@ -199,7 +199,7 @@ def choose_auto(q, k, v, mask_logits, noise, *, training: bool, measure: bool = 
 class BackendReport:
     """What ``available_backends(..., report=True)`` returns: ``reasons`` (backend -> why it cannot run
     the input, as without report), the ``key`` ``auto`` files the input under, the ``choice`` it
-    makes and its ``source``, and the median ms (``timings_ms``) / failures it chose from."""
+    makes and its ``source``, and the best ms per backend (``timings_ms``) / failures it chose from."""
 
     reasons: Dict[str, List[str]]
     key: str

@@ -5,7 +5,7 @@ the dtype, a shape bucket (B·H and N rounded up the ladder 16, 24, 32, 48, 64, 
 exact), how θ and the explicit noise broadcast over ``[B, H, N, D]`` (e.g. ``"BHND"`` per token,
 ``"1H1D"`` per channel), training or eval, and whether gradients are needed. The first eager call
 for a key times every candidate backend (:func:`measure`: warm-up, then repetitions interleaved
-between the candidates, medians; forward + backward when gradients are needed) and keeps the winner
+between the candidates, the best time of each; forward + backward when gradients are needed) and keeps the winner
 in memory and in a small JSON file, ``$RIBKERNELS_CACHE`` (default ``~/.cache/ribkernels``)
 ``/dcs-backend-choice.json``, stamped with the torch / triton / ribkernels versions.
 
@@ -20,7 +20,6 @@ input; the file never decides where anything is written.
 import json
 import logging
 import os
-import statistics
 import tempfile
 import time
 import warnings
@@ -48,7 +47,7 @@ Key = Tuple  # (device, dtype, bh_bucket, n_bucket, d, theta_pattern, noise_patt
 
 @dataclass
 class Record:
-    """One key's choice: the winner, the median ms of every candidate that ran, why the others failed."""
+    """One key's choice: the winner, the best ms of every candidate that ran, why the others failed."""
 
     choice: str
     timings_ms: Dict[str, float] = field(default_factory=dict)
@@ -328,12 +327,13 @@ def store(key: Key, rec: Record, known: Sequence[str]) -> None:
 def measure(candidates: Dict[str, Callable[[], object]], sync: Callable[[], None], *, warmup: int = WARMUP,
             reps: int = REPS, max_reps: int = MAX_REPS, close: float = CLOSE,
             budget_s: float = BUDGET_S) -> Tuple[Dict[str, float], Dict[str, str]]:
-    """Median ms of each candidate and, for those that raised, why.
+    """Best (minimum) ms of each candidate over its timed calls and, for those that raised, why.
 
     ``warmup`` untimed calls each, then ``reps`` rounds of one call of every candidate (interleaved, so a
-    loaded machine slows them alike). While the runners-up within ``close`` (relative) of the leader's
-    median leave the choice in doubt, more rounds of just those, up to ``max_reps`` rounds in all and
-    ``budget_s`` seconds of extra timing."""
+    loaded machine slows them alike). The minimum, not the median: on a machine shared with other work
+    the interruptions only add time, and the fastest call is the one they disturbed least. While the
+    runners-up within ``close`` (relative) of the leader leave the choice in doubt, more rounds of just
+    those, up to ``max_reps`` rounds in all and ``budget_s`` seconds of extra timing."""
     failed: Dict[str, str] = {}
     live: List[str] = []
     for name, fn in candidates.items():
@@ -363,14 +363,14 @@ def measure(candidates: Dict[str, Callable[[], object]], sync: Callable[[], None
         one_round(list(samples))
     start, rounds = clock(), reps
     while rounds < max_reps and clock() - start < budget_s and len(samples) > 1:
-        med = {name: statistics.median(s) for name, s in samples.items()}
-        best = min(med.values())
-        contenders = [name for name in samples if med[name] <= best * (1 + close)]
+        low = {name: min(s) for name, s in samples.items()}
+        best = min(low.values())
+        contenders = [name for name in samples if low[name] <= best * (1 + close)]
         if len(contenders) < 2:
             break
         one_round(contenders)
         rounds += 1
-    return {name: statistics.median(s) * 1e3 for name, s in samples.items()}, failed
+    return {name: min(s) * 1e3 for name, s in samples.items()}, failed
 
 
 def fastest(timings: Dict[str, float], order: Sequence[str]) -> Optional[str]:
