@@ -157,7 +157,7 @@ def test_a_candidate_that_raises_is_reported_not_chosen(fresh, monkeypatch):
     assert list(rep.timings_ms) == ["sdpa"]
 
 
-def test_measure_interleaves_and_keeps_each_candidates_best_time(fresh):
+def test_measure_interleaves_and_chooses_by_per_round_ratios(fresh):
     order = []
 
     def candidate(name, costs):
@@ -168,13 +168,20 @@ def test_measure_interleaves_and_keeps_each_candidates_best_time(fresh):
             fresh.t += next(costs) / 1e3
         return run
 
-    timings, failed = backend_choice.measure(
-        {"a": candidate("a", [50, 50, 1, 9, 2, 100, 3]), "b": candidate("b", [50, 50, 5, 4, 6, 5, 7])},
+    # a is faster in 3 of 5 rounds (a / b = 0.2, 2.25, 0.33, 20, 0.43: median 0.43)
+    got = backend_choice.measure(
+        {"b": candidate("b", [50, 50, 5, 4, 6, 5, 7]), "a": candidate("a", [50, 50, 1, 9, 2, 100, 3])},
         lambda: None, warmup=2, reps=5)
-    assert order == ["a", "a", "b", "b"] + ["a", "b"] * 5
-    assert timings == pytest.approx({"a": 1.0, "b": 4.0}) and failed == {}
-    assert backend_choice.fastest(timings, ["b", "a"]) == "a"
-    assert backend_choice.fastest({"a": 1.0, "b": 1.0}, ["b", "a"]) == "b"  # ties: the earlier in order
+    assert order == ["b", "b", "a", "a"] + ["b", "a"] * 5
+    assert got.choice == "a" and got.timings_ms == pytest.approx({"a": 3.0, "b": 5.0}) and got.failed == {}
+    # the load doubles every other round, for both alike: the choice stays with the faster
+    load = iter([1, 1, 2, 2, 1, 1, 2, 2, 1, 1] * 3)
+    tie = {n: (lambda n=n: setattr(fresh, "t", fresh.t + next(load) * (10.0 if n == "x" else 10.5) / 1e3))
+           for n in ("y", "x")}
+    got = backend_choice.measure(tie, lambda: None, warmup=0, reps=5, max_reps=5)
+    assert got.choice == "x"
+    even = {n: (lambda: setattr(fresh, "t", fresh.t + 0.01)) for n in ("y", "x")}
+    assert backend_choice.measure(even, lambda: None, warmup=0, reps=3).choice == "y"  # ties: the first
 
 
 # ------------------------------------------------------------------------------------ the file
@@ -359,9 +366,9 @@ def test_close_leaders_get_more_rounds_until_max_reps(fresh):
             fresh.t += ms / 1e3
         return run
 
-    timings, _ = backend_choice.measure({"a": candidate("a", 10.0), "b": candidate("b", 10.5),
-                                         "c": candidate("c", 30.0)}, lambda: None, warmup=1, reps=5, max_reps=9,
-                                        budget_s=10.0)
+    timings = backend_choice.measure({"a": candidate("a", 10.0), "b": candidate("b", 10.5),
+                                      "c": candidate("c", 30.0)}, lambda: None, warmup=1, reps=5, max_reps=9,
+                                     budget_s=10.0).timings_ms
     assert counts == {"a": 1 + 9, "b": 1 + 9, "c": 1 + 5}  # c is out of the race after the first rounds
     assert timings == pytest.approx({"a": 10.0, "b": 10.5, "c": 30.0})
     counts.update(a=0, b=0, c=0)

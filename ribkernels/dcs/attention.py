@@ -144,13 +144,12 @@ def _measure_choice(key, q, k, v, mask_logits, noise, *, training: bool, grad: b
     with torch.random.fork_rng(devices=devices), warnings.catch_warnings(), \
             (torch.enable_grad() if grad else torch.no_grad()):
         warnings.simplefilter("ignore")  # a forced SDPA kernel's "not used because ..." warnings
-        timings, failed = backend_choice.measure({name: make(name) for name in names}, sync)
-    choice = backend_choice.fastest(timings, names)
+        choice, timings, failed = backend_choice.measure({name: make(name) for name in names}, sync)
     if choice is None:
         return None
     rec = backend_choice.Record(choice, timings, failed)
     backend_choice.store(key, rec, known_impls())
-    logger.info("dcs_attention(impl='auto') chose %s for %s (best ms: %s%s)", choice, backend_choice.key_str(key),
+    logger.info("dcs_attention(impl='auto') chose %s for %s (median ms: %s%s)", choice, backend_choice.key_str(key),
                 ", ".join(f"{n} {t:.3g}" for n, t in timings.items()),
                 "".join(f"; {n} failed: {why}" for n, why in failed.items()))
     return rec
@@ -199,7 +198,7 @@ def choose_auto(q, k, v, mask_logits, noise, *, training: bool, measure: bool = 
 class BackendReport:
     """What ``available_backends(..., report=True)`` returns: ``reasons`` (backend -> why it cannot run
     the input, as without report), the ``key`` ``auto`` files the input under, the ``choice`` it
-    makes and its ``source``, and the best ms per backend (``timings_ms``) / failures it chose from."""
+    makes and its ``source``, and the median ms per backend (``timings_ms``) / failures it chose from."""
 
     reasons: Dict[str, List[str]]
     key: str

@@ -5,7 +5,7 @@ the dtype, a shape bucket (B·H and N rounded up the ladder 16, 24, 32, 48, 64, 
 exact), how θ and the explicit noise broadcast over ``[B, H, N, D]`` (e.g. ``"BHND"`` per token,
 ``"1H1D"`` per channel), training or eval, and whether gradients are needed. The first eager call
 for a key times every candidate backend (:func:`measure`: warm-up, then repetitions interleaved
-between the candidates, the best time of each; forward + backward when gradients are needed) and keeps the winner
+between the candidates, compared round by round; forward + backward when gradients are needed) and keeps the winner
 in memory and in a small JSON file, ``$RIBKERNELS_CACHE`` (default ``~/.cache/ribkernels``)
 ``/dcs-backend-choice.json``, stamped with the torch / triton / ribkernels versions.
 
@@ -20,11 +20,12 @@ input; the file never decides where anything is written.
 import json
 import logging
 import os
+import statistics
 import tempfile
 import time
 import warnings
 from dataclasses import dataclass, field
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 import torch
 
@@ -47,7 +48,7 @@ Key = Tuple  # (device, dtype, bh_bucket, n_bucket, d, theta_pattern, noise_patt
 
 @dataclass
 class Record:
-    """One key's choice: the winner, the best ms of every candidate that ran, why the others failed."""
+    """One key's choice: the winner, the median ms of every candidate that ran, why the others failed."""
 
     choice: str
     timings_ms: Dict[str, float] = field(default_factory=dict)
@@ -324,16 +325,32 @@ def store(key: Key, rec: Record, known: Sequence[str]) -> None:
 
 # -------------------------------------------------------------------------------------- timing
 
+class Measurement(NamedTuple):
+    """What :func:`measure` found: the winner (None when no candidate ran), each candidate's median ms
+    over its timed calls, and why the others failed."""
+
+    choice: Optional[str]
+    timings_ms: Dict[str, float]
+    failed: Dict[str, str]
+
+
+def _median_ratio(rounds: List[Dict[str, float]], a: str, b: str) -> float:
+    """Median over the rounds that timed both of ``t_a / t_b``: pairs timed back to back see the same load."""
+    tiny = 1e-12  # a clock that did not advance (a coarse or fake clock) counts as a tie, not a crash
+    return statistics.median(max(r[a], tiny) / max(r[b], tiny) for r in rounds if a in r and b in r)
+
+
 def measure(candidates: Dict[str, Callable[[], object]], sync: Callable[[], None], *, warmup: int = WARMUP,
             reps: int = REPS, max_reps: int = MAX_REPS, close: float = CLOSE,
-            budget_s: float = BUDGET_S) -> Tuple[Dict[str, float], Dict[str, str]]:
-    """Best (minimum) ms of each candidate over its timed calls and, for those that raised, why.
+            budget_s: float = BUDGET_S) -> Measurement:
+    """Time the candidates (callables) and pick the fastest.
 
-    ``warmup`` untimed calls each, then ``reps`` rounds of one call of every candidate (interleaved, so a
-    loaded machine slows them alike). The minimum, not the median: on a machine shared with other work
-    the interruptions only add time, and the fastest call is the one they disturbed least. While the
-    runners-up within ``close`` (relative) of the leader leave the choice in doubt, more rounds of just
-    those, up to ``max_reps`` rounds in all and ``budget_s`` seconds of extra timing."""
+    ``warmup`` untimed calls each, then ``reps`` rounds of one call of every candidate, interleaved. The
+    choice compares per-round time ratios (each candidate against the first, then the contenders against
+    the leader), not medians of separate runs: on a shared machine the load drifts while timing, and two
+    calls timed back to back see the same load. While candidates within ``close`` (relative) of the
+    leader leave the choice in doubt, more rounds of just those, up to ``max_reps`` rounds in all and
+    ``budget_s`` seconds of extra timing. Ties go to the candidate listed first."""
     failed: Dict[str, str] = {}
     live: List[str] = []
     for name, fn in candidates.items():
@@ -345,35 +362,43 @@ def measure(candidates: Dict[str, Callable[[], object]], sync: Callable[[], None
         except Exception as exc:  # a backend that cannot take this input (e.g. an SDPA kernel's limits, OOM)
             text = str(exc).strip()
             failed[name] = f"{type(exc).__name__}: {text.splitlines()[0] if text else ''}"[:300]
-    samples: Dict[str, List[float]] = {name: [] for name in live}
+    rounds: List[Dict[str, float]] = []
 
     def one_round(names: Sequence[str]) -> None:
+        times: Dict[str, float] = {}
         for name in names:
+            if name in failed:
+                continue
             try:
                 sync()
                 t0 = clock()
                 candidates[name]()
                 sync()
-                samples[name].append(clock() - t0)
+                times[name] = clock() - t0
             except Exception as exc:
                 failed[name] = f"{type(exc).__name__}: {exc}"[:300]
-                del samples[name]
+        rounds.append(times)
 
     for _ in range(reps):
-        one_round(list(samples))
-    start, rounds = clock(), reps
-    while rounds < max_reps and clock() - start < budget_s and len(samples) > 1:
-        low = {name: min(s) for name, s in samples.items()}
-        best = min(low.values())
-        contenders = [name for name in samples if low[name] <= best * (1 + close)]
-        if len(contenders) < 2:
-            break
+        one_round(live)
+    live = [name for name in live if name not in failed]
+    if not live or not rounds:
+        return Measurement(None, {}, failed)
+    ref = live[0]
+    score = {name: _median_ratio(rounds, name, ref) for name in live}
+    leader = min(live, key=lambda name: score[name])  # min() keeps the first of equal scores
+    contenders = [name for name in live if score[name] <= score[leader] * (1 + close)]
+    start, n_rounds = clock(), reps
+    while len(contenders) > 1 and n_rounds < max_reps and clock() - start < budget_s:
         one_round(contenders)
-        rounds += 1
-    return {name: min(s) * 1e3 for name, s in samples.items()}, failed
-
-
-def fastest(timings: Dict[str, float], order: Sequence[str]) -> Optional[str]:
-    """The candidate with the smallest time; ties go to the one first in ``order``."""
-    ranked = [name for name in order if name in timings]
-    return min(ranked, key=lambda name: timings[name]) if ranked else None
+        n_rounds += 1
+        contenders = [name for name in contenders if name not in failed]
+        if leader in failed or not contenders:
+            break
+    if leader not in failed and len(contenders) > 1:
+        leader = min(contenders, key=lambda name: (_median_ratio(rounds, name, leader), contenders.index(name)))
+    live = [name for name in live if name not in failed]
+    timings = {name: statistics.median(r[name] for r in rounds if name in r) * 1e3 for name in live}
+    if leader not in timings:
+        leader = min(timings, key=timings.get) if timings else None
+    return Measurement(leader, timings, failed)
