@@ -373,5 +373,19 @@ def test_close_leaders_get_more_rounds_until_max_reps(fresh):
     assert timings == pytest.approx({"a": 10.0, "b": 10.5, "c": 30.0})
     counts.update(a=0, b=0, c=0)
     backend_choice.measure({"a": candidate("a", 10.0), "b": candidate("b", 10.5)}, lambda: None, warmup=1,
-                           reps=5, max_reps=50, budget_s=0.05)  # the extra rounds stop at the time budget
-    assert counts["a"] == counts["b"] == 1 + 5 + 3  # 3 extra rounds of 20.5 fake ms pass 50 ms
+                           reps=5, max_reps=50, budget_s=0.2)  # the extra rounds stop at the time budget
+    assert counts["a"] == counts["b"] == 1 + 5 + 10  # 10 extra rounds of 20.5 fake ms pass 200 ms
+
+
+def test_slow_inputs_get_fewer_rounds_but_at_least_min_reps(fresh):
+    counts = {"a": 0, "b": 0}
+
+    def candidate(name, ms):
+        def run():
+            counts[name] += 1
+            fresh.t += ms / 1e3
+        return run
+
+    got = backend_choice.measure({"a": candidate("a", 700.0), "b": candidate("b", 1400.0)}, lambda: None,
+                                 warmup=1, reps=5, budget_s=2.0)
+    assert counts == {"a": 1 + backend_choice.MIN_REPS, "b": 1 + backend_choice.MIN_REPS} and got.choice == "a"

@@ -144,7 +144,9 @@ def _measure_choice(key, q, k, v, mask_logits, noise, *, training: bool, grad: b
     with torch.random.fork_rng(devices=devices), warnings.catch_warnings(), \
             (torch.enable_grad() if grad else torch.no_grad()):
         warnings.simplefilter("ignore")  # a forced SDPA kernel's "not used because ..." warnings
-        choice, timings, failed = backend_choice.measure({name: make(name) for name in names}, sync)
+        choice, timings, failed = backend_choice.measure(
+            {name: make(name) for name in names}, sync,
+            warmup=backend_choice.WARMUP_CUDA if q.is_cuda else backend_choice.WARMUP)
     if choice is None:
         return None
     rec = backend_choice.Record(choice, timings, failed)

@@ -34,11 +34,13 @@ logger = logging.getLogger(__name__)
 ENV_VAR = "RIBKERNELS_DCS_AUTOTUNE_BACKEND"
 CACHE_FILE_NAME = "dcs-backend-choice.json"
 FORMAT = 1
-WARMUP = 2     # untimed calls per candidate (the first may compile, allocate, fill caches)
-REPS = 5       # timed rounds of every candidate
+WARMUP = 1       # untimed calls per candidate on CPU (the first allocates, fills caches)
+WARMUP_CUDA = 2  # on CUDA (the first call may compile Triton kernels or pick cuDNN plans)
+REPS = 5         # timed rounds of every candidate (at least MIN_REPS when they pass BUDGET_S)
+MIN_REPS = 3
 MAX_REPS = 15  # rounds in all while the leaders are within CLOSE of each other
 CLOSE = 0.10
-BUDGET_S = 2.0  # seconds of such extra rounds at most
+BUDGET_S = 2.0  # seconds of timed rounds beyond MIN_REPS, and of the extra rounds, at most
 
 #: The clock used by :func:`measure` (seconds, monotonic); tests replace it by a fake one.
 clock: Callable[[], float] = time.perf_counter
@@ -345,7 +347,8 @@ def measure(candidates: Dict[str, Callable[[], object]], sync: Callable[[], None
             budget_s: float = BUDGET_S) -> Measurement:
     """Time the candidates (callables) and pick the fastest.
 
-    ``warmup`` untimed calls each, then ``reps`` rounds of one call of every candidate, interleaved. The
+    ``warmup`` untimed calls each, then ``reps`` rounds of one call of every candidate, interleaved
+    (fewer, down to ``MIN_REPS``, once they have taken ``budget_s``: slow inputs are timed less). The
     choice compares per-round time ratios (each candidate against the first, then the contenders against
     the leader), not medians of separate runs: on a shared machine the load drifts while timing, and two
     calls timed back to back see the same load. While candidates within ``close`` (relative) of the
@@ -379,7 +382,10 @@ def measure(candidates: Dict[str, Callable[[], object]], sync: Callable[[], None
                 failed[name] = f"{type(exc).__name__}: {exc}"[:300]
         rounds.append(times)
 
-    for _ in range(reps):
+    start = clock()
+    for i in range(reps):
+        if i >= min(MIN_REPS, reps) and clock() - start >= budget_s:
+            break
         one_round(live)
     live = [name for name in live if name not in failed]
     if not live or not rounds:
