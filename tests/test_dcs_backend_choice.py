@@ -1,7 +1,6 @@
 """``dcs_attention(impl="auto")``'s measured choice: keys, the fake-clock timing, the JSON cache and the
 paths that must never time (tracing, deterministic mode, the env switch). CPU, small shapes."""
 import json
-import warnings
 
 import pytest
 import torch

@@ -18,7 +18,6 @@ choices stay in memory. A name read from the file is used only if it is a backen
 input; the file never decides where anything is written.
 """
 import json
-import logging
 import os
 import statistics
 import tempfile
@@ -29,7 +28,6 @@ from typing import Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 import torch
 
-logger = logging.getLogger(__name__)
 
 ENV_VAR = "RIBKERNELS_DCS_AUTOTUNE_BACKEND"
 CACHE_FILE_NAME = "dcs-backend-choice.json"
@@ -208,7 +206,8 @@ def _parse_record(raw, known: Sequence[str]) -> Optional[Record]:
     timings, failed = raw.get("timings_ms", {}), raw.get("failed", {})
     if not isinstance(timings, dict) or not isinstance(failed, dict):
         return None
-    if not all(isinstance(k, str) and isinstance(v, (int, float)) and not isinstance(v, bool) for k, v in timings.items()):
+    if not all(isinstance(k, str) and isinstance(v, (int, float)) and not isinstance(v, bool)
+               for k, v in timings.items()):
         return None
     if not all(isinstance(k, str) and isinstance(v, str) for k, v in failed.items()):
         return None
