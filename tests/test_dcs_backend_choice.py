@@ -388,3 +388,42 @@ def test_slow_inputs_get_fewer_rounds_but_at_least_min_reps(fresh):
     got = backend_choice.measure({"a": candidate("a", 700.0), "b": candidate("b", 1400.0)}, lambda: None,
                                  warmup=1, reps=5, budget_s=2.0)
     assert counts == {"a": 1 + backend_choice.MIN_REPS, "b": 1 + backend_choice.MIN_REPS} and got.choice == "a"
+
+
+def test_graph_capture_and_a_forced_sdpa_kernel_under_compile(fresh, monkeypatch):
+    q, k, v, theta = inputs(grad=False)
+    monkeypatch.setattr(backend_choice, "capturing", lambda t: True)
+    assert backend_choice.why_no_timing(q) == "CUDA graph capture"
+    calls = with_costs(monkeypatch, fresh, {"sdpa": 9.0, "eager": 1.0})
+    rk.dcs_attention(q, k, v, theta, seed=0)
+    assert calls == {"sdpa": 1, "eager": 0}  # static rule, no timing while "capturing"
+    torch._dynamo.reset()
+    fn = torch.compile(lambda *a: rk.dcs_attention(*a, seed=1, impl="sdpa:math"), fullgraph=True,
+                       backend="aot_eager")
+    torch.testing.assert_close(fn(q, k, v, theta), rk.dcs_attention(q, k, v, theta, seed=1, impl="sdpa"))
+    torch._dynamo.reset()
+
+
+@pytest.mark.gpu
+def test_cuda_times_triton_and_each_sdpa_kernel_and_returns_the_explicit_result(monkeypatch, tmp_path):
+    """Real clock, real kernels: the choice is whatever is fastest here; the result must equal the explicit
+    impl's for the same seed, and the CUDA and CPU RNG streams must be as if no timing had run."""
+    monkeypatch.setenv(backend_choice.ENV_VAR, "1")
+    monkeypatch.setenv("RIBKERNELS_CACHE", str(tmp_path / "cache"))
+    backend_choice.reset()
+    try:
+        q, k, v, theta = (t.detach().cuda().half().requires_grad_() for t in inputs((2, 4, 211, 64)))
+        torch.manual_seed(3)
+        got = rk.dcs_attention(q, k, v, theta)
+        states = torch.get_rng_state(), torch.cuda.get_rng_state()
+        assert all(t.grad is None for t in (q, k, v, theta))
+        rep = rk.available_backends(q, k, v, theta, report=True)
+        assert rep.source == "measured" and rep.choice in rep.timings_ms
+        assert set(rep.timings_ms) | set(rep.failed) == set(attention.auto_candidates(q, k, v, theta, None))
+        assert "triton" in rep.timings_ms and "eager" in rep.timings_ms, rep
+        torch.manual_seed(3)
+        want = rk.dcs_attention(q, k, v, theta, impl=rep.choice)
+        assert torch.equal(states[0], torch.get_rng_state()) and torch.equal(states[1], torch.cuda.get_rng_state())
+        torch.testing.assert_close(got, want, rtol=0, atol=0)
+    finally:
+        backend_choice.reset()
