@@ -69,8 +69,10 @@ def test_bucket_ladder_rounds_up_by_at_most_one_and_a_half():
 def test_key_spells_device_dtype_bucket_theta_mode_training_and_grad():
     q, _, _, _ = inputs((2, 3, 211, 8), grad=False)
     key = backend_choice.make_key(q, torch.zeros(1, 3, 1, 8), None, training=True, grad=True)
-    assert backend_choice.key_str(key) == \
-        f"cpu:threads={torch.get_num_threads()}|float32|bh=16|n=256|d=8|theta=1H1D|noise=-|train|grad=1"
+    assert backend_choice.key_str(key) == (
+        f"cpu:{backend_choice.cpu_name()}:threads={torch.get_num_threads()}|float32|bh=16|n=256|d=8|theta=1H1D|"
+        "noise=-|train|grad=1")
+    assert backend_choice.cpu_name() and "|" not in backend_choice.cpu_name()
     same = backend_choice.make_key(torch.zeros(2, 3, 197, 8), torch.zeros(3, 1, 8), None, training=True, grad=True)
     assert same == key  # N 197 and 211 share a bucket; θ [3, 1, 8] broadcasts like [1, 3, 1, 8]
     variants = [

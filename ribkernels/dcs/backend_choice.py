@@ -1,13 +1,14 @@
 """The measured choice behind ``dcs_attention(impl="auto")``: keys, timing and the choice cache.
 
-A *key* says what decides which backend is fastest: the device (its name; on CPU the thread count),
-the dtype, a shape bucket (B·H and N rounded up the ladder 16, 24, 32, 48, 64, 96, ..., head dim D
-exact), how θ and the explicit noise broadcast over ``[B, H, N, D]`` (e.g. ``"BHND"`` per token,
-``"1H1D"`` per channel), training or eval, and whether gradients are needed. The first eager call
-for a key times every candidate backend (:func:`measure`: warm-up, then repetitions interleaved
-between the candidates, compared round by round; forward + backward when gradients are needed) and keeps the winner
-in memory and in a small JSON file, ``$RIBKERNELS_CACHE`` (default ``~/.cache/ribkernels``)
-``/dcs-backend-choice.json``, stamped with the torch / triton / ribkernels versions.
+A *key* says what decides which backend is fastest: the device (its name; on CPU the model and the
+thread count), the dtype, a shape bucket (B·H and N rounded up the ladder 16, 24, 32, 48, 64, 96,
+..., head dim D exact), how θ and the explicit noise broadcast over ``[B, H, N, D]`` (e.g. ``"BHND"``
+per token, ``"1H1D"`` per channel), training or eval, and whether gradients are needed. The first
+eager call for a key times every candidate backend (:func:`measure`: warm-up, then rounds interleaved
+between the candidates, compared round by round; forward + backward when gradients are needed) and
+keeps the winner in memory and in a small JSON file, ``$RIBKERNELS_CACHE`` (default
+``~/.cache/ribkernels``) ``/dcs-backend-choice.json``, stamped with the torch / triton / ribkernels
+versions.
 
 Never timed: under tracing (torch.compile / torch.export / torch.jit), during CUDA-graph capture, under
 ``torch.use_deterministic_algorithms(True)``: there the cached winner or the static rule is used.
@@ -17,8 +18,10 @@ warning (and replaced at the next write); an unwritable cache directory gives on
 choices stay in memory. A name read from the file is used only if it is a backend that can run the
 input; the file never decides where anything is written.
 """
+import functools
 import json
 import os
+import platform
 import statistics
 import tempfile
 import time
@@ -114,14 +117,28 @@ def broadcast_pattern(t: Optional[torch.Tensor], shape: Sequence[int]) -> str:
                    for name, size, full in zip("BHND", dims, shape))
 
 
+@functools.lru_cache(maxsize=None)
+def cpu_name() -> str:
+    """The CPU model (``/proc/cpuinfo``'s model name where there is one, else the machine type): a cache
+    directory shared by several machines (a home on NFS) keeps their choices apart."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            for line in f:
+                if line.lower().startswith("model name"):
+                    return " ".join(line.split(":", 1)[1].replace("|", "/").split())[:80] or platform.machine()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "cpu"
+
+
 @torch.compiler.assume_constant_result
 def device_label(device: str) -> str:
-    """``torch.cuda.get_device_name`` for a CUDA device; ``cpu:threads=T`` on CPU."""
+    """``torch.cuda.get_device_name`` for a CUDA device; ``cpu:<model>:threads=T`` on CPU."""
     dev = torch.device(device)
     if dev.type == "cuda":
         return torch.cuda.get_device_name(dev)
     if dev.type == "cpu":
-        return f"cpu:threads={torch.get_num_threads()}"
+        return f"cpu:{cpu_name()}:threads={torch.get_num_threads()}"
     return dev.type
 
 
