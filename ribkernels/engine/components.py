@@ -35,7 +35,7 @@ class DataBundle:
     test_transform: Callable
     num_workers: int
     pin_memory: bool
-    sampler: object
+    sampler: object  # None when built for evaluation only
     name: str = ""
     bad_images: Tuple[Tuple[str, str], ...] = ()  # (path, reason) left out with data.skip_bad_images
 
@@ -56,7 +56,9 @@ class DataBundle:
                              cfg["eval"]["eval_batch_size"], self.num_workers, pin_memory=self.pin_memory)
 
 
-def build_data(cfg: Dict, rank: int = 0, world: int = 1) -> DataBundle:
+def build_data(cfg: Dict, rank: int = 0, world: int = 1, *, train: bool = True) -> DataBundle:
+    """The dataset, its transforms and (``train``) the PK sampler; ``train=False`` (evaluation only)
+    builds no sampler, so a training split too small for one PK batch is no error."""
     d = cfg["data"]
     name = d["dataset"]
     kwargs = dict(d["dataset_kwargs"] or {})
@@ -82,9 +84,9 @@ def build_data(cfg: Dict, rank: int = 0, world: int = 1) -> DataBundle:
     common = dict(mean=d["pixel_mean"], std=d["pixel_std"])
     train_tf = build_transforms(h, w, True, flip_prob=d["flip_prob"], padding=d["padding"],
                                 re_prob=d["erasing_prob"], **common)
-    test_tf = build_transforms(h, w, False, **common)
+    test_tf = build_transforms(h, w, False, test_interpolation=d["test_interpolation"], **common)
     sampler = RandomIdentitySampler(ds.train, d["batch_size"], d["num_instances"],
-                                    seed=_seed(cfg["solver"]["seed"], "pk"))
+                                    seed=_seed(cfg["solver"]["seed"], "pk")) if train else None
     return DataBundle(train=list(ds.train), query=list(ds.query), gallery=list(ds.gallery),
                       num_classes=ds.num_train_pids, num_cams=ds.num_train_cams, num_views=1,
                       train_transform=train_tf, test_transform=test_tf, num_workers=int(d["num_workers"]),
@@ -250,8 +252,9 @@ def ibb_terms(ibb, feats: torch.Tensor, pids: torch.Tensor, images: torch.Tensor
 # ---------------------------------------------------------------------------------------- evaluation
 def _rank_result(qf, gf, qp, gp, qc, gc, cfg: Dict) -> Dict[str, float]:
     e = cfg["eval"]
+    rerank_kwargs = dict(k1=int(e["rerank_k1"]), k2=int(e["rerank_k2"]), lambda_value=float(e["rerank_lambda"]))
     res = reid_evaluate(qf, gf, qp, gp, qc, gc, metric=e["distance"], normalize=True, max_rank=int(e["max_rank"]),
-                    rerank=bool(e["rerank"]))
+                        rerank=bool(e["rerank"]), rerank_kwargs=rerank_kwargs)
     cmc = res.cmc
     nq = max(int(res.num_valid_queries), 1)
     # standard errors over queries: of the mean AP, and binomial for Rank-1

@@ -79,6 +79,7 @@ DEFAULTS: Dict[str, Dict[str, Any]] = {
         "erasing_prob": 0.5,
         "pixel_mean": [0.5, 0.5, 0.5],
         "pixel_std": [0.5, 0.5, 0.5],
+        "test_interpolation": "bilinear",  # resize of evaluated images: bilinear (TransReID's) | bicubic
     },
     "solver": {
         "epochs": 120,
@@ -126,6 +127,9 @@ DEFAULTS: Dict[str, Dict[str, Any]] = {
         "eval_batch_size": 128,
         "distance": "euclidean",        # euclidean (on L2-normalised features) | cosine
         "rerank": False,
+        "rerank_k1": 50,                # k-reciprocal re-ranking (k1, k2, lambda): TransReID's 50, 15, 0.3
+        "rerank_k2": 15,
+        "rerank_lambda": 0.3,
         "occlusion": False,             # add the occlusion stress-test table
         "occlusion_ratios": [0.1, 0.2, 0.3, 0.4],
         "max_rank": 50,

@@ -92,7 +92,7 @@ def read_model_file(path: str) -> ModelFile:
 # Model keys that are choices of evaluation, not of the architecture: a caller may change them.
 EVAL_TIME_MODEL_KEYS = ("neck_feat", "dcs_impl")
 # Data keys that must match training (the test transform's normalisation).
-CHECKPOINT_DATA_KEYS = ("pixel_mean", "pixel_std")
+CHECKPOINT_DATA_KEYS = ("pixel_mean", "pixel_std", "test_interpolation")
 
 
 def eval_config(stored: Dict, caller: Dict, explicit: Sequence[str] = ()) -> Dict:

@@ -112,7 +112,7 @@ class Trainer:
         if s["num_threads"]:
             torch.set_num_threads(int(s["num_threads"]))
         ckpt_io.seed_everything(s["seed"])  # same model initialisation on every rank
-        self.data = components.build_data(cfg, self.rank, self.world)
+        self.data = components.build_data(cfg, self.rank, self.world, train=not self.eval_only)
         self.log.info("dataset %s: %d train images of %d ids / %d cameras, %d query, %d gallery",
                       cfg["data"]["dataset"], len(self.data.train), self.data.num_classes, self.data.num_cams,
                       len(self.data.query), len(self.data.gallery))
@@ -127,19 +127,11 @@ class Trainer:
         self.amp_dtype = torch.bfloat16 if s["amp"] == "bf16" else torch.float16
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp and s["amp"] == "fp16")
 
-        self.iters_per_epoch = len(components.epoch_indices(self.data, cfg, s["seed"], 0, self.rank, self.world)) \
-            // self.local_batch
-        if s["max_iters_per_epoch"]:
-            self.iters_per_epoch = min(self.iters_per_epoch, int(s["max_iters_per_epoch"]))
-        if self.iters_per_epoch < 1:
-            raise ValueError(f"the PK sampler gives no full batch of {self.local_batch} per rank; "
-                             "use a smaller data.batch_size or more training identities")
-        self.optimizer = self._make_optimizer()
-        self.scheduler = WarmupCosineLR(
-            self.optimizer, total_iters=s["epochs"] * self.iters_per_epoch,
-            warmup_iters=min(s["epochs"], s["warmup_epochs"]) * self.iters_per_epoch,
-            warmup_factor=s["warmup_factor"], min_factor=s["min_lr_factor"])
-        self.id_loss, self.tri_loss = components.build_losses(cfg, self.data.num_classes)
+        if self.eval_only:  # nothing trains: no PK batches, optimizer or losses to set up
+            self.iters_per_epoch, self.optimizer, self.scheduler = 0, None, None
+            self.id_loss = self.tri_loss = None
+        else:
+            self._setup_training(s)
 
         self.start_epoch, self.start_iter = 0, 0
         self._partial = None  # the interrupted epoch's loss sums etc., continued by a resume
@@ -167,6 +159,23 @@ class Trainer:
         self._interrupted = False
 
     # ------------------------------------------------------------------ set-up helpers
+    def _setup_training(self, s: Dict) -> None:
+        """PK batches per epoch, optimizer, schedule and losses (not built by --eval-only)."""
+        cfg = self.cfg
+        self.iters_per_epoch = len(components.epoch_indices(self.data, cfg, s["seed"], 0, self.rank, self.world)) \
+            // self.local_batch
+        if s["max_iters_per_epoch"]:
+            self.iters_per_epoch = min(self.iters_per_epoch, int(s["max_iters_per_epoch"]))
+        if self.iters_per_epoch < 1:
+            raise ValueError(f"the PK sampler gives no full batch of {self.local_batch} per rank; "
+                             "use a smaller data.batch_size or more training identities")
+        self.optimizer = self._make_optimizer()
+        self.scheduler = WarmupCosineLR(
+            self.optimizer, total_iters=s["epochs"] * self.iters_per_epoch,
+            warmup_iters=min(s["epochs"], s["warmup_epochs"]) * self.iters_per_epoch,
+            warmup_factor=s["warmup_factor"], min_factor=s["min_lr_factor"])
+        self.id_loss, self.tri_loss = components.build_losses(cfg, self.data.num_classes)
+
     @property
     def local_batch(self) -> int:
         b = self.cfg["data"]["batch_size"]
@@ -600,8 +609,12 @@ class Trainer:
             cfg = eval_config(mf.config, self.cfg, [f"model.{k}" for k in EVAL_TIME_MODEL_KEYS])
             self.model = build_model_from_file(mf, cfg, checkpoint).to(self.device)
             epoch = mf.epoch
+        elif self.cfg["model"]["pretrained"]:
+            self.log.info("--eval-only without --checkpoint: evaluating the model with the --pretrained weights %s",
+                          self.cfg["model"]["pretrained"])
         else:
-            self.log.warning("--eval-only without --checkpoint: evaluating the freshly initialised model")
+            self.log.warning("--eval-only without --checkpoint or --pretrained: evaluating the freshly initialised "
+                             "model")
         result = self.evaluate(epoch, final=True)
         if self.main:
             out = {"checkpoint": os.path.abspath(checkpoint) if checkpoint else None,
