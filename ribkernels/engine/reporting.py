@@ -282,3 +282,72 @@ class Progress:
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
+
+
+class TaskProgress:
+    """Progress of one counted task (an evaluation pass, the IBB refresh's feature pass, re-ranking,
+    the occlusion test): a tqdm bar when ``mode`` is ``bar``, or ``auto`` and stderr is a TTY; else
+    log lines ``<desc>: <done>/<total> <unit> (<pct>%), <elapsed>, eta <left>`` — one when it starts,
+    one at most every ``every_s`` seconds, one when it ends. ``enabled=False`` (ranks other than 0)
+    shows nothing. Use as a context manager, or call :meth:`close`."""
+
+    def __init__(self, desc: str, total: int, log: Optional[logging.Logger] = None, mode: str = "auto",
+                 enabled: bool = True, unit: str = "images", every_s: float = 15.0, clock=time.monotonic):
+        if total < 0:
+            raise ValueError(f"total: expected >= 0, got {total}")
+        self.desc, self.total, self.unit, self.every_s = desc, int(total), unit, float(every_s)
+        self.log = log or logging.getLogger(LOGGER_NAME)
+        self.enabled, self.clock, self.done, self.closed = enabled, clock, 0, False
+        self.t0 = self.last = clock()
+        self.bar = None
+        if enabled and (mode == "bar" or (mode == "auto" and sys.stderr.isatty())):
+            try:
+                from tqdm import tqdm
+
+                self.bar = tqdm(total=self.total, desc=desc, unit=" " + unit, dynamic_ncols=True, leave=False)
+            except ImportError:  # no tqdm: log lines instead
+                self.bar = None
+        if enabled and self.bar is None:
+            self.log.info("%s: %d %s to go", desc, self.total, unit)
+
+    def eta_s(self) -> Optional[float]:
+        if self.done <= 0:
+            return None
+        return (self.clock() - self.t0) / self.done * max(self.total - self.done, 0)
+
+    def update(self, n: int = 1) -> None:
+        self.done += int(n)
+        if not self.enabled:
+            return
+        if self.bar is not None:
+            self.bar.update(int(n))
+            return
+        now = self.clock()
+        if now - self.last >= self.every_s and self.done < self.total:
+            self.last = now
+            pct = 100.0 * self.done / self.total if self.total else 100.0
+            eta = self.eta_s()
+            self.log.info("%s: %d/%d %s (%.0f%%), %s, eta %s", self.desc, self.done, self.total, self.unit, pct,
+                          format_duration(now - self.t0), "?" if eta is None else format_duration(eta))
+
+    def close(self, completed: bool = True) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        if not self.enabled:
+            return
+        if self.bar is not None:
+            self.bar.close()
+        self.log.info("%s: %d/%d %s %s in %.1fs", self.desc, self.done, self.total, self.unit,
+                      "done" if completed else "stopped", self.clock() - self.t0)
+
+    def __enter__(self) -> "TaskProgress":
+        return self
+
+    def __exit__(self, exc_type, *exc) -> None:
+        self.close(completed=exc_type is None)
+
+
+def no_progress(desc: str, total: int, unit: str = "images") -> TaskProgress:
+    """A :class:`TaskProgress` that shows nothing (the default of the functions that take a progress factory)."""
+    return TaskProgress(desc, total, enabled=False, unit=unit)
