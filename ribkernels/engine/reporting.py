@@ -128,9 +128,17 @@ def _save(fig, out_dir: str, name: str) -> str:
 
     fig.tight_layout()
     path = os.path.join(out_dir, name)
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=110, bbox_inches="tight")  # legends placed outside the axes stay in the picture
     plt.close(fig)
     return path
+
+
+def legend_outside(ax, handles=None, labels=None, ncol: int = 2, fontsize: float = 8):
+    """The legend of ``ax`` under the axes, below the x label: never over the data."""
+    if handles is None:
+        handles, labels = ax.get_legend_handles_labels()
+    return ax.legend(handles, labels, loc="upper center", bbox_to_anchor=(0.5, -0.17), ncol=ncol,
+                     fontsize=fontsize, frameon=False)
 
 
 def plot_curves(metrics: Dict, out_dir: str) -> List[str]:
@@ -159,7 +167,7 @@ def plot_curves(metrics: Dict, out_dir: str) -> List[str]:
         written.append(_save(fig, out_dir, "losses.png"))
         keys = [k for k in ("ibb", "ibb_term1", "ibb_term2") if any(r.get(k) is not None for r in epochs)]
         if keys:
-            fig, ax = plt.subplots(figsize=(6, 4))
+            fig, ax = plt.subplots(figsize=(6, 4.6))
             for key in keys:
                 ax.plot(x, [nan if r.get(key) is None else r[key] for r in epochs], marker="o", ms=4, label=key)
             handles, labels = ax.get_legend_handles_labels()
@@ -175,7 +183,7 @@ def plot_curves(metrics: Dict, out_dir: str) -> List[str]:
             _epoch_axis(ax, x)
             ax.set_ylabel("IBB (nats)")
             ax.set_title("IBB bound")
-            ax.legend(handles, labels, loc="best")
+            legend_outside(ax, handles, labels)
             written.append(_save(fig, out_dir, "ibb.png"))
     evals = metrics.get("evals") or []
     if evals:
