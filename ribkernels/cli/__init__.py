@@ -32,13 +32,13 @@ def available(argv: Optional[List[str]] = None) -> Dict[str, object]:
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter):
     """The module docstring as written, and each option's default in ``--help`` (unless its help
-    already says it, or there is none to show: None, or off for a switch)."""
+    already says it, or there is none to show: None, a required option, a switch)."""
 
     def _get_help_string(self, action):
         text = action.help or ""
         default = action.default
-        if ("default" in text.lower() or default is None or default is False or default == argparse.SUPPRESS
-                or not action.option_strings and action.nargs not in ("?", "*")):
+        if ("default" in text.lower() or default is None or default == argparse.SUPPRESS or action.required
+                or action.nargs == 0 or not action.option_strings and action.nargs not in ("?", "*")):
             return text
         return f"{text} (default: %(default)s)"
 
