@@ -182,3 +182,20 @@ def test_plain_pip_install_into_an_env_with_torch_builds_the_extension_on_first_
                          cwd=work, env=env, capture_output=True, text=True, timeout=900)
     assert run.returncode == 0, run.stderr[-3000:]
     assert os.path.exists(work / "run" / "final.pth") and "building" not in run.stderr
+
+
+def test_jit_cache_check_sees_changed_sources(tmp_path):
+    """The 'building ...' line is printed exactly when ninja will rebuild: no library yet, or one older
+    than a source."""
+    from ribkernels.ibb import _ext
+
+    src = tmp_path / "a.cpp"
+    src.write_text("// source\n")
+    lib = tmp_path / "ribkernels_C_cpu.so"
+    assert not _ext._is_built(str(tmp_path), "ribkernels_C_cpu", [str(src)])
+    lib.write_text("")
+    now = os.path.getmtime(src)
+    os.utime(lib, (now + 10, now + 10))
+    assert _ext._is_built(str(tmp_path), "ribkernels_C_cpu", [str(src)])
+    os.utime(src, (now + 20, now + 20))
+    assert not _ext._is_built(str(tmp_path), "ribkernels_C_cpu", [str(src)])

@@ -78,10 +78,11 @@ def _check_toolchain(cpp_extension) -> None:
 
 
 def _is_built(build_dir: str, name: str, sources: List[str]) -> bool:
+    """Whether the cached library is newer than the sources and this torch (else ninja rebuilds it)."""
     lib = os.path.join(build_dir, f"{name}.so")
     if not os.path.exists(lib):
         return False
-    return os.path.getmtime(lib) >= max(os.path.getmtime(s) for s in sources)
+    return os.path.getmtime(lib) >= max(os.path.getmtime(s) for s in sources + [torch.__file__])
 
 
 def _load_jit() -> None:
