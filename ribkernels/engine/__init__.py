@@ -79,7 +79,7 @@ def main(argv=None) -> int:
             trainer.evaluate_checkpoint(args.checkpoint, model_file)
         else:
             trainer.fit()
-    except USER_ERRORS as e:
+    except USER_ERRORS + (CorruptImageError,) as e:  # an image that broke mid-run: checkpoint saved, named
         print(f"train.py: error: {e}", file=sys.stderr, flush=True)
         return EXIT_USAGE
     except KeyboardInterrupt:  # a second Ctrl-C in training, or one in --eval-only: stop, no traceback
