@@ -48,12 +48,30 @@ class RunFolderError(RuntimeError):
     """A run folder that cannot be used; the message names it and the ways out."""
 
 
+def safe_config_name(name) -> str:
+    """``name`` as one folder-name part: characters outside ``[A-Za-z0-9._-]`` become ``_`` (so no
+    ``/``, ``..`` part, NUL or absolute path survives), no leading/trailing dots or dashes, at most 80
+    characters, never empty (``"run"``)."""
+    text = name if isinstance(name, str) else ""
+    out = re.sub(r"[^A-Za-z0-9._-]+", "_", text)[:80].strip("._-")
+    return out or "run"
+
+
+def _inside(path: str, root: str) -> str:
+    """``path``, after checking that it resolves inside ``root`` (symbolic links followed)."""
+    real, base = os.path.realpath(path), os.path.realpath(root)
+    if os.path.commonpath([real, base]) != base:
+        raise RunFolderError(f"run folder {path} resolves to {real}, outside {base}; give --output-dir")
+    return path
+
+
 def timestamp() -> str:
     return time.strftime("%Y%m%d-%H%M%S")
 
 
 def latest_run(config_name: str, root: str = RUNS_ROOT) -> Optional[str]:
     """The folder ``root/<config_name>-<YYYYmmdd-HHMMSS>`` whose ``last.pth`` is newest, or None."""
+    config_name = safe_config_name(config_name)
     pattern = re.compile(re.escape(config_name) + r"-\d{8}-\d{6}(-\d+)?")
     best, best_time = None, -1.0
     for folder in glob.glob(os.path.join(glob.escape(root), glob.escape(config_name) + "-*")):
@@ -66,11 +84,12 @@ def latest_run(config_name: str, root: str = RUNS_ROOT) -> Optional[str]:
 
 
 def _new_folder(config_name: str, root: str = RUNS_ROOT) -> str:
-    base = os.path.join(root, f"{config_name}-{timestamp()}")
+    """A new ``root/<config_name>-<timestamp>`` (the name made safe, the folder confined to ``root``)."""
+    base = os.path.join(root, f"{safe_config_name(config_name)}-{timestamp()}")
     path, n = base, 1
     while os.path.exists(path):  # two starts in one second
         path, n = f"{base}-{n}", n + 1
-    return path
+    return _inside(path, root)
 
 
 def markers(folder: str) -> List[str]:
