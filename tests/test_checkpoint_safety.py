@@ -120,3 +120,14 @@ def test_extract_checks_the_stored_model_config(tmp_path):
     Image.new("RGB", (32, 64)).save(tmp_path / "0001_c1s1_000001_00.jpg")
     rc, err = _cli("extract", ck, tmp_path, "--out", tmp_path / "f.npz")
     assert rc == 2 and "model.model_kwargs" in err and "'x'" in err and ck in err, err
+
+
+def test_train_eval_only_checks_the_stored_model_section(tmp_path):
+    from ribkernels.engine import main as train_main
+
+    ck = write_model_file(tmp_path / "final.pth", edit=_set("model", "img_size", [64, "32"]))
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        rc = train_main(["--eval-only", "--checkpoint", ck, "--output-dir", str(tmp_path / "out")])
+    assert rc == 2 and "model.img_size = [64, '32']" in err.getvalue(), err.getvalue()
+    assert not (tmp_path / "out").exists()

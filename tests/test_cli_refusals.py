@@ -119,6 +119,10 @@ def test_search_names_the_flag_and_file_of_a_pickled_gallery(ck, images, tmp_pat
     rc, err = _cli("search", ck, "--query", images, "--gallery", tmp_path / "pickled.npz", "--out", tmp_path / "o")
     assert rc == 2 and f"--gallery {tmp_path / 'pickled.npz'}" in err and "pickled" in err, err
     assert "allow_pickle" not in err
+    (tmp_path / "raw.npz").write_bytes(__import__("pickle").dumps({"features": [1.0]}))  # a bare pickle
+    rc, err = _cli("search", ck, "--query", images, "--gallery", tmp_path / "raw.npz", "--out", tmp_path / "o")
+    assert rc == 2 and f"--gallery {tmp_path / 'raw.npz'}" in err and "pickled" in err, err
+    assert "allow_pickle" not in err and "unsafely" not in err
 
 
 def test_export_refuses_a_model_with_nan_weights(nan_ck, tmp_path):
