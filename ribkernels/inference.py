@@ -259,7 +259,8 @@ def check_finite_features(feats: np.ndarray, paths: Sequence[str], what: str = "
 
 def check_finite_weights(state: Dict[str, torch.Tensor], path: str) -> None:
     """ValueError naming the (up to 5) floating-point tensors of ``state`` that hold NaN or inf."""
-    bad = [k for k, v in state.items() if torch.is_tensor(v) and v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    bad = [k for k, v in state.items()
+           if torch.is_tensor(v) and v.is_floating_point() and not bool(torch.isfinite(v).all())]
     if bad:
         raise ValueError(f"checkpoint {path}: {len(bad)} weight tensor(s) hold NaN or inf, e.g. {', '.join(bad[:5])} "
                          "(a diverged run?); its features would not be finite")

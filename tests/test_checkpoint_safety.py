@@ -7,7 +7,6 @@ import io
 import os
 
 import pytest
-import torch
 
 from ribkernels.cli import main as cli_main
 from ribkernels.engine import run_folder as rf

@@ -134,15 +134,22 @@ def test_an_older_ribkernels_lock_of_a_live_process_is_refused(tmp_path):
     taken.release()
 
 
+def _set_then_sleep(event):
+    event.set()
+    time.sleep(30)
+
+
 def test_a_forked_child_does_not_keep_the_lock(tmp_path):
     """A DataLoader worker forked while the lock is held must not hold it once the run is gone
     (killed: the lock file stays, the holder's descriptor closes)."""
     folder = str(tmp_path / "run")
     held = rf.RunFolder(folder)
     ctx = multiprocessing.get_context("fork")
-    child = ctx.Process(target=__import__("time").sleep, args=(30,))
+    started = ctx.Event()
+    child = ctx.Process(target=_set_then_sleep, args=(started,))
     child.start()
     try:
+        assert started.wait(30)  # the child runs (its fork handlers have run)
         rf._HELD_FDS.discard(held._fd)
         os.close(held._fd)  # what the kernel does when the holder dies
         held.locked = False

@@ -28,7 +28,8 @@ def _is_real(x) -> bool:
 def check_tau(tau) -> None:
     """``tau``: a finite number > 0 (an int or float, not a string or bool)."""
     if not _is_real(tau):
-        raise TypeError(f"tau must be a positive number (the Gumbel-sigmoid temperature), got {type(tau).__name__} {tau!r}")
+        raise TypeError(f"tau must be a positive number (the Gumbel-sigmoid temperature), got "
+                        f"{type(tau).__name__} {tau!r}")
     if not (tau > 0 and math.isfinite(tau)):
         raise ValueError(f"tau must be a positive finite number, got {tau!r}")
 

@@ -114,8 +114,8 @@ def plan(cfg: Dict, *, resume: Optional[str] = None, eval_only: bool = False,
             if out is None:
                 raise RunFolderError(
                     f"--resume auto: no run of config {name!r} to continue (looked for "
-                    f"{os.path.join(RUNS_ROOT, name)}-<timestamp>/last.pth from {os.getcwd()}); start a new run "
-                    "without --resume, or give --output-dir of the run to continue")
+                    f"{os.path.join(RUNS_ROOT, safe_config_name(name))}-<timestamp>/last.pth from {os.getcwd()}); "
+                    "start a new run without --resume, or give --output-dir of the run to continue")
         path = os.path.join(out, "last.pth")
         if not os.path.isfile(path):
             raise RunFolderError(f"--resume auto: {path} does not exist, so there is nothing to continue in {out}; "

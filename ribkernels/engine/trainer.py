@@ -127,7 +127,8 @@ class Trainer:
             torch.set_num_threads(int(s["num_threads"]))
         ckpt_io.seed_everything(s["seed"])  # same model initialisation on every rank
         self.data = components.build_data(cfg, self.rank, self.world)
-        check_training_set(cfg, len(self.data.train), self.data.num_classes)  # e.g. more IBB clusters than images
+        if not self.eval_only:  # e.g. more IBB clusters than training images (evaluation fits none)
+            check_training_set(cfg, len(self.data.train), self.data.num_classes)
         self.log.info("dataset %s: %d train images of %d ids / %d cameras, %d query, %d gallery",
                       cfg["data"]["dataset"], len(self.data.train), self.data.num_classes, self.data.num_cams,
                       len(self.data.query), len(self.data.gallery))

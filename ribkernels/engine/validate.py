@@ -229,7 +229,8 @@ def _cross_checks(cfg: Dict) -> List[str]:
         if d["padding"] > bound:
             errors.append(f"data.padding = {d['padding']} is larger than the image (model.img_size = "
                           f"{list(m['img_size'])}): expected at most {bound} pixels per side")
-    if d is not None and RULES["data.dataset"](d.get("dataset")) and RULES["data.dataset_kwargs"](d.get("dataset_kwargs")):
+    if d is not None and RULES["data.dataset"](d.get("dataset")) \
+            and RULES["data.dataset_kwargs"](d.get("dataset_kwargs")):
         errors += _unknown_kwargs("data.dataset_kwargs", d.get("dataset_kwargs") or {},
                                   _dataset_parameters(d["dataset"]), f"dataset {d['dataset']!r}")
     if m is not None and RULES["model.name"](m.get("name")) and RULES["model.model_kwargs"](m.get("model_kwargs")):
