@@ -130,3 +130,46 @@ def test_train_eval_only_checks_the_stored_model_section(tmp_path):
         rc = train_main(["--eval-only", "--checkpoint", ck, "--output-dir", str(tmp_path / "out")])
     assert rc == 2 and "model.img_size = [64, '32']" in err.getvalue(), err.getvalue()
     assert not (tmp_path / "out").exists()
+
+
+# ------------------------------------------------------------------------------------ old-checkpoint advice
+def _old_checkpoint(path, zip_format=True, numpy_part=None):
+    import random
+
+    import numpy as np
+    import torch
+
+    state = {"rng": {"python": random.getstate(), "numpy": numpy_part or np.random.get_state(),
+                     "torch": torch.get_rng_state()},
+             "model": {"w": torch.zeros(300)}, "optimizer": {}, "epoch": 1, "metrics": {"mAP": np.float64(0.5)}}
+    torch.save(state, str(path), _use_new_zipfile_serialization=zip_format)
+    return str(path)
+
+
+@pytest.mark.parametrize("zip_format", [True, False])
+def test_an_old_checkpoint_gets_the_conversion_advice_and_converts(tmp_path, zip_format):
+    """Only NumPy arrays/scalars beyond a weights-only load's types: the advice, and converting works
+    (weights-only, NumPy types allowed), in torch's zip and legacy formats."""
+    from ribkernels.engine import checkpoint as ckpt_io
+
+    old = _old_checkpoint(tmp_path / "old.pth", zip_format)
+    with pytest.raises(ckpt_io.LegacyCheckpointError, match="convert-checkpoint .* --trust"):
+        ckpt_io.load(old)
+    new = ckpt_io.convert_legacy(old, str(tmp_path / "new.pth"))
+    assert new["metrics"] == {"mAP": 0.5} and new["rng"]["numpy"]["keys"].shape == (624,)
+    assert ckpt_io.load(str(tmp_path / "new.pth"))["epoch"] == 1
+
+
+def test_globals_that_cannot_be_named_without_running_the_pickle_get_no_advice(tmp_path):
+    """A STACK_GLOBAL whose module/name come from the memo (or anything unparsable) is not called an
+    old checkpoint: the scan returns None, the message says "contains code"."""
+    import pickle
+
+    from ribkernels.engine import checkpoint as ckpt_io
+
+    memo = (b"\x80\x04\x8c\x05numpy\x94\x8c\x07ndarray\x94h\x00h\x01\x93\x94.")  # module/name via BINGET
+    assert ckpt_io._pickle_globals(memo) is None
+    assert ckpt_io._pickle_globals(pickle.dumps({"a": 1}, protocol=4)) == set()
+    assert ckpt_io._pickle_globals(b"\x80\x02garbage") is None
+    plain = pickle.dumps(__import__("collections").OrderedDict(a=1), protocol=4)  # STACK_GLOBAL, strings inline
+    assert ckpt_io._pickle_globals(plain) == {"collections.OrderedDict"}

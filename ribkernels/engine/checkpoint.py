@@ -99,12 +99,12 @@ def seed_everything(seed: int) -> None:
 def to_plain(obj: Any, where: str = "checkpoint") -> Any:
     """``obj`` as tensors and plain containers (tuples become lists, NumPy scalars/arrays Python
     numbers/tensors); anything else raises ``TypeError`` naming where it sits."""
+    if isinstance(obj, np.generic):  # first: np.float64 is also a float, but pickles as a NumPy scalar
+        return obj.item()
     if obj is None or isinstance(obj, (bool, int, float, str)):
         return obj
     if isinstance(obj, torch.Tensor):
         return obj
-    if isinstance(obj, np.generic):
-        return obj.item()
     if isinstance(obj, np.ndarray):
         if obj.dtype == object:
             raise TypeError(f"{where}: a NumPy object array cannot be stored weights-only")
@@ -182,17 +182,24 @@ CODE_WARNING = "this file contains code; do not convert it unless you wrote it"
 _STRING_OPS = ("SHORT_BINUNICODE", "BINUNICODE", "BINUNICODE8", "UNICODE", "STRING", "BINSTRING", "SHORT_BINSTRING")
 
 
-def _pickle_globals(data: bytes) -> Optional[set]:
-    """Every ``module.name`` the pickle(s) in ``data`` import (GLOBAL / STACK_GLOBAL), read with
-    ``pickletools`` without unpickling; None when they cannot all be named (e.g. a STACK_GLOBAL whose
-    strings come from the memo, or bytes that are not a pickle)."""
+# torch's legacy (non-zip) format: magic number, protocol, system info, the object, the storage keys;
+# raw tensor bytes follow, which torch never unpickles.
+_LEGACY_PICKLES = 5
+
+
+def _pickle_globals(data: bytes, max_pickles: Optional[int] = None) -> Optional[set]:
+    """Every ``module.name`` the pickle(s) in ``data`` (at most ``max_pickles`` of them) import
+    (GLOBAL / STACK_GLOBAL), read with ``pickletools`` without unpickling; None when they cannot all
+    be named (e.g. a STACK_GLOBAL whose strings come from the memo, or bytes that are not a pickle)."""
     import io
     import pickletools
 
     found, pushed = set(), []  # pushed: the values the ops pushed, a string or None (anything else)
     f = io.BytesIO(data)
+    count = 0
     try:
-        while f.tell() < len(data):
+        while f.tell() < len(data) and (max_pickles is None or count < max_pickles):
+            count += 1
             for op, arg, _ in pickletools.genops(f):
                 if op.name == "GLOBAL":
                     found.add(str(arg).replace(" ", "."))
@@ -226,7 +233,7 @@ def file_globals(path: str) -> Optional[set]:
                     out |= part
                 return out
         with open(path, "rb") as f:
-            return _pickle_globals(f.read())
+            return _pickle_globals(f.read(), _LEGACY_PICKLES)
     except (OSError, zipfile.BadZipFile, RuntimeError):
         return None
 
