@@ -47,7 +47,8 @@ def _check_unknown(parser: argparse.ArgumentParser, unknown) -> None:
 
 def main(argv=None) -> int:
     """Entry point of train.py: parse flags, train (or evaluate), return the exit status (0 done,
-    2 bad flags/config/files — nothing was trained, 130 interrupted by Ctrl-C — resume with --resume)."""
+    2 bad flags/config/files — nothing was trained, or an image that became unreadable during training —
+    last.pth holds the state before it, 130 interrupted by Ctrl-C — resume with --resume)."""
     parser = _parser(argv)
     args, unknown = parser.parse_known_args(argv)
     if unknown:
