@@ -4,9 +4,13 @@ and the settings of the config stored in the checkpoint — what ``train.py --ev
     python -m ribkernels evaluate runs/<run>/final.pth --dataset market1501 --data-root /data/market1501
 
 Without ``--dataset``/``--data-root`` the dataset the model was trained on is used (its stored
-``data`` settings). Results go to a folder (``--output-dir``, which may be the training run's own
-folder: nothing there is rewritten; default ``runs/<config>-eval-<timestamp>``): ``eval-<timestamp>.json``
-(the metrics, the checkpoint's path and the config used) and ``eval-<timestamp>.log``.
+``data`` settings, checked with train.py's rules; a stored ``data_root`` must be an existing folder, and
+the synthetic dataset is made in its default cache, never where the checkpoint says). Results go to a
+folder (``--output-dir``, which may be the training run's own folder: nothing there is rewritten;
+default ``runs/<config>-eval-<timestamp>``): ``eval-<timestamp>.json``
+(the metrics, the checkpoint's path and the config used) and ``eval-<timestamp>.log``. The checkpoint's
+stored config name only labels the default folder: characters outside ``[A-Za-z0-9._-]`` become ``_``,
+and the folder stays under ``./runs``.
 """
 import copy
 import os
