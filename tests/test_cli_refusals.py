@@ -125,6 +125,13 @@ def test_search_names_the_flag_and_file_of_a_pickled_gallery(ck, images, tmp_pat
     assert "allow_pickle" not in err and "unsafely" not in err
 
 
+def test_search_refuses_a_model_with_nan_weights_before_any_image(nan_ck, images, tmp_path, monkeypatch):
+    """It used to print empty rank lists, exit 0."""
+    monkeypatch.setattr(inference, "extract_features", lambda *a, **k: pytest.fail("images were read"))
+    rc, err = _cli("search", nan_ck, "--query", images, "--gallery", images, "--out", tmp_path / "out")
+    assert rc == 2 and nan_ck in err and "NaN or inf" in err and not (tmp_path / "out").exists(), err
+
+
 def test_export_refuses_a_model_with_nan_weights(nan_ck, tmp_path):
     rc, err = _cli("export", nan_ck, "--format", "torch-export", "--out", tmp_path / "m.pt2")
     assert rc == 2 and "NaN or inf" in err and not (tmp_path / "m.pt2").exists(), err

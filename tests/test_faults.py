@@ -633,6 +633,15 @@ def test_a_malicious_checkpoint_runs_no_code(data_root, tmp_path, name, call, ki
     assert not (tmp_path / "out").exists() or not os.listdir(tmp_path / "out")
 
 
+@pytest.mark.parametrize("name,call", CHECKPOINT_ENTRY_POINTS, ids=[e[0] for e in CHECKPOINT_ENTRY_POINTS])
+def test_a_file_that_is_no_checkpoint_is_named_by_every_entry_point(data_root, tmp_path, name, call):
+    """A file starting with 'h' made torch's legacy loader raise a bare ``KeyError: 101`` (no path)."""
+    path = tmp_path / "final.pth"
+    path.write_bytes(b"hello, I am not a checkpoint")
+    rc, err = call(str(path), tmp_path, data_root)
+    assert rc == 2 and str(path) in err and "not a readable PyTorch checkpoint" in err and "Traceback" not in err, err
+
+
 @pytest.mark.parametrize("kind", ["numpy-exec-zip", "numpy-exec-pickle", "zip"])
 def test_convert_checkpoint_refuses_a_file_that_holds_code_even_with_trust(tmp_path, kind):
     from ribkernels.cli import convert_checkpoint
