@@ -37,11 +37,36 @@ class LoadedModel(NamedTuple):
     device: torch.device
 
 
-def stored_config(mf: ModelFile) -> Dict:
-    """The checkpoint's config with keys it lacks (older versions) taken from ``DEFAULTS``."""
-    cfg = {section: {**keys, **(mf.config.get(section) or {})} for section, keys in DEFAULTS.items()}
-    cfg["_meta"] = dict(mf.config.get("_meta") or {"config_name": "checkpoint", "config_path": None})
+def stored_config(mf: ModelFile, path: str = "checkpoint") -> Dict:
+    """The checkpoint's config with keys it lacks (older versions) taken from ``DEFAULTS``. Raises
+    ValueError naming ``path`` when a section is not a mapping. Nothing here is validated: callers
+    check what they use (:func:`check_model_config`, or the whole config for evaluation)."""
+    cfg = {}
+    for section, keys in DEFAULTS.items():
+        stored = mf.config.get(section) or {}
+        if not isinstance(stored, dict):
+            raise ValueError(f"checkpoint {path}: its config section {section!r} is a {type(stored).__name__}, "
+                             "expected a mapping")
+        cfg[section] = {**keys, **stored}
+    meta = mf.config.get("_meta")
+    cfg["_meta"] = dict(meta) if isinstance(meta, dict) else {"config_name": "checkpoint", "config_path": None}
     return cfg
+
+
+def check_model_config(cfg: Dict, path: str) -> None:
+    """What rebuilding the model uses from a stored config (the ``model`` section and the
+    normalisation), checked with train.py's rules before anything is built; ValueError naming ``path``."""
+    from .engine.config import validate
+    from .engine.validate import RULES, ConfigError
+
+    try:
+        validate(cfg, sections=["model"])
+        bad = [f"data.{k} = {cfg['data'][k]!r}: expected {RULES['data.' + k].allowed}"
+               for k in ("pixel_mean", "pixel_std") if not RULES["data." + k](cfg["data"][k])]
+        if bad:
+            raise ConfigError("invalid config:\n  " + "\n  ".join(bad))
+    except ConfigError as exc:
+        raise ValueError(f"checkpoint {path}: its stored config is not valid ({exc})") from None
 
 
 def resolve_device(device: str) -> torch.device:
@@ -75,9 +100,11 @@ def load_model(path: str, device: str = "cpu", dcs_impl: Optional[str] = None) -
         raise FileNotFoundError(f"checkpoint {path}: no such file")
     dev = resolve_device(device)
     mf = read_model_file(path)
-    cfg = stored_config(mf)
+    cfg = stored_config(mf, path)
     if dcs_impl is not None:
         cfg["model"]["dcs_impl"] = dcs_impl
+    check_model_config(cfg, path)
+    check_finite_weights(mf.state, path)
     model = build_model_from_file(mf, cfg, path).to(dev)
     return LoadedModel(model, cfg, mf, dev)
 
@@ -217,4 +244,24 @@ def extract_features(loaded: LoadedModel, paths: Sequence[str], camids: Optional
             feats.append(f.float().cpu())
             if bar is not None:
                 bar.update(len(images))
-    return torch.cat(feats).numpy().astype(np.float32, copy=False)
+    out = torch.cat(feats).numpy().astype(np.float32, copy=False)
+    check_finite_features(out, paths, desc)
+    return out
+
+
+def check_finite_features(feats: np.ndarray, paths: Sequence[str], what: str = "features") -> None:
+    """ValueError naming the images (up to 5) whose feature rows ``feats`` [N, D] hold NaN or inf."""
+    bad = np.flatnonzero(~np.isfinite(feats).all(axis=1)) if feats.ndim == 2 else np.arange(0)
+    if len(bad):
+        names = ", ".join(str(paths[i]) for i in bad[:5]) + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
+        raise ValueError(f"{what}: the features of {len(bad)} of {len(feats)} image(s) are not finite (NaN or inf): "
+                         f"{names}; a model with NaN weights, or images it overflows on? Nothing was written")
+
+
+def check_finite_weights(state: Dict[str, torch.Tensor], path: str) -> None:
+    """ValueError naming the (up to 5) floating-point tensors of ``state`` that hold NaN or inf."""
+    bad = [k for k, v in state.items()
+           if torch.is_tensor(v) and v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:
+        raise ValueError(f"checkpoint {path}: {len(bad)} weight tensor(s) hold NaN or inf, e.g. {', '.join(bad[:5])} "
+                         "(a diverged run?); its features would not be finite")

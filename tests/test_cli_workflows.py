@@ -135,7 +135,7 @@ def test_extract_writes_plain_arrays_equal_to_the_models_features(runs, tmp_path
     np.testing.assert_allclose(feats, _features_by_hand(loaded, expected_paths, want_cams), rtol=1e-5, atol=1e-5)
 
     # without camera ids: the mean camera embedding, checked against a forward whose SIE term is the mean
-    assert cli.main(["extract", ckpt, runs.query, "--out", str(out), "--no-progress"]) == 0
+    assert cli.main(["extract", ckpt, runs.query, "--out", str(out), "--no-progress", "--overwrite"]) == 0
     with np.load(out, allow_pickle=False) as d:
         no_cam = d["features"]
         assert (d["camids"] == -1).all()

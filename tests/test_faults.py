@@ -316,6 +316,7 @@ BAD_VALUES = [
     ("--eval-batch-size", "0", "eval.eval_batch_size"), ("--grad-clip", "-1", "solver.grad_clip"),
     ("--warmup-factor", "-5", "solver.warmup_factor"), ("--batch-size", "0", "data.batch_size"),
     ("--lr", "nan", "solver.base_lr"), ("--epochs", "2.5", "solver.epochs"), ("--tau", "-1", "model.tau"),
+    ("--padding", "100000", "data.padding"),  # no more than the image size (one used 24 GB and was OOM-killed)
 ]
 
 
@@ -328,6 +329,47 @@ def test_bad_values_fail_before_any_data_is_read(tmp_path, flag, value, key):
     assert value.strip("[]") in err
     assert not data.exists() and not run.exists()  # nothing generated, read or created
     assert time.time() - t0 < 30
+
+
+CROSS_FIELD = [  # (flags, what the error must say)
+    (("--model-kwargs", "{jpmm: true}"), ["model.model_kwargs: model 'vit_tiny_cpu' takes no argument 'jpmm'",
+                                          "did you mean 'jpm'"]),
+    (("--dataset", "market1501"), ["data.dataset_kwargs: dataset 'market1501' takes no arguments 'num_train_ids'"]),
+    (("--dataset-kwargs", "{num_ids: 3}"), ["data.dataset_kwargs: dataset 'synthetic' takes no argument 'num_ids'"]),
+    (("--padding", "65", "--img-size", "[64, 32]"), ["data.padding = 65", "at most 64"]),
+]
+
+
+@pytest.mark.parametrize("flags,says", CROSS_FIELD, ids=["model_kwargs", "other_dataset", "dataset_kwargs",
+                                                                 "padding"])
+def test_cross_field_rules_fail_before_any_data_is_read(tmp_path, flags, says):
+    """Keyword arguments the model / dataset does not take (e.g. one dataset's kwargs handed to another's
+    loader) and a padding larger than the image: one error naming them, nothing read or created."""
+    data, run = tmp_path / "data", tmp_path / "run"
+    rc, err = train("--config", TINY, "--data-root", str(data), "--output-dir", str(run), *flags)
+    assert rc == 2 and all(s in err for s in says) and "Traceback" not in err, err
+    assert not data.exists() and not run.exists()
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "x"])
+def test_stop_after_must_be_at_least_one_epoch(tmp_path, value):
+    with pytest.raises(SystemExit) as exit_, contextlib.redirect_stderr(io.StringIO()) as e:
+        main(["--config", TINY, "--output-dir", str(tmp_path / "run"), "--stop-after", value])
+    assert exit_.value.code == 2 and "--stop-after" in e.getvalue() and "epochs >= 1" in e.getvalue()
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("flags,says", [
+    (("--ibb-clusters", "1000"), "ibb.ibb_clusters = 1000 is larger than the training set (32 images)"),
+    (("--set", "ibb.input_clusters=40"), "ibb.input_clusters = 40 is larger than the images it is fitted on"),
+])
+def test_more_ibb_clusters_than_training_images_fail_before_training(data_root, tmp_path, flags, says):
+    """Found once the training set is loaded, before the model is built (it used to fail at the first
+    IBB refresh, epochs in); the failed start leaves no folder."""
+    run = tmp_path / "run"
+    rc, err = train(*_args(data_root, run, *flags))
+    assert rc == 2 and says in err and "Traceback" not in err, err
+    assert not run.exists()
 
 
 def test_unknown_keys_are_named_with_the_closest_valid_key(tmp_path):
@@ -421,6 +463,49 @@ def test_an_unreadable_image_stops_train_py_before_training_with_its_path(data_r
     assert [b["path"] for b in _metrics(tmp_path / "run")["bad_images"]] == [str(bad)]
 
 
+def test_an_image_corrupted_during_training_stops_with_a_checkpoint_and_resumes_exactly(data_root, tmp_path):
+    """A training image broken after the dataset's image check (same size and mtime, so the cached
+    verdict still says "good") is found in epoch 2's second batch: exit 2 naming it, last.pth at that
+    iteration. --skip-bad-images then leaves it out on resume; the file replaced, the resume ends with
+    the uninterrupted run's parameters."""
+    from ribkernels.engine import components
+    from ribkernels.engine.config import build_parser, resolve
+
+    data = str(shutil.copytree(data_root, tmp_path / "data"))
+    flags = ("--epochs", "2", "--no-use-ibb")
+    rc, err = train(*_args(data, tmp_path / "ref", *flags))
+    assert rc == 0, err
+    run = tmp_path / "run"
+    rc, err = train(*_args(data, run, *flags, "--stop-after", "1"))
+    assert rc == 0, err
+    cfg = resolve(build_parser([]).parse_args(_args(data, run, *flags)))
+    bundle = components.build_data(cfg)
+    batch = cfg["data"]["batch_size"]
+    bad = bundle.train[components.epoch_indices(bundle, cfg, cfg["solver"]["seed"], 1, 0, 1)[batch]][0]
+    original, st = open(bad, "rb").read(), os.stat(bad)
+    with open(bad, "wb") as f:
+        f.write(b"\0" * len(original))
+    os.utime(bad, ns=(st.st_atime_ns, st.st_mtime_ns))
+
+    rc, err = train(*_args(data, run, *flags, "--resume", "auto"))
+    assert rc == 2 and bad in err and "epoch 2, iteration 2" in err and "Traceback" not in err, err
+    assert f"--resume {run / 'last.pth'} --skip-bad-images" in err
+    state = ckpt_io.load(str(run / "last.pth"))
+    assert (state["epoch"], state["iter"]) == (1, 1)  # the state before the batch that needed the image
+
+    skipped = _copy(run, tmp_path / "skipped")
+    rc, err = train(*_args(data, skipped, *flags, "--resume", "auto", "--skip-bad-images"))
+    assert rc == 0, err
+    assert [b["path"] for b in _metrics(skipped)["bad_images"]] == [bad]
+
+    with open(bad, "wb") as f:  # replaced (a new mtime): decoded again at the next start
+        f.write(original)
+    rc, err = train(*_args(data, run, *flags, "--resume", "auto"))
+    assert rc == 0, err
+    assert _digest(tmp_path / "ref") == _digest(run)
+    assert _strip(_metrics(tmp_path / "ref")["epochs"]) == _strip(_metrics(run)["epochs"])
+
+
 def test_leftover_temp_files_are_removed_at_the_next_start(data_root, stopped_run, tmp_path):
     run = _copy(stopped_run, tmp_path / "run")
     leftover = os.path.join(run, ".tmp-killed.pth")
@@ -451,11 +536,27 @@ class _CreatesAFile:
         return (open, (self.path, "w"))
 
 
+class _NumpyExec:
+    """Unpickling this runs Python code through NumPy's exec wrapper: a payload whose only refused
+    global starts with ``numpy``, dressed as an old checkpoint's NumPy RNG state."""
+
+    def __init__(self, path):
+        self.path = path
+
+    def __reduce__(self):
+        from numpy.testing._private.utils import runstring
+
+        return (runstring, (f"open({self.path!r}, 'w').close()", {}))
+
+
 def _malicious(tmp_path, kind):
     marker = str(tmp_path / f"pwned-{kind}")
     path = tmp_path / f"evil-{kind}.pth"
     payload = {"model": {"w": torch.zeros(1)}, "x": _CreatesAFile(marker)}
-    if kind == "zip":
+    if kind.startswith("numpy-exec"):
+        payload = {"model": {"w": torch.zeros(1)}, "optimizer": {}, "epoch": 1,
+                   "rng": {"python": (3, (1, 2), None), "numpy": _NumpyExec(marker), "torch": torch.zeros(2)}}
+    if kind in ("zip", "numpy-exec-zip"):
         torch.save(payload, path)
     else:  # a plain pickle, as torch's legacy format would hold
         path.write_bytes(pickle.dumps(payload, protocol=2))
@@ -498,13 +599,16 @@ CHECKPOINT_ENTRY_POINTS = [
 ]
 
 
-@pytest.mark.parametrize("kind", ["zip", "pickle"])
+KINDS = ["zip", "pickle", "numpy-exec-zip", "numpy-exec-pickle"]
+
+
+@pytest.mark.parametrize("kind", KINDS)
 def test_the_malicious_payload_does_run_when_unpickled(tmp_path, kind):
     """The control: both payloads of the entry-point tests really create their file when loaded
     unsafely — the torch.save file by ``torch.load(weights_only=False)`` (what the entry points used
     to do), the bare pickle by ``pickle.load``."""
     path, marker = _malicious(tmp_path, kind)
-    if kind == "zip":
+    if kind.endswith("zip"):
         torch.load(path, weights_only=False)
     else:
         with open(path, "rb") as f:
@@ -512,15 +616,53 @@ def test_the_malicious_payload_does_run_when_unpickled(tmp_path, kind):
     assert os.path.exists(marker)
 
 
-@pytest.mark.parametrize("kind", ["zip", "pickle"])
+@pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("name,call", CHECKPOINT_ENTRY_POINTS, ids=[e[0] for e in CHECKPOINT_ENTRY_POINTS])
 def test_a_malicious_checkpoint_runs_no_code(data_root, tmp_path, name, call, kind):
+    """No code runs, and no message recommends --trust for a file that holds code (the NumPy exec
+    payload used to be called an old checkpoint, with the conversion command printed) nor repeats
+    torch's advice to load it with weights_only=False."""
     path, marker = _malicious(tmp_path, kind)
     rc, err = call(path, tmp_path, data_root)
     assert rc != 0
     assert not os.path.exists(marker), f"{name}: the checkpoint's code ran"
     assert path in err and ("refused" in err or "older" in err), err
+    assert "--trust" not in err and "convert-checkpoint" not in err and "weights_only" not in err, err
+    if kind.startswith("numpy-exec"):
+        assert "this file contains code; do not convert it unless you wrote it" in err and "runstring" in err, err
     assert not (tmp_path / "out").exists() or not os.listdir(tmp_path / "out")
+
+
+@pytest.mark.parametrize("name,call", CHECKPOINT_ENTRY_POINTS, ids=[e[0] for e in CHECKPOINT_ENTRY_POINTS])
+def test_a_file_that_is_no_checkpoint_is_named_by_every_entry_point(data_root, tmp_path, name, call):
+    """A file starting with 'h' made torch's legacy loader raise a bare ``KeyError: 101`` (no path)."""
+    path = tmp_path / "final.pth"
+    path.write_bytes(b"hello, I am not a checkpoint")
+    rc, err = call(str(path), tmp_path, data_root)
+    assert rc == 2 and str(path) in err and "not a readable PyTorch checkpoint" in err and "Traceback" not in err, err
+
+
+@pytest.mark.parametrize("kind", ["numpy-exec-zip", "numpy-exec-pickle", "zip"])
+def test_convert_checkpoint_refuses_a_file_that_holds_code_even_with_trust(tmp_path, kind):
+    from ribkernels.cli import convert_checkpoint
+
+    path, marker = _malicious(tmp_path, kind)
+    new = str(tmp_path / "new.pth")
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        rc = convert_checkpoint.run(Namespace(old=path, new=new, trust=True))
+    assert rc == 2 and not os.path.exists(marker) and not os.path.exists(new)
+    assert "this file contains code" in err.getvalue() and path in err.getvalue(), err.getvalue()
+
+
+@pytest.mark.parametrize("content", [b"hello, not a checkpoint", b"h", b"\x80\x02}q\x00.garbage"])
+def test_a_file_that_is_not_a_checkpoint_is_named_without_a_traceback(tmp_path, content):
+    """A file starting with 'h' made torch's legacy loader raise a bare ``KeyError: 101``."""
+    path = tmp_path / "final.pth"
+    path.write_bytes(content)
+    with pytest.raises(ckpt_io.CheckpointError, match="not a readable PyTorch checkpoint") as e:
+        ckpt_io.load(str(path))
+    assert str(path) in str(e.value) and "weights_only" not in str(e.value)
 
 
 def _to_legacy(state):

@@ -63,8 +63,9 @@ def check_device(device: str) -> None:
         raise CommandError(f"--device {device}: CUDA is not available on this machine (use cpu or auto)")
 
 
-def check_output_file(path: str, flag: str, suffixes) -> None:
-    """``path`` ends with one of ``suffixes`` and its folder exists (it is not created silently)."""
+def check_output_file(path: str, flag: str, suffixes, overwrite: bool = False) -> None:
+    """``path`` ends with one of ``suffixes``, its folder exists and can be written to, and it does not
+    exist yet (unless ``overwrite``): checked before any work, so a long run never ends unable to write."""
     if not path.lower().endswith(tuple(suffixes)):
         raise CommandError(f"{flag} {path}: expected a file name ending in {' or '.join(suffixes)}")
     folder = os.path.dirname(os.path.abspath(path))
@@ -72,6 +73,21 @@ def check_output_file(path: str, flag: str, suffixes) -> None:
         raise CommandError(f"{flag} {path}: folder {folder} does not exist")
     if os.path.isdir(path):
         raise CommandError(f"{flag} {path}: is a folder, expected a file name")
+    if os.path.lexists(path) and not overwrite:
+        raise CommandError(f"{flag} {path}: exists; choose a new file name or pass --overwrite to replace it")
+    check_writable_folder(folder, flag, path)
+
+
+def check_writable_folder(folder: str, flag: str, given: str) -> None:
+    """Create and remove a temp file in ``folder`` (``os.access`` is not enough: root, read-only mounts)."""
+    import tempfile
+
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".ribkernels-write-test-", dir=folder)
+        os.close(fd)
+        os.remove(probe)
+    except OSError as exc:
+        raise CommandError(f"{flag} {given}: cannot write in {folder} ({exc.strerror or exc})") from None
 
 
 def camera_ids_from_names(paths, what: str):

@@ -1,24 +1,25 @@
 """``python -m ribkernels convert-checkpoint OLD NEW --trust``: rewrite a checkpoint of the previous
-format (RNG states pickled as NumPy objects, loadable only by running its pickle) in the weights-only
-format that every loader accepts.
+format (RNG states pickled as NumPy objects) in the weights-only format that every loader accepts.
 
-Converting unpickles OLD with ``weights_only=False``, which runs any code the file holds: that is why
-``--trust`` is required and why this is a separate command the user runs knowingly, once per file.
+OLD's pickle is read first without running it: a file that imports anything beyond a weights-only
+load's types and NumPy's array/scalar reconstructors (what old ribkernels checkpoints hold) is refused
+as containing code. It is then loaded weights-only with those NumPy types allowed, so converting runs
+no code from the file; ``--trust`` still confirms that you know where OLD came from.
 """
 import argparse
 import os
 import sys
 
 NAME = "convert-checkpoint"
-HELP = "convert a checkpoint written by an older ribkernels to the weights-only format (runs OLD's pickle: --trust)"
+HELP = "convert a checkpoint written by an older ribkernels to the weights-only format (--trust)"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("old", metavar="OLD", help="checkpoint of the previous format (.pth)")
     parser.add_argument("new", metavar="NEW", help="where to write the converted checkpoint (must not exist)")
     parser.add_argument("--trust", action="store_true",
-                        help="confirm that OLD comes from a source you trust: converting unpickles it, which "
-                             "can run code")
+                        help="confirm that OLD comes from a source you trust (it holds pickled NumPy arrays; a "
+                             "file that imports anything else is refused as code)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -26,9 +27,9 @@ def run(args: argparse.Namespace) -> int:
     from ..engine import checkpoint as ckpt_io
 
     if not args.trust:
-        print(f"{NAME}: refusing to read {args.old} without --trust: converting unpickles it with "
-              "weights_only=False, which runs any code the file holds. Add --trust only if you know where the "
-              "file came from.", file=sys.stderr)
+        print(f"{NAME}: refusing to read {args.old} without --trust: converting unpickles the NumPy arrays it "
+              "holds. Add --trust only if you know where the file came from (a file that holds code is refused "
+              "even then).", file=sys.stderr)
         return 2
     if os.path.exists(args.new):
         print(f"{NAME}: {args.new} exists; give a new path (nothing was overwritten)", file=sys.stderr)

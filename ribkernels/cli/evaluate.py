@@ -4,9 +4,13 @@ and the settings of the config stored in the checkpoint — what ``train.py --ev
     python -m ribkernels evaluate runs/<run>/final.pth --dataset market1501 --data-root /data/market1501
 
 Without ``--dataset``/``--data-root`` the dataset the model was trained on is used (its stored
-``data`` settings). Results go to a folder (``--output-dir``, which may be the training run's own
-folder: nothing there is rewritten; default ``runs/<config>-eval-<timestamp>``): ``eval-<timestamp>.json``
-(the metrics, the checkpoint's path and the config used) and ``eval-<timestamp>.log``.
+``data`` settings, checked with train.py's rules; a stored ``data_root`` must be an existing folder, and
+the synthetic dataset is made in its default cache, never where the checkpoint says). Results go to a
+folder (``--output-dir``, which may be the training run's own folder: nothing there is rewritten;
+default ``runs/<config>-eval-<timestamp>``): ``eval-<timestamp>.json``
+(the metrics, the checkpoint's path and the config used) and ``eval-<timestamp>.log``. The checkpoint's
+stored config name only labels the default folder: characters outside ``[A-Za-z0-9._-]`` become ``_``,
+and the folder stays under ``./runs``.
 """
 import copy
 import os
@@ -58,10 +62,35 @@ def evaluation_config(stored, args):
     cfg["solver"]["device"] = args.device
     cfg["output"]["output_dir"] = args.output_dir
     cfg["output"]["tensorboard"] = False
-    meta = dict(cfg.get("_meta") or {})
-    meta["config_name"] = f"{meta.get('config_name') or 'checkpoint'}-eval"
-    cfg["_meta"] = meta
+    from ..engine.run_folder import safe_config_name
+
+    stored_name = (cfg.get("_meta") or {}).get("config_name")
+    # The stored name only labels the default folder runs/<name>-eval-<timestamp>: made safe, never a path.
+    cfg["_meta"] = {"config_name": f"{safe_config_name(stored_name or 'checkpoint')}-eval", "config_path": None}
     return cfg
+
+
+def check_stored_config(cfg, args) -> None:
+    """The config to evaluate with, checked with train.py's rules. A stored ``data_root`` (not given on
+    the command line) must be an existing folder, and the synthetic dataset (which writes its images)
+    goes to its default cache: the checkpoint does not choose where anything is written."""
+    from ..engine.config import validate
+    from ..engine.validate import ConfigError
+
+    checked = {**cfg, "solver": {**cfg["solver"], "device": "auto"}}  # --device is checked by check_device
+    try:
+        validate(checked)
+    except ConfigError as exc:
+        given = "" if args.dataset is None else f" with --dataset {args.dataset}"
+        raise CommandError(f"CHECKPOINT {args.checkpoint}: its stored config{given} is not valid ({exc}); "
+                           "give --dataset/--data-root, or re-save the checkpoint with train.py") from None
+    root = cfg["data"]["data_root"]
+    if args.data_root is None and cfg["data"]["dataset"] == "synthetic":
+        cfg["data"]["data_root"] = None  # generated from its stored sizes and seed into the default cache
+        return
+    if args.data_root is None and root not in (None, "", "data") and not os.path.isdir(root):
+        raise CommandError(f"CHECKPOINT {args.checkpoint}: its stored data.data_root {root!r} is not a folder on "
+                           "this machine; give --data-root")
 
 
 def run(args) -> int:
@@ -71,6 +100,8 @@ def run(args) -> int:
 
     check_checkpoint(args.checkpoint)
     check_device(args.device)
+    if args.output_dir is not None and os.path.exists(args.output_dir) and not os.path.isdir(args.output_dir):
+        raise CommandError(f"--output-dir {args.output_dir}: exists and is not a folder (expected a run folder)")
     if args.data_root is not None and not os.path.isdir(args.data_root):
         raise CommandError(f"--data-root {args.data_root}: no such folder")
     if args.dataset is not None:
@@ -79,7 +110,11 @@ def run(args) -> int:
         if args.dataset not in DATASETS:
             raise CommandError(f"--dataset {args.dataset!r}: unknown; known: {sorted(DATASETS)}")
     model_file = read_model_file(args.checkpoint)
-    cfg = evaluation_config(stored_config(model_file), args)
+    try:
+        cfg = evaluation_config(stored_config(model_file, args.checkpoint), args)
+    except (KeyError, TypeError) as exc:  # sections that are not mappings, keys missing
+        raise CommandError(f"CHECKPOINT {args.checkpoint}: its stored config cannot be used ({exc!r})") from None
+    check_stored_config(cfg, args)
     trainer = Trainer(cfg, eval_only=True)
     try:
         trainer.evaluate_checkpoint(args.checkpoint, model_file)

@@ -31,7 +31,9 @@ FORMATS = {"onnx": (".onnx",), "torch-export": (".pt2",)}
 def add_arguments(parser) -> None:
     add_checkpoint_argument(parser)
     parser.add_argument("--format", required=True, choices=sorted(FORMATS), help="onnx | torch-export")
-    parser.add_argument("--out", required=True, metavar="FILE", help="output file (.onnx or .pt2)")
+    parser.add_argument("--out", required=True, metavar="FILE", help="output file (.onnx or .pt2; must not exist "
+                                                                      "unless --overwrite)")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     parser.add_argument("--batch-size", type=positive_int, default=2, help="batch of the sample input")
     parser.add_argument("--atol", type=float, default=1e-3,
                         help="largest max-abs difference from PyTorch accepted (features are O(1))")
@@ -116,7 +118,7 @@ def run(args) -> int:
     from ..inference import load_model
 
     check_checkpoint(args.checkpoint)
-    check_output_file(args.out, "--out", FORMATS[args.format])
+    check_output_file(args.out, "--out", FORMATS[args.format], overwrite=args.overwrite)
     if not args.atol > 0:
         raise CommandError(f"--atol must be > 0, got {args.atol}")
     if args.format == "onnx":
@@ -129,6 +131,9 @@ def run(args) -> int:
     samples = [torch.randn(b, 3, h, w, generator=g) for b in (args.batch_size, args.batch_size + 1)]
     with torch.no_grad():
         refs = [model(x).numpy() for x in samples]
+    if not all(np.isfinite(r).all() for r in refs):
+        raise CommandError(f"CHECKPOINT {args.checkpoint}: the model gives non-finite features (NaN or inf) on "
+                           "random sample inputs; nothing was exported")
 
     import json
 

@@ -22,7 +22,9 @@ def add_arguments(parser) -> None:
     add_checkpoint_argument(parser)
     parser.add_argument("inputs", nargs="+", metavar="IMAGE_OR_DIR",
                         help="image files and/or folders (searched recursively for .jpg/.jpeg/.png/.bmp)")
-    parser.add_argument("--out", required=True, metavar="FEATS.npz", help="output file (.npz)")
+    parser.add_argument("--out", required=True, metavar="FEATS.npz", help="output file (.npz; must not exist "
+                                                                          "unless --overwrite)")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     add_camera_argument(parser)
     add_runtime_arguments(parser)
 
@@ -47,7 +49,7 @@ def run(args) -> int:
     from ..inference import extract_features, list_images, load_model, market_ids
 
     check_checkpoint(args.checkpoint)
-    check_output_file(args.out, "--out", (".npz",))
+    check_output_file(args.out, "--out", (".npz",), overwrite=args.overwrite)
     check_device(args.device)
     try:
         paths = list_images(args.inputs, "IMAGE_OR_DIR")

@@ -7,7 +7,8 @@
 the images at its paths are only read for the pictures). Written under ``--out`` only:
 ``results.csv`` and ``results.json`` (top-k of every query: gallery path, distance, match),
 ``ranklists/*.png`` (the query, then its top-k, with a green border for the same person and red
-for another when the ids are known from Market-style names ``<pid>_c<camera>...``, gray otherwise)
+for another when the ids are known from Market-style names ``<pid>_c<camera>...``, gray otherwise
+and for Market junk images, id -1)
 and ``index.html`` showing them. A path in ``results.csv`` that starts with ``= + - @``, a tab or a
 carriage return gets a leading ``'`` so that a spreadsheet shows it as text instead of running it as a
 formula (``results.json`` keeps the exact paths). Distances are those of the checkpoint's evaluation config
@@ -20,11 +21,12 @@ import html
 import json
 import os
 import re
+import unicodedata
 import urllib.parse
 
 from . import CommandError
 from ._common import (add_camera_argument, add_checkpoint_argument, add_runtime_arguments, camera_ids_from_names,
-                      check_checkpoint, check_device, positive_int)
+                      check_checkpoint, check_device, check_writable_folder, positive_int)
 
 NAME = "search"
 HELP = "top-k gallery matches per query as CSV/JSON, rank-list PNGs and an HTML page"
@@ -70,6 +72,13 @@ class OutputFolder:
             raise CommandError(f"--out {root}: folder is not empty (use --overwrite to write into it, or "
                                "choose a new folder)")
         self.root = os.path.realpath(root)  # made on the first write: a refused start leaves nothing
+        existing = self.root
+        while not os.path.isdir(existing):  # the nearest folder that exists must take the new one
+            parent = os.path.dirname(existing)
+            if parent == existing or (os.path.exists(existing) and not os.path.isdir(existing)):
+                raise CommandError(f"--out {root}: {existing} is not a folder")
+            existing = parent
+        check_writable_folder(existing, "--out", root)
 
 
     def path(self, *parts: str) -> str:
@@ -96,23 +105,44 @@ def spreadsheet_text(cell: str) -> str:
 def _load_gallery_npz(path: str, feat_dim: int):
     import numpy as np
 
+    from ..inference import check_finite_features
+
+    pickled = (f"--gallery {path}: holds pickled (object) arrays, which are never loaded (unpickling can run "
+               "code); expected the .npz of 'ribkernels extract' (plain float and str arrays)")
     try:
         data = np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as exc:
-        raise CommandError(f"--gallery {path}: cannot read it as an .npz of 'extract': {exc}") from None
+    except ValueError as exc:
+        if "pickle" in str(exc):
+            raise CommandError(pickled) from None
+        raise CommandError(f"--gallery {path}: cannot read it as an .npz of 'ribkernels extract' "
+                           f"({type(exc).__name__})") from None
+    except OSError as exc:
+        raise CommandError(f"--gallery {path}: cannot read it as an .npz of 'ribkernels extract' "
+                           f"({exc.strerror or type(exc).__name__})") from None
+    if not hasattr(data, "files"):  # a bare .npy array
+        raise CommandError(f"--gallery {path}: a single .npy array, expected the .npz of 'ribkernels extract'")
     with data:
         missing = [k for k in ("features", "paths") if k not in data.files]
         if missing:
             raise CommandError(f"--gallery {path}: arrays {missing} missing (has {data.files}); expected the "
                                "output of 'ribkernels extract'")
-        feats, paths = data["features"], data["paths"]
-        camids = data["camids"] if "camids" in data.files else None
-    if feats.ndim != 2 or feats.shape[0] != len(paths) or paths.dtype.kind != "U":
-        raise CommandError(f"--gallery {path}: expected features [N, D] and N paths (str), got "
-                           f"{feats.shape} and {paths.shape} {paths.dtype}")
+        try:
+            feats, paths = data["features"], data["paths"]
+            camids = data["camids"] if "camids" in data.files else None
+        except ValueError as exc:
+            if "pickle" in str(exc):
+                raise CommandError(pickled) from None
+            raise CommandError(f"--gallery {path}: an array cannot be read ({type(exc).__name__})") from None
+    if feats.ndim != 2 or feats.shape[0] != len(paths) or paths.dtype.kind != "U" or feats.dtype.kind != "f":
+        raise CommandError(f"--gallery {path}: expected float features [N, D] and N paths (str), got "
+                           f"{feats.shape} {feats.dtype} and {paths.shape} {paths.dtype}")
     if feats.shape[1] != feat_dim:
         raise CommandError(f"--gallery {path}: {feats.shape[1]}-d features, but this checkpoint gives {feat_dim}-d "
                            "ones (extracted with another model?)")
+    try:
+        check_finite_features(feats, paths.tolist(), f"--gallery {path}")
+    except ValueError as exc:
+        raise CommandError(str(exc)) from None
     base = os.path.dirname(os.path.abspath(path))
     resolved = [p if os.path.isabs(p) or os.path.exists(p) else os.path.join(base, p) for p in paths.tolist()]
     return feats.astype("float32", copy=False), resolved, camids
@@ -141,6 +171,17 @@ def rank(qf, gf, q_paths, g_paths, q_ids, g_ids, top_k: int, metric: str, keep_s
         order = np.argsort(d, kind="stable")
         out.append([(int(j), float(dist[i, j])) for j in order[:top_k] if np.isfinite(d[j])])
     return out
+
+
+def same_person(q_ids, g_ids, i: int, j: int):
+    """True/False when query ``i`` and gallery ``j`` have known ids; None (drawn gray) when ids are
+    unknown or either is a Market junk image (id -1: neither this person nor another)."""
+    if q_ids is None or g_ids is None:
+        return None
+    qp, gp = int(q_ids[0][i]), int(g_ids[0][j])
+    if qp == -1 or gp == -1:
+        return None
+    return qp == gp
 
 
 # ------------------------------------------------------------------------------------------ pictures
@@ -176,14 +217,22 @@ def draw_ranklist(query_path: str, matches, out_path: str) -> None:
     canvas.save(out_path)
 
 
+def visible(text: str) -> str:
+    """``text`` with control and format characters (Unicode Cc/Cf: the right-to-left override U+202E
+    that shows "<U+202E>gnp.jpg" as "gpj.png", zero-width and other bidi marks) written as backslash-u
+    and four hex digits."""
+    return "".join(f"\\u{ord(c):04x}" if unicodedata.category(c) in ("Cc", "Cf") else c for c in text)
+
+
 def write_html(path: str, rows, pictures) -> None:
     """One page: per query its name, its rank-list picture and the top-k names and distances; every
     name is HTML-escaped, every picture link percent-encoded."""
-    esc = lambda s: html.escape(str(s), quote=True)
+    esc = lambda s: html.escape(visible(str(s)), quote=True)
     parts = ["<!DOCTYPE html>", '<html><head><meta charset="utf-8"><title>ribkernels search</title>',
              "<style>body{font-family:sans-serif} td{padding:2px 8px} .m1{color:#1a2} .m0{color:#d22}</style>",
              "</head><body>", "<h1>Rank lists</h1>",
-             f"<p>{len(rows)} queries; green: same person, red: another person, gray: unknown.</p>"]
+             f"<p>{len(rows)} queries; green: same person, red: another person, gray: unknown or a junk image "
+             "(id -1).</p>"]
     for row in rows:
         parts.append(f"<h2>{esc(row['query'])}</h2>")
         pic = pictures.get(row["query_index"])
@@ -241,8 +290,7 @@ def run(args) -> int:
     rows = []
     for i, matches in enumerate(ranked):
         rows.append({"query_index": i, "query": q_paths[i], "matches": [
-            {"rank": r, "gallery": g_paths[j], "distance": d,
-             "match": None if q_ids is None or g_ids is None else bool(q_ids[0][i] == g_ids[0][j])}
+            {"rank": r, "gallery": g_paths[j], "distance": d, "match": same_person(q_ids, g_ids, i, j)}
             for r, (j, d) in enumerate(matches, start=1)]})
 
     with open(out.path("results.csv"), "w", newline="", encoding="utf-8") as f:

@@ -285,6 +285,7 @@ def dcs_attention(
     checks.check_qkv(q, k, v)
     checks.check_mask_inputs(q, mask_logits, noise)
     checks.check_tau(tau)
+    checks.check_scale(scale)
     if seed is not None:
         seed = check_seed(seed)
     offset = check_offset(offset)

@@ -1,5 +1,6 @@
 """Argument checks shared by the DCS ops: each error names the argument, what it got, and what was
 expected. All checks here read only metadata (shape/dtype/device): none syncs with the GPU."""
+import math
 from typing import Sequence
 
 import torch
@@ -20,9 +21,49 @@ def check_floating(name: str, t) -> None:
         raise TypeError(f"{name} must be a floating-point tensor, got {describe(t)}")
 
 
+def _is_real(x) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool)
+
+
 def check_tau(tau) -> None:
-    if not isinstance(tau, (int, float)) or not tau > 0:
-        raise ValueError(f"tau must be a positive number, got {tau!r}")
+    """``tau``: a finite number > 0 (an int or float, not a string or bool)."""
+    if not _is_real(tau):
+        raise TypeError(f"tau must be a positive number (the Gumbel-sigmoid temperature), got "
+                        f"{type(tau).__name__} {tau!r}")
+    if not (tau > 0 and math.isfinite(tau)):
+        raise ValueError(f"tau must be a positive finite number, got {tau!r}")
+
+
+def check_scale(scale) -> None:
+    """``scale``: None (``D ** -0.5``) or a finite number > 0 multiplying the logits."""
+    if scale is None:
+        return
+    if not _is_real(scale):
+        raise TypeError(f"scale must be None or a number (the logits' factor, e.g. D ** -0.5), got "
+                        f"{type(scale).__name__} {scale!r}")
+    if not (scale > 0 and math.isfinite(scale)):
+        raise ValueError(f"scale must be a finite number > 0 (or None for D ** -0.5), got {scale!r}")
+
+
+def check_shape(name: str, shape) -> tuple:
+    """``shape`` as a tuple of ints >= 0; TypeError/ValueError naming ``name``, the shape and the bad size."""
+    import operator
+
+    try:
+        dims = tuple(shape)
+    except TypeError:
+        raise TypeError(f"{name} must be a sequence of ints, got {type(shape).__name__} {shape!r}") from None
+    out = []
+    for d in dims:
+        try:
+            if isinstance(d, bool):
+                raise TypeError
+            out.append(operator.index(d))
+        except TypeError:
+            raise TypeError(f"{name} must be a sequence of ints, got {dims!r} (size {d!r})") from None
+    if any(d < 0 for d in out):
+        raise ValueError(f"{name} must have sizes >= 0, got {tuple(out)!r}")
+    return tuple(out)
 
 
 def check_same_device(name: str, t: torch.Tensor, ref_name: str, ref: torch.Tensor) -> None:
@@ -46,6 +87,9 @@ def check_qkv(q, k, v) -> None:
     """q, k, v: floating tensors ``[B, H, N, D]`` of one shape, dtype and device."""
     for name, t in (("q", q), ("k", k), ("v", v)):
         check_floating(name, t)
+        if t.device.type == "meta":
+            raise ValueError(f"{name} is a meta tensor ({describe(t)}): dcs_attention computes on real data; "
+                             "expected tensors on cpu or cuda")
         if t.dim() != 4:
             raise ValueError(f"{name} must be 4-D [B, H, N, D], got {describe(t)}")
     for name, t in (("k", k), ("v", v)):

@@ -16,7 +16,7 @@ def _numel(shape) -> int:
 
 def contract_uniform_like(shape: Sequence[int], seed: int, offset: int = 0, device=None) -> torch.Tensor:
     """The contract-v2 uniforms ``u`` (float32, in (0, 1)) of a contiguous tensor of ``shape``."""
-    shape = tuple(int(s) for s in shape)
+    shape = tuple(int(s) for s in checks.check_shape("shape", shape))
     return contract_uniform(_numel(shape), seed, offset, device=device).reshape(shape)
 
 

@@ -49,7 +49,8 @@ def _check_unknown(parser: argparse.ArgumentParser, unknown) -> None:
 
 def main(argv=None, prog=None) -> int:
     """Entry point of train.py and ``ribkernels train``: parse flags, train (or evaluate), return the
-    exit status (0 done, 2 bad flags/config/files — nothing was trained, 130 interrupted by Ctrl-C —
+    exit status (0 done, 2 bad flags/config/files — nothing was trained, or an image that became
+    unreadable during training — last.pth holds the state before it, 130 interrupted by Ctrl-C —
     resume with --resume). ``prog``: the command's name in messages (default train.py)."""
     parser = _parser(argv, prog)
     name = prog or "train.py"
@@ -83,7 +84,7 @@ def main(argv=None, prog=None) -> int:
             trainer.evaluate_checkpoint(args.checkpoint, model_file)
         else:
             trainer.fit()
-    except USER_ERRORS as e:
+    except USER_ERRORS + (CorruptImageError,) as e:  # an image that broke mid-run: checkpoint saved, named
         print(f"{name}: error: {e}", file=sys.stderr, flush=True)
         return EXIT_USAGE
     except KeyboardInterrupt:  # a second Ctrl-C in training, or one in --eval-only: stop, no traceback

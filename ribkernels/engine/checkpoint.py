@@ -99,12 +99,12 @@ def seed_everything(seed: int) -> None:
 def to_plain(obj: Any, where: str = "checkpoint") -> Any:
     """``obj`` as tensors and plain containers (tuples become lists, NumPy scalars/arrays Python
     numbers/tensors); anything else raises ``TypeError`` naming where it sits."""
+    if isinstance(obj, np.generic):  # first: np.float64 is also a float, but pickles as a NumPy scalar
+        return obj.item()
     if obj is None or isinstance(obj, (bool, int, float, str)):
         return obj
     if isinstance(obj, torch.Tensor):
         return obj
-    if isinstance(obj, np.generic):
-        return obj.item()
     if isinstance(obj, np.ndarray):
         if obj.dtype == object:
             raise TypeError(f"{where}: a NumPy object array cannot be stored weights-only")
@@ -172,6 +172,101 @@ def training_state(**parts: Any) -> Dict[str, Any]:
 
 # ---------------------------------------------------------------------------------------- reading
 _GLOBAL = re.compile(r"GLOBAL ([\w.]+)")
+# The globals a checkpoint of the previous ribkernels format holds beyond what a weights-only load
+# builds: ``np.random.get_state()``'s key array (and NumPy scalars). Only a file whose refused globals
+# all lie here is called an old checkpoint and gets the conversion advice.
+LEGACY_GLOBALS = frozenset({
+    "numpy.core.multiarray._reconstruct", "numpy._core.multiarray._reconstruct", "numpy.ndarray", "numpy.dtype",
+    "numpy.core.multiarray.scalar", "numpy._core.multiarray.scalar"})
+CODE_WARNING = "this file contains code; do not convert it unless you wrote it"
+_STRING_OPS = ("SHORT_BINUNICODE", "BINUNICODE", "BINUNICODE8", "UNICODE", "STRING", "BINSTRING", "SHORT_BINSTRING")
+
+
+# torch's legacy (non-zip) format: magic number, protocol, system info, the object, the storage keys;
+# raw tensor bytes follow, which torch never unpickles.
+_LEGACY_PICKLES = 5
+
+
+def _pickle_globals(data: bytes, max_pickles: Optional[int] = None) -> Optional[set]:
+    """Every ``module.name`` the pickle(s) in ``data`` (at most ``max_pickles`` of them) import
+    (GLOBAL / STACK_GLOBAL), read with ``pickletools`` without unpickling; None when they cannot all
+    be named (e.g. a STACK_GLOBAL whose strings come from the memo, or bytes that are not a pickle)."""
+    import io
+    import pickletools
+
+    found, pushed = set(), []  # pushed: the values the ops pushed, a string or None (anything else)
+    f = io.BytesIO(data)
+    count = 0
+    try:
+        while f.tell() < len(data) and (max_pickles is None or count < max_pickles):
+            count += 1
+            for op, arg, _ in pickletools.genops(f):
+                if op.name == "GLOBAL":
+                    found.add(str(arg).replace(" ", "."))
+                elif op.name == "STACK_GLOBAL":
+                    if len(pushed) < 2 or None in pushed[-2:]:
+                        return None
+                    found.add(f"{pushed[-2]}.{pushed[-1]}")
+                elif op.name in _STRING_OPS:
+                    pushed.append(str(arg))
+                elif op.name not in ("MEMOIZE", "PUT", "BINPUT", "LONG_BINPUT", "PROTO", "FRAME"):
+                    pushed.append(None)
+                del pushed[:-2]
+    except Exception:  # noqa: BLE001 - anything pickletools cannot parse
+        return None
+    return found
+
+
+def file_globals(path: str) -> Optional[set]:
+    """The globals a ``torch.save`` file (zip or legacy) or a bare pickle imports; None when unknown."""
+    try:
+        if zipfile.is_zipfile(path):
+            with zipfile.ZipFile(path) as z:
+                names = [n for n in z.namelist() if n.endswith(".pkl")]
+                if not names:
+                    return None
+                out: set = set()
+                for n in names:
+                    part = _pickle_globals(z.read(n))
+                    if part is None:
+                        return None
+                    out |= part
+                return out
+        with open(path, "rb") as f:
+            return _pickle_globals(f.read(), _LEGACY_PICKLES)
+    except (OSError, zipfile.BadZipFile, RuntimeError):
+        return None
+
+
+def _torch_allowed_globals() -> set:
+    try:
+        from torch._weights_only_unpickler import _get_allowed_globals
+
+        return set(_get_allowed_globals())
+    except Exception:  # noqa: BLE001 - a private torch API: fall back to what our own files use
+        return {"collections.OrderedDict", "torch._utils._rebuild_tensor_v2", "torch._utils._rebuild_parameter",
+                "_codecs.encode"}
+
+
+def refused_globals(path: str, reported: List[str]) -> Tuple[List[str], bool]:
+    """(the globals of ``path`` that a weights-only load refuses, whether that list is complete).
+    ``reported``: what torch's error named (it names only the first one)."""
+    scanned = file_globals(path)
+    if scanned is None:
+        return sorted(set(reported)), False
+    allowed = _torch_allowed_globals()
+    return sorted({g for g in scanned if g not in allowed} | set(reported)), True
+
+
+def _torch_reason(e: BaseException) -> str:
+    """What a torch/numpy load error says went wrong, without their advice to load unsafely."""
+    text = str(e)
+    m = re.search(r"WeightsUnpickler error: ([^\n]*)", text)
+    if m:
+        text = m.group(1)
+    text = re.split(r"\s*(?:Please use `torch\.serialization|Re-running `torch\.load`|If you trust the file|"
+                    r"load it unsafely|weights_only)", text)[0]
+    return _first_line(text.strip().rstrip(".") or type(e).__name__)
 
 
 def load(path: str, map_location: Optional[Any] = "cpu", *, what: str = "checkpoint", mmap: bool = False) -> Any:
@@ -189,20 +284,23 @@ def load(path: str, map_location: Optional[Any] = "cpu", *, what: str = "checkpo
     try:
         return torch.load(path, map_location=map_location, weights_only=True, mmap=use_mmap or None)
     except pickle.UnpicklingError as e:
-        found = _GLOBAL.findall(str(e))
-        if not found:
-            raise CheckpointError(path, f"not a readable PyTorch checkpoint ({_first_line(e)})", what) from None
-        if all(g.startswith("numpy") for g in found):
+        reported = _GLOBAL.findall(str(e))
+        if not reported:
+            raise CheckpointError(path, f"not a readable PyTorch checkpoint ({_torch_reason(e)})", what) from None
+        found, complete = refused_globals(path, reported)
+        code = [g for g in found if g not in LEGACY_GLOBALS]
+        if complete and not code:
             raise LegacyCheckpointError(
                 path, f"was written by an older ribkernels version (its RNG state is a pickled {found[0]}), "
                       "which loading refuses because unpickling such objects can run code. If you trust where the "
                       "file came from, convert it once: " + CONVERT_HINT.format(old=path, new="NEW.pth"), what) from None
+        named = code or found
         raise UnsafeCheckpointError(
-            path, f"refused: it needs {', '.join(found)}, which a weights-only load does not construct "
-                  "(checkpoints hold only tensors and plain data; this file could run code)", what) from None
-    except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile) as e:
+            path, f"refused: it needs {', '.join(named)}, which a weights-only load does not construct; "
+                  f"{CODE_WARNING} (checkpoints hold only tensors and plain data)", what) from None
+    except Exception as e:  # noqa: BLE001 - truncated, corrupt or not a checkpoint at all (e.g. KeyError)
         raise CheckpointError(path, f"not a readable PyTorch checkpoint, truncated or corrupt? "
-                                    f"({type(e).__name__}: {_first_line(e)})", what) from None
+                                    f"({type(e).__name__}: {_torch_reason(e)})", what) from None
 
 
 def _first_line(e: BaseException) -> str:
@@ -285,16 +383,34 @@ def check_pretrained(spec: str) -> None:
 
 
 # ---------------------------------------------------------------------------------------- conversion
+def _legacy_numpy_globals() -> list:
+    """The NumPy objects of :data:`LEGACY_GLOBALS` (for ``torch.serialization.safe_globals``)."""
+    try:
+        from numpy._core import multiarray
+    except ImportError:  # numpy < 2
+        from numpy.core import multiarray
+    dtypes = [type(np.dtype(t)) for t in (np.uint32, np.int64, np.int32, np.float64, np.float32, np.bool_, np.uint8)]
+    return [np.ndarray, np.dtype, multiarray._reconstruct, multiarray.scalar] + dtypes
+
+
 def convert_legacy(src: str, dst: str) -> Dict[str, Any]:
-    """Convert a previous-format checkpoint ``src`` to this format at ``dst``. Unpickles ``src`` with
-    ``weights_only=False``: it runs whatever code the file holds, so only for files the user trusts
-    (the ``convert-checkpoint --trust`` command). Returns the new state (verified to load weights-only)."""
+    """Convert a previous-format checkpoint ``src`` to this format at ``dst``. The file's pickle is
+    first read without running it: any global beyond a weights-only load's and :data:`LEGACY_GLOBALS`
+    (NumPy arrays) is refused, naming it. It is then loaded weights-only with those NumPy globals
+    allowed, so no code from the file runs. Returns the new state (verified to load weights-only)."""
     if not os.path.isfile(src):
         raise CheckpointNotFoundError(src, "no such file", "convert-checkpoint")
+    found, complete = refused_globals(src, [])
+    code = [g for g in found if g not in LEGACY_GLOBALS]
+    if code or not complete:
+        named = ", ".join(code) if code else "globals that cannot be read without running its pickle"
+        raise UnsafeCheckpointError(src, f"refused: it needs {named}, which no ribkernels checkpoint holds; "
+                                         f"{CODE_WARNING}", "convert-checkpoint")
     try:
-        state = torch.load(src, map_location="cpu", weights_only=False)
+        with torch.serialization.safe_globals(_legacy_numpy_globals()):
+            state = torch.load(src, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - any unreadable file
-        raise CheckpointError(src, f"cannot be read ({type(e).__name__}: {_first_line(e)})", "convert-checkpoint")
+        raise CheckpointError(src, f"cannot be read ({type(e).__name__}: {_torch_reason(e)})", "convert-checkpoint")
     if not isinstance(state, dict):
         raise CheckpointError(src, f"holds a {type(state).__name__}, expected a dict", "convert-checkpoint")
     state = dict(state)

@@ -283,7 +283,7 @@ def build_parser(argv: Optional[List[str]] = None) -> argparse.ArgumentParser:
     p.add_argument("--eval-only", action="store_true",
                    help="only evaluate --checkpoint, with the model of the checkpoint's stored config")
     p.add_argument("--checkpoint", default=None, help="model checkpoint for --eval-only")
-    p.add_argument("--stop-after", type=int, default=None,
+    p.add_argument("--stop-after", type=_positive_epochs, default=None,
                    help="stop (with a checkpoint, no final evaluation) after this many epochs in total; "
                         "the schedule still follows solver.epochs (simulates an interruption)")
     p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
@@ -346,10 +346,22 @@ def resolve(args: argparse.Namespace) -> Dict:
     return cfg
 
 
-def validate(cfg: Dict) -> None:
+def validate(cfg: Dict, sections: Optional[List[str]] = None) -> None:
     """Every key's type and range (``validate.RULES``) and the cross-key rules; raises
-    :class:`ConfigError` naming each bad key, its value and what is allowed."""
-    validate_rules(cfg, DEFAULTS)
+    :class:`ConfigError` naming each bad key, its value and what is allowed. ``sections``: only these."""
+    validate_rules(cfg, DEFAULTS, sections)
+
+
+def _positive_epochs(text: str) -> int:
+    """``--stop-after``: a whole number of epochs >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of epochs >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a number of epochs >= 1, got {value} (nothing would be "
+                                         "trained and no last.pth written)")
+    return value
 
 
 def dump(cfg: Dict, path: str) -> None:

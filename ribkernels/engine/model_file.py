@@ -116,6 +116,9 @@ def eval_config(stored: Dict, caller: Dict, explicit: Sequence[str] = ()) -> Dic
     on the command line; of those, eval-time model keys and the normalisation win over the stored
     ones, and any other ``model.*`` key raises ValueError (the architecture is the checkpoint's)."""
     out = copy.deepcopy(caller)
+    if not isinstance(stored.get("model"), dict) or not isinstance(stored.get("data") or {}, dict):
+        raise ValueError("the checkpoint's stored config has no 'model' mapping (or a 'data' section that is "
+                         "not a mapping)")
     bad = [k for k in explicit if k.startswith("model.") and k.split(".", 1)[1] not in EVAL_TIME_MODEL_KEYS]
     if bad:
         raise ValueError(f"{', '.join(sorted(bad))}: the model is rebuilt from the checkpoint's stored config "
@@ -129,4 +132,7 @@ def eval_config(stored: Dict, caller: Dict, explicit: Sequence[str] = ()) -> Dic
     for key in CHECKPOINT_DATA_KEYS:
         if f"data.{key}" not in explicit and key in (stored.get("data") or {}):
             out["data"][key] = copy.deepcopy(stored["data"][key])
+    from .config import validate  # what came from the checkpoint passes the command line's rules
+
+    validate(out, sections=["model", "data"])
     return out

@@ -10,7 +10,8 @@ from .validate import ConfigError, closest
 
 # Keys that do not change what is computed: where files are, how many loader workers/threads, display.
 FREE_KEYS = frozenset({"output.output_dir", "output.progress", "output.log_period", "data.num_workers",
-                       "data.data_root", "solver.num_threads", "model.pretrained"})
+                       "data.data_root", "solver.num_threads", "model.pretrained",
+                       "data.skip_bad_images"})  # only leaves out images that cannot be read (listed in metrics)
 # Keys whose change needs the optimiser's param groups / the schedule rebuilt from the new config.
 OPTIMIZER_KEYS = frozenset({"solver.base_lr", "solver.bias_lr_factor", "solver.weight_decay", "solver.momentum"})
 SCHEDULE_KEYS = frozenset({"solver.epochs", "solver.warmup_epochs", "solver.warmup_factor",

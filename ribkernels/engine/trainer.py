@@ -9,6 +9,7 @@ from typing import Dict, List, Optional
 
 import torch
 
+from ..reid.datasets import CorruptImageError
 from . import checkpoint as ckpt_io
 from . import components
 from . import distributed as du
@@ -19,6 +20,7 @@ from .config import DEFAULTS, dump
 from .reporting import (Metrics, Progress, RunClock, TaskProgress, open_tensorboard, plot_curves, require_tensorboard,
                         results_table, setup_logging)
 from .scheduler import WarmupCosineLR
+from .validate import check_training_set
 
 
 def _epoch_seed(seed: int, epoch: int, rank: int, salt: int = 0) -> int:
@@ -26,6 +28,18 @@ def _epoch_seed(seed: int, epoch: int, rank: int, salt: int = 0) -> int:
     before it, so resuming at an epoch boundary reproduces an uninterrupted run exactly."""
     h = hashlib.sha256(f"{seed}/{epoch}/{rank}/{salt}".encode()).digest()
     return int.from_bytes(h[:4], "little") & 0x7FFFFFFF
+
+
+def _first_line(text: str) -> str:
+    return text.strip().splitlines()[0] if text.strip() else text
+
+
+def _image_path(message: str) -> Optional[str]:
+    """The path in a ``cannot read image <path>: ...`` message (a worker's error keeps only its text)."""
+    import re
+
+    m = re.search(r"cannot read image (.+?)(?:: |\n|$)", message)
+    return m.group(1) if m and os.path.exists(m.group(1)) else None
 
 
 def param_digest(model: torch.nn.Module) -> str:
@@ -113,6 +127,8 @@ class Trainer:
             torch.set_num_threads(int(s["num_threads"]))
         ckpt_io.seed_everything(s["seed"])  # same model initialisation on every rank
         self.data = components.build_data(cfg, self.rank, self.world, train=not self.eval_only)
+        if not self.eval_only:  # e.g. more IBB clusters than training images (evaluation fits none)
+            check_training_set(cfg, len(self.data.train), self.data.num_classes)
         self.log.info("dataset %s: %d train images of %d ids / %d cameras, %d query, %d gallery (folder %s)",
                       cfg["data"]["dataset"], len(self.data.train), self.data.num_classes, self.data.num_cams,
                       len(self.data.query), len(self.data.gallery), os.path.abspath(self.data.root) if self.data.root
@@ -149,6 +165,8 @@ class Trainer:
         self._feat_memory: List = []  # ibb.refresh_features=train_memory: (features, labels) of this epoch
         if resume:
             self._load(resume_state, resume)
+            if self.data.bad_images:  # left out from this resume on (--skip-bad-images)
+                self.metrics.data["bad_images"] = [{"path": p, "reason": r} for p, r in self.data.bad_images]
 
         self.net = self.model
         if s["compile"]:
@@ -399,6 +417,43 @@ class Trainer:
             rib_logging.set_tracking(self.model, False)
         return terms
 
+    def _stop_on_bad_image(self, exc: BaseException, epoch: int, it: int):
+        """An image that cannot be read (changed on disk after the dataset's image check) found while
+        training: its verdict goes to the image-check cache (so ``--skip-bad-images`` leaves it out on
+        resume), ``last.pth`` gets the state before iteration ``it`` of ``epoch`` (the RNG states are
+        those after the last step: a failed fetch restores them), and the error names the file."""
+        from ..reid.image_check import record_bad_image
+
+        path = _image_path(str(exc))
+        if path:
+            record_bad_image(path, _first_line(str(exc)))
+        last = os.path.join(self.run_dir, "last.pth")
+        saved = self.world == 1  # under DDP the other ranks would wait in the checkpoint's gather
+        if saved:
+            self.save(epoch, it, "last.pth")
+        head = f"cannot read image {path}" if path else _first_line(str(exc))
+        raise CorruptImageError(
+            f"{head} (found in training at epoch {epoch + 1}, iteration {it + 1}; it changed after the dataset's "
+            "image check). " + (f"{last} holds the state before that iteration: replace the file and continue with "
+                                f"--resume {last}, or leave it out with --resume {last} --skip-bad-images"
+                                if saved else "Replace the file, or pass --skip-bad-images, and resume from the last "
+                                              "checkpoint")) from None
+
+    def _batches(self, loader, epoch: int, start_iter: int, prog):
+        """``loader``'s batches; an unreadable image ends the run through :meth:`_stop_on_bad_image`."""
+        it = start_iter
+        batches = iter(loader)
+        while True:
+            try:
+                batch = next(batches)
+            except StopIteration:
+                return
+            except CorruptImageError as e:
+                prog.close()
+                self._stop_on_bad_image(e, epoch, it)
+            yield batch
+            it += 1
+
     def train_epoch(self, epoch: int, start_iter: int = 0) -> Optional[Dict]:
         """One epoch from iteration ``start_iter``; returns its record, or None when interrupted.
         A mid-epoch start continues exactly: the RNG states and the epoch's partial sums come from
@@ -411,7 +466,10 @@ class Trainer:
         rib_logging.set_tau(self.model, tau)
         if start_iter == 0:
             ckpt_io.seed_everything(_epoch_seed(cfg["solver"]["seed"], epoch, self.rank))
-            refresh_s = self._maybe_refresh_ibb(epoch)
+            try:
+                refresh_s = self._maybe_refresh_ibb(epoch)
+            except CorruptImageError as e:  # the refresh reads every training image
+                self._stop_on_bad_image(e, epoch, 0)
             refresh_record = rib_logging.refresh_record(self.ibb) if refresh_s is not None else {}
             self._feat_memory = []
         else:
@@ -437,7 +495,7 @@ class Trainer:
             n_images, t0 = int(partial["n_images"]), t0 - float(partial["time_s"])
         self._partial = {"sums": sums, "counts": counts, "n_images": n_images, "t0": t0, "refresh_s": refresh_s,
                          "refresh_record": refresh_record}
-        for it, batch in enumerate(loader, start=start_iter):
+        for it, batch in enumerate(self._batches(loader, epoch, start_iter, prog), start=start_iter):
             need = prog.wants(it)
             terms = self.train_step(batch, epoch, with_keep_fraction=need)
             for k, v in terms.items():

@@ -9,6 +9,7 @@ from typing import Optional, Sequence, Type
 import torch
 from torch import nn
 
+from ..dcs import checks
 from ..dcs.attention import dcs_attention
 
 logger = logging.getLogger(__name__)
@@ -46,8 +47,7 @@ class DCSAttention(nn.Module):
         if attn_drop:
             raise ValueError(f"attn_drop={attn_drop}: dropout on attention weights is not supported by "
                              "DCSAttention (TransReID trains with attn_drop=0)")
-        if not tau > 0:
-            raise ValueError(f"tau must be positive, got {tau}")
+        checks.check_tau(tau)
         norm_layer = norm_layer or nn.LayerNorm
         self.num_heads = num_heads
         self.head_dim = dim // num_heads
@@ -85,6 +85,9 @@ class DCSAttention(nn.Module):
     def forward(self, x: torch.Tensor, attn_mask: Optional[torch.Tensor] = None, **kwargs) -> torch.Tensor:
         if attn_mask is not None:
             raise ValueError("DCSAttention does not take an attn_mask (ViT Re-ID attention is unmasked)")
+        if not isinstance(x, torch.Tensor) or x.dim() != 3:
+            raise ValueError(f"DCSAttention: x must be a 3-D tensor [B, N, C] (batch, tokens, channels), got "
+                             f"{tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__}")
         B, N, C = x.shape
         qkv = self.qkv(x).reshape(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
         q, k, v = qkv.unbind(0)

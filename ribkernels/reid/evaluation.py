@@ -180,6 +180,8 @@ def evaluate_rank(distmat, q_pids, g_pids, q_camids, g_camids, max_rank: int = 5
     device) under the Market-1501 protocol (module docstring). ``cmc`` always has ``max_rank``
     entries (it stays at its last value past the gallery size). Rows are read ``chunk_rows`` at a time,
     so a float16/CUDA matrix is never copied whole."""
+    if isinstance(chunk_rows, bool) or not isinstance(chunk_rows, int) or chunk_rows < 1:
+        raise ValueError(f"chunk_rows must be an int >= 1 (query rows read at a time), got {chunk_rows!r}")
     nq, ng = _check_distmat(distmat)
     ids = _check_ids(q_pids, g_pids, q_camids, g_camids, nq, ng)
     acc = _Accumulator(*ids, max_rank=max_rank)

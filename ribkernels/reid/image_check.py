@@ -18,7 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Dict, Iterable, List, Optional, Tuple
 
-__all__ = ["ImageCheckResult", "check_images", "decode_error", "cache_path_for", "CACHE_NAME"]
+__all__ = ["ImageCheckResult", "check_images", "decode_error", "cache_path_for", "CACHE_NAME", "record_bad_image"]
 
 CACHE_NAME = ".ribkernels-image-check.json"
 _CACHE_VERSION = 1
@@ -183,3 +183,28 @@ def check_images(paths: Iterable[str], cache_folder: Optional[str] = None, *, wo
     result.bad = {p: verdicts[p] for p in paths if verdicts[p] is not None}
     result.seconds = time.perf_counter() - t0
     return result
+
+
+def record_bad_image(path: str, reason: str) -> List[str]:
+    """Record ``path`` as unreadable in every image-check cache that lists it (the caches of its parent
+    folders), so the next dataset build reports it (or leaves it out with ``skip_bad_images``) even when
+    its size and mtime did not change. Returns the cache files updated."""
+    path = os.path.abspath(os.fspath(path))
+    try:
+        st = os.stat(path)
+    except OSError:
+        return []  # gone: the next build finds it missing anyway
+    updated = []
+    folder = os.path.dirname(path)
+    while True:
+        cache_file = cache_path_for(folder)
+        if os.path.isfile(cache_file):
+            entries = _read_cache(cache_file)
+            if path in entries:
+                entries[path] = [st.st_size, st.st_mtime_ns, str(reason) or "unreadable"]
+                if _write_cache(cache_file, entries):
+                    updated.append(cache_file)
+        parent = os.path.dirname(folder)
+        if parent == folder:
+            return updated
+        folder = parent

@@ -19,7 +19,7 @@ import json
 import os
 import shutil
 import tempfile
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from typing import Dict, List, Optional, Tuple
 
 import numpy as np
@@ -345,11 +345,18 @@ def make_synthetic_market(root: Optional[str] = None, seed: int = 0, **sizes) ->
 
 def load_synthetic(root: Optional[str] = None, *, seed: int = 0, verify: str = "none", on_corrupt: str = "skip",
                    **sizes) -> ReIDData:
-    """The synthetic dataset (generated on first use) read by the Market-1501 loader."""
+    """The synthetic dataset (generated on first use) read by the Market-1501 loader. ``sizes``: fields
+    of :class:`SyntheticConfig` (ValueError naming any other)."""
+    unknown = sorted(set(sizes) - set(SIZE_KEYS))
+    if unknown:
+        raise ValueError(f"synthetic dataset: unknown size argument(s) {unknown}; expected some of {list(SIZE_KEYS)}")
     folder = make_synthetic_market(root, seed=seed, **sizes)
     data = load_market1501(folder, verify=verify, on_corrupt=on_corrupt)
     data.name = "synthetic"
     return data
 
 
+SIZE_KEYS = tuple(f.name for f in fields(SyntheticConfig) if f.name != "seed")
+# What data.dataset_kwargs may hold for this loader (it takes **sizes): checked with the config.
+load_synthetic.accepted_kwargs = ("seed",) + SIZE_KEYS
 register_dataset("synthetic", load_synthetic)
