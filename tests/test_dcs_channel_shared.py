@@ -326,9 +326,12 @@ def test_patch_vit_is_atomic():
     assert type(model[0]) is Attention and type(model[1]) is Odd  # nothing replaced
 
 
-def test_patch_vit_logs_once_for_the_same_model_built_twice(caplog):
+def test_patch_vit_logs_once_for_the_same_model_built_twice(caplog, monkeypatch):
     """Trainer(eval_only) and evaluate_checkpoint each build the model: one INFO line."""
     from ribkernels.models import build_model
+    from ribkernels.nn import dcs_attention
+
+    monkeypatch.setitem(dcs_attention._LOGGED, "keys", set())  # as in a fresh process
 
     kw = dict(attn_impl="dcs", dcs_kwargs=dict(mask_mode="channel_shared", tau=0.9), img_size=(64, 32))
     with caplog.at_level(logging.DEBUG, logger="ribkernels.nn.dcs_attention"):
@@ -395,3 +398,40 @@ def test_compiles_without_graph_breaks_in_training_and_eval(mask_per):
     with torch.no_grad():
         torch.testing.assert_close(compiled(x), attn(x))
         compiled(torch.randn(3, 7, 16))  # another batch and length
+
+
+@pytest.fixture(scope="module")
+def channel_shared_run(tmp_path_factory):
+    """A tiny RIB-DCS training run in mask_mode channel_shared (train.py's trainer, seconds)."""
+    import os
+
+    from ribkernels.engine import main as train_main
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    base = tmp_path_factory.mktemp("chshared")
+    argv = ["--config", os.path.join(root, "configs", "synthetic_tiny_test.yaml"), "--data-root",
+            str(base / "synthetic"), "--output-dir", str(base / "run"), "--progress", "log", "--epochs", "1",
+            "--dcs-mask-mode", "channel_shared", "--dcs-init-logit", "0.5"]
+    assert train_main(argv) == 0
+    return base / "run"
+
+
+def test_evaluate_logs_patch_vit_once_and_export_writes_a_plain_graph(channel_shared_run, tmp_path, capsys):
+    import glob
+
+    from ribkernels import cli
+
+    ckpt = str(channel_shared_run / "final.pth")
+    out = tmp_path / "ev"
+    assert cli.main(["evaluate", ckpt, "--output-dir", str(out)]) == 0
+    (log,) = glob.glob(str(out / "eval-*.log"))
+    lines = [l for l in open(log).read().splitlines() if "patch_vit:" in l]
+    assert len(lines) == 1 and "mask_mode channel_shared" in lines[0], lines
+    capsys.readouterr()
+    onnx_path = tmp_path / "model.onnx"
+    assert cli.main(["export", ckpt, "--format", "onnx", "--out", str(onnx_path)]) == 0
+    assert "max abs error" in capsys.readouterr().out
+    import onnx
+
+    ops = {n.op_type for n in onnx.load(str(onnx_path)).graph.node}
+    assert "MatMul" in ops and not {"Greater", "Sigmoid", "RandomUniformLike"} & ops, sorted(ops)

@@ -141,7 +141,7 @@ RULES: Dict[str, Rule] = {
     "model.name": Lazy(lambda v: v in _model_names(), lambda: "one of " + " | ".join(_model_names())),
     "model.attn_impl": Choice("eager", "sdpa", "dcs"),
     "model.dcs_impl": Choice("auto", "triton", "sdpa", "eager"),
-    "model.dcs_mask_mode": Choice("token", "channel"),
+    "model.dcs_mask_mode": Choice("token", "channel", "channel_shared"),
     "model.tau": Num(0, lo_open=True),
     "model.tau_schedule": Choice("constant", "linear", "cosine", "exp"),
     "model.tau_end": Null() | Num(0, lo_open=True),

@@ -272,7 +272,18 @@ def _check_mask_keys_before_loading(model, state_dict, prefix, local_metadata, s
                            + "\n\t".join(errors))
 
 
-_LOGGED_PATCHES = set()
+_LOGGED = {"handlers": (), "keys": set()}  # patchings logged since the package logger's handlers last changed
+
+
+def _log_patch(key, n: int, mode: str) -> None:
+    """INFO once per identical patching and log destination (a run folder's log: evaluate builds the
+    model twice), DEBUG on repeats."""
+    handlers = tuple(logging.getLogger("ribkernels").handlers)
+    if len(handlers) != len(_LOGGED["handlers"]) or any(a is not b for a, b in zip(handlers, _LOGGED["handlers"])):
+        _LOGGED["handlers"], _LOGGED["keys"] = handlers, set()
+    level = logging.DEBUG if key in _LOGGED["keys"] else logging.INFO
+    _LOGGED["keys"].add(key)
+    logger.log(level, "patch_vit: replaced %d attention blocks with DCSAttention (mask_mode %s)", n, mode)
 
 
 def patch_vit(model: nn.Module, attn_types: Optional[Sequence[type]] = None, **kwargs) -> int:
@@ -289,8 +300,9 @@ def patch_vit(model: nn.Module, attn_types: Optional[Sequence[type]] = None, **k
     every channel) and does not report them missing. Mask logits of the wrong shape for the mode
     raise before any tensor is copied.
 
-    Returns the number of blocks changed; logged at INFO the first time a process patches a model
-    class this way (DEBUG on repeats); raises ValueError when it finds nothing to patch.
+    Returns the number of blocks changed, logged at INFO once per identical patching (same model
+    class, block count and kwargs) and log destination (DEBUG on repeats: evaluating a checkpoint
+    builds its model twice); raises ValueError when it finds nothing to patch.
     """
     if attn_types is None:
         from timm.models.vision_transformer import Attention
@@ -326,9 +338,6 @@ def patch_vit(model: nn.Module, attn_types: Optional[Sequence[type]] = None, **k
     if not getattr(model, "_dcs_load_check", False):
         model.register_load_state_dict_pre_hook(_check_mask_keys_before_loading)
         model._dcs_load_check = True
-    mode = replacements[0][1].mask_mode
     key = (type(model).__qualname__, len(targets), tuple(sorted((k, repr(v)) for k, v in kwargs.items())))
-    level = logging.DEBUG if key in _LOGGED_PATCHES else logging.INFO
-    _LOGGED_PATCHES.add(key)
-    logger.log(level, "patch_vit: replaced %d attention blocks with DCSAttention (mask_mode %s)", len(targets), mode)
+    _log_patch(key, len(targets), replacements[0][1].mask_mode)
     return len(targets)
