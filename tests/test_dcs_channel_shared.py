@@ -205,7 +205,7 @@ def test_module_eval_fold_equals_the_unfolded_computation(qk_norm):
             w, b = cs.fold_eval_mask(attn.qkv.weight, attn.qkv.bias, attn.mask_logits)
             dim = C
             keep = (attn.mask_logits > 0).reshape(dim)
-            assert torch.equal(w[:dim][~keep], torch.zeros_like(w[:dim][~keep])) and torch.equal(w[dim:], attn.qkv.weight[dim:])
+            assert not w[:dim][~keep].any() and torch.equal(w[dim:], attn.qkv.weight[dim:])
             torch.testing.assert_close(w[:dim][keep], attn.qkv.weight[:dim][keep], rtol=0, atol=0)
             assert torch.equal(b[:dim], attn.qkv.bias[:dim] * keep)
     # eval with gradients enabled (not cached): same output, gradient reaches the weights
@@ -435,3 +435,12 @@ def test_evaluate_logs_patch_vit_once_and_export_writes_a_plain_graph(channel_sh
 
     ops = {n.op_type for n in onnx.load(str(onnx_path)).graph.node}
     assert "MatMul" in ops and not {"Greater", "Sigmoid", "RandomUniformLike"} & ops, sorted(ops)
+
+
+@pytest.mark.parametrize("mask_mode", ["token", "channel"])
+def test_forward_seed_and_noise_reach_the_per_token_modes(mask_mode):
+    attn = DCSAttention(16, num_heads=2, mask_mode=mask_mode, impl="sdpa", init_logit=0.0)
+    x = torch.randn(2, 5, 16)
+    a = attn(x, seed=11, offset=3)
+    torch.testing.assert_close(attn(x, noise=rk.logistic_noise((2, 2, 5, 8), 11, offset=3)), a, rtol=1e-6, atol=1e-6)
+    assert not torch.allclose(attn(x, seed=12, offset=3), a)

@@ -1,8 +1,8 @@
 """``DCSAttention``: a drop-in replacement for timm's ViT ``Attention`` using DCS-Attention.
 
 The parameter names of ``qkv``, ``q_norm``, ``k_norm``, ``norm`` and ``proj`` match timm's, so ViT
-weights load unchanged; the only new parameters are the mask logits' (``mask_logits.*``), which a
-strict ``load_state_dict`` of plain ViT weights initialises to their defaults.
+weights load unchanged (strictly too); the only new parameters are the mask logits'
+(``mask_logits.*``), which loading plain ViT weights sets to their defaults.
 """
 import logging
 from typing import Dict, List, Optional, Sequence, Tuple, Type
@@ -33,9 +33,9 @@ class DCSAttention(nn.Module):
     (``mask_per="step"``), shared by every token, so it multiplies q alone and attention is plain
     SDPA (see :mod:`ribkernels.dcs.channel_shared`; the gradient to θ is the two-sided form's). A
     per-step mask scales the q rows of the qkv weight and bias; a per-image mask scales q. In eval
-    ``1[θ > 0]`` is folded into the qkv weight once and cached (the cache is refreshed when θ, the
-    qkv weight or bias change in place or are replaced; edits through ``.data`` are not seen: call
-    :meth:`clear_fold_cache`). impl must be "auto"/"sdpa" (SDPA) or "eager". With qk_norm the mask
+    ``1[θ > 0]`` is folded into the qkv weight once and cached (refreshed when θ changes, or the
+    qkv weight or bias change in place or are replaced; their edits through ``.data`` are not seen:
+    call :meth:`clear_fold_cache`). impl must be "auto"/"sdpa" (SDPA) or "eager". With qk_norm the mask
     scales q after its norm instead of the weights.
     With the default ``init_logit=3`` the eval mask keeps every channel: the module starts as the
     plain attention it replaces. Input/output: ``[B, N, dim]``.
@@ -150,7 +150,8 @@ class DCSAttention(nn.Module):
     def _folded_qkv(self) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
         """The qkv weight and bias with ``1[θ > 0]`` folded into the q rows (eval), cached."""
         w, b, theta = self.qkv.weight, self.qkv.bias, self.mask_logits
-        if checks.is_tracing() or (torch.is_grad_enabled() and (w.requires_grad or (b is not None and b.requires_grad))):
+        needs_grad = torch.is_grad_enabled() and (w.requires_grad or (b is not None and b.requires_grad))
+        if checks.is_tracing() or needs_grad:
             if checks.want_nan_check(self.check_nan, theta):
                 checks.check_no_nan("mask_logits", theta)
             return cs.fold_eval_mask(w, b, theta)
@@ -213,7 +214,8 @@ class DCSAttention(nn.Module):
         plain.to(device=w.device, dtype=w.dtype)
         missing, unexpected = plain.load_state_dict(state, strict=False)
         if unexpected or any(not k.startswith(("q_norm", "k_norm", "norm")) for k in missing):
-            raise RuntimeError(f"to_plain_attention: weights did not transfer (missing {missing}, unexpected {unexpected})")
+            raise RuntimeError(f"to_plain_attention: weights did not transfer (missing {missing}, "
+                               f"unexpected {unexpected})")
         return plain.train(self.training)
 
     def compute_mask_logits(self, x: torch.Tensor) -> torch.Tensor:
@@ -331,7 +333,8 @@ def patch_vit(model: nn.Module, attn_types: Optional[Sequence[type]] = None, **k
         missing, unexpected = new.load_state_dict(old.state_dict(), strict=False)
         if unexpected or any(not m.startswith("mask_logits") for m in missing):
             raise RuntimeError(f"{name}: weights did not transfer (missing {missing}, unexpected {unexpected})")
-        replacements.append((name, new.to(device=old.qkv.weight.device, dtype=old.qkv.weight.dtype).train(old.training)))
+        new.to(device=old.qkv.weight.device, dtype=old.qkv.weight.dtype).train(old.training)
+        replacements.append((name, new))
     for name, new in replacements:
         parent_name, _, child = name.rpartition(".")
         setattr(model.get_submodule(parent_name) if parent_name else model, child, new)
