@@ -3,6 +3,7 @@ float64 against the two-sided eager DCS reference, the noise contract, the eval 
 strict loading of plain ViT weights into patched models, logging, export."""
 import copy
 import logging
+import os
 
 import pytest
 import timm
@@ -403,8 +404,6 @@ def test_compiles_without_graph_breaks_in_training_and_eval(mask_per):
 @pytest.fixture(scope="module")
 def channel_shared_run(tmp_path_factory):
     """A tiny RIB-DCS training run in mask_mode channel_shared (train.py's trainer, seconds)."""
-    import os
-
     from ribkernels.engine import main as train_main
 
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -444,3 +443,24 @@ def test_forward_seed_and_noise_reach_the_per_token_modes(mask_mode):
     a = attn(x, seed=11, offset=3)
     torch.testing.assert_close(attn(x, noise=rk.logistic_noise((2, 2, 5, 8), 11, offset=3)), a, rtol=1e-6, atol=1e-6)
     assert not torch.allclose(attn(x, seed=12, offset=3), a)
+
+
+def test_train_config_selects_channel_shared_and_the_mask_per_step():
+    from types import SimpleNamespace
+
+    from ribkernels.engine import components
+    from ribkernels.engine.config import ConfigError, DEFAULTS, build_parser, resolve
+
+    tiny = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs",
+                        "synthetic_tiny_test.yaml")
+    cfg = resolve(build_parser().parse_args(["--config", tiny, "--dcs-mask-mode", "channel_shared",
+                                             "--dcs-mask-per", "step"]))
+    assert DEFAULTS["model"]["dcs_mask_per"] == "image"
+    model = components.build_model(cfg, SimpleNamespace(num_classes=5, num_cams=3, num_views=0))
+    attns = [m for m in model.modules() if isinstance(m, DCSAttention)]
+    assert attns and all(m.mask_mode == "channel_shared" and m.mask_per == "step" for m in attns)
+    with pytest.raises((ConfigError, SystemExit)):
+        resolve(build_parser().parse_args(["--config", tiny, "--dcs-mask-per", "token"]))
+    cfg["model"]["dcs_mask_mode"] = "token"
+    with pytest.raises(ValueError, match="mask_per='step' applies to mask_mode='channel_shared' only"):
+        components.build_model(cfg, SimpleNamespace(num_classes=5, num_cams=3, num_views=0))

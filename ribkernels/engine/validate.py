@@ -142,6 +142,7 @@ RULES: Dict[str, Rule] = {
     "model.attn_impl": Choice("eager", "sdpa", "dcs"),
     "model.dcs_impl": Choice("auto", "triton", "sdpa", "eager"),
     "model.dcs_mask_mode": Choice("token", "channel", "channel_shared"),
+    "model.dcs_mask_per": Choice("image", "step"),
     "model.tau": Num(0, lo_open=True),
     "model.tau_schedule": Choice("constant", "linear", "cosine", "exp"),
     "model.tau_end": Null() | Num(0, lo_open=True),
