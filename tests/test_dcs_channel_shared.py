@@ -151,7 +151,8 @@ def module_reference(attn: DCSAttention, x, noise, training=True):
     """DCSAttention's output computed the long way: qkv projection, the two-sided eager DCS of the
     module's θ (broadcast per channel) with ``noise``, the output projection."""
     B, N, C = x.shape
-    qkv = (x @ attn.qkv.weight.t() + attn.qkv.bias).reshape(B, N, 3, attn.num_heads, attn.head_dim)
+    qkv = torch.nn.functional.linear(x, attn.qkv.weight, attn.qkv.bias).reshape(B, N, 3, attn.num_heads,
+                                                                                  attn.head_dim)
     q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
     q, k = attn.q_norm(q), attn.k_norm(k)
     if not training:
@@ -160,12 +161,14 @@ def module_reference(attn: DCSAttention, x, noise, training=True):
     return attn.proj(out.transpose(1, 2).reshape(B, N, C))
 
 
-@pytest.mark.parametrize("mask_per,qk_norm", [("image", False), ("step", False), ("step", True), ("image", True)])
-def test_module_training_float64_equals_reference(mask_per, qk_norm):
+@pytest.mark.parametrize("mask_per,qk_norm,qkv_bias", [("image", False, True), ("step", False, True),
+                                                      ("step", True, True), ("image", True, True),
+                                                      ("step", False, False), ("image", False, False)])
+def test_module_training_float64_equals_reference(mask_per, qk_norm, qkv_bias):
     """The per-step mask goes through the qkv weights (no qk_norm) or scales q (qk_norm)."""
     B, N, C, H = 3, 13, 24, 3
     attn = DCSAttention(C, num_heads=H, mask_mode="channel_shared", mask_per=mask_per, qk_norm=qk_norm,
-                        tau=0.7).double()
+                        qkv_bias=qkv_bias, tau=0.7).double()
     with torch.no_grad():
         attn.mask_logits.copy_(mixed_theta(H, C // H))
     ref = copy.deepcopy(attn)
@@ -236,17 +239,19 @@ def test_eval_fold_cache_follows_changes_of_theta_and_weights():
         torch.testing.assert_close(attn(x), module_reference(attn, x, None, training=False), rtol=1e-5, atol=1e-5)
 
 
-def test_to_plain_attention_and_fold_eval_masks():
+@pytest.mark.parametrize("qkv_bias", [True, False])
+def test_to_plain_attention_and_fold_eval_masks(qkv_bias):
     from timm.models.vision_transformer import Attention
 
-    attn = DCSAttention(32, num_heads=4, mask_mode="channel_shared").eval()
+    attn = DCSAttention(32, num_heads=4, mask_mode="channel_shared", qkv_bias=qkv_bias).eval()
     with torch.no_grad():
         attn.mask_logits.copy_(mixed_theta(4, 8, torch.float32))
     x = torch.randn(2, 7, 32)
     plain = attn.to_plain_attention()
-    assert type(plain) is Attention
+    assert type(plain) is Attention and (plain.qkv.bias is not None) == qkv_bias
     with torch.no_grad():
         torch.testing.assert_close(plain(x), attn(x), rtol=1e-6, atol=1e-6)
+        torch.testing.assert_close(plain(x), module_reference(attn, x, None, training=False), rtol=1e-5, atol=1e-5)
     with pytest.raises(ValueError, match="cannot be folded"):
         DCSAttention(32, num_heads=4, mask_mode="token").to_plain_attention()
     with pytest.raises(ValueError, match="with qk_norm cannot be folded"):

@@ -8,11 +8,19 @@ image, ``[1, H, 1, D]`` per step), or ``M = 1[θ + noise > 0]`` for explicit log
 
 Because M is binary and the same for every token, ``(q⊙M)(k⊙M)ᵀ = (q⊙M)kᵀ``: the mask is applied to
 q alone and attention is plain ``scaled_dot_product_attention``. The straight-through gradient is
-the one of the two-sided form, ``dM = Σ_n d(q⊙M)⊙q + Σ_n d(k⊙M)⊙k``: in the q-only form the
-gradient reaching k is ``d(k⊙M)``, and per channel ``Σ_n d(k⊙M)⊙(k⊙M) = Σ_n d(q⊙M)⊙(q⊙M)`` (both
-are ``scale·Σ_{i,j} dS_ij q_ic k_jc M_c``), so ``dM = 2·M·Σ_n dq'⊙q`` with ``dq'`` the gradient of
-the masked q — what autograd delivers to M through ``q·M``, times ``2·M``. No pass over k or the
-scores is added. ``dθ = dM · soft · (1 − soft) / τ`` with ``soft = sigmoid((θ + L)/τ)``.
+the two-sided form's, ``dM = Σ_n d(q⊙M)⊙q + Σ_n d(k⊙M)⊙k`` (sums over the tokens sharing M). Let
+``dq'`` and ``dk`` be the gradients of ``q' = q⊙M`` and of k in the q-only form (``dS`` the scores'
+gradient): ``dq' = s·dS·k`` and ``dk = s·dSᵀ·q'``. Then
+
+* ``d(q⊙M) = s·dS·(k⊙M) = dq'⊙M``, so the q term is ``M⊙Σ_n dq'⊙q``;
+* ``d(k⊙M) = s·dSᵀ·(q⊙M) = dk``: the gradient reaching k is the two-sided one (zero where M = 0), and
+  per channel ``Σ_n dk⊙k = s·Σ_{i,j} dS_ij q'_ic k_jc = Σ_n dq'⊙q'``, so the k term is also
+  ``M⊙Σ_n dq'⊙q``.
+
+Hence ``dM = 2·M⊙Σ_n dq'⊙q``: what autograd delivers to M through ``q·M``, times ``2·M`` — no pass
+over k or the scores. dq (``= dq'⊙M``), dk and dv are autograd's. ``dθ = dM · soft · (1 − soft) / τ``
+with ``soft = sigmoid((θ + L)/τ)``. A per-step mask may scale the q rows of the qkv projection
+instead (``W_q⊙M``, ``b_q⊙M``): autograd then delivers the same ``Σ dq'⊙q`` to M.
 """
 from typing import Optional, Tuple, Union
 
