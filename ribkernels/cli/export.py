@@ -4,7 +4,8 @@
     python -m ribkernels export runs/<run>/final.pth --format torch-export --out model.pt2
 
 The exported graph is the model in eval mode: DCS-Attention with its eval mask ``1[θ > 0]`` (no
-noise) on the ``sdpa`` backend, and, for a model trained with camera embeddings (SIE), the mean
+noise) on the ``sdpa`` backend (mask modes "channel"/"channel_shared": the mask folded into the qkv
+weights, a plain attention graph), and, for a model trained with camera embeddings (SIE), the mean
 camera embedding folded in (the graph takes images only, like ``extract`` without camera ids).
 Input ``images`` [B, 3, H, W] (normalised as in training; B is dynamic), output ``features``
 [B, D]. The file is then loaded back (onnxruntime / ``torch.export.load``) and its output compared
@@ -17,6 +18,7 @@ beside the ``.onnx`` file. The preprocessing (input size, RGB, 1/255, mean, std,
 interpolation) is written into the file: the ONNX metadata key ``preprocessing`` (JSON), the
 ``.pt2`` archive's ``extra/preprocessing.json``.
 """
+import copy
 import os
 
 from . import CommandError
@@ -42,13 +44,19 @@ def add_arguments(parser) -> None:
 
 
 def export_model(loaded):
-    """The eval model as exported: camera ids folded in, DCS on sdpa, eval mode, CPU."""
+    """The eval model as exported: camera ids folded in, DCS on sdpa (per-channel eval masks folded
+    into the weights: plain attention), eval mode, CPU."""
     from ..inference import without_camera_ids
+    from ..nn.dcs_attention import fold_eval_masks
 
     model = without_camera_ids(loaded.model).cpu().eval()
+    dcs = [m for m in model.modules() if type(m).__name__ == "DCSAttention"]
+    if model is loaded.model and any(m.mask_mode != "token" for m in dcs):
+        model = copy.deepcopy(model)  # the masks are folded on a copy: loaded.model keeps its θ
     for m in model.modules():
         if type(m).__name__ == "DCSAttention":
             m.impl = "sdpa"
+    fold_eval_masks(model)
     return model
 
 

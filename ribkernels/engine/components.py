@@ -125,7 +125,7 @@ def build_model(cfg: Dict, data: DataBundle) -> torch.nn.Module:
                   neck_feat=m["neck_feat"])
     if m["attn_impl"] == "dcs":
         kwargs["dcs_kwargs"] = {"mask_mode": m["dcs_mask_mode"], "tau": m["tau"], "impl": m["dcs_impl"],
-                                "init_logit": m["dcs_init_logit"]}
+                                "init_logit": m["dcs_init_logit"], "mask_per": m["dcs_mask_per"]}
     kwargs.update(m["model_kwargs"] or {})
     return _build(m["name"], data.num_classes, data.num_cams if m["sie_camera"] else 0,
                   data.num_views if m["sie_view"] else 0, **kwargs)

@@ -52,7 +52,8 @@ DEFAULTS: Dict[str, Dict[str, Any]] = {
         "name": "vit_base_transreid",   # see ribkernels.models.MODEL_NAMES
         "attn_impl": "sdpa",            # eager | sdpa | dcs (ViT models only)
         "dcs_impl": "auto",             # DCSAttention backend: auto | triton | sdpa | eager
-        "dcs_mask_mode": "token",       # token (θ = xW + b, the paper's) | channel
+        "dcs_mask_mode": "token",       # token (θ = xW + b, the paper's) | channel | channel_shared (one mask per image, q only)
+        "dcs_mask_per": "image",        # channel_shared: one mask per image | per step (the DCS authors' code)
         "tau": 1.0,                     # Gumbel-sigmoid temperature (> 0; the first epoch's under a schedule)
         "tau_schedule": "constant",     # constant | linear | cosine | exp: τ from `tau` to `tau_end` over the epochs
         "tau_end": None,                # > 0, τ of the last epoch (null: no annealing)
