@@ -143,6 +143,7 @@ ext_modules, cmdclass = _extension()
 setup(
     name="ribkernels",
     version="0.1.0",
+    license="MIT",
     description="Fused DCS-Attention and IBB kernels for person re-identification (RIB)",
     # The extension's sources and the configs travel inside the package (globs: any file added to
     # csrc/ or configs/ ships without touching this list).
