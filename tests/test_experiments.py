@@ -2,6 +2,7 @@
 check that the committed baseline was trained like the run it is printed beside."""
 import json
 
+import pytest
 import yaml
 
 from experiments import common, demo_report
@@ -125,3 +126,66 @@ def test_train_continues_an_interrupted_run(tmp_path, monkeypatch):
     (run / "metrics.json").unlink()
     common.train(str(run), ["solver.seed=1"], reuse=True)
     assert "--resume" not in calls[0]
+
+
+# ------------------------------------------------------------------- paired statistics (summarize)
+def test_paired_contrast_matches_a_hand_computed_example():
+    from experiments import summarize
+
+    a, b = {1: 10.0, 2: 12.0, 3: 11.0}, {1: 9.0, 2: 10.0, 3: 11.5, 4: 50.0}  # seed 4 has no partner
+    c = summarize.contrast([(a, b)])
+    p = c["pairs"]
+    # diffs 1, 2, -0.5: mean 5/6, sample variance 19/12, SE sqrt(19/12 / 3) = sqrt(19) / 6
+    assert p["diffs"] == [1.0, 2.0, -0.5] and p["n"] == 3 and (p["positive"], p["negative"]) == (2, 1)
+    assert abs(p["mean"] - 5 / 6) < 1e-12 and abs(p["se"] - 19 ** 0.5 / 6) < 1e-12
+    assert c["seeds"] == p  # one pair per seed: the seed level is the pair level
+    # unpaired: var(a) = 1 over 3 values, var(b) over its 4 values
+    b_vals = [9.0, 10.0, 11.5, 50.0]
+    mb = sum(b_vals) / 4
+    var_b = sum((x - mb) ** 2 for x in b_vals) / 3
+    assert abs(c["unpaired_se"] - (1 / 3 + var_b / 4) ** 0.5) < 1e-12
+
+
+def test_pooled_factor_contrast_pairs_within_seed_and_averages_per_seed():
+    from experiments import summarize
+
+    by = {"baseline": {1: 60.0, 2: 62.0}, "ibb_only": {1: 61.0, 2: 64.0},
+          "dcs_only": {1: 59.0, 2: 61.0}, "rib_dcs": {1: 61.0, 2: 61.5}}
+    c = summarize.contrast(summarize.factor_pairs(by, 1))  # IBB on - off
+    assert sorted(c["pairs"]["diffs"]) == sorted([1.0, 2.0, 2.0, 0.5]) and c["pairs"]["n"] == 4
+    # seed 1: (1 + 2) / 2 = 1.5, seed 2: (2 + 0.5) / 2 = 1.25 -> mean 1.375, SE |1.5 - 1.25| / 2
+    s = c["seeds"]
+    assert s["n"] == 2 and abs(s["mean"] - 1.375) < 1e-12 and abs(s["se"] - 0.125) < 1e-12
+    d = summarize.contrast(summarize.factor_pairs(by, 0))  # DCS on - off: dcs_only-baseline, rib_dcs-ibb_only
+    assert sorted(d["pairs"]["diffs"]) == sorted([-1.0, -1.0, 0.0, -2.5])
+    assert summarize.verdict(c) == "supported" and summarize.verdict(c, -1) == "contradicted"
+    assert summarize.verdict(d) in ("not supported", "contradicted")
+    with pytest.raises(ValueError, match="no common seed"):
+        summarize.contrast([({1: 1.0}, {2: 1.0})])
+
+
+def test_occlusion_curves_of_reused_runs_come_from_occlusion_json_only_when_they_match():
+    from experiments import summarize
+
+    table = [{"occlusion": 0.0, "mAP": 0.6, "rank1": 0.7}, {"occlusion": 0.4, "mAP": 0.3, "rank1": 0.35}]
+    abl = {"runs": {"baseline": [{"seed": 1234, "mAP": 59.5, "reused_run": "runs/demo_baseline"},
+                                 {"seed": 1, "mAP": 60.0}],
+                    "rib_dcs": [{"seed": 1234, "mAP": 63.0, "reused_run": "runs/demo_rib"}]},
+           "occlusion": {"baseline": [None, table], "rib_dcs": [None]}}
+    occ = {"budget": {"checkpoints": ["baseline=runs/demo_baseline", "rib_dcs=runs/demo_rib"]},
+           "curves": {"baseline": [{"occlusion": 0.0, "mAP": {"mean": 59.5}, "rank1": {"mean": 72.0}},
+                                   {"occlusion": 0.4, "mAP": {"mean": 31.0}, "rank1": {"mean": 34.0}}],
+                      "rib_dcs": [{"occlusion": 0.0, "mAP": {"mean": 62.0}, "rank1": {"mean": 74.0}}]}}
+    curves = summarize.occlusion_by_seed(abl, occ)
+    assert curves["baseline"][1][0.4] == {"mAP": 30.0, "rank1": 35.0}    # fractions -> percent
+    assert curves["baseline"][1234][0.4] == {"mAP": 31.0, "rank1": 34.0}  # filled from occlusion.json
+    assert "rib_dcs" not in curves  # its clean mAP (62.0) is not the run's (63.0): another checkpoint
+
+
+def test_summarize_prints_the_paired_tables_from_the_committed_results(capsys):
+    from experiments import summarize
+
+    summarize.main()
+    out = capsys.readouterr().out
+    assert "ablation paired by seed" in out and "| IBB on − off (both DCS settings) | 6 |" in out
+    assert "occlusion-specific" in out and "| claim | paired effect | seeds | verdict |" in out
