@@ -216,6 +216,13 @@ def print_paired(abl: Dict, occ: Optional[Dict]) -> None:
     order = [r["seed"] for r in abl["runs"]["baseline"]]
     print(f"ablation paired by seed (seeds {', '.join(map(str, seeds))}; points of mAP / Rank-1, %; \"each pair\" "
           f"in seed order {', '.join(map(str, order))}, pooled rows first with the other factor off, then on)\n")
+    print("| variant | seed | mAP % ± SE | Rank-1 % ± SE | eval keep | last-epoch IBB term 2 | run |\n|---|---|---|---|---|---|---|")
+    for v, runs in abl["runs"].items():
+        for r in runs:
+            print(f"| {v} | {r['seed']} | {_f(r['mAP'])} ± {_f(r.get('mAP_se'))} | {_f(r['rank1'])} ± {_f(r.get('rank1_se'))} | "
+                  f"{_f(r.get('keep_fraction_eval'), 3)} | {_f(r.get('ibb_term2_last_epoch'), 2)} | "
+                  f"{r.get('reused_run') or 'trained by the last command'} |")
+    print()
     print(HEADER)
     table = paired_ablation(abl)
     for label, c in table.items():
