@@ -149,7 +149,7 @@ def paired_ablation(abl: Dict) -> Dict:
     return out
 
 
-def paired_occlusion(abl: Dict, occ: Optional[Dict]) -> Tuple[Dict, Dict]:
+def paired_occlusion(abl: Dict, occ: Optional[Dict]) -> Tuple[Dict, Dict, Dict]:
     """Per occlusion level: contrasts at that level and occlusion-specific ones (the effect at the level
     minus the same-seed effect on clean queries); and each run's share of its clean mAP kept."""
     curves = occlusion_by_seed(abl, occ)
