@@ -51,7 +51,7 @@ DEFAULTS: Dict[str, Dict[str, Any]] = {
     "model": {
         "name": "vit_base_transreid",   # see ribkernels.models.MODEL_NAMES
         "attn_impl": "sdpa",            # eager | sdpa | dcs (ViT models only)
-        "dcs_impl": "auto",             # DCSAttention backend: auto | triton | sdpa | eager
+        "dcs_impl": "auto",             # DCSAttention backend: auto (measured) | triton | sdpa[:kernel] | eager
         "dcs_mask_mode": "token",       # token (θ = xW + b, the paper's) | channel | channel_shared (one mask per image, q only)
         "dcs_mask_per": "image",        # channel_shared: one mask per image | per step (the DCS authors' code)
         "tau": 1.0,                     # Gumbel-sigmoid temperature (> 0; the first epoch's under a schedule)

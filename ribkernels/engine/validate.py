@@ -140,7 +140,8 @@ UNIT = Num(0, 1)
 RULES: Dict[str, Rule] = {
     "model.name": Lazy(lambda v: v in _model_names(), lambda: "one of " + " | ".join(_model_names())),
     "model.attn_impl": Choice("eager", "sdpa", "dcs"),
-    "model.dcs_impl": Choice("auto", "triton", "sdpa", "eager"),
+    "model.dcs_impl": Choice("auto", "triton", "sdpa", "eager", "sdpa:flash", "sdpa:cudnn", "sdpa:efficient",
+                              "sdpa:math"),
     "model.dcs_mask_mode": Choice("token", "channel", "channel_shared"),
     "model.dcs_mask_per": Choice("image", "step"),
     "model.tau": Num(0, lo_open=True),
