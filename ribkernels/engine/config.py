@@ -60,7 +60,9 @@ DEFAULTS: Dict[str, Dict[str, Any]] = {
         "warmup_epochs": 5,
         "warmup_factor": 0.01,          # lr starts at warmup_factor * base_lr
         "min_lr_factor": 0.002,         # cosine floor: min_lr_factor * base_lr
-        "bias_lr_factor": 2.0,          # TransReID: biases at 2x lr, no weight decay
+        "bias_lr_factor": 2.0,          # TransReID: biases at 2x lr, with weight_decay like the weights
+        "mask_logits_weight_decay": None,  # DCS mask logits' weight decay; null: weight_decay, like the
+                                        # other weights and biases (AdamW then shrinks the logits' bias)
         "grad_clip": 0.0,               # 0: off
         "amp": "bf16",                  # bf16 | fp16 | none (autocast on CUDA only)
         "compile": False,               # torch.compile the model

@@ -1,6 +1,7 @@
 """What the trainer logs about RIB itself (issue 11): the IBB refresh diagnostics (β used, mean max
 phi, mean H(Q(·|a)), both terms, the IBB/task gradient ratio on the feature), the per-block keep
-fraction of the DCS masks in training and in eval, the τ schedule, and the ``rib.png`` plot.
+fraction of the DCS masks in training and in eval, how the eval mask varies over tokens vs channels,
+the τ schedule, and the ``rib.png`` plot.
 
 Keep-fraction logging uses the ``DCSAttention`` interface: the flag ``track_keep_fraction`` (set only
 around the steps that log) and the detached 0-d tensor ``last_keep_fraction`` of each module.
@@ -59,19 +60,55 @@ def block_keep_fractions(model: torch.nn.Module, prefix: str) -> Dict[str, torch
     return out
 
 
+def mask_variation(theta: torch.Tensor) -> Dict[str, torch.Tensor]:
+    """How much a DCS mask varies over tokens vs over channels, from its logits ``theta`` [B, H, N, d]
+    (token mode) or [1, H, 1, d] (channel mode). With p = sigmoid(theta), the keep probability:
+    ``var_tokens``: variance of p over the N tokens, averaged over images, heads and channels;
+    ``var_channels``: variance of p over the d channels, averaged over images, heads and tokens;
+    ``token_varying_bits``: share of the eval mask's (image, head, channel) bits ``1[theta > 0]`` that are
+    not the same for all tokens of the image (0: every token keeps the same channels). 0-d tensors."""
+    if theta.dim() != 4:
+        raise ValueError(f"theta: expected [B, H, N, d], got shape {tuple(theta.shape)}")
+    p = torch.sigmoid(theta.float())
+    bits = theta > 0
+    zero = p.new_zeros(())
+    return {"var_tokens": p.var(dim=2, unbiased=False).mean() if p.shape[2] > 1 else zero,
+            "var_channels": p.var(dim=3, unbiased=False).mean() if p.shape[3] > 1 else zero,
+            "token_varying_bits": (bits.any(dim=2) & ~bits.all(dim=2)).float().mean()}
+
+
 @torch.no_grad()
 def eval_keep_fractions(model: torch.nn.Module, images: torch.Tensor, **labels) -> Dict[str, float]:
-    """Per-block keep fraction of the eval mask (``1[θ > 0]``) on ``images`` (one forward, eval mode)."""
+    """Per-block keep fraction of the eval mask (``1[θ > 0]``) on ``images`` (one forward, eval mode),
+    ``eval_keep_fraction_b{i}``, and from the same forward the mask's variation per block
+    (:func:`mask_variation`): ``mask_var_tokens_b{i}``, ``mask_var_channels_b{i}``,
+    ``mask_token_varying_bits_b{i}``; each key without ``_b{i}`` is the mean over blocks."""
     mods = dcs_modules(model)
     if not mods:
         return {}
     was = model.training
     model.eval()
     set_tracking(model, True)
+    variation: Dict[int, Dict[str, torch.Tensor]] = {}
+
+    def hook(i):
+        def fn(mod, args, out):
+            variation[i] = mask_variation(mod.compute_mask_logits(args[0]))
+        return fn
+
+    handles = [m.register_forward_hook(hook(i)) for i, m in enumerate(mods)]
     try:
         model(images, **labels)
-        return {k: float(v) for k, v in block_keep_fractions(model, "eval_keep_fraction").items()}
+        out = {k: float(v) for k, v in block_keep_fractions(model, "eval_keep_fraction").items()}
+        for key in ("var_tokens", "var_channels", "token_varying_bits"):
+            vals = {i: float(v[key]) for i, v in sorted(variation.items())}
+            out.update({f"mask_{key}_b{i}": v for i, v in vals.items()})
+            if vals:
+                out[f"mask_{key}"] = sum(vals.values()) / len(vals)
+        return out
     finally:
+        for h in handles:
+            h.remove()
         set_tracking(model, False)
         model.train(was)
 

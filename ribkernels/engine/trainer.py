@@ -61,6 +61,38 @@ def open_run_folder(cfg: Dict, resume: Optional[str], eval_only: bool, checkpoin
     return folder, outcome[1]["run_dir"], outcome[1]["resume_path"]
 
 
+def param_groups(model: torch.nn.Module, base_lr: float, weight_decay: float, bias_lr_factor: float,
+                 mask_logits_weight_decay: Optional[float] = None) -> List[Dict]:
+    """The optimiser's param groups: weights (``base_lr``, ``weight_decay``) and biases (names ending in
+    ``.bias``: ``base_lr * bias_lr_factor``, the same ``weight_decay``, as TransReID). With
+    ``mask_logits_weight_decay`` set, the DCS mask logits (``DCSAttention.mask_logits``, weight and bias)
+    leave those groups for their own two with that decay and the same learning rates; None (the
+    default) keeps them in the weight/bias groups."""
+    from .rib_logging import dcs_modules
+
+    mask_ids = set()
+    if mask_logits_weight_decay is not None:
+        for m in dcs_modules(model):
+            ml = m.mask_logits
+            mask_ids.update(id(p) for p in (ml.parameters() if isinstance(ml, torch.nn.Module) else [ml]))
+    decay, bias, mask_w, mask_b = [], [], [], []
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            is_bias = name.endswith(".bias")
+            if id(p) in mask_ids:
+                (mask_b if is_bias else mask_w).append(p)
+            else:
+                (bias if is_bias else decay).append(p)
+    groups = [{"params": decay, "lr": base_lr, "weight_decay": weight_decay}]
+    if bias:
+        groups.append({"params": bias, "lr": base_lr * bias_lr_factor, "weight_decay": weight_decay})
+    if mask_w:
+        groups.append({"params": mask_w, "lr": base_lr, "weight_decay": float(mask_logits_weight_decay)})
+    if mask_b:
+        groups.append({"params": mask_b, "lr": base_lr * bias_lr_factor, "weight_decay": float(mask_logits_weight_decay)})
+    return groups
+
+
 class Trainer:
     def __init__(self, cfg: Dict, *, resume: Optional[str] = None, stop_after: Optional[int] = None,
                  eval_only: bool = False, checkpoint: Optional[str] = None, allow_changes=(),
@@ -176,13 +208,8 @@ class Trainer:
 
     def _make_optimizer(self) -> torch.optim.Optimizer:
         s = self.cfg["solver"]
-        decay, bias = [], []
-        for name, p in self.model.named_parameters():
-            if p.requires_grad:
-                (bias if name.endswith(".bias") else decay).append(p)
-        groups = [{"params": decay, "lr": s["base_lr"], "weight_decay": s["weight_decay"]}]
-        if bias:
-            groups.append({"params": bias, "lr": s["base_lr"] * s["bias_lr_factor"], "weight_decay": s["weight_decay"]})
+        groups = param_groups(self.model, s["base_lr"], s["weight_decay"], s["bias_lr_factor"],
+                              s.get("mask_logits_weight_decay"))
         if s["optimizer"] == "adamw":
             return torch.optim.AdamW(groups, lr=s["base_lr"], betas=(s["momentum"], 0.999))
         return torch.optim.SGD(groups, lr=s["base_lr"], momentum=s["momentum"])

@@ -169,6 +169,7 @@ RULES: Dict[str, Rule] = {
     "solver.base_lr": Num(0, lo_open=True),
     "solver.momentum": Num(0, 1, hi_open=True),
     "solver.weight_decay": Num(0),
+    "solver.mask_logits_weight_decay": Null() | Num(0),
     "solver.warmup_epochs": Int(0),
     "solver.warmup_factor": Num(0, 1, lo_open=True),
     "solver.min_lr_factor": UNIT,
