@@ -93,6 +93,10 @@ DEFAULTS: Dict[str, Dict[str, Any]] = {
         "input_clusters": None,         # B; null: the IBB default
         "input_size": [16, 8],          # down-sampled images for the input clusters
         "input_samples": 2048,          # training images used to fit the input clusters
+        "control": "none",              # none (the IBB) | prototype (a non-IB control: a cosine-prototype
+                                        # cross-entropy on prototypes from the same refreshed centroids and Q,
+                                        # scaled each step to the IBB's gradient norm on the feature) |
+                                        # shuffled_q (the IBB with Q refreshed from shuffled labels)
     },
     "eval": {
         "eval_period": 0,               # evaluate every this many epochs (0: only at the end)

@@ -335,6 +335,8 @@ class Trainer:
             feats, labels = components.extract_global_features(
                 self.model, self.data.train_eval_loader(self.cfg, self.rank, self.world), self.device,
                 self._autocast, {**self.cfg["model"], "ibb_after_neck": c["ibb_feature"] == "after"})
+        if c.get("control") == "shuffled_q":  # the control: Q from labels shuffled across the features
+            labels = components.shuffled_labels(labels, self.cfg["solver"]["seed"], epoch, self.rank)
         self.ibb.refresh(feats, labels)
         self._want_grad_ratio = True
         dt = time.time() - t0
@@ -358,7 +360,8 @@ class Trainer:
         return bool(flag.item() > 0)
 
     def compute_loss(self, out: Dict, pids: torch.Tensor, epoch: int, images: torch.Tensor):
-        """TransReID's mix: 0.5·global + 0.5·mean(JPM local) for ID and triplet; + η·IBB."""
+        """TransReID's mix: 0.5·global + 0.5·mean(JPM local) for ID and triplet; + η·IBB (or, with
+        ``ibb.control = prototype``, the prototype control scaled to η·IBB's gradient norm on the feature)."""
         l = self.cfg["loss"]
         logits, feats = out["logits"], out["feats"]
         ids = [self.id_loss(z.float(), pids) for z in logits]
@@ -373,10 +376,17 @@ class Trainer:
             self._feat_memory.append((feat.detach().float(), pids))
         if self.ibb_active(epoch):
             ibb, t1, t2 = components.ibb_terms(self.ibb, feat.float(), pids, images)
+            applied = l["eta"] * ibb
+            if self.cfg["ibb"].get("control") == "prototype":  # the non-IB control replaces the IBB's gradient
+                ctrl = components.prototype_loss(self.ibb, feat, pids)
+                scale = components.matched_scale(applied, ctrl, feat) if feat.requires_grad \
+                    else torch.full((), float(l["eta"]), device=ctrl.device)
+                applied = scale * ctrl
+                terms.update(control_loss=ctrl.detach(), control_scale=scale)
             if self._want_grad_ratio and feat.requires_grad:  # (not under no_grad)
                 self._want_grad_ratio = False
-                terms["ibb_grad_ratio"] = rib_logging.grad_ratio(loss, l["eta"] * ibb, feat)
-            loss = loss + l["eta"] * ibb
+                terms["ibb_grad_ratio"] = rib_logging.grad_ratio(loss, applied, feat)
+            loss = loss + applied
             terms.update(ibb=ibb.detach(), ibb_term1=t1, ibb_term2=t2, loss_ibb_weighted=l["eta"] * ibb.detach())
             if isinstance(self.ibb.last_terms.get("beta"), torch.Tensor):  # β fitted to the training batches
                 terms["ibb_beta_train"] = self.ibb.last_terms["beta"]

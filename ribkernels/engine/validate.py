@@ -186,6 +186,7 @@ RULES: Dict[str, Rule] = {
     "loss.label_smoothing": Null() | Num(0, 1, hi_open=True),
     "loss.triplet_margin": Null() | Num(0),
     "loss.eta": Num(0),
+    "ibb.control": Choice("none", "prototype", "shuffled_q"),
     "ibb.use_ibb": Bool(),
     "ibb.beta": Num(0, lo_open=True) | Choice("auto"),
     "ibb.ibb_start_epoch": Int(0),
@@ -226,6 +227,10 @@ def _cross_checks(cfg: Dict) -> List[str]:
     if m.get("tau_schedule", "constant") != "constant" and m.get("tau_end") is None:
         errors.append(f"model.tau_schedule = {m['tau_schedule']!r} needs model.tau_end (a number > 0, the τ of "
                       "the last epoch)")
+    c = cfg.get("ibb", {})
+    if c.get("control", "none") != "none" and c.get("use_ibb") is not True:
+        errors.append(f"ibb.control = {c['control']!r} replaces the IBB's training signal and needs ibb.use_ibb = true "
+                      f"(got {c.get('use_ibb')!r})")
     return errors
 
 
