@@ -84,3 +84,30 @@ def test_shortcut_cost_and_interaction(tmp_path, monkeypatch):
     assert (tmp_path / "sc.json").is_file()
     with pytest.raises(SystemExit):
         shortcut.main(["--p", "0", "1.5"])
+
+
+def test_nuisance_mask_on_a_tiny_finished_run(tmp_path, monkeypatch):
+    """A one-epoch conv-stem DCS run on confuser data, then the measurement against its ground truth."""
+    import os
+
+    from experiments import nuisance_mask
+    from ribkernels.engine import main as train_main
+
+    monkeypatch.setenv("RIBKERNELS_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(common, "RESULTS", str(tmp_path))
+    tiny = os.path.join(common.ROOT, "configs", "synthetic_tiny_test.yaml")
+    kw = ("{num_train_ids: 8, num_test_ids: 6, num_cams: 3, train_imgs_per_id: 4, gallery_imgs_per_id: 3, "
+          "query_imgs_per_id: 1, num_distractors: 2, num_junk: 1, height: 64, width: 32, confuser_prob: 0.5, "
+          "split_streams: true}")
+    run = tmp_path / "run"
+    train_main(["--config", tiny, "--output-dir", str(run), "--progress", "log", "--set", "model.name=vit_small_conv_cpu",
+                "--set", "model.model_kwargs={jpm: false}", "--set", "ibb.use_ibb=false", "--set", "solver.epochs=1",
+                "--set", "data.dataset_kwargs=" + kw])
+    out = nuisance_mask.main([str(run), "--out", "nm"])
+    r = out["runs"][0]
+    assert r["images"] == 6 and r["attn_impl"] == "dcs" and r["dataset_kwargs"]["ground_truth"] is True
+    assert 0 < r["share_occluder"] < 1 and 0 < r["share_background"] < 1
+    for b in range(4):
+        parts = sum(r[f"attn_{p}_b{b}"] for p in ("occluder", "background", "person"))
+        assert parts == pytest.approx(1.0, abs=1e-4) and 0 <= r[f"keep_occluder_b{b}"] <= 1
+    assert (tmp_path / "nm.json").is_file()

@@ -133,3 +133,65 @@ def test_eval_logging_records_mask_variation_per_block():
             m.mask_logits.normal_(0, 2.0)
     rec = eval_keep_fractions(chan, x)
     assert rec["mask_var_tokens"] == 0 and rec["mask_token_varying_bits"] == 0 and rec["mask_var_channels"] > 0
+
+
+# ------------------------------------------------------------------------------ against ground truth
+@pytest.mark.parametrize("attn_impl", ["dcs", "sdpa"])
+def test_recomputed_attention_is_the_modules(attn_impl):
+    from ribkernels.engine.rib_logging import _block_attention
+
+    torch.manual_seed(1)
+    model = build_model("vit_small_conv_cpu", 5, img_size=(64, 32), attn_impl=attn_impl, neck_feat="after",
+                        **({"dcs_kwargs": {"impl": "sdpa"}} if attn_impl == "dcs" else {}))
+    attn = model.blocks[1].attn
+    if attn_impl == "dcs":
+        with torch.no_grad():
+            attn.mask_logits.weight.normal_(0, 0.5)
+            attn.mask_logits.bias.zero_()
+    model.eval()
+    x = torch.randn(2, 9, attn.qkv.in_features)
+    with torch.no_grad():
+        probs, mask = _block_attention(attn, x)
+        B, N, C = x.shape
+        v = attn.qkv(x).reshape(B, N, 3, attn.num_heads, attn.head_dim).permute(2, 0, 3, 1, 4)[2]
+        y = (probs @ v).transpose(1, 2).reshape(B, N, C)
+        y = attn.proj(getattr(attn, "norm", torch.nn.Identity())(y))
+        torch.testing.assert_close(y, attn(x), rtol=1e-4, atol=1e-5)
+    assert (mask is None) == (attn_impl == "sdpa")
+    if mask is not None:
+        assert 0 < float(mask.mean()) < 1  # some channels dropped: the mask is really applied above
+
+
+def test_nuisance_token_stats():
+    from ribkernels.engine.rib_logging import nuisance_token_stats
+
+    torch.manual_seed(2)
+    model = build_model("vit_small_conv_cpu", 5, img_size=(64, 32), attn_impl="dcs", neck_feat="after",
+                        dcs_kwargs={"impl": "sdpa"})
+    images = torch.randn(3, 3, 64, 32)
+    occ = torch.zeros(3, 4, 2)
+    occ[:, -1] = 1.0  # the bottom patch row is all occluder
+    bg = torch.zeros(3, 4, 2)
+    bg[:, 0] = 0.5
+    rec = nuisance_token_stats(model, images, occ, bg)
+    assert rec["share_occluder"] == pytest.approx(0.25) and rec["share_background"] == pytest.approx(0.125)
+    for i in range(len(model.blocks)):
+        total = rec[f"attn_occluder_b{i}"] + rec[f"attn_background_b{i}"] + rec[f"attn_person_b{i}"]
+        assert total == pytest.approx(1.0, abs=1e-5) and 0 < rec[f"attn_occluder_b{i}"] < 1
+        assert rec[f"keep_occluder_b{i}"] == 1.0 == rec[f"keep_person_b{i}"]  # initial mask keeps everything
+    # a block-0 mask that drops every channel of the bottom row's tokens (patches 6, 7 = tokens 7, 8)
+    attn0 = model.blocks[0].attn
+
+    def theta(x):
+        t = torch.full((x.shape[0], attn0.num_heads, x.shape[1], attn0.head_dim), 3.0)
+        t[:, :, 7:] = -3.0
+        return t
+
+    attn0.compute_mask_logits = theta
+    rec = nuisance_token_stats(model, images, occ, bg)
+    assert rec["keep_occluder_b0"] == 0.0 and rec["keep_person_b0"] == 1.0 and rec["keep_background_b0"] == 1.0
+    assert rec["keep_occluder_b1"] == 1.0
+    with pytest.raises(ValueError, match="patch grid"):
+        nuisance_token_stats(model, images, torch.zeros(3, 2, 2), torch.zeros(3, 2, 2))
+    with pytest.raises(ValueError, match="occluder, background"):
+        nuisance_token_stats(model, images, occ[:2], bg[:2])

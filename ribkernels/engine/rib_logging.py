@@ -7,7 +7,7 @@ Keep-fraction logging uses the ``DCSAttention`` interface: the flag ``track_keep
 around the steps that log) and the detached 0-d tensor ``last_keep_fraction`` of each module.
 """
 import math
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 import torch
 
@@ -111,6 +111,71 @@ def eval_keep_fractions(model: torch.nn.Module, images: torch.Tensor, **labels) 
             h.remove()
         set_tracking(model, False)
         model.train(was)
+
+
+def _block_attention(attn: torch.nn.Module, x: torch.Tensor) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+    """(eval attention probabilities [B, H, N, N], eval DCS mask [B, H, N, d] or None) of a ViT attention
+    module (timm ``Attention`` or ``DCSAttention``) on its input tokens ``x`` [B, N, C], recomputed the
+    way the module computes them: ``softmax(scale (q⊙M)(k⊙M)ᵀ)`` with ``M = 1[θ > 0]`` under DCS."""
+    B, N, _ = x.shape
+    qkv = attn.qkv(x).reshape(B, N, 3, attn.num_heads, attn.head_dim).permute(2, 0, 3, 1, 4)
+    q, k = attn.q_norm(qkv[0]), attn.k_norm(qkv[1])
+    mask = None
+    if hasattr(attn, "compute_mask_logits"):
+        mask = (attn.compute_mask_logits(x) > 0).to(q.dtype).expand(B, -1, N, -1)
+        q, k = q * mask, k * mask
+    return ((q.float() @ k.float().transpose(-2, -1)) * attn.scale).softmax(-1), mask
+
+
+@torch.no_grad()
+def nuisance_token_stats(model: torch.nn.Module, images: torch.Tensor, occluder: torch.Tensor,
+                         background: torch.Tensor, **labels) -> Dict[str, float]:
+    """Where the eval-mode model looks and what its DCS masks keep, against per-patch ground truth
+    (``ribkernels.reid.synthetic.load_ground_truth``): ``images`` [B, 3, H, W], ``occluder`` and
+    ``background`` [B, gh, gw] (pixel shares per patch; the rest is the target person), on a model with
+    ``blocks`` of timm-style attention over ``[CLS] + gh*gw`` patch tokens (row-major). Per block i:
+
+    * ``attn_{part}_b{i}``: share of the CLS token's attention over the patches (mean over heads) that
+      lands on ``part`` pixels (occluder / background / person), pooled over images, beside
+      ``share_{part}``, the part's share of all patch pixels (what uniform attention would give);
+    * with DCS, ``keep_{part}_b{i}``: the eval mask's keep fraction (over heads and channels) of the
+      patch tokens, weighted by their ``part`` pixels: the keep rate of occluder / background / person.
+    """
+    blocks = getattr(model, "blocks", None)
+    if blocks is None or not hasattr(model, "forward_global"):
+        raise ValueError("model: expected a ViT Re-ID model with blocks and forward_global()")
+    occ, bg = occluder.float().flatten(1), background.float().flatten(1)
+    if occ.shape != bg.shape or occ.shape[0] != images.shape[0]:
+        raise ValueError(f"occluder, background: expected [B, gh, gw] for B = {images.shape[0]}, got "
+                         f"{tuple(occluder.shape)} and {tuple(background.shape)}")
+    parts = {"occluder": occ, "background": bg, "person": (1.0 - occ - bg).clamp_min(0.0)}
+    inputs: Dict[int, torch.Tensor] = {}
+    handles = [blk.attn.register_forward_hook(lambda mod, args, out, i=i: inputs.__setitem__(i, args[0]))
+               for i, blk in enumerate(blocks)]
+    was = model.training
+    model.eval()
+    try:
+        model.forward_global(images, **labels)
+    finally:
+        for h in handles:
+            h.remove()
+        model.train(was)
+    out: Dict[str, float] = {}
+    for name, w in parts.items():
+        out[f"share_{name}"] = float(w.sum() / (occ.numel()))
+    for i in sorted(inputs):
+        probs, mask = _block_attention(blocks[i].attn, inputs[i])
+        if probs.shape[-1] - 1 != occ.shape[1]:
+            raise ValueError(f"occluder: {occ.shape[1]} patches per image, but block {i} has {probs.shape[-1] - 1} "
+                             "patch tokens (the ground truth's patch grid must be the model's)")
+        cls = probs[:, :, 0, 1:].mean(1)  # [B, P]
+        cls = cls / cls.sum(1, keepdim=True)
+        keep = mask[:, :, 1:].float().mean(dim=(1, 3)) if mask is not None else None  # [B, P]
+        for name, w in parts.items():
+            out[f"attn_{name}_b{i}"] = float((cls * w).sum() / w.shape[0])
+            if keep is not None:
+                out[f"keep_{name}_b{i}"] = float((keep * w).sum() / w.sum().clamp_min(1e-12))
+    return out
 
 
 def tau_at(epoch: int, epochs: int, tau_start: float, tau_end: Optional[float], schedule: str) -> float:
