@@ -83,6 +83,20 @@ else
   STATUS+=("dcs_bench=skipped(no time left)")
 fi
 
+# ---- dcs_attention(impl="auto"): the measured choice table (benchmarks/bench_dcs_auto.py) ----
+# The per-backend fwd+bwd / fwd times auto chose from at the ViT-B Re-ID shape, and auto against the
+# fastest explicit backend; printed into gpu_check.log (no extra file under $OUT).
+t=$(( $(left) - 60 )); [ "$t" -gt 75 ] && t=75
+if [ "$t" -gt 30 ]; then
+  echo "== [$(elapsed)s] impl='auto' choice table (B=64 H=12 D=64 bf16, N=211, <= ${t}s)"
+  timeout "$t" $PY -m benchmarks.bench_dcs_auto --batch 64 --ns 211 --rounds 10 > "$LOGS/dcs_auto.txt" 2>&1
+  record dcs_auto $?
+  grep -v '^$' "$LOGS/dcs_auto.txt" | tail -n 12
+else
+  STATUS+=("dcs_auto=skipped(${t}s left)")
+fi
+# ---- end of the impl="auto" block ----
+
 t=$(( $(left) - 10 ))
 if [ "$t" -gt 40 ] && [ "$brc" -eq 0 ]; then
   echo "== [$(elapsed)s] IBB benchmark (quick, ${t}s left)"

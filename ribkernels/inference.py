@@ -162,7 +162,8 @@ def eval_transform(cfg: Dict):
 
     h, w = cfg["model"]["img_size"]
     d = cfg["data"]
-    return build_transforms(int(h), int(w), False, mean=d["pixel_mean"], std=d["pixel_std"])
+    return build_transforms(int(h), int(w), False, mean=d["pixel_mean"], std=d["pixel_std"],
+                            test_interpolation=d["test_interpolation"])
 
 
 def _progress(total: int, enabled: bool, desc: str):

@@ -14,6 +14,9 @@ except Exception:  # pragma: no cover
 
 if not _HAS_CUDA:
     os.environ.setdefault("TRITON_INTERPRET", "1")
+# impl="auto" would time sdpa against eager on each new input key (and write the user's cache file):
+# the suite keeps the static rule; tests/test_dcs_backend_choice.py turns the measured choice on.
+os.environ.setdefault("RIBKERNELS_DCS_AUTOTUNE_BACKEND", "0")
 
 import pytest  # noqa: E402
 

@@ -388,7 +388,7 @@ def test_commands_exit_130_on_ctrl_c(monkeypatch, capsys):
 
 # ------------------------------------------------------------------------------ dispatcher, packaging
 def test_dispatcher_imports_only_the_command_it_runs():
-    names = ["extract", "search", "export", "evaluate", "convert-checkpoint"]
+    names = ["train", "extract", "search", "export", "evaluate", "convert-checkpoint"]
     assert sorted(cli.available()) == sorted(names)
     assert all(cli.available()[n].__name__ == f"ribkernels.cli.{n.replace('-', '_')}" for n in names)
     assert sorted(cli.available(["convert-checkpoint", "a", "b"])) == ["convert-checkpoint"]
@@ -408,7 +408,7 @@ def test_python_dash_m_lists_the_commands():
     text = " ".join(res.stdout.split())
     for name, mod in cli.available().items():  # each command listed with its one-line help
         assert f" {name} {' '.join(mod.HELP.split())}" in text, name
-    assert sorted(cli.available()) == sorted(["extract", "search", "export", "evaluate", "convert-checkpoint"])
+    assert sorted(cli.available()) == sorted(["train", "extract", "search", "export", "evaluate", "convert-checkpoint"])
 
 
 def test_dispatch_says_why_triton_is_missing(monkeypatch):

@@ -13,7 +13,7 @@ import pickle
 import sys
 from typing import Dict, List, Optional
 
-COMMANDS = ["extract", "search", "export", "evaluate", "convert_checkpoint"]
+COMMANDS = ["train", "extract", "search", "export", "evaluate", "convert_checkpoint"]
 
 
 class CommandError(Exception):
@@ -30,6 +30,19 @@ def available(argv: Optional[List[str]] = None) -> Dict[str, object]:
     return {mod.NAME: mod for mod in modules}
 
 
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """The module docstring as written, and each option's default in ``--help`` (unless its help
+    already says it, or there is none to show: None, a required option, a switch)."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        default = action.default
+        if ("default" in text.lower() or default is None or default == argparse.SUPPRESS or action.required
+                or action.nargs == 0 or not action.option_strings and action.nargs not in ("?", "*")):
+            return text
+        return f"{text} (default: %(default)s)"
+
+
 def build_parser(commands: Dict[str, object]) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="ribkernels", description="Re-ID after training: feature extraction, search with rank-list "
@@ -38,7 +51,7 @@ def build_parser(commands: Dict[str, object]) -> argparse.ArgumentParser:
     sub.required = True
     for name, mod in commands.items():
         p = sub.add_parser(name, help=mod.HELP, description=(mod.__doc__ or mod.HELP).strip(),
-                           formatter_class=argparse.RawDescriptionHelpFormatter)
+                           formatter_class=HelpFormatter)
         mod.add_arguments(p)
         p.set_defaults(_command=mod)
     return parser
@@ -46,6 +59,10 @@ def build_parser(commands: Dict[str, object]) -> argparse.ArgumentParser:
 
 def main(argv: Optional[List[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "train":  # the trainer parses its own flags (train.py's)
+        from .train import run_argv
+
+        return run_argv(argv[1:])
     commands = available(argv)
     parser = build_parser(commands)
     args = parser.parse_args(argv)

@@ -10,6 +10,12 @@ Input ``images`` [B, 3, H, W] (normalised as in training; B is dynamic), output 
 [B, D]. The file is then loaded back (onnxruntime / ``torch.export.load``) and its output compared
 with PyTorch's on random sample inputs at two batch sizes; the max abs error is printed and the
 command fails when it exceeds ``--atol``.
+
+The ONNX file is self-contained (weights embedded) while the weights are under 2 GB; beyond that
+ONNX requires them in a sidecar file, ``<out>.data``, which the command names and which must stay
+beside the ``.onnx`` file. The preprocessing (input size, RGB, 1/255, mean, std, resize
+interpolation) is written into the file: the ONNX metadata key ``preprocessing`` (JSON), the
+``.pt2`` archive's ``extra/preprocessing.json``.
 """
 import os
 
@@ -72,24 +78,35 @@ def _why(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {first[:300]}{at}"
 
 
-def _export_and_run(model, samples, args):
-    """Export ``model`` to ``args.out``; the reloaded file's outputs on ``samples``."""
+ONNX_SINGLE_FILE_LIMIT = 2 * 1024**3 - 64 * 1024**2  # protobuf's 2 GB, less room for the graph
+
+
+def _weight_bytes(model) -> int:
+    return sum(t.numel() * t.element_size() for t in list(model.parameters()) + list(model.buffers()))
+
+
+def _export_and_run(model, samples, args, meta):
+    """Export ``model`` to ``args.out`` with the metadata ``meta`` (str values); the reloaded file's
+    outputs on ``samples`` and the sidecar weights file (None: one self-contained file)."""
     import torch
 
     if args.format == "onnx":
         import onnxruntime
 
         with torch.no_grad():
-            torch.onnx.export(model, (samples[0],), args.out, input_names=["images"], output_names=["features"],
-                              dynamic_shapes=_dynamic_batch(), dynamo=True, verbose=False)
+            program = torch.onnx.export(model, (samples[0],), input_names=["images"], output_names=["features"],
+                                        dynamic_shapes=_dynamic_batch(), dynamo=True, verbose=False)
+        program.model.metadata_props.update(meta)
+        sidecar = args.out + ".data" if _weight_bytes(model) >= ONNX_SINGLE_FILE_LIMIT else None
+        program.save(args.out, external_data=sidecar is not None)
         session = onnxruntime.InferenceSession(args.out, providers=["CPUExecutionProvider"])
-        return [session.run(None, {session.get_inputs()[0].name: x.numpy()})[0] for x in samples]
+        return [session.run(None, {session.get_inputs()[0].name: x.numpy()})[0] for x in samples], sidecar
     with torch.no_grad():
         program = torch.export.export(model, (samples[0],), dynamic_shapes=_dynamic_batch())
-    torch.export.save(program, args.out)
+    torch.export.save(program, args.out, extra_files={"preprocessing.json": meta["preprocessing"]})
     reloaded = torch.export.load(args.out).module()
     with torch.no_grad():
-        return [reloaded(x).numpy() for x in samples]
+        return [reloaded(x).numpy() for x in samples], None
 
 
 def run(args) -> int:
@@ -113,8 +130,14 @@ def run(args) -> int:
     with torch.no_grad():
         refs = [model(x).numpy() for x in samples]
 
+    import json
+
+    from ..engine.model_file import preprocessing
+
+    meta = {"preprocessing": json.dumps(preprocessing(loaded.config)), "model": str(loaded.config["model"]["name"]),
+            "output": "features [B, D] (retrieval; compare with Euclidean distance of L2-normalised features)"}
     try:
-        outs = _export_and_run(model, samples, args)
+        outs, sidecar = _export_and_run(model, samples, args, meta)
     except Exception as exc:  # the model holds an op the exporter cannot trace: say which, no traceback
         if os.environ.get("RIBKERNELS_DEBUG") == "1":
             raise
@@ -127,6 +150,11 @@ def run(args) -> int:
     print(f"{args.out}: {args.format}, {loaded.config['model']['name']} (attn {loaded.config['model']['attn_impl']}), "
           f"input images [B, 3, {h}, {w}] -> features {shapes}; max abs error vs PyTorch "
           f"{max(errors):.3g} (batches {[len(x) for x in samples]}: {', '.join(f'{e:.3g}' for e in errors)})")
+    if args.format == "onnx":
+        print(f"{args.out}: " + (f"weights in {sidecar} ({_weight_bytes(model) / 2**30:.1f} GB, over ONNX's 2 GB "
+                                 f"single-file limit): keep {os.path.basename(sidecar)} beside it" if sidecar
+                                 else "one self-contained file (weights embedded)")
+              + "; preprocessing in its metadata ('preprocessing'): " + meta["preprocessing"])
     if any(s != r.shape for s, r in zip(shapes, refs)) or not max(errors) <= args.atol:
         print(f"export check FAILED: max abs error {max(errors):.3g} > --atol {args.atol} (or shapes differ)")
         return 1

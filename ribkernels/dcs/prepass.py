@@ -6,6 +6,7 @@ regenerates u once per 4 elements for dθ). The op's autograd formula and fake (
 registered here, so ``torch.compile`` sees one node per direction. Without the extension (or on CUDA)
 the same contract runs in PyTorch (``mask.seeded_mask``).
 """
+import sys
 from typing import Optional, Tuple, Union
 
 import torch
@@ -40,7 +41,18 @@ def _backward(ctx, grad_qm, grad_km, _grad_mask, _grad_nan):
     return dq, dk, (dtheta if theta_grad else None), None, None, None
 
 
-@torch.compiler.assume_constant_result
+def _assume_constant_result(fn):
+    """``torch.compiler.assume_constant_result(fn)`` without importing ``torch._dynamo`` (≈1-2 s, and
+    Triton with it) at ``import ribkernels``: that decorator only marks ``fn`` for dynamo, which reads
+    the mark when it traces a call, so the mark is set directly while dynamo is not loaded yet
+    (tests/test_import_time.py checks that both mark a function the same way)."""
+    if "torch._dynamo" in sys.modules:
+        return torch.compiler.assume_constant_result(fn)
+    fn._dynamo_marked_constant = True
+    return fn
+
+
+@_assume_constant_result
 def cpu_prepass_available() -> bool:
     """Whether ``ribkernels._C`` is loaded and has the CPU pre-pass (a stale build may lack it)."""
     if "available" not in _STATE:

@@ -26,8 +26,10 @@ SETUP_ERRORS = USER_ERRORS + (ValueError, CorruptImageError)
 EXIT_USAGE, EXIT_INTERRUPTED = 2, 130
 
 
-def _parser(argv=None) -> argparse.ArgumentParser:
+def _parser(argv=None, prog=None) -> argparse.ArgumentParser:
     p = build_parser(argv)
+    if prog:
+        p.prog = prog
     p.add_argument("--allow-changes", default="", metavar="KEY,...",
                    help="with --resume: config keys (e.g. base_lr,eta) that may differ from the checkpoint's; "
                         "others that differ are refused")
@@ -45,10 +47,12 @@ def _check_unknown(parser: argparse.ArgumentParser, unknown) -> None:
     parser.error("unrecognized arguments: " + " ".join(msgs))
 
 
-def main(argv=None) -> int:
-    """Entry point of train.py: parse flags, train (or evaluate), return the exit status (0 done,
-    2 bad flags/config/files — nothing was trained, 130 interrupted by Ctrl-C — resume with --resume)."""
-    parser = _parser(argv)
+def main(argv=None, prog=None) -> int:
+    """Entry point of train.py and ``ribkernels train``: parse flags, train (or evaluate), return the
+    exit status (0 done, 2 bad flags/config/files — nothing was trained, 130 interrupted by Ctrl-C —
+    resume with --resume). ``prog``: the command's name in messages (default train.py)."""
+    parser = _parser(argv, prog)
+    name = prog or "train.py"
     args, unknown = parser.parse_known_args(argv)
     if unknown:
         _check_unknown(parser, unknown)
@@ -69,10 +73,10 @@ def main(argv=None) -> int:
                           checkpoint=args.checkpoint if args.eval_only else None,
                           allow_changes=parse_allow(args.allow_changes, DEFAULTS), sigint_at=sigint_at)
     except SETUP_ERRORS as e:
-        print(f"train.py: error: {e}", file=sys.stderr, flush=True)
+        print(f"{name}: error: {e}", file=sys.stderr, flush=True)
         return EXIT_USAGE
     except KeyboardInterrupt:  # Ctrl-C before training started: nothing to save (a new folder is removed)
-        print("train.py: interrupted before training started", file=sys.stderr, flush=True)
+        print(f"{name}: interrupted before training started", file=sys.stderr, flush=True)
         return EXIT_INTERRUPTED
     try:
         if args.eval_only:
@@ -80,10 +84,10 @@ def main(argv=None) -> int:
         else:
             trainer.fit()
     except USER_ERRORS as e:
-        print(f"train.py: error: {e}", file=sys.stderr, flush=True)
+        print(f"{name}: error: {e}", file=sys.stderr, flush=True)
         return EXIT_USAGE
     except KeyboardInterrupt:  # a second Ctrl-C in training, or one in --eval-only: stop, no traceback
-        print("train.py: interrupted", file=sys.stderr, flush=True)
+        print(f"{name}: interrupted", file=sys.stderr, flush=True)
         return EXIT_INTERRUPTED
     finally:
         trainer.close()

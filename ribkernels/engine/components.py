@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from ..reid import (CrossEntropyLabelSmooth, ImageDataset, RandomIdentitySampler, TripletLoss, build_dataset,
                     build_transforms, evaluate as reid_evaluate, occlusion_stress_test)
 from . import data as D
+from .reporting import no_progress
 
 log = logging.getLogger("ribkernels.train")
 
@@ -35,9 +36,10 @@ class DataBundle:
     test_transform: Callable
     num_workers: int
     pin_memory: bool
-    sampler: object
+    sampler: object  # None when built for evaluation only
     name: str = ""
     bad_images: Tuple[Tuple[str, str], ...] = ()  # (path, reason) left out with data.skip_bad_images
+    root: str = ""  # the folder the images were read from (the synthetic dataset's generated folder too)
 
     def train_loader(self, cfg: Dict, indices: Sequence[int], batch_size: int, seed: int, offset: int = 0):
         """Training batches of ``indices`` (which start at position ``offset`` of the epoch); each
@@ -56,7 +58,9 @@ class DataBundle:
                              cfg["eval"]["eval_batch_size"], self.num_workers, pin_memory=self.pin_memory)
 
 
-def build_data(cfg: Dict, rank: int = 0, world: int = 1) -> DataBundle:
+def build_data(cfg: Dict, rank: int = 0, world: int = 1, *, train: bool = True) -> DataBundle:
+    """The dataset, its transforms and (``train``) the PK sampler; ``train=False`` (evaluation only)
+    builds no sampler, so a training split too small for one PK batch is no error."""
     d = cfg["data"]
     name = d["dataset"]
     kwargs = dict(d["dataset_kwargs"] or {})
@@ -82,14 +86,14 @@ def build_data(cfg: Dict, rank: int = 0, world: int = 1) -> DataBundle:
     common = dict(mean=d["pixel_mean"], std=d["pixel_std"])
     train_tf = build_transforms(h, w, True, flip_prob=d["flip_prob"], padding=d["padding"],
                                 re_prob=d["erasing_prob"], **common)
-    test_tf = build_transforms(h, w, False, **common)
+    test_tf = build_transforms(h, w, False, test_interpolation=d["test_interpolation"], **common)
     sampler = RandomIdentitySampler(ds.train, d["batch_size"], d["num_instances"],
-                                    seed=_seed(cfg["solver"]["seed"], "pk"))
+                                    seed=_seed(cfg["solver"]["seed"], "pk")) if train else None
     return DataBundle(train=list(ds.train), query=list(ds.query), gallery=list(ds.gallery),
                       num_classes=ds.num_train_pids, num_cams=ds.num_train_cams, num_views=1,
                       train_transform=train_tf, test_transform=test_tf, num_workers=int(d["num_workers"]),
                       pin_memory=torch.cuda.is_available(), sampler=sampler, name=ds.name,
-                      bad_images=tuple(ds.bad_images))
+                      bad_images=tuple(ds.bad_images), root=str(ds.root or ""))
 
 
 def epoch_indices(data: DataBundle, cfg: Dict, seed: int, epoch: int, rank: int, world: int,
@@ -157,7 +161,8 @@ def global_features(model: torch.nn.Module, images, cams, views, model_cfg: Dict
 
 
 @torch.no_grad()
-def extract_global_features(model, loader, device, autocast, model_cfg: Dict):
+def extract_global_features(model, loader, device, autocast, model_cfg: Dict, progress=None):
+    """(features [N, dim], pids [N]) of ``loader`` (eval mode); ``progress``: a TaskProgress counting images."""
     was_training = model.training
     feats, labels = [], []
     try:
@@ -167,14 +172,18 @@ def extract_global_features(model, loader, device, autocast, model_cfg: Dict):
                 f = global_features(model, imgs, cams, views, model_cfg)
             feats.append(f.float())
             labels.append(pids)
+            if progress is not None:
+                progress.update(len(pids))
     finally:
         model.train(was_training)
     return torch.cat(feats), torch.cat(labels)
 
 
 @torch.no_grad()
-def extract_features(model, loader, device, autocast, model_cfg: Dict, image_fn: Optional[Callable] = None):
-    """Retrieval features (eval mode) with pids and camids of a query/gallery loader."""
+def extract_features(model, loader, device, autocast, model_cfg: Dict, image_fn: Optional[Callable] = None,
+                     progress=None):
+    """Retrieval features (eval mode) with pids and camids of a query/gallery loader; ``progress``: a
+    TaskProgress counting images."""
     was_training = model.training
     model.eval()
     feats, pids_all, cams_all = [], [], []
@@ -188,6 +197,8 @@ def extract_features(model, loader, device, autocast, model_cfg: Dict, image_fn:
             feats.append(f.float())
             pids_all.append(pids.cpu())
             cams_all.append(cams.cpu())
+            if progress is not None:
+                progress.update(len(pids))
     finally:
         model.train(was_training)
     return torch.cat(feats), torch.cat(pids_all).numpy(), torch.cat(cams_all).numpy()
@@ -289,10 +300,12 @@ def shuffled_labels(labels: torch.Tensor, seed: int, epoch: int, rank: int) -> t
 
 
 # ---------------------------------------------------------------------------------------- evaluation
-def _rank_result(qf, gf, qp, gp, qc, gc, cfg: Dict) -> Dict[str, float]:
+def _rank_result(qf, gf, qp, gp, qc, gc, cfg: Dict, progress: Callable = no_progress) -> Dict[str, float]:
     e = cfg["eval"]
+    rerank_kwargs = dict(k1=int(e["rerank_k1"]), k2=int(e["rerank_k2"]), lambda_value=float(e["rerank_lambda"]),
+                         progress=progress)
     res = reid_evaluate(qf, gf, qp, gp, qc, gc, metric=e["distance"], normalize=True, max_rank=int(e["max_rank"]),
-                    rerank=bool(e["rerank"]))
+                        rerank=bool(e["rerank"]), rerank_kwargs=rerank_kwargs)
     cmc = res.cmc
     nq = max(int(res.num_valid_queries), 1)
     # standard errors over queries: of the mean AP, and binomial for Rank-1
@@ -303,16 +316,26 @@ def _rank_result(qf, gf, qp, gp, qc, gc, cfg: Dict) -> Dict[str, float]:
             "rank1_se": float((cmc[0] * (1 - cmc[0]) / nq) ** 0.5)}
 
 
-def evaluate(model, data: DataBundle, cfg: Dict, device, autocast) -> Dict[str, float]:
-    qf, qp, qc = extract_features(model, data.test_loader(cfg, data.query), device, autocast, cfg["model"])
-    gf, gp, gc = extract_features(model, data.test_loader(cfg, data.gallery), device, autocast, cfg["model"])
-    return _rank_result(qf, gf, qp, gp, qc, gc, cfg)
+def evaluate(model, data: DataBundle, cfg: Dict, device, autocast, progress: Callable = no_progress) -> Dict[str, float]:
+    """mAP / CMC / mINP of ``model`` on the query/gallery split. ``progress(desc, total, unit=...)``: a
+    :class:`~ribkernels.engine.reporting.TaskProgress` factory (feature passes and re-ranking)."""
+    with progress("evaluation: query features", len(data.query)) as p:
+        qf, qp, qc = extract_features(model, data.test_loader(cfg, data.query), device, autocast, cfg["model"],
+                                      progress=p)
+    with progress("evaluation: gallery features", len(data.gallery)) as p:
+        gf, gp, gc = extract_features(model, data.test_loader(cfg, data.gallery), device, autocast, cfg["model"],
+                                      progress=p)
+    return _rank_result(qf, gf, qp, gp, qc, gc, cfg, progress)
 
 
-def occlusion_table(model, data: DataBundle, cfg: Dict, device, autocast) -> List[Dict]:
+def occlusion_table(model, data: DataBundle, cfg: Dict, device, autocast,
+                    progress: Callable = no_progress) -> List[Dict]:
     """``ribkernels.reid.occlusion_stress_test``: query images with a synthetic occluder covering each
-    of ``eval.occlusion_ratios`` of the body (plus 0), against the clean gallery."""
+    of ``eval.occlusion_ratios`` of the body (plus 0), against the clean gallery. ``progress``: as in
+    :func:`evaluate` (one count per image: the gallery once, the queries at every level)."""
     mcfg = cfg["model"]
+    levels = [0.0] + [float(r) for r in cfg["eval"]["occlusion_ratios"] if float(r) > 0]
+    bar = progress(f"occlusion test ({len(levels)} levels)", len(data.gallery) + len(levels) * len(data.query))
 
     @torch.no_grad()
     def extract(images, camids):
@@ -327,13 +350,14 @@ def occlusion_table(model, data: DataBundle, cfg: Dict, device, autocast) -> Lis
                 with autocast():
                     f = model(x, **_labels(mcfg, cams, None))
                 feats.append(f.float().cpu())
+                bar.update(len(x))
             return torch.cat(feats).numpy()
         finally:
             model.train(was_training)
 
-    levels = [0.0] + [float(r) for r in cfg["eval"]["occlusion_ratios"] if float(r) > 0]
-    rows = occlusion_stress_test(extract, data.query, data.gallery, levels, seed=int(cfg["solver"]["seed"]),
-                                 metric=cfg["eval"]["distance"], max_rank=int(cfg["eval"]["max_rank"]))
+    with bar:
+        rows = occlusion_stress_test(extract, data.query, data.gallery, levels, seed=int(cfg["solver"]["seed"]),
+                                     metric=cfg["eval"]["distance"], max_rank=int(cfg["eval"]["max_rank"]))
     for r in rows:
         r["ratio"] = r["occlusion"]
     return rows

@@ -16,6 +16,35 @@ from .validate import ConfigError, UnknownKeyError, closest, unknown_key_message
 from .validate import validate as validate_rules
 
 DEFAULT_CONFIG = os.path.join("configs", "synthetic_rib_dcs_cpu.yaml")
+_PACKAGE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# The shipped configs: inside the package when installed (package data), else the source tree's.
+CONFIG_DIRS = [os.path.join(_PACKAGE, "configs"), os.path.join(os.path.dirname(_PACKAGE), "configs")]
+
+
+def shipped_configs() -> Dict[str, str]:
+    """``{name: path}`` of the shipped configs (``configs/*.yaml``), the first folder that has them."""
+    for folder in CONFIG_DIRS:
+        if os.path.isdir(folder):
+            names = sorted(n for n in os.listdir(folder) if n.endswith(".yaml"))
+            if names:
+                return {os.path.splitext(n)[0]: os.path.join(folder, n) for n in names}
+    return {}
+
+
+def find_config(config: str) -> str:
+    """The YAML file ``--config`` names: an existing path, else a shipped config by NAME (``market1501_rib_dcs``,
+    ``market1501_rib_dcs.yaml`` or ``configs/market1501_rib_dcs.yaml`` from any working directory).
+    Raises FileNotFoundError naming the argument and the shipped names."""
+    if os.path.isfile(config):
+        return config
+    folder, base = os.path.split(config)
+    if folder in ("", "configs", "configs" + os.sep):
+        found = shipped_configs().get(base[:-5] if base.endswith(".yaml") else base)
+        if found:
+            return found
+    names = ", ".join(shipped_configs()) or "none found"
+    raise FileNotFoundError(f"--config {config}: no such file, and no shipped config of that name "
+                            f"(shipped: {names})")
 
 # The SPEC §4 recipe (TransReID's) unless a YAML file says otherwise.
 DEFAULTS: Dict[str, Dict[str, Any]] = {
@@ -50,6 +79,7 @@ DEFAULTS: Dict[str, Dict[str, Any]] = {
         "erasing_prob": 0.5,
         "pixel_mean": [0.5, 0.5, 0.5],
         "pixel_std": [0.5, 0.5, 0.5],
+        "test_interpolation": "bilinear",  # resize of evaluated images: bilinear (TransReID's) | bicubic
     },
     "solver": {
         "epochs": 120,
@@ -103,6 +133,9 @@ DEFAULTS: Dict[str, Dict[str, Any]] = {
         "eval_batch_size": 128,
         "distance": "euclidean",        # euclidean (on L2-normalised features) | cosine
         "rerank": False,
+        "rerank_k1": 50,                # k-reciprocal re-ranking (k1, k2, lambda): TransReID's 50, 15, 0.3
+        "rerank_k2": 15,
+        "rerank_lambda": 0.3,
         "occlusion": False,             # add the occlusion stress-test table
         "occlusion_ratios": [0.1, 0.2, 0.3, 0.4],
         "max_rank": 50,
@@ -212,9 +245,17 @@ def _config_from_argv(argv: Optional[List[str]]) -> str:
     return pre.parse_known_args(argv)[0].config
 
 
+def _found(config_path: Optional[str]) -> Optional[str]:
+    try:
+        return find_config(config_path) if config_path else None
+    except FileNotFoundError:
+        return None
+
+
 def effective_defaults(config_path: Optional[str]) -> Dict[str, Dict[str, Any]]:
     """DEFAULTS merged with the YAML at ``config_path`` (DEFAULTS alone when it cannot be read)."""
-    if config_path and os.path.isfile(config_path):
+    config_path = _found(config_path)
+    if config_path:
         try:
             return merge(DEFAULTS, load_yaml(config_path), where=config_path)
         except (KeyError, TypeError, ValueError, yaml.YAMLError):
@@ -224,6 +265,7 @@ def effective_defaults(config_path: Optional[str]) -> Dict[str, Dict[str, Any]]:
 
 def _readable(config_path: Optional[str]) -> bool:
     try:
+        config_path = find_config(config_path)
         merge(DEFAULTS, load_yaml(config_path), where=config_path)
         return True
     except (OSError, KeyError, TypeError, ValueError, yaml.YAMLError):
@@ -241,7 +283,8 @@ def build_parser(argv: Optional[List[str]] = None) -> argparse.ArgumentParser:
         description="Train and evaluate TransReID / RIB-DCS / RIB-CA person Re-ID models "
                     f"(single process or torchrun). Flags override the YAML config; the defaults shown are {source}.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--config", default=DEFAULT_CONFIG, help="YAML config file")
+    p.add_argument("--config", default=DEFAULT_CONFIG,
+                   help=f"YAML config file, or the name of a shipped config ({', '.join(shipped_configs())})")
     p.add_argument("--resume", default=None, help="checkpoint to continue from ('auto': the output dir's last.pth)")
     p.add_argument("--eval-only", action="store_true",
                    help="only evaluate --checkpoint, with the model of the checkpoint's stored config")
@@ -290,10 +333,9 @@ def explicit_keys(args: argparse.Namespace) -> List[str]:
 def resolve(args: argparse.Namespace) -> Dict:
     """Defaults < YAML < flags; returns the config with ``_meta`` (config name and path)."""
     cfg = copy.deepcopy(DEFAULTS)
-    if args.config:
-        if not os.path.isfile(args.config):
-            raise FileNotFoundError(f"--config {args.config}: no such file")
-        cfg = merge(cfg, load_yaml(args.config), where=args.config)
+    config_path = find_config(args.config) if args.config else None
+    if config_path:
+        cfg = merge(cfg, load_yaml(config_path), where=config_path)
     for dotted, value in vars(args).items():
         if "." in dotted:
             section, key = dotted.split(".", 1)
@@ -305,8 +347,8 @@ def resolve(args: argparse.Namespace) -> Dict:
         section, key = dotted.split(".", 1)
         cfg = merge(cfg, {section: {key: _parse_value(text)}}, where="--set")
     validate(cfg)
-    name = os.path.splitext(os.path.basename(args.config))[0] if args.config else "run"
-    cfg["_meta"] = {"config_name": name, "config_path": args.config}
+    name = os.path.splitext(os.path.basename(config_path))[0] if config_path else "run"
+    cfg["_meta"] = {"config_name": name, "config_path": config_path}
     return cfg
 
 

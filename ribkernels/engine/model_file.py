@@ -5,7 +5,11 @@ Only tensors and plain containers (dict/list/str/int/float/bool/None), so ``torc
 weights_only=True)`` reads it::
 
     {"format": "ribkernels-checkpoint", "version": 2, "kind": "model", "model": {name: tensor},
-     "config": {section: {...}}, "num_classes": int, "camera_num": int, "view_num": int, "epoch": int}
+     "config": {section: {...}}, "num_classes": int, "camera_num": int, "view_num": int, "epoch": int,
+     "preprocessing": {...}}
+
+``preprocessing`` (:func:`preprocessing`) spells out what an image goes through before the model, for
+readers of the file that do not parse the config; the config stays what the package rebuilds it from.
 
 The format string and version are those of the weights-only training checkpoints (``last.pth``,
 ``engine/checkpoint.py``), so one format check accepts both; ``"kind": "model"`` and the sizes tell
@@ -36,13 +40,24 @@ class ModelFile(NamedTuple):
     epoch: int
 
 
+def preprocessing(cfg: Dict) -> Dict[str, Any]:
+    """The test-time preprocessing of a config: an RGB image resized to ``input_size`` [H, W] with
+    ``interpolation``, scaled to [0, 1], then ``(x - pixel_mean) / pixel_std`` per channel; NCHW float32."""
+    d, m = cfg.get("data") or {}, cfg["model"]
+    return {"input_size": [int(v) for v in m["img_size"]], "channel_order": "RGB", "layout": "NCHW",
+            "scale": "1/255", "pixel_mean": [float(v) for v in d.get("pixel_mean", (0.5, 0.5, 0.5))],
+            "pixel_std": [float(v) for v in d.get("pixel_std", (0.5, 0.5, 0.5))],
+            "interpolation": str(d.get("test_interpolation", "bilinear"))}
+
+
 def model_file_state(model: torch.nn.Module, cfg: Dict, num_classes: int, camera_num: int, view_num: int,
                      epoch: int) -> Dict[str, Any]:
     """The ``final.pth`` dict of ``model`` (weights copied to the CPU)."""
     state = {k: v.detach().cpu().clone() for k, v in ckpt_io.model_state_from(model.state_dict()).items()}
     return {"format": FORMAT, "version": VERSION, "kind": KIND, "model": state,
             "config": ckpt_io.to_plain(cfg, "config"), "num_classes": int(num_classes),
-            "camera_num": int(camera_num), "view_num": int(view_num), "epoch": int(epoch)}
+            "camera_num": int(camera_num), "view_num": int(view_num), "epoch": int(epoch),
+            "preprocessing": preprocessing(cfg)}
 
 
 def _infer_sizes(state: Dict[str, torch.Tensor], cfg: Dict, path: str):
@@ -92,7 +107,7 @@ def read_model_file(path: str) -> ModelFile:
 # Model keys that are choices of evaluation, not of the architecture: a caller may change them.
 EVAL_TIME_MODEL_KEYS = ("neck_feat", "dcs_impl")
 # Data keys that must match training (the test transform's normalisation).
-CHECKPOINT_DATA_KEYS = ("pixel_mean", "pixel_std")
+CHECKPOINT_DATA_KEYS = ("pixel_mean", "pixel_std", "test_interpolation")
 
 
 def eval_config(stored: Dict, caller: Dict, explicit: Sequence[str] = ()) -> Dict:

@@ -128,9 +128,17 @@ def _save(fig, out_dir: str, name: str) -> str:
 
     fig.tight_layout()
     path = os.path.join(out_dir, name)
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=110, bbox_inches="tight")  # legends placed outside the axes stay in the picture
     plt.close(fig)
     return path
+
+
+def legend_outside(ax, handles=None, labels=None, ncol: int = 2, fontsize: float = 8):
+    """The legend of ``ax`` under the axes, below the x label: never over the data."""
+    if handles is None:
+        handles, labels = ax.get_legend_handles_labels()
+    return ax.legend(handles, labels, loc="upper center", bbox_to_anchor=(0.5, -0.17), ncol=ncol,
+                     fontsize=fontsize, frameon=False)
 
 
 def plot_curves(metrics: Dict, out_dir: str) -> List[str]:
@@ -159,7 +167,7 @@ def plot_curves(metrics: Dict, out_dir: str) -> List[str]:
         written.append(_save(fig, out_dir, "losses.png"))
         keys = [k for k in ("ibb", "ibb_term1", "ibb_term2") if any(r.get(k) is not None for r in epochs)]
         if keys:
-            fig, ax = plt.subplots(figsize=(6, 4))
+            fig, ax = plt.subplots(figsize=(6, 4.6))
             for key in keys:
                 ax.plot(x, [nan if r.get(key) is None else r[key] for r in epochs], marker="o", ms=4, label=key)
             handles, labels = ax.get_legend_handles_labels()
@@ -175,7 +183,7 @@ def plot_curves(metrics: Dict, out_dir: str) -> List[str]:
             _epoch_axis(ax, x)
             ax.set_ylabel("IBB (nats)")
             ax.set_title("IBB bound")
-            ax.legend(handles, labels, loc="best")
+            legend_outside(ax, handles, labels)
             written.append(_save(fig, out_dir, "ibb.png"))
     evals = metrics.get("evals") or []
     if evals:
@@ -282,3 +290,72 @@ class Progress:
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
+
+
+class TaskProgress:
+    """Progress of one counted task (an evaluation pass, the IBB refresh's feature pass, re-ranking,
+    the occlusion test): a tqdm bar when ``mode`` is ``bar``, or ``auto`` and stderr is a TTY; else
+    log lines ``<desc>: <done>/<total> <unit> (<pct>%), <elapsed>, eta <left>`` — one when it starts,
+    one at most every ``every_s`` seconds, one when it ends. ``enabled=False`` (ranks other than 0)
+    shows nothing. Use as a context manager, or call :meth:`close`."""
+
+    def __init__(self, desc: str, total: int, log: Optional[logging.Logger] = None, mode: str = "auto",
+                 enabled: bool = True, unit: str = "images", every_s: float = 15.0, clock=time.monotonic):
+        if total < 0:
+            raise ValueError(f"total: expected >= 0, got {total}")
+        self.desc, self.total, self.unit, self.every_s = desc, int(total), unit, float(every_s)
+        self.log = log or logging.getLogger(LOGGER_NAME)
+        self.enabled, self.clock, self.done, self.closed = enabled, clock, 0, False
+        self.t0 = self.last = clock()
+        self.bar = None
+        if enabled and (mode == "bar" or (mode == "auto" and sys.stderr.isatty())):
+            try:
+                from tqdm import tqdm
+
+                self.bar = tqdm(total=self.total, desc=desc, unit=" " + unit, dynamic_ncols=True, leave=False)
+            except ImportError:  # no tqdm: log lines instead
+                self.bar = None
+        if enabled and self.bar is None:
+            self.log.info("%s: %d %s to go", desc, self.total, unit)
+
+    def eta_s(self) -> Optional[float]:
+        if self.done <= 0:
+            return None
+        return (self.clock() - self.t0) / self.done * max(self.total - self.done, 0)
+
+    def update(self, n: int = 1) -> None:
+        self.done += int(n)
+        if not self.enabled:
+            return
+        if self.bar is not None:
+            self.bar.update(int(n))
+            return
+        now = self.clock()
+        if now - self.last >= self.every_s and self.done < self.total:
+            self.last = now
+            pct = 100.0 * self.done / self.total if self.total else 100.0
+            eta = self.eta_s()
+            self.log.info("%s: %d/%d %s (%.0f%%), %s, eta %s", self.desc, self.done, self.total, self.unit, pct,
+                          format_duration(now - self.t0), "?" if eta is None else format_duration(eta))
+
+    def close(self, completed: bool = True) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        if not self.enabled:
+            return
+        if self.bar is not None:
+            self.bar.close()
+        self.log.info("%s: %d/%d %s %s in %.1fs", self.desc, self.done, self.total, self.unit,
+                      "done" if completed else "stopped", self.clock() - self.t0)
+
+    def __enter__(self) -> "TaskProgress":
+        return self
+
+    def __exit__(self, exc_type, *exc) -> None:
+        self.close(completed=exc_type is None)
+
+
+def no_progress(desc: str, total: int, unit: str = "images") -> TaskProgress:
+    """A :class:`TaskProgress` that shows nothing (the default of the functions that take a progress factory)."""
+    return TaskProgress(desc, total, enabled=False, unit=unit)

@@ -212,13 +212,13 @@ def plot_rib(metrics: Dict, out_dir: str) -> Optional[str]:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from .reporting import _save
+    from .reporting import _save, legend_outside
 
     def series(key):
         pts = [(r["epoch"], r[key]) for r in epochs if r.get(key) is not None]
         return [p[0] for p in pts], [p[1] for p in pts]
 
-    fig, axes = plt.subplots(2, 2, figsize=(10, 7))
+    fig, axes = plt.subplots(2, 2, figsize=(11, 9))
     ax = axes[0, 0]
     if has_ibb:
         ax.plot(*series("ibb_refresh_beta"), marker="o", label="β (refresh features)")
@@ -227,7 +227,7 @@ def plot_rib(metrics: Dict, out_dir: str) -> Optional[str]:
         if any("ibb_refresh_input_beta" in r for r in epochs):
             ax.plot(*series("ibb_refresh_input_beta"), marker="s", label="β (input clusters)")
         ax.set_yscale("log")
-        ax.legend()
+        legend_outside(ax)
     ax.set_title("β used at each refresh")
     ax = axes[0, 1]
     for key, label in (("ibb_refresh_mean_max_phi", "mean max φ"), ("ibb_refresh_mean_phi_entropy", "mean H(φ)"),
@@ -236,20 +236,22 @@ def plot_rib(metrics: Dict, out_dir: str) -> Optional[str]:
             ax.plot(*series(key), marker="o", label=label)
     ax.set_title("refresh: assignments and label table")
     if has_ibb:
-        ax.legend()
+        legend_outside(ax)
     ax = axes[1, 0]
     for key, label in (("ibb_term2", "prediction term (batches)"), ("ibb_refresh_label_term", "prediction term (refresh)"),
                        ("ibb_refresh_log_num_classes", "log K"), ("ibb_term1", "input term")):
         if any(key in r for r in epochs):
             ax.plot(*series(key), marker="o", ms=3, label=label, ls="--" if "log_num" in key else "-")
+    handles, labels = ax.get_legend_handles_labels()
     if any("ibb_grad_ratio" in r for r in epochs):
         ax2 = ax.twinx()
-        ax2.plot(*series("ibb_grad_ratio"), color="black", marker="x", label="|∇IBB| / |∇task| on F")
+        ax2.plot(*series("ibb_grad_ratio"), color="black", marker="x", label="|∇IBB| / |∇task| on F (right axis)")
         ax2.set_ylabel("gradient ratio")
-        ax2.legend(loc="lower right")
+        h2, l2 = ax2.get_legend_handles_labels()
+        handles, labels = handles + h2, labels + l2
     ax.set_title("IBB terms (nats)")
-    if has_ibb:
-        ax.legend(loc="upper right", fontsize=8)
+    if handles:
+        legend_outside(ax, handles, labels)
     ax = axes[1, 1]
     blocks = sorted({k for r in epochs for k in r if k.startswith("keep_fraction_b")}, key=lambda k: int(k.rsplit("b", 1)[1]))
     for i, k in enumerate(blocks):
@@ -260,7 +262,10 @@ def plot_rib(metrics: Dict, out_dir: str) -> Optional[str]:
     ax.set_ylim(-0.02, 1.02)
     ax.set_title("kept DCS channels per block")
     if blocks:
-        ax.legend(fontsize=7)
+        legend_outside(ax, ncol=3, fontsize=7)
+    from matplotlib.ticker import MaxNLocator
+
     for a in axes.flat:
         a.set_xlabel("epoch")
+        a.xaxis.set_major_locator(MaxNLocator(integer=True))
     return _save(fig, out_dir, "rib.png")

@@ -16,7 +16,7 @@ from . import resume as resume_rules
 from . import rib_logging
 from . import run_folder as rf
 from .config import DEFAULTS, dump
-from .reporting import (Metrics, Progress, RunClock, open_tensorboard, plot_curves, require_tensorboard,
+from .reporting import (Metrics, Progress, RunClock, TaskProgress, open_tensorboard, plot_curves, require_tensorboard,
                         results_table, setup_logging)
 from .scheduler import WarmupCosineLR
 
@@ -144,10 +144,11 @@ class Trainer:
         if s["num_threads"]:
             torch.set_num_threads(int(s["num_threads"]))
         ckpt_io.seed_everything(s["seed"])  # same model initialisation on every rank
-        self.data = components.build_data(cfg, self.rank, self.world)
-        self.log.info("dataset %s: %d train images of %d ids / %d cameras, %d query, %d gallery",
+        self.data = components.build_data(cfg, self.rank, self.world, train=not self.eval_only)
+        self.log.info("dataset %s: %d train images of %d ids / %d cameras, %d query, %d gallery (folder %s)",
                       cfg["data"]["dataset"], len(self.data.train), self.data.num_classes, self.data.num_cams,
-                      len(self.data.query), len(self.data.gallery))
+                      len(self.data.query), len(self.data.gallery), os.path.abspath(self.data.root) if self.data.root
+                      else "-")
         self.model = components.build_model(cfg, self.data).to(self.device)
         self.log.info("model %s (attn %s): %.2fM parameters", cfg["model"]["name"], cfg["model"]["attn_impl"],
                       sum(p.numel() for p in self.model.parameters()) / 1e6)
@@ -159,19 +160,11 @@ class Trainer:
         self.amp_dtype = torch.bfloat16 if s["amp"] == "bf16" else torch.float16
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp and s["amp"] == "fp16")
 
-        self.iters_per_epoch = len(components.epoch_indices(self.data, cfg, s["seed"], 0, self.rank, self.world)) \
-            // self.local_batch
-        if s["max_iters_per_epoch"]:
-            self.iters_per_epoch = min(self.iters_per_epoch, int(s["max_iters_per_epoch"]))
-        if self.iters_per_epoch < 1:
-            raise ValueError(f"the PK sampler gives no full batch of {self.local_batch} per rank; "
-                             "use a smaller data.batch_size or more training identities")
-        self.optimizer = self._make_optimizer()
-        self.scheduler = WarmupCosineLR(
-            self.optimizer, total_iters=s["epochs"] * self.iters_per_epoch,
-            warmup_iters=min(s["epochs"], s["warmup_epochs"]) * self.iters_per_epoch,
-            warmup_factor=s["warmup_factor"], min_factor=s["min_lr_factor"])
-        self.id_loss, self.tri_loss = components.build_losses(cfg, self.data.num_classes)
+        if self.eval_only:  # nothing trains: no PK batches, optimizer or losses to set up
+            self.iters_per_epoch, self.optimizer, self.scheduler = 0, None, None
+            self.id_loss = self.tri_loss = None
+        else:
+            self._setup_training(s)
 
         self.start_epoch, self.start_iter = 0, 0
         self._partial = None  # the interrupted epoch's loss sums etc., continued by a resume
@@ -199,6 +192,27 @@ class Trainer:
         self._interrupted = False
 
     # ------------------------------------------------------------------ set-up helpers
+    def task_progress(self, desc: str, total: int, unit: str = "images") -> TaskProgress:
+        """Progress of a long task on rank 0 (output.progress: a bar on a TTY, else log lines with counts and ETA)."""
+        return TaskProgress(desc, total, self.log, self.cfg["output"]["progress"], enabled=self.main, unit=unit)
+
+    def _setup_training(self, s: Dict) -> None:
+        """PK batches per epoch, optimizer, schedule and losses (not built by --eval-only)."""
+        cfg = self.cfg
+        self.iters_per_epoch = len(components.epoch_indices(self.data, cfg, s["seed"], 0, self.rank, self.world)) \
+            // self.local_batch
+        if s["max_iters_per_epoch"]:
+            self.iters_per_epoch = min(self.iters_per_epoch, int(s["max_iters_per_epoch"]))
+        if self.iters_per_epoch < 1:
+            raise ValueError(f"the PK sampler gives no full batch of {self.local_batch} per rank; "
+                             "use a smaller data.batch_size or more training identities")
+        self.optimizer = self._make_optimizer()
+        self.scheduler = WarmupCosineLR(
+            self.optimizer, total_iters=s["epochs"] * self.iters_per_epoch,
+            warmup_iters=min(s["epochs"], s["warmup_epochs"]) * self.iters_per_epoch,
+            warmup_factor=s["warmup_factor"], min_factor=s["min_lr_factor"])
+        self.id_loss, self.tri_loss = components.build_losses(cfg, self.data.num_classes)
+
     @property
     def local_batch(self) -> int:
         b = self.cfg["data"]["batch_size"]
@@ -332,9 +346,12 @@ class Trainer:
             feats = torch.cat([f for f, _ in self._feat_memory])
             labels = torch.cat([y for _, y in self._feat_memory])
         else:  # eval_pass, or no training batches seen yet (first epoch, or just resumed)
-            feats, labels = components.extract_global_features(
-                self.model, self.data.train_eval_loader(self.cfg, self.rank, self.world), self.device,
-                self._autocast, {**self.cfg["model"], "ibb_after_neck": c["ibb_feature"] == "after"})
+            loader = self.data.train_eval_loader(self.cfg, self.rank, self.world)
+            with self.task_progress(f"IBB refresh at epoch {epoch + 1}: training-set features",
+                                    len(loader.dataset)) as bar:
+                feats, labels = components.extract_global_features(
+                    self.model, loader, self.device, self._autocast,
+                    {**self.cfg["model"], "ibb_after_neck": c["ibb_feature"] == "after"}, progress=bar)
         if c.get("control") == "shuffled_q":  # the control: Q from labels shuffled across the features
             labels = components.shuffled_labels(labels, self.cfg["solver"]["seed"], epoch, self.rank)
         self.ibb.refresh(feats, labels)
@@ -583,7 +600,8 @@ class Trainer:
         if self.main:
             t0 = time.time()
             e = self.cfg["eval"]
-            res = components.evaluate(self.model, self.data, self.cfg, self.device, self._autocast)
+            res = components.evaluate(self.model, self.data, self.cfg, self.device, self._autocast,
+                                      progress=self.task_progress)
             result = {"epoch": epoch, **res, "time_s": time.time() - t0}
             self.log.info("eval epoch %d: mAP %.2f%% Rank-1 %.2f%% Rank-5 %.2f%% Rank-10 %.2f%% mINP %.2f%% (%.1fs)",
                           epoch, 100 * res["mAP"], 100 * res["rank1"], 100 * res["rank5"], 100 * res["rank10"],
@@ -603,7 +621,8 @@ class Trainer:
                 elif self.model_keep_fraction_eval() is not None:
                     final_rec["keep_fraction"] = self.model_keep_fraction_eval()
                 if e["occlusion"]:
-                    occ = components.occlusion_table(self.model, self.data, self.cfg, self.device, self._autocast)
+                    occ = components.occlusion_table(self.model, self.data, self.cfg, self.device, self._autocast,
+                                                     progress=self.task_progress)
                     final_rec["occlusion"] = occ
                     self.log.info("\n" + results_table(
                         [{"name": f"occlusion {r['ratio']:.0%}", **r} for r in occ], "occlusion stress test"))
@@ -637,8 +656,12 @@ class Trainer:
             cfg = eval_config(mf.config, self.cfg, [f"model.{k}" for k in EVAL_TIME_MODEL_KEYS])
             self.model = build_model_from_file(mf, cfg, checkpoint).to(self.device)
             epoch = mf.epoch
+        elif self.cfg["model"]["pretrained"]:
+            self.log.info("--eval-only without --checkpoint: evaluating the model with the --pretrained weights %s",
+                          self.cfg["model"]["pretrained"])
         else:
-            self.log.warning("--eval-only without --checkpoint: evaluating the freshly initialised model")
+            self.log.warning("--eval-only without --checkpoint or --pretrained: evaluating the freshly initialised "
+                             "model")
         result = self.evaluate(epoch, final=True)
         if self.main:
             out = {"checkpoint": os.path.abspath(checkpoint) if checkpoint else None,

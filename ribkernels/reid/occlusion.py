@@ -167,7 +167,8 @@ def occlusion_stress_test(extract: Callable, query: Sequence[Tuple[str, int, int
         qf = _extract_items(extract, query, occlude=(float(lv), mode, seed))
         r = evaluate(qf, gf, q_pids, g_pids, q_cams, g_cams, metric=metric, max_rank=max_rank)
         rows.append({"occlusion": float(lv), "mode": mode, "mAP": r.mAP, "rank1": float(r.cmc[0]),
-                     "rank5": float(r.cmc[min(4, len(r.cmc) - 1)]), "mINP": r.mINP, "valid_queries": r.num_valid_queries})
+                     "rank5": float(r.cmc[min(4, len(r.cmc) - 1)]), "rank10": float(r.cmc[min(9, len(r.cmc) - 1)]),
+                     "mINP": r.mINP, "valid_queries": r.num_valid_queries})
     return rows
 
 
