@@ -69,8 +69,8 @@ def main(argv=None) -> Dict:
     args = p.parse_args(argv)
     if args.max_images < 1:
         p.error(f"--max-images: expected >= 1, got {args.max_images}")
-    torch.set_grad_enabled(False)
-    rows: List[Dict] = [measure_run(r, args.split, args.max_images) for r in args.runs]
+    with torch.no_grad():
+        rows: List[Dict] = [measure_run(r, args.split, args.max_images) for r in args.runs]
     for r in rows:
         blocks = sorted({int(k.rsplit("_b", 1)[1]) for k in r if k.startswith("attn_occluder_b")})
         print(f"{r['run']} ({r['attn_impl']}, {r['images']} {args.split} images; occluder share "

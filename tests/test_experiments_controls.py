@@ -5,6 +5,7 @@ import json
 import math
 
 import pytest
+import torch
 
 from experiments import common, ib_control, shortcut
 from experiments.paired import format_contrast, paired_contrast
@@ -111,3 +112,4 @@ def test_nuisance_mask_on_a_tiny_finished_run(tmp_path, monkeypatch):
         parts = sum(r[f"attn_{p}_b{b}"] for p in ("occluder", "background", "person"))
         assert parts == pytest.approx(1.0, abs=1e-4) and 0 <= r[f"keep_occluder_b{b}"] <= 1
     assert (tmp_path / "nm.json").is_file()
+    assert torch.is_grad_enabled()  # the measurement leaves autograd as it found it
