@@ -87,24 +87,40 @@ def test_shortcut_cost_and_interaction(tmp_path, monkeypatch):
         shortcut.main(["--p", "0", "1.5"])
 
 
-def test_nuisance_mask_on_a_tiny_finished_run(tmp_path, monkeypatch):
-    """A one-epoch conv-stem DCS run on confuser data, then the measurement against its ground truth."""
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    """A one-epoch conv-stem DCS run on confuser data (its cache and run folder), made once."""
     import os
 
-    from experiments import nuisance_mask
     from ribkernels.engine import main as train_main
 
-    monkeypatch.setenv("RIBKERNELS_CACHE", str(tmp_path / "cache"))
+    base = tmp_path_factory.mktemp("tiny_run")
+    old = os.environ.get("RIBKERNELS_CACHE")
+    os.environ["RIBKERNELS_CACHE"] = str(base / "cache")
+    try:
+        tiny = os.path.join(common.ROOT, "configs", "synthetic_tiny_test.yaml")
+        kw = ("{num_train_ids: 8, num_test_ids: 6, num_cams: 3, train_imgs_per_id: 4, gallery_imgs_per_id: 3, "
+              "query_imgs_per_id: 1, num_distractors: 2, num_junk: 1, height: 64, width: 32, confuser_prob: 0.5, "
+              "split_streams: true}")
+        run = base / "run"
+        train_main(["--config", tiny, "--output-dir", str(run), "--progress", "log",
+                    "--set", "model.name=vit_small_conv_cpu", "--set", "model.model_kwargs={jpm: false}",
+                    "--set", "ibb.use_ibb=false", "--set", "solver.epochs=1", "--set", "data.dataset_kwargs=" + kw])
+    finally:
+        if old is None:
+            os.environ.pop("RIBKERNELS_CACHE", None)
+        else:
+            os.environ["RIBKERNELS_CACHE"] = old
+    return str(base / "cache"), str(run)
+
+
+def test_nuisance_mask_on_a_tiny_finished_run(tiny_run, tmp_path, monkeypatch):
+    from experiments import nuisance_mask
+
+    cache, run = tiny_run
+    monkeypatch.setenv("RIBKERNELS_CACHE", cache)
     monkeypatch.setattr(common, "RESULTS", str(tmp_path))
-    tiny = os.path.join(common.ROOT, "configs", "synthetic_tiny_test.yaml")
-    kw = ("{num_train_ids: 8, num_test_ids: 6, num_cams: 3, train_imgs_per_id: 4, gallery_imgs_per_id: 3, "
-          "query_imgs_per_id: 1, num_distractors: 2, num_junk: 1, height: 64, width: 32, confuser_prob: 0.5, "
-          "split_streams: true}")
-    run = tmp_path / "run"
-    train_main(["--config", tiny, "--output-dir", str(run), "--progress", "log", "--set", "model.name=vit_small_conv_cpu",
-                "--set", "model.model_kwargs={jpm: false}", "--set", "ibb.use_ibb=false", "--set", "solver.epochs=1",
-                "--set", "data.dataset_kwargs=" + kw])
-    out = nuisance_mask.main([str(run), "--out", "nm"])
+    out = nuisance_mask.main([run, "--out", "nm"])
     r = out["runs"][0]
     assert r["images"] == 6 and r["attn_impl"] == "dcs" and r["dataset_kwargs"]["ground_truth"] is True
     assert 0 < r["share_occluder"] < 1 and 0 < r["share_background"] < 1
@@ -113,3 +129,20 @@ def test_nuisance_mask_on_a_tiny_finished_run(tmp_path, monkeypatch):
         assert parts == pytest.approx(1.0, abs=1e-4) and 0 <= r[f"keep_occluder_b{b}"] <= 1
     assert (tmp_path / "nm.json").is_file()
     assert torch.is_grad_enabled()  # the measurement leaves autograd as it found it
+
+
+def test_occlusion_modes_on_a_tiny_finished_run(tiny_run, tmp_path, monkeypatch):
+    from experiments import occlusion_modes
+
+    cache, run = tiny_run
+    monkeypatch.setenv("RIBKERNELS_CACHE", cache)
+    monkeypatch.setattr(common, "RESULTS", str(tmp_path))
+    out = occlusion_modes.main([f"baseline={run}", f"rib_dcs={run}", "--levels", "0", "0.4", "--out", "om"])
+    base = out["results"]["baseline"][0]
+    assert set(out["modes"]) == {"bottom", "scene", "confuser"}
+    for mode in out["modes"]:
+        assert [r["occlusion"] for r in base[mode]] == [0.0, 0.4] and all(0 < r["mAP"] <= 1 for r in base[mode])
+        assert base[mode][0]["mAP"] == base["bottom"][0]["mAP"]  # level 0: the clean queries
+    c = out["contrasts"]["rib_dcs - baseline"]["confuser"]["0.4"]
+    assert c["n"] == 1 and c["mean"] == 0.0  # the same run twice: no difference
+    assert (tmp_path / "om.json").is_file()
