@@ -61,6 +61,12 @@ def finished_run(run_dir: str, args: Sequence[str]) -> Optional[Dict]:
     with open(paths[1]) as f:
         stored = yaml.safe_load(f)
     want = _resolved_config(args)
+    from ribkernels.engine.config import DEFAULTS
+
+    for section, keys in DEFAULTS.items():  # a key added since the run was made counts as its default there
+        if isinstance(keys, dict) and isinstance(stored.get(section), dict):
+            for key, value in keys.items():
+                stored[section].setdefault(key, value)
     for cfg in (stored, want):
         for dotted in REPORT_ONLY_KEYS:
             section, key = dotted.split(".")

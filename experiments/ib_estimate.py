@@ -6,22 +6,33 @@ After every epoch of a RIB-DCS run, on the whole training set (test transforms):
   training set (the feature the run's IBB uses; k-means, calibrated β, Q), then ``IBB = mean_i [sum_b phi(X_i,b) log phi(X_i,b) - sum_a phi(F_i,a) log Q(y_i|a)]`` and the
   right-hand side of SPEC §3's inequality ``IB <= IBB + H(X̃) - H(Y)``, with H(X̃) the entropy of the
   mean soft input assignment and H(Y) the plug-in label entropy;
-* the independent estimate: ``IB = I(F; X̃) - I(F; Y)``, plug-in (Miller-Madow bias-corrected) mutual
+* the estimate on the bound's own variables: ``I(A; X̃) - I(A; Y)`` with A the IBB's soft feature
+  clusters phi(F, a) and X̃ its soft input clusters phi(X, b), plug-in on the soft joint
+  ``p(a, y) = mean_i phi(F_i, a) 1[y_i = y]`` (with Q unsmoothed, the IBB's prediction term is exactly
+  H(Y | A) of this joint);
+* an independent estimate: ``IB = I(F; X̃) - I(F; Y)``, plug-in (Miller-Madow bias-corrected) mutual
   informations on discretised variables — F by its own hard k-means into ``--bins`` cells (a
-  different clustering, seed and size from the IBB's), X̃ the hard input cluster, Y the identity.
+  different clustering, seed and size from the IBB's), X̃ the hard input cluster, Y the identity;
+* permutation floors of every mutual information (Y shuffled, X̃ shuffled; ``--floor-reps`` draws:
+  mean, sd, max): what the estimator returns for independent variables with the same cells and n;
+* a held-out-probe estimate of I(F; Y): a linear softmax probe fitted on half of each identity's
+  images, ``CE(label prior) - CE(probe)`` on the other half (nats; a variational lower bound, free of
+  the plug-in's cell-count bias).
 
-Reports per epoch both quantities, whether the bound holds, and the Pearson/Spearman correlation of
-their epoch-to-epoch changes ("does the bound move with the estimate?").
+Reports per epoch all of these, whether the bound holds, and the Pearson/Spearman correlation of the
+levels and of their epoch-to-epoch changes ("does the bound move with the estimate?").
+``--eta 0`` is the control: the same run with the IBB computed and refreshed but not trained on.
 
-    python -m experiments.ib_estimate [--epochs 8 --train-ids 150]
+    python -m experiments.ib_estimate [--epochs 8 --train-ids 150] [--eta 0 --out ib_estimate_eta0]
 
-Writes experiments/results/ib_estimate.json and ib_estimate.png.
+Writes experiments/results/<out>.json and <out>.png.
 """
 import argparse
 import copy
 import math
 import os
 import time
+from typing import Optional
 
 import numpy as np
 import torch
@@ -45,13 +56,120 @@ def mutual_info(a: np.ndarray, b: np.ndarray) -> float:
     return entropy_counts(np.bincount(ia)) + entropy_counts(np.bincount(ib)) - entropy_counts(np.bincount(joint))
 
 
+def one_hot(labels: np.ndarray) -> np.ndarray:
+    """[n] discrete labels -> [n, m] float64 one-hot over their m distinct values."""
+    _, inv = np.unique(np.asarray(labels), return_inverse=True)
+    out = np.zeros((len(inv), int(inv.max()) + 1 if len(inv) else 0))
+    out[np.arange(len(inv)), inv] = 1.0
+    return out
+
+
+def soft_mutual_info(pa: np.ndarray, pb: np.ndarray) -> float:
+    """Plug-in I(A; B) (nats) of the soft joint ``p(a, b) = mean_i pa[i, a] pb[i, b]``; ``pa`` [n, A] and
+    ``pb`` [n, B] are per-sample distributions (rows sum to 1; a one-hot row is a hard value)."""
+    pa, pb = np.asarray(pa, np.float64), np.asarray(pb, np.float64)
+    if pa.ndim != 2 or pb.ndim != 2 or pa.shape[0] != pb.shape[0] or pa.shape[0] == 0:
+        raise ValueError(f"pa, pb: expected [n, A] and [n, B] with the same n > 0, got {pa.shape} and {pb.shape}")
+    joint = pa.T @ pb / pa.shape[0]
+    ma, mb = joint.sum(1, keepdims=True), joint.sum(0, keepdims=True)
+    nz = joint > 0
+    return float((joint[nz] * (np.log(joint[nz]) - np.log((ma @ mb)[nz]))).sum())
+
+
+def permutation_floor(stat, a: np.ndarray, b: np.ndarray, reps: int = 20, seed: int = 0) -> dict:
+    """``stat(a, b[perm])`` over ``reps`` random permutations of ``b``'s rows (independence with the
+    same marginals, cells and n): ``{"mean", "sd", "max", "reps"}``."""
+    if reps < 2:
+        raise ValueError(f"reps: expected >= 2, got {reps}")
+    rng = np.random.default_rng(seed)
+    vals = np.array([stat(a, b[rng.permutation(len(b))]) for _ in range(reps)])
+    return {"mean": float(vals.mean()), "sd": float(vals.std(ddof=1)), "max": float(vals.max()), "reps": int(reps)}
+
+
+def stratified_halves(labels: np.ndarray, seed: int = 0):
+    """(fit, held-out) index arrays: each label's samples shuffled and split in half (a label with one
+    sample goes to the fit half), so every held-out label was seen in fitting."""
+    rng = np.random.default_rng(seed)
+    fit, held = [], []
+    for y in np.unique(labels):
+        idx = rng.permutation(np.flatnonzero(labels == y))
+        k = max(1, len(idx) // 2)
+        fit.append(idx[:k])
+        held.append(idx[k:])
+    return np.sort(np.concatenate(fit)), np.sort(np.concatenate(held))
+
+
+PROBE_L2 = (1e-4, 1e-3, 1e-2, 1e-1)
+
+
+def _fit_probe(x: torch.Tensor, y: torch.Tensor, k: int, l2: float, iters: int, seed: int):
+    g = torch.Generator().manual_seed(seed)
+    w = (0.01 * torch.randn(x.shape[1], k, generator=g, dtype=torch.float64)).requires_grad_()
+    b = torch.zeros(k, dtype=torch.float64, requires_grad=True)
+    opt = torch.optim.LBFGS([w, b], lr=1.0, max_iter=iters, line_search_fn="strong_wolfe")
+
+    def closure():
+        opt.zero_grad()
+        loss = torch.nn.functional.cross_entropy(x @ w + b, y) + l2 * (w * w).sum()
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    return w.detach(), b.detach()
+
+
+def probe_mutual_info(feats: np.ndarray, labels: np.ndarray, *, seed: int = 0, l2: Optional[float] = None,
+                      iters: int = 100) -> dict:
+    """Held-out estimate of I(F; Y) (nats): a linear softmax probe on standardised ``feats`` [n, D] fitted
+    (L-BFGS, L2 penalty ``l2``; None: the best of ``PROBE_L2`` on a split of the fit half alone) on half
+    of each label's samples; on the other half, ``I = CE(fit-half label frequencies) - CE(probe)``. Near
+    0 (or below) for independent variables, near H(Y) when Y is a function of F.
+    Returns ``{"I_probe", "ce_probe", "ce_prior", "l2", "n_fit", "n_held"}``."""
+    feats, labels = np.asarray(feats, np.float64), np.asarray(labels)
+    if feats.ndim != 2 or len(feats) != len(labels):
+        raise ValueError(f"feats, labels: expected [n, D] and [n], got {feats.shape} and {labels.shape}")
+    _, y = np.unique(labels, return_inverse=True)
+    k = int(y.max()) + 1
+    fit, held = stratified_halves(y, seed)
+    if len(held) == 0:
+        raise ValueError("labels: need at least two samples of some label for a held-out half")
+    mu, sd = feats[fit].mean(0), feats[fit].std(0) + 1e-8
+    x = torch.as_tensor((feats - mu) / sd)
+    yt = torch.as_tensor(y)
+    if l2 is None:  # choose the penalty without looking at the held-out half
+        inner_fit, inner_val = stratified_halves(y[fit], seed + 1)
+        f_fit, f_val = fit[inner_fit], fit[inner_val]
+        if len(f_val) == 0:
+            l2 = PROBE_L2[len(PROBE_L2) // 2]
+        else:
+            def val_ce(lam):
+                w, b = _fit_probe(x[f_fit], yt[f_fit], k, lam, iters, seed)
+                return float(torch.nn.functional.cross_entropy(x[f_val] @ w + b, yt[f_val]))
+            l2 = min(PROBE_L2, key=val_ce)
+    w, b = _fit_probe(x[fit], yt[fit], k, float(l2), iters, seed)
+    with torch.no_grad():
+        ce_probe = float(torch.nn.functional.cross_entropy(x[held] @ w + b, yt[held]))
+    prior = (np.bincount(y[fit], minlength=k) + 0.5) / (len(fit) + 0.5 * k)
+    ce_prior = float(-np.log(prior[y[held]]).mean())
+    return {"I_probe": ce_prior - ce_probe, "ce_probe": ce_probe, "ce_prior": ce_prior, "l2": float(l2),
+            "n_fit": int(len(fit)), "n_held": int(len(held))}
+
+
+def above_floor(value: float, floor: dict, z: float = 3.0) -> bool:
+    """Whether ``value`` exceeds the permutation floor's mean by more than ``z`` of its sds."""
+    return bool(value > floor["mean"] + z * floor["sd"])
+
+
 @torch.no_grad()
-def measure(tr, cfg, bins: int, seed: int) -> dict:
+def measure(tr, cfg, bins: int, seed: int, floor_reps: int = 20, probe: bool = True) -> dict:
     from ribkernels.engine import components
     from ribkernels.ibb import kmeans, soft_assign
 
     model, dev = tr.model, tr.device
-    ibb = copy.deepcopy(tr.ibb).eval()  # eval: the refresh's β (no batch re-fit) on these clean features
+    if tr.ibb is not None:
+        ibb = copy.deepcopy(tr.ibb).eval()  # eval: the refresh's β (no batch re-fit) on these clean features
+    else:  # a run without the IBB (e.g. the baseline): a fresh one with the config's settings, measured only
+        ibb = components.build_ibb({**cfg, "ibb": {**cfg["ibb"], "use_ibb": True}}, tr.data, model).to(dev).eval()
     mcfg = {**cfg["model"], "ibb_after_neck": cfg["ibb"]["ibb_feature"] == "after"}
     if not bool(ibb.input_ready):
         ibb.set_input_clusters(components.input_cluster_images(tr.data, cfg, cfg["solver"]["seed"]).to(dev))
@@ -78,9 +196,26 @@ def measure(tr, cfg, bins: int, seed: int) -> dict:
     fd = kmeans(torch.nn.functional.normalize(f, dim=1), bins, 10, seed + 7919).assignments.cpu().numpy()
     i_fx, i_fy = mutual_info(fd, x_np), mutual_info(fd, y_np)
     ibb_value = term1 + term2
-    return {"ibb": ibb_value, "ibb_term1": term1, "ibb_term2": term2, "beta": ibb.last_refresh["beta"],
-            "H_Xtilde": h_xt, "H_Y": h_y, "bound_rhs": ibb_value + h_xt - h_y,
-            "I_F_X": i_fx, "I_F_Y": i_fy, "ib_estimate": i_fx - i_fy}
+    # the bound's own variables: the IBB's soft clusters A of F, its soft input clusters X̃, Y
+    phi_f = soft_assign(f, ibb.centroids, beta=float(ibb.beta_used), normalize=ibb.normalize).double().cpu().numpy()
+    phi_x = torch.cat(phix).double().cpu().numpy()
+    y_oh = one_hot(y_np)
+    i_ax, i_ay = soft_mutual_info(phi_f, phi_x), soft_mutual_info(phi_f, y_oh)
+    floors = {"I_F_Y": permutation_floor(mutual_info, fd, y_np, floor_reps, seed),
+              "I_F_X": permutation_floor(mutual_info, fd, x_np, floor_reps, seed + 1),
+              "I_A_Y": permutation_floor(soft_mutual_info, phi_f, y_oh, floor_reps, seed + 2),
+              "I_A_X": permutation_floor(soft_mutual_info, phi_f, phi_x, floor_reps, seed + 3)}
+    row = {"ibb": ibb_value, "ibb_term1": term1, "ibb_term2": term2, "beta": ibb.last_refresh["beta"],
+           "H_Xtilde": h_xt, "H_Y": h_y, "bound_rhs": ibb_value + h_xt - h_y,
+           "I_F_X": i_fx, "I_F_Y": i_fy, "ib_estimate": i_fx - i_fy,
+           "I_A_X": i_ax, "I_A_Y": i_ay, "ib_estimate_soft": i_ax - i_ay,
+           "floors": floors, "above_floor": {k: above_floor(v, floors[k]) for k, v in
+                                             (("I_F_Y", i_fy), ("I_F_X", i_fx), ("I_A_Y", i_ay), ("I_A_X", i_ax))}}
+    if probe:
+        pr = probe_mutual_info(f.double().cpu().numpy(), y_np, seed=seed)
+        pr_floor = probe_mutual_info(f.double().cpu().numpy(), np.random.default_rng(seed).permutation(y_np), seed=seed)
+        row.update(I_F_Y_probe=pr["I_probe"], I_F_Y_probe_shuffled=pr_floor["I_probe"], probe=pr)
+    return row
 
 
 def _corr(a, b):
@@ -106,6 +241,8 @@ def plot(out: dict, path: str) -> None:
     ax = axes[0]
     ax.plot(x, [r["bound_rhs"] for r in rows], marker="o", label="IBB + H(X̃) − H(Y) (bound)")
     ax.plot(x, [r["ib_estimate"] for r in rows], marker="s", label="I(F;X̃) − I(F;Y) (plug-in estimate)")
+    if all("ib_estimate_soft" in r for r in rows):
+        ax.plot(x, [r["ib_estimate_soft"] for r in rows], marker="D", label="I(A;X̃) − I(A;Y) (IBB's soft clusters)")
     ax.set_xlabel("epoch")
     ax.set_ylabel("nats")
     ax.set_title("IB bound vs independent estimate")
@@ -114,6 +251,12 @@ def plot(out: dict, path: str) -> None:
     ax.plot(x, [r["ibb"] for r in rows], marker="o", label="IBB")
     ax.plot(x, [r["I_F_Y"] for r in rows], marker="^", label="I(F;Y)")
     ax.plot(x, [r["I_F_X"] for r in rows], marker="v", label="I(F;X̃)")
+    for key, style in (("I_F_Y", ":"), ("I_F_X", "-.")):
+        if all("floors" in r for r in rows):
+            ax.plot(x, [r["floors"][key]["mean"] + 3 * r["floors"][key]["sd"] for r in rows], ls=style, color="grey",
+                    label=f"{key} permutation floor (+3 sd)")
+    if all("I_F_Y_probe" in r for r in rows):
+        ax.plot(x, [r["I_F_Y_probe"] for r in rows], marker="*", label="I(F;Y) held-out probe")
     ax.set_xlabel("epoch")
     ax.set_ylabel("nats")
     ax.legend(fontsize=8)
@@ -128,15 +271,27 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--run-dir", default=os.path.join("runs", "ib_estimate"))
     p.add_argument("--config", default=DEMO_CONFIG, help="(a tiny config for a smoke test)")
-    p.add_argument("--out", default="ib_estimate", help="result file stem under experiments/results/")
+    p.add_argument("--out", default=None, help="result file stem under experiments/results/ (default: ib_estimate, "
+                   "ib_estimate_eta<η> with --eta)")
+    p.add_argument("--eta", type=float, default=None,
+                   help="the IBB's weight (default: the config's); 0 is the control: the IBB refreshed and measured, not trained on")
+    p.add_argument("--floor-reps", type=int, default=20, help="permutations per permutation floor (>= 2)")
+    p.add_argument("--no-probe", action="store_true", help="skip the held-out probe estimate of I(F;Y)")
     add_budget_flags(p)
     args = p.parse_args()
+    if args.floor_reps < 2:
+        p.error(f"--floor-reps: expected >= 2, got {args.floor_reps}")
+    if args.eta is not None and args.eta < 0:
+        p.error(f"--eta: expected >= 0, got {args.eta}")
+    out_stem = args.out or ("ib_estimate" if args.eta is None else f"ib_estimate_eta{args.eta:g}")
     from ribkernels.engine import Trainer, build_parser, resolve
 
     argv = ["--config", args.config, "--set", f"output.output_dir={args.run_dir}", "--set", "output.progress=log",
             "--set", f"solver.seed={args.seed}"]
     for o in budget_overrides(args):
         argv += ["--set", o]
+    if args.eta is not None:
+        argv += ["--set", f"loss.eta={args.eta}"]
     cfg = resolve(build_parser().parse_args(argv))
     tr = Trainer(cfg)
     rows = []
@@ -144,13 +299,16 @@ def main() -> None:
     for epoch in range(cfg["solver"]["epochs"]):
         rec = tr.train_epoch(epoch)
         tr.metrics.add_epoch(rec)
-        row = {"epoch": epoch + 1, "ibb_on": rec["ibb_on"], **measure(tr, cfg, args.bins, args.seed)}
+        row = {"epoch": epoch + 1, "ibb_on": rec["ibb_on"],
+               **measure(tr, cfg, args.bins, args.seed, args.floor_reps, not args.no_probe)}
         rows.append(row)
-        print({k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()}, flush=True)
+        print({k: round(v, 4) if isinstance(v, float) else v for k, v in row.items() if not isinstance(v, dict)}, flush=True)
     final = tr.evaluate(cfg["solver"]["epochs"], final=True)
     d_est = np.diff([r["ib_estimate"] for r in rows])
     d_rhs = np.diff([r["bound_rhs"] for r in rows])
+    d_soft = np.diff([r["ib_estimate_soft"] for r in rows])
     out = {"experiment": "IBB vs an independent IB estimate", "seed": args.seed, "bins": args.bins,
+           "eta": cfg["loss"]["eta"], "floor_reps": args.floor_reps,
            "budget": budget_record(args),
            "command": command_line("experiments.ib_estimate"),
            "estimator": "plug-in mutual information with the Miller-Madow correction on F discretised by hard "
@@ -159,9 +317,13 @@ def main() -> None:
            "pearson_levels": _corr([r["bound_rhs"] for r in rows], [r["ib_estimate"] for r in rows]),
            "spearman_levels": _corr(_rank([r["bound_rhs"] for r in rows]), _rank([r["ib_estimate"] for r in rows])),
            "pearson_changes": _corr(d_rhs, d_est),
+           "pearson_levels_soft": _corr([r["bound_rhs"] for r in rows], [r["ib_estimate_soft"] for r in rows]),
+           "pearson_changes_soft": _corr(d_rhs, d_soft),
+           "epochs_above_floor": {k: [r["epoch"] for r in rows if r["above_floor"][k]]
+                                  for k in ("I_F_Y", "I_F_X", "I_A_Y", "I_A_X")},
            "final": {k: final[k] for k in ("mAP", "rank1")} if final else None, "wall_s": time.time() - t0}
-    path = write_json(args.out + ".json", out)
-    plot(out, os.path.join(os.path.dirname(path), args.out + ".png"))
+    path = write_json(out_stem + ".json", out)
+    plot(out, os.path.join(os.path.dirname(path), out_stem + ".png"))
     print(path)
 
 

@@ -211,3 +211,13 @@ def test_summarize_prints_the_paired_tables_from_the_committed_results(capsys):
     out = capsys.readouterr().out
     assert "ablation paired by seed" in out and "| IBB on − off (both DCS settings) | 6 |" in out
     assert "occlusion-specific" in out and "| claim | paired effect | seeds | verdict |" in out
+
+
+def test_a_run_made_before_a_config_key_existed_is_still_reused(tmp_path):
+    args = ["--config", common.DEMO_CONFIG, "--set", "solver.seed=1"]
+    run = _finished_run_with(tmp_path / "old", args)
+    cfg = yaml.safe_load((tmp_path / "old" / "config.yaml").read_text())
+    del cfg["solver"]["mask_logits_weight_decay"]  # as written before the key was added
+    (tmp_path / "old" / "config.yaml").write_text(yaml.safe_dump(cfg))
+    assert common.finished_run(run, args) is not None  # the missing key counts as its default
+    assert common.finished_run(run, args + ["--set", "solver.mask_logits_weight_decay=0"]) is None

@@ -258,6 +258,47 @@ def ibb_terms(ibb, feats: torch.Tensor, pids: torch.Tensor, images: torch.Tensor
     return bound, t.get("input_entropy"), t.get("label_term")
 
 
+PROTOTYPE_SCALE = 16.0  # the cosine-prototype control's logit scale (a cosine-softmax's usual range)
+
+
+def control_prototypes(ibb) -> torch.Tensor:
+    """Identity prototypes [K, D] (unit norm) from the IBB's refreshed centroids c_a [A, D] and label table
+    Q(y|a): ``P_y ∝ sum_a p(a|y) c_a`` with ``p(a|y) ∝ Q(y|a)`` (uniform p(a)), after undoing Q's
+    uniform smoothing; the same clusters the IBB uses, without its information-bottleneck form."""
+    q = ibb.log_q.double().exp()
+    k = q.shape[1]
+    lam = float(getattr(ibb, "q_smoothing", 0.0) or 0.0)
+    if lam:
+        q = ((q - lam / k) / (1.0 - lam)).clamp_min(0.0)
+    w = q / q.sum(0, keepdim=True).clamp_min(torch.finfo(q.dtype).tiny)  # [A, K]
+    return F.normalize((w.T @ ibb.centroids.double()).float(), dim=1)
+
+
+def prototype_loss(ibb, feats: torch.Tensor, pids: torch.Tensor, scale: float = PROTOTYPE_SCALE) -> torch.Tensor:
+    """The non-IB control: cross-entropy of ``scale * cos(F_i, P_y)`` over the identities, with the
+    prototypes of :func:`control_prototypes` (no gradient into them); ``feats`` [B, D], ``pids`` [B]."""
+    protos = control_prototypes(ibb).to(feats.device)
+    logits = scale * F.normalize(feats.float(), dim=1) @ protos.T
+    return F.cross_entropy(logits, pids)
+
+
+def matched_scale(target: torch.Tensor, control: torch.Tensor, feature: torch.Tensor) -> torch.Tensor:
+    """``||d target/dF|| / ||d control/dF||`` (0-d, detached; 0 when the control has no gradient): the
+    factor that gives ``control`` the gradient norm of ``target`` on the feature F. Graphs are kept."""
+    g_t, = torch.autograd.grad(target, feature, retain_graph=True, allow_unused=True)
+    g_c, = torch.autograd.grad(control, feature, retain_graph=True, allow_unused=True)
+    if g_t is None or g_c is None:
+        return torch.zeros((), device=feature.device)
+    n_c = g_c.float().norm()
+    return torch.where(n_c > 0, g_t.float().norm() / n_c.clamp_min(1e-30), torch.zeros_like(n_c)).detach()
+
+
+def shuffled_labels(labels: torch.Tensor, seed: int, epoch: int, rank: int) -> torch.Tensor:
+    """``labels`` permuted by a permutation fixed by (seed, epoch, rank): the label-shuffled Q control."""
+    g = torch.Generator().manual_seed(_seed(seed, "shuffled-q", epoch, rank))
+    return labels[torch.randperm(len(labels), generator=g).to(labels.device)]
+
+
 # ---------------------------------------------------------------------------------------- evaluation
 def _rank_result(qf, gf, qp, gp, qc, gc, cfg: Dict, progress: Callable = no_progress) -> Dict[str, float]:
     e = cfg["eval"]

@@ -91,7 +91,9 @@ DEFAULTS: Dict[str, Dict[str, Any]] = {
         "warmup_epochs": 5,
         "warmup_factor": 0.01,          # lr starts at warmup_factor * base_lr
         "min_lr_factor": 0.002,         # cosine floor: min_lr_factor * base_lr
-        "bias_lr_factor": 2.0,          # TransReID: biases at 2x lr, no weight decay
+        "bias_lr_factor": 2.0,          # TransReID: biases at 2x lr, with weight_decay like the weights
+        "mask_logits_weight_decay": None,  # DCS mask logits' weight decay; null: weight_decay, like the
+                                        # other weights and biases (AdamW then shrinks the logits' bias)
         "grad_clip": 0.0,               # 0: off
         "amp": "bf16",                  # bf16 | fp16 | none (autocast on CUDA only)
         "compile": False,               # torch.compile the model
@@ -122,6 +124,10 @@ DEFAULTS: Dict[str, Dict[str, Any]] = {
         "input_clusters": None,         # B; null: the IBB default
         "input_size": [16, 8],          # down-sampled images for the input clusters
         "input_samples": 2048,          # training images used to fit the input clusters
+        "control": "none",              # none (the IBB) | prototype (a non-IB control: a cosine-prototype
+                                        # cross-entropy on prototypes from the same refreshed centroids and Q,
+                                        # scaled each step to the IBB's gradient norm on the feature) |
+                                        # shuffled_q (the IBB with Q refreshed from shuffled labels)
     },
     "eval": {
         "eval_period": 0,               # evaluate every this many epochs (0: only at the end)

@@ -75,6 +75,38 @@ def open_run_folder(cfg: Dict, resume: Optional[str], eval_only: bool, checkpoin
     return folder, outcome[1]["run_dir"], outcome[1]["resume_path"]
 
 
+def param_groups(model: torch.nn.Module, base_lr: float, weight_decay: float, bias_lr_factor: float,
+                 mask_logits_weight_decay: Optional[float] = None) -> List[Dict]:
+    """The optimiser's param groups: weights (``base_lr``, ``weight_decay``) and biases (names ending in
+    ``.bias``: ``base_lr * bias_lr_factor``, the same ``weight_decay``, as TransReID). With
+    ``mask_logits_weight_decay`` set, the DCS mask logits (``DCSAttention.mask_logits``, weight and bias)
+    leave those groups for their own two with that decay and the same learning rates; None (the
+    default) keeps them in the weight/bias groups."""
+    from .rib_logging import dcs_modules
+
+    mask_ids = set()
+    if mask_logits_weight_decay is not None:
+        for m in dcs_modules(model):
+            ml = m.mask_logits
+            mask_ids.update(id(p) for p in (ml.parameters() if isinstance(ml, torch.nn.Module) else [ml]))
+    decay, bias, mask_w, mask_b = [], [], [], []
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            is_bias = name.endswith(".bias")
+            if id(p) in mask_ids:
+                (mask_b if is_bias else mask_w).append(p)
+            else:
+                (bias if is_bias else decay).append(p)
+    groups = [{"params": decay, "lr": base_lr, "weight_decay": weight_decay}]
+    if bias:
+        groups.append({"params": bias, "lr": base_lr * bias_lr_factor, "weight_decay": weight_decay})
+    if mask_w:
+        groups.append({"params": mask_w, "lr": base_lr, "weight_decay": float(mask_logits_weight_decay)})
+    if mask_b:
+        groups.append({"params": mask_b, "lr": base_lr * bias_lr_factor, "weight_decay": float(mask_logits_weight_decay)})
+    return groups
+
+
 class Trainer:
     def __init__(self, cfg: Dict, *, resume: Optional[str] = None, stop_after: Optional[int] = None,
                  eval_only: bool = False, checkpoint: Optional[str] = None, allow_changes=(),
@@ -208,13 +240,8 @@ class Trainer:
 
     def _make_optimizer(self) -> torch.optim.Optimizer:
         s = self.cfg["solver"]
-        decay, bias = [], []
-        for name, p in self.model.named_parameters():
-            if p.requires_grad:
-                (bias if name.endswith(".bias") else decay).append(p)
-        groups = [{"params": decay, "lr": s["base_lr"], "weight_decay": s["weight_decay"]}]
-        if bias:
-            groups.append({"params": bias, "lr": s["base_lr"] * s["bias_lr_factor"], "weight_decay": s["weight_decay"]})
+        groups = param_groups(self.model, s["base_lr"], s["weight_decay"], s["bias_lr_factor"],
+                              s.get("mask_logits_weight_decay"))
         if s["optimizer"] == "adamw":
             return torch.optim.AdamW(groups, lr=s["base_lr"], betas=(s["momentum"], 0.999))
         return torch.optim.SGD(groups, lr=s["base_lr"], momentum=s["momentum"])
@@ -343,6 +370,8 @@ class Trainer:
                 feats, labels = components.extract_global_features(
                     self.model, loader, self.device, self._autocast,
                     {**self.cfg["model"], "ibb_after_neck": c["ibb_feature"] == "after"}, progress=bar)
+        if c.get("control") == "shuffled_q":  # the control: Q from labels shuffled across the features
+            labels = components.shuffled_labels(labels, self.cfg["solver"]["seed"], epoch, self.rank)
         self.ibb.refresh(feats, labels)
         self._want_grad_ratio = True
         dt = time.time() - t0
@@ -366,7 +395,8 @@ class Trainer:
         return bool(flag.item() > 0)
 
     def compute_loss(self, out: Dict, pids: torch.Tensor, epoch: int, images: torch.Tensor):
-        """TransReID's mix: 0.5·global + 0.5·mean(JPM local) for ID and triplet; + η·IBB."""
+        """TransReID's mix: 0.5·global + 0.5·mean(JPM local) for ID and triplet; + η·IBB (or, with
+        ``ibb.control = prototype``, the prototype control scaled to η·IBB's gradient norm on the feature)."""
         l = self.cfg["loss"]
         logits, feats = out["logits"], out["feats"]
         ids = [self.id_loss(z.float(), pids) for z in logits]
@@ -381,10 +411,17 @@ class Trainer:
             self._feat_memory.append((feat.detach().float(), pids))
         if self.ibb_active(epoch):
             ibb, t1, t2 = components.ibb_terms(self.ibb, feat.float(), pids, images)
+            applied = l["eta"] * ibb
+            if self.cfg["ibb"].get("control") == "prototype":  # the non-IB control replaces the IBB's gradient
+                ctrl = components.prototype_loss(self.ibb, feat, pids)
+                scale = components.matched_scale(applied, ctrl, feat) if feat.requires_grad \
+                    else torch.full((), float(l["eta"]), device=ctrl.device)
+                applied = scale * ctrl
+                terms.update(control_loss=ctrl.detach(), control_scale=scale)
             if self._want_grad_ratio and feat.requires_grad:  # (not under no_grad)
                 self._want_grad_ratio = False
-                terms["ibb_grad_ratio"] = rib_logging.grad_ratio(loss, l["eta"] * ibb, feat)
-            loss = loss + l["eta"] * ibb
+                terms["ibb_grad_ratio"] = rib_logging.grad_ratio(loss, applied, feat)
+            loss = loss + applied
             terms.update(ibb=ibb.detach(), ibb_term1=t1, ibb_term2=t2, loss_ibb_weighted=l["eta"] * ibb.detach())
             if isinstance(self.ibb.last_terms.get("beta"), torch.Tensor):  # β fitted to the training batches
                 terms["ibb_beta_train"] = self.ibb.last_terms["beta"]

@@ -172,6 +172,7 @@ RULES: Dict[str, Rule] = {
     "solver.base_lr": Num(0, lo_open=True),
     "solver.momentum": Num(0, 1, hi_open=True),
     "solver.weight_decay": Num(0),
+    "solver.mask_logits_weight_decay": Null() | Num(0),
     "solver.warmup_epochs": Int(0),
     "solver.warmup_factor": Num(0, 1, lo_open=True),
     "solver.min_lr_factor": UNIT,
@@ -188,6 +189,7 @@ RULES: Dict[str, Rule] = {
     "loss.label_smoothing": Null() | Num(0, 1, hi_open=True),
     "loss.triplet_margin": Null() | Num(0),
     "loss.eta": Num(0),
+    "ibb.control": Choice("none", "prototype", "shuffled_q"),
     "ibb.use_ibb": Bool(),
     "ibb.beta": Num(0, lo_open=True) | Choice("auto"),
     "ibb.ibb_start_epoch": Int(0),
@@ -242,6 +244,10 @@ def _cross_checks(cfg: Dict) -> List[str]:
     if m is not None and RULES["model.name"](m.get("name")) and RULES["model.model_kwargs"](m.get("model_kwargs")):
         errors += _unknown_kwargs("model.model_kwargs", m.get("model_kwargs") or {}, _model_parameters(m["name"]),
                                   f"model {m['name']!r}")
+    c = cfg.get("ibb", {})
+    if c.get("control", "none") != "none" and c.get("use_ibb") is not True:
+        errors.append(f"ibb.control = {c['control']!r} replaces the IBB's training signal and needs ibb.use_ibb = true "
+                      f"(got {c.get('use_ibb')!r})")
     return errors
 
 

@@ -19,7 +19,7 @@ __all__ = ["add_occluder", "occlusion_stress_test", "format_occlusion_table", "f
 
 # Fraction of the crop taken by the body in Market-style detections (x0, y0, x1, y1).
 BODY_BOX = (0.15, 0.02, 0.85, 0.98)
-MODES = ("bottom", "top", "side", "block")
+MODES = ("bottom", "top", "side", "block", "scene", "confuser")
 
 
 def add_occluder(img: Image.Image, fraction: float, *, seed: int = 0, mode: str = "bottom",
@@ -28,7 +28,12 @@ def add_occluder(img: Image.Image, fraction: float, *, seed: int = 0, mode: str 
     coordinates ``body_box``). mode: ``"bottom"`` (a band from the feet up, like a car or bench,
     Occluded-Duke's common case), ``"top"``, ``"side"`` (a vertical band from a random side) or
     ``"block"`` (a rectangle of the body box's aspect at a random place inside it). The occluder's
-    colour and texture come from ``seed``; ``fraction`` 0 returns an unchanged copy."""
+    colour and texture come from ``seed``; ``fraction`` 0 returns an unchanged copy.
+    The synthetic dataset's training occluder types: ``"scene"`` (a flat-coloured vehicle band from
+    below with its stripe, a pole, or a block, the kind drawn from ``seed``, as the generator draws
+    them) and ``"confuser"`` (a drawn person of a random other identity moved sideways until it covers
+    the share of the body box closest to ``fraction``; a person covers at most about half of the box,
+    so larger fractions saturate there)."""
     if not 0.0 <= fraction <= 1.0:
         raise ValueError(f"fraction: expected a value in [0, 1], got {fraction}")
     if mode not in MODES:
@@ -40,6 +45,8 @@ def add_occluder(img: Image.Image, fraction: float, *, seed: int = 0, mode: str 
     bx0, by0, bx1, by1 = body_box[0] * w, body_box[1] * h, body_box[2] * w, body_box[3] * h
     bw, bh = bx1 - bx0, by1 - by0
     rng = np.random.default_rng(seed)
+    if mode in ("scene", "confuser"):
+        return _training_like(img, fraction, rng, mode, (bx0, by0, bx1, by1))
     if mode == "bottom":
         box = (0, by1 - fraction * bh, w, h)
     elif mode == "top":
@@ -62,6 +69,43 @@ def add_occluder(img: Image.Image, fraction: float, *, seed: int = 0, mode: str 
     tex = np.clip(base[None, None, :] + rng.normal(0, 18, size=(y1 - y0, x1 - x0, 3)), 0, 255).astype(np.uint8)
     img.paste(Image.fromarray(tex), (x0, y0))
     ImageDraw.Draw(img).rectangle([x0, y0, x1 - 1, y1 - 1], outline=tuple(int(v) for v in 255 - base))
+    return img
+
+
+def _training_like(img: Image.Image, fraction: float, rng: np.random.Generator, mode: str,
+                   box: Tuple[float, float, float, float]) -> Image.Image:
+    """``add_occluder``'s ``"scene"`` and ``"confuser"`` modes (``img`` is already a copy)."""
+    from .synthetic import _draw_person, _footprint, _hsv, _identity, _shift
+
+    w, h = img.size
+    bx0, by0, bx1, by1 = box
+    bw, bh = bx1 - bx0, by1 - by0
+    if mode == "confuser":
+        other = _identity(rng)
+        mask, pix = _footprint(lambda c, r: _draw_person(c, other, r), img.size, rng)
+        inside = np.zeros((h, w), bool)
+        inside[int(round(by0)):int(round(by1)), int(round(bx0)):int(round(bx1))] = True
+        area = max(int(inside.sum()), 1)
+        dx = min(range(-w, w + 1), key=lambda d: (abs((_shift(mask, 0, d) & inside).sum() / area - fraction), abs(d)))
+        m = _shift(mask, 0, dx)
+        a = np.asarray(img).copy()
+        a[m] = _shift(pix, 0, dx)[m]
+        return Image.fromarray(a)
+    d = ImageDraw.Draw(img)
+    col, kind = _hsv(rng), int(rng.integers(3))
+    if kind == 0:  # vehicle / bench band from below, with its stripe
+        y = int(round(by1 - fraction * bh))
+        d.rectangle([0, y, w, h], fill=col)
+        d.rectangle([0, y, w, y + 3], fill=_hsv(rng))
+    elif kind == 1:  # pole: a full-height band
+        pw = fraction * bw
+        x0 = bx0 + rng.uniform(0, bw - pw)
+        d.rectangle([int(round(x0)), 0, int(round(x0 + pw)) - 1, h], fill=col)
+    else:  # passer-by / object block
+        sq = np.sqrt(fraction)
+        ow, oh = sq * bw, sq * bh
+        x0, y0 = bx0 + rng.uniform(0, bw - ow), by0 + rng.uniform(0, bh - oh)
+        d.rectangle([int(round(x0)), int(round(y0)), int(round(x0 + ow)) - 1, int(round(y0 + oh)) - 1], fill=col)
     return img
 
 

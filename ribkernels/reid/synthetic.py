@@ -20,14 +20,15 @@ import os
 import shutil
 import tempfile
 from dataclasses import asdict, dataclass, fields
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
 from .datasets import ReIDData, load_market1501, register_dataset
 
-__all__ = ["SyntheticConfig", "make_synthetic_market", "load_synthetic", "default_cache_dir", "render_identity_image"]
+__all__ = ["SyntheticConfig", "make_synthetic_market", "load_synthetic", "default_cache_dir", "render_identity_image",
+           "check_options", "load_metadata", "load_ground_truth", "OCCLUDER_KINDS"]
 
 MARKER = ".complete"
 _VERSION = 1  # bump when the images change, so caches regenerate
@@ -50,10 +51,58 @@ class SyntheticConfig:
     height: int = 128
     width: int = 64
     occluder_prob: float = 0.3
+    # Nuisance options (all off by default; off, the draw is bit-for-bit the one without them):
+    home_scene_frac: float = 0.0    # share of a training identity's images shot in its fixed home scene
+    confuser_prob: float = 0.0      # share of images (all splits) with a partial person of another identity
+    confuser_coverage: Tuple[float, float] = (0.2, 0.4)  # share of the target's body pixels it covers
+    ground_truth: bool = False      # write ground_truth.npz: per-patch occluder / background pixel shares
+    patch_size: int = 16            # the ground truth's patch grid (the model's 16x16 patches)
+    split_streams: bool = False     # the test split from its own random stream (grows without redrawing train)
+
+    def options(self) -> Dict:
+        """The nuisance options that differ from their defaults (what enters :meth:`key` beyond the sizes)."""
+        return {k: v for k, v in asdict(self).items()
+                if k in _OPTION_DEFAULTS and _as_list(v) != _as_list(_OPTION_DEFAULTS[k])}
 
     def key(self) -> str:
-        blob = json.dumps({**asdict(self), "version": _VERSION}, sort_keys=True)
+        d = {k: v for k, v in asdict(self).items() if k not in _OPTION_DEFAULTS}
+        d.update(self.options())  # options at their defaults leave the key (and cache folder) unchanged
+        blob = json.dumps({**d, "version": _VERSION}, sort_keys=True)
         return f"seed{self.seed}-{hashlib.sha1(blob.encode()).hexdigest()[:10]}"
+
+
+_OPTION_DEFAULTS = {"home_scene_frac": 0.0, "confuser_prob": 0.0, "confuser_coverage": (0.2, 0.4),
+                    "ground_truth": False, "patch_size": 16, "split_streams": False}
+GROUND_TRUTH = "ground_truth.npz"
+METADATA = "metadata.json"
+
+
+def _as_list(v):
+    return list(v) if isinstance(v, (tuple, list)) else v
+
+
+def check_options(cfg: "SyntheticConfig") -> None:
+    """Raise ``ValueError`` naming the option, its value and what was expected for a bad nuisance option."""
+    def num(name, lo, hi):
+        v = getattr(cfg, name)
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not lo <= float(v) <= hi:
+            raise ValueError(f"synthetic option {name}: expected a number in [{lo}, {hi}], got {v!r}")
+
+    num("home_scene_frac", 0.0, 1.0)
+    num("confuser_prob", 0.0, 1.0)
+    cov = cfg.confuser_coverage
+    if (not isinstance(cov, (tuple, list)) or len(cov) != 2 or any(isinstance(c, bool) or not isinstance(c, (int, float)) for c in cov)
+            or not 0.0 < float(cov[0]) <= float(cov[1]) < 1.0):
+        raise ValueError(f"synthetic option confuser_coverage: expected [lo, hi] with 0 < lo <= hi < 1, got {cov!r}")
+    for name in ("ground_truth", "split_streams"):
+        if not isinstance(getattr(cfg, name), bool):
+            raise ValueError(f"synthetic option {name}: expected true or false, got {getattr(cfg, name)!r}")
+    ps = cfg.patch_size
+    if isinstance(ps, bool) or not isinstance(ps, int) or ps < 1:
+        raise ValueError(f"synthetic option patch_size: expected a positive integer, got {ps!r}")
+    if cfg.ground_truth and (cfg.height % ps or cfg.width % ps):
+        raise ValueError(f"synthetic option patch_size: expected a divisor of height {cfg.height} and width "
+                         f"{cfg.width} (ground_truth is on), got {ps}")
 
 
 def default_cache_dir() -> str:
@@ -219,7 +268,11 @@ def _draw_person(img: Image.Image, p: Dict, rng: np.random.Generator) -> None:
         d.rectangle([cx - r * 1.1, top - 2, cx + r * 1.1, top + 0.7 * r], fill=p["hat"])
 
 
-def _occlude(img: Image.Image, rng: np.random.Generator) -> None:
+OCCLUDER_KINDS = ("vehicle", "pole", "block")
+
+
+def _occlude(img: Image.Image, rng: np.random.Generator) -> int:
+    """Draw one random occluder on ``img``; returns its kind (index into ``OCCLUDER_KINDS``)."""
     w, h = img.size
     d = ImageDraw.Draw(img)
     col = _hsv(rng)
@@ -235,6 +288,7 @@ def _occlude(img: Image.Image, rng: np.random.Generator) -> None:
         x0 = int(rng.integers(-w // 4, w // 2))
         y0 = int(rng.integers(h // 5, h // 2))
         d.rectangle([x0, y0, x0 + int(rng.integers(w // 3, w // 2 + 8)), y0 + int(rng.integers(h // 4, h // 2))], fill=col)
+    return int(kind)
 
 
 def _camera_look(img: Image.Image, cam: Dict, rng: np.random.Generator) -> Image.Image:
@@ -257,56 +311,231 @@ def render_identity_image(person: Dict, cam: Dict, rng: np.random.Generator, hei
     return _camera_look(img, cam, rng)
 
 
+# ------------------------------------------------------------------------------------ nuisance options
+
+def _clone(rng: np.random.Generator) -> np.random.Generator:
+    r = np.random.Generator(type(rng.bit_generator)())
+    r.bit_generator.state = rng.bit_generator.state
+    return r
+
+
+def _footprint(draw, size: Tuple[int, int], rng: np.random.Generator) -> Tuple[np.ndarray, np.ndarray]:
+    """The pixels ``draw(img, rng)`` paints: (mask [h, w] bool, their colours [h, w, 3] uint8, 0 elsewhere),
+    found by drawing on a black and a white canvas with copies of ``rng`` (``rng`` is not advanced)."""
+    hit, black = None, None
+    for fill in (0, 255):
+        c = Image.new("RGB", size, (fill, fill, fill))
+        draw(c, _clone(rng))
+        a = np.asarray(c)
+        m = (a != fill).any(-1)
+        hit = m if hit is None else hit | m
+        if fill == 0:
+            black = a
+    return hit, np.where(hit[..., None], black, 0).astype(np.uint8)
+
+
+def _shift(a: np.ndarray, dy: int, dx: int) -> np.ndarray:
+    """``a`` moved by (dy, dx) pixels along its first two axes, zero-filled."""
+    out = np.zeros_like(a)
+    h, w = a.shape[:2]
+    ys, yd = (slice(0, h - dy), slice(dy, h)) if dy >= 0 else (slice(-dy, h), slice(0, h + dy))
+    xs, xd = (slice(0, w - dx), slice(dx, w)) if dx >= 0 else (slice(-dx, w), slice(0, w + dx))
+    out[yd, xd] = a[ys, xs]
+    return out
+
+
+def _home_scene(rng: np.random.Generator) -> Dict:
+    """A training identity's fixed home scene: wall/floor colours, horizon, a clutter layout (its seed)
+    and a camera colour cast (gain, offset)."""
+    return {"wall": _hsv(rng, sat=(0.0, 0.5)), "floor": _hsv(rng, sat=(0.0, 0.4)), "horizon": float(rng.uniform(0.45, 0.8)),
+            "gain": rng.uniform(0.7, 1.3, size=3), "offset": float(rng.uniform(-0.08, 0.1)),
+            "clutter_seed": int(rng.integers(2 ** 31))}
+
+
+def _add_confuser(img: Image.Image, target: np.ndarray, other: Dict, rng: np.random.Generator,
+                  coverage: Tuple[float, float]) -> Tuple[np.ndarray, float]:
+    """Paste ``other`` (a person) in front of the target, shifted sideways (and a little vertically) so
+    that it covers a share of the target's pixels (``target`` [h, w] bool) drawn in ``coverage``, the
+    closest reachable. Returns (the confuser's pixels [h, w] bool, the share of the target it covers)."""
+    w, h = img.size
+    mask, pix = _footprint(lambda c, r: _draw_person(c, other, r), img.size, rng)
+    _draw_person(Image.new("RGB", img.size), other, rng)  # advance rng as the drawing did
+    lo, hi = float(coverage[0]), float(coverage[1])
+    want = float(rng.uniform(lo, hi))
+    dy = int(rng.integers(-h // 16, h // 16 + 1))
+    area = max(int(target.sum()), 1)
+    best, best_err = 0, None
+    for dx in range(-w, w + 1):
+        cov = float((_shift(mask, dy, dx) & target).sum()) / area
+        err = abs(cov - want) if lo <= cov <= hi else 1.0 + abs(cov - want)
+        if best_err is None or err < best_err:
+            best, best_err = dx, err
+    m = _shift(mask, dy, best)
+    a = np.asarray(img).copy()
+    a[m] = _shift(pix, dy, best)[m]
+    img.paste(Image.fromarray(a))
+    return m, float((m & target).sum()) / area
+
+
+def _patch_shares(mask: np.ndarray, patch: int) -> np.ndarray:
+    """Share of True pixels in each ``patch`` x ``patch`` cell of ``mask`` [h, w] -> [h/patch, w/patch] float32."""
+    h, w = mask.shape
+    return mask.reshape(h // patch, patch, w // patch, patch).mean(axis=(1, 3)).astype(np.float32)
+
+
+def _render(person: Dict, cam: Dict, rng: np.random.Generator, cfg: "SyntheticConfig", *, home: Optional[Dict] = None,
+            confusers: Sequence[Tuple[int, Dict]] = ()) -> Tuple[Image.Image, Dict]:
+    """:func:`render_identity_image` with the nuisance options: ``home`` (a home scene: its background,
+    clutter and colour cast replace the camera's), a confuser from ``confusers`` ((pid, person) pairs)
+    with probability ``cfg.confuser_prob``, and the pixel masks for the ground truth. With no option on
+    it draws exactly what :func:`render_identity_image` draws. Returns (image, metadata)."""
+    h, w = cfg.height, cfg.width
+    info: Dict = {"home": home is not None, "occluder": None}
+    if home is not None:
+        img = _background(np.random.default_rng(home["clutter_seed"]), home, h, w)
+        look = {**cam, "gain": home["gain"], "offset": home["offset"]}
+    else:
+        img = _background(rng, cam, h, w)
+        look = cam
+    masks = cfg.ground_truth or cfg.confuser_prob > 0
+    body = _footprint(lambda c, r: _draw_person(c, person, r), img.size, rng)[0] if masks else None
+    _draw_person(img, person, rng)
+    nuisance = np.zeros((h, w), bool) if masks else None
+    if cfg.confuser_prob > 0 and confusers and rng.uniform() < cfg.confuser_prob:
+        pid, other = confusers[int(rng.integers(len(confusers)))]
+        m, cov = _add_confuser(img, body, other, rng, cfg.confuser_coverage)
+        nuisance |= m
+        info.update(confuser_pid=int(pid), confuser_coverage=cov)
+    if rng.uniform() < cfg.occluder_prob:
+        if masks:
+            nuisance |= _footprint(_occlude, img.size, rng)[0]
+        info["occluder"] = OCCLUDER_KINDS[_occlude(img, rng)]
+    if cfg.ground_truth:
+        info["_shares"] = (_patch_shares(nuisance, cfg.patch_size), _patch_shares(~body & ~nuisance, cfg.patch_size))
+    return _camera_look(img, look, rng), info
+
+
 # -------------------------------------------------------------------------------------------- generator
+
+def _draw_people(rng: np.random.Generator, n: int, people: List[Dict]) -> List[Dict]:
+    """``n`` new identities, each rejected (mostly) when too close to one in ``people`` or drawn before."""
+    new: List[Dict] = []
+    while len(new) < n:
+        cand = _identity(rng)
+        if not _too_close(cand, people + new) or rng.uniform() < 0.02:
+            new.append(cand)
+    return new
+
 
 def _generate(cfg: SyntheticConfig, out: str) -> None:
     rng = np.random.default_rng(cfg.seed)
     cams = [_camera(rng) for _ in range(cfg.num_cams)]
     n_ids = cfg.num_train_ids + cfg.num_test_ids
-    people: List[Dict] = []
-    while len(people) < n_ids:
-        cand = _identity(rng)
-        if not _too_close(cand, people) or rng.uniform() < 0.02:
-            people.append(cand)
-    # non-contiguous pids, as in Market; 0 (distractor) and -1 (junk) are reserved
-    pids = np.sort(rng.choice(np.arange(1, 3 * n_ids + 1), size=n_ids, replace=False))
-    order = rng.permutation(n_ids)
-    train_ids, test_ids = sorted(order[: cfg.num_train_ids]), sorted(order[cfg.num_train_ids:])
+    if cfg.split_streams:
+        # cameras from the seed's stream; the training split (people, pids, images) from its own stream and
+        # the test split from another, so test sizes never change the training draw
+        tr_rng, te_rng = np.random.default_rng([cfg.seed, 1]), np.random.default_rng([cfg.seed, 2])
+        people = _draw_people(tr_rng, cfg.num_train_ids, [])
+        people += _draw_people(te_rng, cfg.num_test_ids, people)
+        pids = np.concatenate([np.sort(tr_rng.choice(np.arange(1, 3 * cfg.num_train_ids + 1), size=cfg.num_train_ids, replace=False)),
+                               3 * cfg.num_train_ids + np.sort(te_rng.choice(np.arange(1, 3 * cfg.num_test_ids + 1),
+                                                                             size=cfg.num_test_ids, replace=False))])
+        train_ids, test_ids = list(range(cfg.num_train_ids)), list(range(cfg.num_train_ids, n_ids))
+    else:
+        tr_rng = te_rng = rng
+        people = []
+        while len(people) < n_ids:
+            cand = _identity(rng)
+            if not _too_close(cand, people) or rng.uniform() < 0.02:
+                people.append(cand)
+        # non-contiguous pids, as in Market; 0 (distractor) and -1 (junk) are reserved
+        pids = np.sort(rng.choice(np.arange(1, 3 * n_ids + 1), size=n_ids, replace=False))
+        order = rng.permutation(n_ids)
+        train_ids, test_ids = sorted(order[: cfg.num_train_ids]), sorted(order[cfg.num_train_ids:])
+    # home scenes (shortcut option): their own stream, one scene per training identity
+    home_rng = np.random.default_rng([cfg.seed, 3])
+    homes = {int(i): _home_scene(home_rng) for i in train_ids} if cfg.home_scene_frac > 0 else {}
+    train_conf = [(int(pids[i]), people[i]) for i in train_ids]
+    test_conf = [(int(pids[i]), people[i]) for i in test_ids]
     for sub in ("bounding_box_train", "bounding_box_test", "query"):
         os.makedirs(os.path.join(out, sub), exist_ok=True)
     counter = [0]
+    records: List[Dict] = []
+    shares: List[Tuple[np.ndarray, np.ndarray]] = []
 
-    def save(sub: str, pid: int, cam: int, img: Image.Image) -> None:
+    def save(sub: str, pid: int, cam: int, img: Image.Image, info: Optional[Dict] = None) -> None:
         counter[0] += 1
         name = f"{pid:04d}" if pid >= 0 else "-1"
         seq = 1 + counter[0] % 6
-        img.save(os.path.join(out, sub, f"{name}_c{cam + 1}s{seq}_{counter[0]:06d}_00.jpg"),
-                 quality=cams[cam]["quality"])
+        fname = f"{name}_c{cam + 1}s{seq}_{counter[0]:06d}_00.jpg"
+        img.save(os.path.join(out, sub, fname), quality=cams[cam]["quality"])
+        info = dict(info or {"home": False, "occluder": None})
+        gt = info.pop("_shares", None)
+        records.append({"file": f"{sub}/{fname}", "pid": int(pid), "cam": int(cam), **info})
+        if cfg.ground_truth:
+            gh, gw = cfg.height // cfg.patch_size, cfg.width // cfg.patch_size
+            shares.append(gt if gt is not None else (np.zeros((gh, gw), np.float32), np.ones((gh, gw), np.float32)))
 
-    def cam_set(k: int) -> np.ndarray:
-        return rng.choice(cfg.num_cams, size=min(cfg.num_cams, k), replace=False)
+    def cam_set(r, k: int) -> np.ndarray:
+        return r.choice(cfg.num_cams, size=min(cfg.num_cams, k), replace=False)
+
+    def others(pool, pid):  # confusers of another identity (only built when the option is on)
+        return [c for c in pool if c[0] != pid] if cfg.confuser_prob > 0 else ()
 
     for i in train_ids:
-        cs = cam_set(int(rng.integers(2, cfg.num_cams + 1)))
+        cs = cam_set(tr_rng, int(tr_rng.integers(2, cfg.num_cams + 1)))
         for j in range(cfg.train_imgs_per_id):
             c = int(cs[j % len(cs)])
+            home = homes[int(i)] if homes and home_rng.uniform() < cfg.home_scene_frac else None
             save("bounding_box_train", int(pids[i]), c,
-                 render_identity_image(people[i], cams[c], rng, cfg.height, cfg.width, cfg.occluder_prob))
+                 *_render(people[i], cams[c], tr_rng, cfg, home=home, confusers=others(train_conf, int(pids[i]))))
     for i in test_ids:
-        cs = cam_set(int(rng.integers(3, cfg.num_cams + 1)))
+        cs = cam_set(te_rng, int(te_rng.integers(3, cfg.num_cams + 1)))
         q_cams = cs[: min(cfg.query_imgs_per_id, len(cs) - 1)]
         for c in q_cams:
-            save("query", int(pids[i]), int(c), render_identity_image(people[i], cams[c], rng, cfg.height, cfg.width, cfg.occluder_prob))
+            save("query", int(pids[i]), int(c), *_render(people[i], cams[c], te_rng, cfg, confusers=others(test_conf, int(pids[i]))))
         for j in range(cfg.gallery_imgs_per_id):  # cycling through cs: every query camera has another camera in the gallery
             c = int(cs[j % len(cs)])
             save("bounding_box_test", int(pids[i]), c,
-                 render_identity_image(people[i], cams[c], rng, cfg.height, cfg.width, cfg.occluder_prob))
+                 *_render(people[i], cams[c], te_rng, cfg, confusers=others(test_conf, int(pids[i]))))
     for k in range(cfg.num_distractors):  # pid 0: a random person nobody queries for
-        c = int(rng.integers(cfg.num_cams))
-        save("bounding_box_test", 0, c, render_identity_image(_identity(rng), cams[c], rng, cfg.height, cfg.width, cfg.occluder_prob))
+        c = int(te_rng.integers(cfg.num_cams))
+        save("bounding_box_test", 0, c, *_render(_identity(te_rng), cams[c], te_rng, cfg, confusers=test_conf))
     for k in range(cfg.num_junk):  # pid -1: a background-only crop (a detector false alarm)
-        c = int(rng.integers(cfg.num_cams))
-        save("bounding_box_test", -1, c, _camera_look(_background(rng, cams[c], cfg.height, cfg.width), cams[c], rng))
+        c = int(te_rng.integers(cfg.num_cams))
+        save("bounding_box_test", -1, c, _camera_look(_background(te_rng, cams[c], cfg.height, cfg.width), cams[c], te_rng))
+    if cfg.options():  # the default folder stays as it was (images and marker only)
+        with open(os.path.join(out, METADATA), "w") as f:
+            json.dump({"config": {**asdict(cfg), "version": _VERSION}, "images": records}, f)
+    if cfg.ground_truth:
+        np.savez_compressed(os.path.join(out, GROUND_TRUTH), files=np.array([r["file"] for r in records]),
+                            occluder=np.stack([a for a, _ in shares]), background=np.stack([b for _, b in shares]),
+                            patch_size=np.int64(cfg.patch_size))
+
+
+def load_metadata(folder: str) -> List[Dict]:
+    """Per-image records a generation wrote (``metadata.json``): ``file`` (relative path), ``pid``,
+    ``cam`` (0-based), ``home`` (shot in the identity's home scene), ``occluder`` (kind or None),
+    ``confuser_pid`` / ``confuser_coverage`` (share of the target's body pixels covered) when a confuser
+    was drawn. Written only when a nuisance option is on (the default folder is unchanged); otherwise
+    ``FileNotFoundError``."""
+    path = os.path.join(folder, METADATA)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{path}: no metadata (written only when a nuisance option is on, e.g. split_streams=True)")
+    with open(path) as f:
+        return json.load(f)["images"]
+
+
+def load_ground_truth(folder: str) -> Dict[str, np.ndarray]:
+    """``ground_truth.npz`` of a dataset generated with ``ground_truth=True``: ``files`` [n] (relative
+    paths), ``occluder`` and ``background`` [n, H/patch, W/patch] (share of each patch's pixels covered by
+    an occluder or confuser, and by background; the rest is the target person), ``patch_size``.
+    Shares are of the drawing before the camera's blur/noise; junk crops are all background."""
+    path = os.path.join(folder, GROUND_TRUTH)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{path}: not found (generate the dataset with ground_truth=True)")
+    with np.load(path) as z:
+        return {k: z[k] for k in z.files}
 
 
 def make_synthetic_market(root: Optional[str] = None, seed: int = 0, **sizes) -> str:
@@ -316,6 +545,7 @@ def make_synthetic_market(root: Optional[str] = None, seed: int = 0, **sizes) ->
     base). Generation goes to a temporary folder renamed into place after the marker file is written,
     so an interrupted run is redone and concurrent processes (DDP ranks) do not collide."""
     cfg = SyntheticConfig(seed=seed, **sizes)
+    check_options(cfg)
     if cfg.num_train_ids < 2 or cfg.num_test_ids < 1 or cfg.num_cams < 2:
         raise ValueError(f"synthetic sizes: need num_train_ids >= 2, num_test_ids >= 1, num_cams >= 2; got {cfg}")
     if cfg.height < 32 or cfg.width < 16:
