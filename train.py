@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Train and evaluate TransReID / RIB-DCS / RIB-CA person Re-ID models (SPEC §4).
+"""Train and evaluate TransReID / RIB-DCS / RIB-CA person Re-ID models (docs/training.md).
 
     python train.py                                   # synthetic data, small ViT + RIB-DCS, CPU
     python train.py --config configs/market1501_rib_dcs.yaml --data-root /data/market1501

@@ -1,1 +1,1 @@
-"""Benchmarks (SPEC §6): run ``python -m benchmarks.run --device cpu --quick`` for the report."""
+"""Benchmarks (docs/performance.md): run ``python -m benchmarks.run --device cpu --quick`` for the report."""

@@ -1,4 +1,4 @@
-"""DCS-Attention benchmark (SPEC §6): forward, backward and forward+backward, median ms, TFLOP/s, GB/s.
+"""DCS-Attention benchmark (docs/performance.md): forward, backward and forward+backward, median ms, TFLOP/s, GB/s.
 
 Every provider makes its own noise inside the timed region (training mode, θ per token ``[B, H, N, D]``
 in the input dtype, no seed given):
@@ -39,7 +39,7 @@ PROVIDERS = ("triton", "triton_split", "compile_sdpa", "sdpa", "eager", "triton_
 PROVIDER_ENV = {"triton_split": {"RIBKERNELS_DCS_BACKWARD": "split"}}
 PASSES = ("fwd", "bwd", "fwd+bwd")
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
-# The GPU targets of issue 10 (fwd+bwd): ratio of a provider's time to triton's, and its bound.
+# The GPU targets (fwd+bwd; docs/performance.md): ratio of a provider's time to triton's, and its bound.
 TARGETS = {"sdpa_nomask": ("triton / sdpa_nomask", "<=", 1.2), "eager": ("eager / triton", ">=", 3.0),
            "compile_sdpa": ("compile_sdpa / triton", ">=", 1.3)}
 

@@ -1,4 +1,4 @@
-"""CPU benchmark of the PyTorch DCS-Attention backends (issue 10's CPU target), fwd+bwd median ms.
+"""CPU benchmark of the PyTorch DCS-Attention backends (against the CPU target in docs/performance.md), fwd+bwd median ms.
 
 Providers, all on the same inputs (θ per token ``[B, H, N, D]`` with grad, training mode; every
 provider's noise is made inside the timed region):

@@ -1,4 +1,4 @@
-"""Benchmark of Re-ID evaluation (SPEC §4) at Market-1501 size (3,368 × 15,913) and MSMT17 size
+"""Benchmark of Re-ID evaluation (docs/training.md) at Market-1501 size (3,368 × 15,913) and MSMT17 size
 (11,659 × 82,161): time and peak memory of
 
 * ``distances``: :func:`ribkernels.reid.compute_distance_matrix` (chunked, on ``--device``),

@@ -1,4 +1,4 @@
-"""IBB benchmarks (SPEC §6): the C++/CUDA extension (provider ``ext``, through the public functions,
+"""IBB benchmarks (docs/performance.md): the C++/CUDA extension (provider ``ext``, through the public functions,
 argument checks included) against eager PyTorch (``eager``: the same math written with torch ops,
 float32; for the batch loss the bare expression a user would write, without checks).
 

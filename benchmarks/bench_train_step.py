@@ -1,4 +1,4 @@
-"""End to end (SPEC §6): images/s and peak memory of one TransReID training step — forward, ID +
+"""End to end (docs/performance.md): images/s and peak memory of one TransReID training step — forward, ID +
 triplet (+ η·IBB) losses, backward, SGD step — baseline vs RIB-DCS.
 
 CUDA: ViT-B/16 TransReID* (stride 12, 211 tokens, SIE, JPM), batch 64 = 16 ids × 4, 256×128, bf16

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# One call on a lent GPU (SPEC §7, issue 10): a full verdict in <= 6 minutes on a fresh machine
+# One call on a lent GPU (docs/performance.md): a full verdict in <= 6 minutes on a fresh machine
 # (python 3.12, torch 2.11, triton 3.6, no package registry), compilation included.
 #   t=0      in parallel: build the extension (<= 150 s) || the DCS GPU tests (<= 150 s) || compile
 #            the benchmark's Triton kernels (fused and split backward) and its torch.compile baseline

@@ -1,4 +1,4 @@
-"""The benchmark report (SPEC §6): every section, one JSON, one Markdown table, PNG bar charts.
+"""The benchmark report (docs/performance.md): every section, one JSON, one Markdown table, PNG bar charts.
 
     python -m benchmarks.run --device cpu --quick          # any machine
     python -m benchmarks.run --device cuda --quick         # the lent GPU (benchmarks/gpu_check.sh)

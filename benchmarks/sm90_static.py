@@ -1,4 +1,4 @@
-"""Static sm_90 evidence without a GPU (SPEC §6): compile every Triton kernel of DCS-Attention for
+"""Static sm_90 evidence without a GPU (docs/performance.md): compile every Triton kernel of DCS-Attention for
 Hopper (``triton.compile(ASTSource(...), target=GPUTarget("cuda", 90, 32))``), then read the cubin
 with the ``cuobjdump`` inside the triton wheel: registers, spill bytes, shared memory, and the SASS
 instruction mix (tensor-core MMA, integer ops, MUFU, local loads/stores).

@@ -1,4 +1,4 @@
-// The DCS-Attention mask pre-pass on the CPU (noise contract v2, README "API"): one pass makes the
+// The DCS-Attention mask pre-pass on the CPU (noise contract v2, docs/design.md §2.1): one pass makes the
 // training mask M = 1[u > sigmoid(-θ)] of a [B, H, N, D] attention input and applies it to q and k;
 // its backward regenerates u (one Philox-4x32-10 call per 4 elements) for the straight-through dθ.
 #pragma once

@@ -1,4 +1,4 @@
-// The IBB bound of the RIB loss (SPEC §3): shared declarations of the host ops (device generic:
+// The IBB bound of the RIB loss (docs/design.md §3): shared declarations of the host ops (device generic:
 // argument checks, ATen GEMMs, chunking) and of the per-device row kernels they launch.
 //
 // Notation: features F [n, D], centroids C [A, D], log_q [A, K], labels y [n] (int64).

@@ -1,2 +1,2 @@
 """The paper's experiments on the built-in synthetic dataset, as scripts (``python -m experiments.NAME``).
-Each writes JSON and PNG under ``experiments/results/``; see the README's "Experiments" section."""
+Each writes JSON and PNG under ``experiments/results/``; see experiments/README.md."""

@@ -4,7 +4,7 @@ After every epoch of a RIB-DCS run, on the whole training set (test transforms):
 
 * the bound: a copy of the run's IBBLoss is refreshed on the current eval-mode features of the
   training set (the feature the run's IBB uses; k-means, calibrated β, Q), then ``IBB = mean_i [sum_b phi(X_i,b) log phi(X_i,b) - sum_a phi(F_i,a) log Q(y_i|a)]`` and the
-  right-hand side of SPEC §3's inequality ``IB <= IBB + H(X̃) - H(Y)``, with H(X̃) the entropy of the
+  right-hand side of the inequality in docs/design.md §3 ``IB <= IBB + H(X̃) - H(Y)``, with H(X̃) the entropy of the
   mean soft input assignment and H(Y) the plug-in label entropy;
 * the estimate on the bound's own variables: ``I(A; X̃) - I(A; Y)`` with A the IBB's soft feature
   clusters phi(F, a) and X̃ its soft input clusters phi(X, b), plug-in on the soft joint

@@ -1,6 +1,6 @@
 """ribkernels: Learning Informative Attention Weights for Person Re-ID, made fast.
 
-Public API (see README):
+Public API (see docs/design.md):
 
 * :func:`dcs_mask` — binary Gumbel channel mask with a straight-through gradient.
 * :func:`dcs_attention` — DCS-Attention, ``softmax(scale·(q⊙M)(k⊙M)ᵀ) v`` with backends

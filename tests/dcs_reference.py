@@ -1,4 +1,4 @@
-"""Float64 references written directly from SPEC §2's formulas (independent of ribkernels' backends).
+"""Float64 references written directly from the formulas of docs/design.md §2 (independent of ribkernels' backends).
 
 Shared by the DCS test files. ``reference_forward_backward`` returns the output and the gradients of
 q, k, v and θ for a given upstream gradient, with θ's gradient from the straight-through rule
@@ -44,7 +44,7 @@ def reference_forward_backward(q, k, v, theta, noise, grad_out, *, tau=1.0, scal
 
 
 def manual_mask_gradient(q, k, v, mask, grad_out, scale):
-    """dM from SPEC §2's closed form: dM_i = (dS·(k⊙M))_i ⊙ q_i + (dSᵀ·(q⊙M))_i ⊙ k_i (float64)."""
+    """dM from the closed form in docs/design.md §2: dM_i = (dS·(k⊙M))_i ⊙ q_i + (dSᵀ·(q⊙M))_i ⊙ k_i (float64)."""
     q, k, v, mask, grad_out = (t.double() for t in (q, k, v, mask, grad_out))
     qm, km = q * mask, k * mask
     p = torch.softmax(scale * qm @ km.transpose(-2, -1), dim=-1)

@@ -69,7 +69,7 @@ def _features_by_hand(loaded, paths, camids=None):
 # ------------------------------------------------------------------------------ final.pth, eval-only
 def test_final_pth_is_a_weights_only_model_file(runs):
     final = torch.load(os.path.join(runs.dcs, "final.pth"), weights_only=True)
-    last = torch.load(os.path.join(runs.dcs, "last.pth"), weights_only=True)  # both weights-only (issue 14)
+    last = torch.load(os.path.join(runs.dcs, "last.pth"), weights_only=True)  # both weights-only
     assert (final["format"], final["version"], final["kind"]) == (FORMAT, 2, KIND)
     assert "optimizer" not in final and "rng" not in final
     assert final["config"]["model"] == last["config"]["model"]

@@ -1,4 +1,4 @@
-"""The PyTorch backends of dcs_attention / dcs_mask against SPEC §2's float64 formulas."""
+"""The PyTorch backends of dcs_attention / dcs_mask against the float64 formulas of docs/design.md §2."""
 import math
 
 import pytest

@@ -1,5 +1,5 @@
 """The Triton DCS-Attention (mask pre-pass + FlashAttention-2-shaped kernels, noise contract v2)
-against SPEC §2's float64 formulas, the PyTorch contract reference and the sdpa backend.
+against the float64 formulas of docs/design.md §2, the PyTorch contract reference and the sdpa backend.
 
 Parametrised over devices: ``cpu`` runs the kernels under ``TRITON_INTERPRET=1`` (set by conftest)
 on small shapes, fp32/fp16; ``cuda`` (marked ``gpu``, skipped without CUDA) adds bf16 and
@@ -27,7 +27,7 @@ THETA_SHAPES = {
     "head_dim": lambda B, H, N, D: (H, 1, D),  # fewer dims than q: broadcasts over B and N
 }
 NAMES = ["out", "dq", "dk", "dv", "dtheta"]
-# fp16/bf16: the "tiny absolute slack" of SPEC §5's 2× rule, relative to the reference's magnitude.
+# fp16/bf16: the "tiny absolute slack" of the 2× rule of docs/design.md §5, relative to the reference's magnitude.
 SLACK = {torch.bfloat16: 2e-3, torch.float16: 1e-3, torch.float32: 2e-6}
 
 
@@ -83,7 +83,7 @@ def check_fp32(got, want, rtol=2e-5, label=""):
 
 
 def check_low_precision(got, baseline, want, label="", slack=1e-3):
-    """SPEC §5: error vs float64 at most 2× that of same-precision PyTorch, plus a tiny slack."""
+    """docs/design.md §5: error vs float64 at most 2× that of same-precision PyTorch, plus a tiny slack."""
     for name, g, b, w in zip(NAMES, got, baseline, want):
         assert g.shape == w.shape and g.dtype == b.dtype, f"{label} {name}"
         assert torch.isfinite(g).all(), f"{label} {name} not finite"
@@ -93,7 +93,7 @@ def check_low_precision(got, baseline, want, label="", slack=1e-3):
 
 
 # The kernels' dtype per device: fp32 under the interpreter (checked against float64 at ~1e-5);
-# fp16 on CUDA (fp32 goes to the sdpa backend there), checked by SPEC §5's 2×-eager rule.
+# fp16 on CUDA (fp32 goes to the sdpa backend there), checked by the 2×-eager rule of docs/design.md §5.
 DT = {"cpu": torch.float32, "cuda": torch.float16}
 
 

@@ -1,6 +1,6 @@
 """The two backward paths of the Triton DCS-Attention — fused (one pass per key block, dQ by float32
 atomics, then a finishing kernel: the default) and split (dK/dV and dQ passes: deterministic) — each
-against SPEC §2's float64 formulas and against each other, and the dispatch between them.
+against the float64 formulas of docs/design.md §2 and against each other, and the dispatch between them.
 
 ``cpu`` runs the kernels under ``TRITON_INTERPRET=1`` (set by conftest), fp32 (and one fp16 case);
 ``cuda`` (marked ``gpu``) runs fp16. Forced small blocks make several key programs add into the same
@@ -108,7 +108,7 @@ def test_fused_and_split_match_float64_reference_and_each_other(device, B, H, N,
 @pytest.mark.parametrize("device", DEVICES)
 def test_fused_float16_per_token_theta_within_twice_eager_error(device):
     """fp16, per-token θ: the fused path passes dM_k = dk_raw⊙k through dθ's buffer in θ's dtype
-    (module doc of backward_fused); still within SPEC §5's 2× same-precision eager error."""
+    (module doc of backward_fused); still within the 2× same-precision eager error of docs/design.md §5."""
     B, H, N, D = 1, 2, 45, 32
     q, k, v, theta, grad_out = (torch.randn(B, H, N, D, device=device, dtype=torch.float16) for _ in range(5))
     noise = rk.logistic_noise((B, H, N, D), seed=fresh_seed(), device=device)

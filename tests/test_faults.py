@@ -1,4 +1,4 @@
-"""The fault suite of issues 12 and 14 (engine part, CPU, tiny synthetic config): every way a run used
+"""The fault suite (engine part, CPU, tiny synthetic config): every way a run used
 to lose work, bend silently or fail without naming the culprit, reproduced and checked.
 
 * run folders: never overwritten, a PID lock (stale locks taken over), --eval-only writes its own file,
@@ -9,7 +9,7 @@ to lose work, bend silently or fail without naming the culprit, reproduced and c
 * every bad config value fails before any data is read, naming key, value and what is allowed;
 * checkpoint, --pretrained (also timm:<name>:<file>) and unreadable-image errors name the file; temp
   files of killed writes go; checkpoints follow the umask;
-* a malicious pickle handed to every entry point that takes a checkpoint runs no code (issue 14);
+* a malicious pickle handed to every entry point that takes a checkpoint runs no code;
   previous-format checkpoints are refused with the conversion command, which converts exactly.
 
 To cover another entry point that reads a checkpoint (e.g. a CLI command), add one line to
@@ -423,7 +423,7 @@ def test_unusable_resume_files_are_named(data_root, stopped_run, tmp_path):
 
 
 def test_pretrained_in_the_timm_form_is_checked_and_loaded(data_root, tmp_path):
-    """``--pretrained timm:<timm model name>:<file>`` (README, issue 13): its file is the one checked
+    """``--pretrained timm:<timm model name>:<file>`` (docs/training.md): its file is the one checked
     before any data is read, and train.py loads it through timm's converter."""
     import timm
 
@@ -525,7 +525,7 @@ def test_checkpoints_follow_the_umask(tmp_path, umask, mode):
     assert os.stat(path).st_mode & 0o777 == mode
 
 
-# ------------------------------------------------------------------------------------ issue 14: weights only
+# ------------------------------------------------------------------------------------ weights only
 class _CreatesAFile:
     """Unpickling this creates ``path`` (what a malicious checkpoint could do)."""
 

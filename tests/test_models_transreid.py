@@ -1,4 +1,4 @@
-"""TransReID model: shapes, token counts, SIE, JPM shuffle, attention implementations (SPEC §4)."""
+"""TransReID model: shapes, token counts, SIE, JPM shuffle, attention implementations (docs/training.md)."""
 import pytest
 import torch
 from torch import nn

@@ -1,4 +1,4 @@
-"""Issue 13 item 4 / issue 12 item 6: TransReID-repository checkpoints (key names mapped), timm ViT
+"""TransReID-repository checkpoints (key names mapped), timm ViT
 weights by timm model name from a local file, train.py's own checkpoints as --pretrained, and clear
 errors (path + expectation) for garbage, truncated and empty weight files."""
 import argparse

@@ -1,4 +1,4 @@
-"""Issue 12 item 5: every image decoded once at dataset build (cached), truncated/corrupt images listed
+"""Every image decoded once at dataset build (cached), truncated/corrupt images listed
 in one error or skipped and counted (never substituted), bad file names named, identities left
 without images dropped and relabelled."""
 import copy

@@ -1,4 +1,4 @@
-"""Issue 13 item 3: CSV and folder datasets through build_dataset (and train.py's data path), their
+"""CSV and folder datasets through build_dataset (and train.py's data path), their
 errors, and register_dataset."""
 import os
 

@@ -1,4 +1,4 @@
-"""RIB logging and knobs of the trainer (issue 11): τ schedules, the gradient ratio, the RIB config
+"""RIB logging and knobs of the trainer: τ schedules, the gradient ratio, the RIB config
 keys, and a tiny train.py run that writes the refresh diagnostics and per-block keep fractions."""
 import json
 import math

@@ -1,1 +1,1 @@
-"""DCS-Attention: binary Gumbel channel mask + masked QKᵀ attention (SPEC §2)."""
+"""DCS-Attention: binary Gumbel channel mask + masked QKᵀ attention (docs/design.md §2)."""

@@ -1,4 +1,4 @@
-"""``dcs_attention``: the public entry point and the backend dispatch (SPEC §2).
+"""``dcs_attention``: the public entry point and the backend dispatch (docs/design.md §2).
 
 A backend is a pair of functions: ``why_not(q, k, v, mask_logits, noise) -> list[str]`` (reasons it
 cannot take this input; empty means it can) and ``run(q, k, v, mask_logits, *, tau, training, seed,

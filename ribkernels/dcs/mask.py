@@ -1,4 +1,4 @@
-"""The binary Gumbel-sigmoid channel mask with a straight-through gradient (SPEC §2, contract v2)."""
+"""The binary Gumbel-sigmoid channel mask with a straight-through gradient (docs/design.md §2, contract v2)."""
 from typing import Optional, Sequence
 
 import torch
@@ -112,7 +112,7 @@ def dcs_mask(
     noise: Optional[torch.Tensor] = None,
     check_nan: Optional[bool] = None,
 ) -> torch.Tensor:
-    """Hard 0/1 channel mask from logits θ, with the straight-through gradient of SPEC §2.
+    """Hard 0/1 channel mask from logits θ, with the straight-through gradient of docs/design.md §2.
 
     training: with ``noise`` (logistic, broadcastable with θ): ``M = 1[θ + noise > 0]``; with ``seed``
     (in ``[0, 2**63)``; ``offset >= 0``): contract v2, ``M = 1[u > sigmoid(−θ)]`` in float32 for the

@@ -1,4 +1,4 @@
-"""Philox-4x32-10 in PyTorch and the noise contract v2 (README "API"), on any device.
+"""Philox-4x32-10 in PyTorch and the noise contract v2 (docs/design.md §2.1), on any device.
 
 Contract v2: element ``i`` (row-major index in the contiguous ``[B, H, N, D]`` mask) takes output
 ``r_{i % 4}`` of the Philox-4x32-10 call with counter ``(lo32(g + offset), hi32(g + offset), 0, 0)``,

@@ -80,7 +80,7 @@ def masked_qk_seeded(q: torch.Tensor, k: torch.Tensor, mask_logits: torch.Tensor
 
     seed: int or 0-d int64 tensor; None draws one from torch's generator (CPU op) — without the C++
     op, None falls back to ``torch.rand`` noise. ``q_nan_count`` (0-d int64, NaN entries of q) comes
-    from the C++ op only (None otherwise). Gradients flow to q, k and θ (straight-through, SPEC §2).
+    from the C++ op only (None otherwise). Gradients flow to q, k and θ (straight-through, docs/design.md §2).
     """
     from .mask import seeded_mask, torch_logistic_noise, dcs_mask
 

@@ -1,4 +1,4 @@
-"""The two PyTorch backends of DCS-Attention (SPEC §2).
+"""The two PyTorch backends of DCS-Attention (docs/design.md §2).
 
 * ``eager``: materialised ``[B, H, N, N]`` scores, the way TransReID writes attention. On float64
   inputs it is the reference every other backend is tested against.

@@ -1,5 +1,5 @@
 """The training engine behind train.py: config loading, checkpoint I/O, distributed helpers,
-logging/metrics/plots and the train/eval loops (SPEC §4)."""
+logging/metrics/plots and the train/eval loops (docs/training.md)."""
 import argparse
 import difflib
 import sys

@@ -1,4 +1,4 @@
-"""Checkpoint I/O: one weights-only format, atomic writes, RNG states as plain data (issue 14).
+"""Checkpoint I/O: one weights-only format, atomic writes, RNG states as plain data.
 
 A checkpoint is a ``torch.save``'d dict of tensors and plain containers (dict/list/str/int/float/bool/
 None) with ``"format": FORMAT`` and ``"version": VERSION``. :func:`load` is the one loader every entry

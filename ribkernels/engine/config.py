@@ -46,7 +46,7 @@ def find_config(config: str) -> str:
     raise FileNotFoundError(f"--config {config}: no such file, and no shipped config of that name "
                             f"(shipped: {names})")
 
-# The SPEC §4 recipe (TransReID's) unless a YAML file says otherwise.
+# TransReID's recipe (docs/training.md) unless a YAML file says otherwise.
 DEFAULTS: Dict[str, Dict[str, Any]] = {
     "model": {
         "name": "vit_base_transreid",   # see ribkernels.models.MODEL_NAMES

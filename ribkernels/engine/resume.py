@@ -1,4 +1,4 @@
-"""What a resume may change (issue 12): the resumed run's config against the checkpoint's.
+"""What a resume may change: the resumed run's config against the checkpoint's.
 
 Hyperparameters may not change silently: any key that differs (other than the ``FREE_KEYS``, which
 change where or how fast things run but not what is computed) is refused, listed with both values,

@@ -1,4 +1,4 @@
-"""What the trainer logs about RIB itself (issue 11): the IBB refresh diagnostics (β used, mean max
+"""What the trainer logs about RIB itself: the IBB refresh diagnostics (β used, mean max
 phi, mean H(Q(·|a)), both terms, the IBB/task gradient ratio on the feature), the per-block keep
 fraction of the DCS masks in training and in eval, how the eval mask varies over tokens vs channels,
 the τ schedule, and the ``rib.png`` plot.

@@ -1,4 +1,4 @@
-"""Run folders that are never overwritten (issue 12): which folder a start uses, a PID lock against a
+"""Run folders that are never overwritten: which folder a start uses, a PID lock against a
 second concurrent run, leftover temp files removed, and no empty folder left by a failed start.
 
 * a new run refuses a folder that already holds a run (checkpoints or metrics);

@@ -1,4 +1,4 @@
-"""The training / evaluation loops of train.py (SPEC §4): TransReID recipe + η·IBB, DDP, checkpoints."""
+"""The training / evaluation loops of train.py (docs/training.md): TransReID recipe + η·IBB, DDP, checkpoints."""
 import contextlib
 import hashlib
 import math

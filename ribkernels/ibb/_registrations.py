@@ -1,6 +1,6 @@
 """Autograd formulas and fake (meta) kernels of the ``torch.ops.ribkernels`` ops, registered once
 the extension is loaded (see ``_ext.py``). Gradients flow to ``features`` only: centroids, log Q,
-labels and beta are constants of the bound (SPEC §3)."""
+labels and beta are constants of the bound (docs/design.md §3)."""
 import torch
 
 _DONE = False

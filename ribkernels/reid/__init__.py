@@ -1,4 +1,4 @@
-"""``ribkernels.reid``: what a Re-ID training script needs besides the model (SPEC §4) — dataset
+"""``ribkernels.reid``: what a Re-ID training script needs besides the model (docs/training.md) — dataset
 loaders and a synthetic dataset, transforms, PK samplers, an image dataset, ID/triplet losses,
 evaluation (CMC/mAP/mINP, chunked distances, re-ranking) and an occlusion stress test."""
 from .datasets import (DATASETS, CorruptImageError, DatasetLayoutError, ReIDData, build_dataset,

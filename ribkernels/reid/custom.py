@@ -1,4 +1,4 @@
-"""Custom Re-ID datasets without code (issue 13 item 3): a CSV file or a folder layout.
+"""Custom Re-ID datasets without code: a CSV file or a folder layout.
 
 ``--dataset csv --data-root my.csv``: a CSV with a header row and the columns ``path``, ``pid``,
 ``camid``, ``split`` (``train`` | ``query`` | ``gallery``); or ``--data-root DIR`` holding ``train.csv``,

@@ -1,4 +1,4 @@
-"""Re-ID dataset loaders (SPEC §4): Market-1501, DukeMTMC-reID, Occluded-Duke, MSMT17, read from their
+"""Re-ID dataset loaders (docs/training.md): Market-1501, DukeMTMC-reID, Occluded-Duke, MSMT17, read from their
 standard folder layouts and file names. No downloads: ``root`` comes from the user.
 
 Each loader returns a :class:`ReIDData` with ``train``, ``query`` and ``gallery`` lists of

@@ -1,4 +1,4 @@
-"""Re-ID evaluation (SPEC §4): CMC, mAP and mINP under the Market-1501 protocol, chunked distances,
+"""Re-ID evaluation (docs/training.md): CMC, mAP and mINP under the Market-1501 protocol, chunked distances,
 chunked evaluation from features, and k-reciprocal re-ranking.
 
 Protocol, for each query q:

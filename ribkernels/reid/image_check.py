@@ -1,4 +1,4 @@
-"""Decode every image of a dataset once, in parallel, and remember the verdicts (issue 12 item 5).
+"""Decode every image of a dataset once, in parallel, and remember the verdicts.
 
 A header check (``Image.verify()``) passes truncated JPEGs; only a full decode (``Image.load()``
 with ``ImageFile.LOAD_TRUNCATED_IMAGES`` off) finds them. Decoding a whole dataset costs seconds to

@@ -1,4 +1,4 @@
-"""Re-ID losses (SPEC §4): ID cross-entropy with optional label smoothing, and the batch-hard
+"""Re-ID losses (docs/training.md): ID cross-entropy with optional label smoothing, and the batch-hard
 triplet loss (margin or soft margin). Device-agnostic: everything follows the inputs' device."""
 from __future__ import annotations
 

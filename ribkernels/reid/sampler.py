@@ -1,4 +1,4 @@
-"""PK identity samplers (SPEC §4): batches of P identities × K images, for the triplet loss.
+"""PK identity samplers (docs/training.md): batches of P identities × K images, for the triplet loss.
 
 Use with ``DataLoader(dataset, batch_size=P*K, sampler=sampler, drop_last=True)`` (the distributed
 variant: ``batch_size=(P // world_size) * K`` per rank). An epoch's plan is a pure function of

@@ -1,4 +1,4 @@
-"""A synthetic Re-ID dataset in Market-1501's layout and file naming, generated on first use (SPEC §4).
+"""A synthetic Re-ID dataset in Market-1501's layout and file naming, generated on first use (docs/training.md).
 
 Each identity is a drawn pedestrian with its own clothing (upper/lower colours and patterns: solid,
 stripes, checks, dots, two-tone), build, hair, hat and bag. Each of the cameras has its own

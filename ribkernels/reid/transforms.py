@@ -1,4 +1,4 @@
-"""Re-ID image transforms (TransReID's recipe): resize, flip, pad + random crop, normalise, random
+"""Re-ID image transforms (TransReID's recipe, docs/training.md): resize, flip, pad + random crop, normalise, random
 erasing (timm's ``RandomErasing``, pixel mode). TransReID resizes training images bicubic and test
 images with torchvision's default, bilinear: ``test_interpolation``."""
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Triton kernels of DCS-Attention (SPEC §2), noise contract v2: a mask pre-pass makes the
+"""Triton kernels of DCS-Attention (docs/design.md §2), noise contract v2: a mask pre-pass makes the
 ``[B, H, N, D]`` mask once per forward (0/1 in the inputs' dtype) and, in the same pass, q⊙M and
 k⊙M; the FlashAttention-2-shaped forward is plain attention on those, the backward kernels apply the
 saved mask to q/k tiles on load; none of them runs Philox in a loop.

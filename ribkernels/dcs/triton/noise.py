@@ -1,4 +1,4 @@
-"""Noise contract v2 in Triton (SPEC §2): the jit helpers shared by the mask pre-pass, the backward's
+"""Noise contract v2 in Triton (docs/design.md §2): the jit helpers shared by the mask pre-pass, the backward's
 dθ epilogue and the debug kernels.
 
 Element ``i`` of the contiguous ``[B, H, N, D]`` mask belongs to Philox group ``g = i // 4``; one
