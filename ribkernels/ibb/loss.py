@@ -1,13 +1,13 @@
 """``ibb_loss``: the IBB bound of the RIB loss for a batch (SPEC §3)."""
 from __future__ import annotations
 
-from typing import Optional
+from typing import Optional, Union
 
 import torch
 
 from . import _ext
 from ._dispatch import no_autocast, use_extension
-from .checks import (check_beta, check_features_centroids, check_finite, check_label_range,
+from .checks import (check_beta_arg, check_features_centroids, check_finite, check_label_range,
                      check_log_q, check_same_device, check_tensor, compute_dtype, describe)
 from .checks import check_labels as check_labels_meta
 from .reference import ibb_eager
@@ -16,7 +16,7 @@ REDUCTIONS = ("mean", "sum", "none")
 
 
 def ibb_loss(features: torch.Tensor, labels: torch.Tensor, centroids: torch.Tensor,
-             log_q: torch.Tensor, *, beta: float = 1.0, input_entropy: Optional[torch.Tensor] = None,
+             log_q: torch.Tensor, *, beta: Union[float, torch.Tensor] = 1.0, input_entropy: Optional[torch.Tensor] = None,
              normalize: bool = True, reduction: str = "mean", impl: str = "auto",
              check_labels: bool = True, check_nan: bool = False) -> torch.Tensor:
     """The IBB bound, per sample ``IBB_i = input_entropy_i - sum_a phi(F_i, a) log_q[a, y_i]``.
@@ -27,7 +27,11 @@ def ibb_loss(features: torch.Tensor, labels: torch.Tensor, centroids: torch.Tens
         labels: ``[n]`` integer labels in ``[0, K)``.
         centroids: ``[A, D]`` cluster centroids c_a, used as given (L2-normalise them beforehand).
         log_q: ``[A, K]`` log Q(y | a) (already clamped at a small epsilon before the log).
-        beta: softmax temperature of ``phi = softmax_a(-beta ||f̂ - c_a||^2)``.
+        beta: softmax temperature of ``phi = softmax_a(-beta ||f̂ - c_a||^2)``: a positive float,
+            or a 0-d floating tensor on the features' device (e.g. fitted to the batch by
+            :func:`ribkernels.ibb.calibrate.calibrate_beta_batch`), read by the kernels where it
+            lives: no host sync. A tensor β gets no gradient (it is a constant of the bound); its
+            value is checked on CPU only.
         input_entropy: optional ``[n]``: ``sum_b phi(X_i, b) log phi(X_i, b)`` of the inputs
             (term 1). It adds to the value and carries no gradient (``sum_a phi(F_i, a) = 1``).
         normalize: L2-normalise the features first (``f̂``); centroids never are.
@@ -48,7 +52,7 @@ def ibb_loss(features: torch.Tensor, labels: torch.Tensor, centroids: torch.Tens
     check_features_centroids(features, centroids)
     check_log_q(log_q, centroids, features)
     check_labels_meta(labels, features.shape[0], features)
-    check_beta(beta)
+    check_beta_arg(beta, features)
     if reduction not in REDUCTIONS:
         raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
     if input_entropy is not None:
@@ -69,11 +73,14 @@ def ibb_loss(features: torch.Tensor, labels: torch.Tensor, centroids: torch.Tens
         c = centroids.detach().to(dtype)
         lq = log_q.detach().to(dtype)
         y = labels.long()
-        if ext:
-            per_sample = _ext.ops().ibb_forward(f, y, c, lq, float(beta), bool(normalize),
-                                                bool(check_labels))[0]
+        b = beta.detach().to(dtype) if isinstance(beta, torch.Tensor) else float(beta)
+        if ext and isinstance(b, torch.Tensor):
+            per_sample = _ext.ops().ibb_forward.beta_tensor(f, y, c, lq, b, bool(normalize),
+                                                            bool(check_labels))[0]
+        elif ext:
+            per_sample = _ext.ops().ibb_forward(f, y, c, lq, b, bool(normalize), bool(check_labels))[0]
         else:
-            per_sample = ibb_eager(f, y, c, lq, float(beta), bool(normalize))
+            per_sample = ibb_eager(f, y, c, lq, b, bool(normalize))
     if input_entropy is not None:
         per_sample = per_sample + input_entropy.detach().to(dtype)
     if reduction == "mean":

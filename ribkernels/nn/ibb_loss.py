@@ -52,7 +52,11 @@ class IBBLoss(nn.Module):
             (held-out or drifted training features) at ``log K - log λ`` instead of ``-log eps``.
         num_input_clusters: B (default A); ``input_size``: (h, w) images are down-sampled to;
         ``input_channels``: C.
-        reduction: ``"mean"`` | ``"sum"`` | ``"none"``; ``impl``: ``"auto"`` | ``"ext"`` | ``"eager"``.
+        reduction: ``"mean"`` | ``"sum"`` | ``"none"``; ``impl``: ``"auto"`` | ``"ext"`` | ``"eager"``
+            (``"auto"``: the C++/CUDA extension's ops when it serves the device, in training mode
+            too: ``ribkernels::ibb_fit_beta`` fits β, ``ribkernels::ibb_forward`` /
+            ``ibb_backward`` take it as a 0-d device tensor; eager PyTorch only when the extension
+            is unavailable, after one warning).
 
     Under torch.distributed (initialised, more than one process), :meth:`refresh` and
     :meth:`set_input_clusters` all-reduce the k-means sums/counts and the soft counts, so every rank
@@ -224,17 +228,20 @@ class IBBLoss(nn.Module):
                                "training features first (the IBB is switched on after the first refresh)")
         check_features_centroids(features, self.centroids)
         beta = self._beta
+        check_labels = True
         if self.beta == "auto" and self.batch_calibration and self.training and self.num_clusters > 1:
+            # the training path: β fitted to this batch (one extension op, no host sync), averaged
+            # in log space, and passed to the loss op as a 0-d device tensor
             b = calibrate_beta_batch(features.detach(), self.centroids, normalize=self.normalize,
-                                     target_entropy=self._target(self.num_clusters)).log()
+                                     target_entropy=self._target(self.num_clusters), impl=self.impl).log()
             ema = self._log_beta_ema
-            self._log_beta_ema = b if ema is None else self.beta_momentum * ema + (1 - self.beta_momentum) * b
+            self._log_beta_ema = b if ema is None else self.beta_momentum * ema.to(b.dtype) \
+                + (1 - self.beta_momentum) * b
             beta = self._log_beta_ema.exp()
-        if isinstance(beta, torch.Tensor):  # a device tensor: the eager path takes it without a sync
-            per_sample = self._eager_with_tensor_beta(features, labels, beta)
-        else:
-            per_sample = ibb_loss(features, labels, self.centroids, self.log_q, beta=beta,
-                                  normalize=self.normalize, reduction="none", impl=self.impl)
+            check_labels = not features.is_cuda  # the range check copies the labels to the host
+        per_sample = ibb_loss(features, labels, self.centroids, self.log_q, beta=beta,
+                              normalize=self.normalize, reduction="none", impl=self.impl,
+                              check_labels=check_labels)
         label_term = per_sample.detach().mean()
         if input_entropy is not None:
             per_sample = per_sample + self._check_entropy(input_entropy, per_sample)
@@ -250,16 +257,6 @@ class IBBLoss(nn.Module):
         if self.reduction == "sum":
             return per_sample.sum()
         return per_sample
-
-    def _eager_with_tensor_beta(self, features, labels, beta: torch.Tensor) -> torch.Tensor:
-        """Term 2 per sample with a 0-d tensor β (autograd through the features only)."""
-        if not features.is_cuda:  # (on CUDA an out-of-range label fails the indexing's device assert)
-            check_label_range(labels, self.num_classes)
-        f = F.normalize(features.float(), dim=1) if self.normalize else features.float()
-        c = self.centroids.float()
-        d2 = (f * f).sum(1, keepdim=True) + (c * c).sum(1) - 2.0 * f @ c.T
-        phi = torch.softmax(-beta.float().detach() * d2, dim=1)
-        return -(phi * self.log_q.float()[:, labels.long()].T).sum(1)
 
     @staticmethod
     def _check_entropy(input_entropy, per_sample: torch.Tensor) -> torch.Tensor:
