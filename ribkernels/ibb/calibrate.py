@@ -20,6 +20,7 @@ from typing import Dict, Optional
 import torch
 import torch.nn.functional as F
 
+from ._progress import StepProgress, check_mode
 from .checks import check_features_centroids, check_finite
 from .kmeans import _all_reduce, _group
 
@@ -43,14 +44,17 @@ def _mean_entropy(d2: torch.Tensor, beta: float, group) -> float:
 @torch.no_grad()
 def calibrate_beta(features: torch.Tensor, centroids: torch.Tensor, *,
                    target_entropy: float = DEFAULT_TARGET_ENTROPY, normalize: bool = True,
-                   iters: int = 60, max_rows: Optional[int] = 8192) -> float:
+                   iters: int = 60, max_rows: Optional[int] = 8192, progress=None) -> float:
     """β such that the mean entropy of ``phi(features, centroids)`` is ``target_entropy`` (nats).
 
     ``features`` [n, D], ``centroids`` [A, D] (A >= 2). ``target_entropy`` must lie in (0, log A);
     ``max_rows``: use the first (evenly strided) rows only, for speed. Computed in float64.
+    ``progress``: ``None`` / ``"off"``, ``"auto"``, ``"bar"`` or ``"log"``: one step per bisection
+    step with the current β and mean entropy (rank 0 only).
     Returns a positive float (clamped to the bisection bracket if the target is unreachable).
     """
     check_features_centroids(features, centroids)
+    progress = check_mode(progress)
     check_finite("features", features)
     A = centroids.shape[0]
     if A < 2:
@@ -69,12 +73,17 @@ def calibrate_beta(features: torch.Tensor, centroids: torch.Tensor, *,
     if not scale > 0:  # every feature at the same distance from every centroid: any β gives log A
         return 1.0
     lo, hi = math.log(1e-4 / scale), math.log(1e6 / scale)
+    prog = StepProgress(iters, f"IBB beta fit ({d2.shape[0]} rows, {A} clusters, target "
+                               f"{target_entropy:.4g} nats)", progress)
     for _ in range(iters):
         mid = 0.5 * (lo + hi)
-        if _mean_entropy(d2, math.exp(mid), group) > target_entropy:
+        h = _mean_entropy(d2, math.exp(mid), group)
+        if h > target_entropy:
             lo = mid  # still too flat: a larger β
         else:
             hi = mid
+        prog.step(beta=math.exp(mid), entropy=h)
+    prog.close()
     return math.exp(0.5 * (lo + hi))
 
 

@@ -13,6 +13,7 @@ from ..ibb import ibb_loss, kmeans, soft_assign, soft_counts
 from ..ibb.calibrate import DEFAULT_TARGET_ENTROPY, assignment_stats, calibrate_beta, calibrate_beta_batch
 from ..ibb.checks import (check_beta, check_features_centroids, check_finite, check_label_range, check_labels,
                           check_tensor, describe)
+from ..ibb._progress import check_mode
 from ..ibb.kmeans import _all_reduce, _group
 
 logger = logging.getLogger("ribkernels.ibb")
@@ -58,6 +59,11 @@ class IBBLoss(nn.Module):
             ``ibb_backward`` take it as a 0-d device tensor; eager PyTorch only when the extension
             is unavailable, after one warning).
 
+        progress: of :meth:`refresh` / :meth:`set_input_clusters` (k-means++ init, Lloyd
+            iterations, the β bisection): ``"off"`` (default), ``"auto"`` (a tqdm bar on a TTY,
+            else log lines), ``"bar"`` or ``"log"`` (INFO lines on the ``ribkernels.ibb`` logger
+            with counts and an ETA); rank 0 only.
+
     Under torch.distributed (initialised, more than one process), :meth:`refresh` and
     :meth:`set_input_clusters` all-reduce the k-means sums/counts and the soft counts, so every rank
     ends with the same state. Call them on every rank, each with its own share of the data.
@@ -68,7 +74,7 @@ class IBBLoss(nn.Module):
                  q_smoothing: float = 0.0, batch_calibration: bool = True, beta_momentum: float = 0.9, kmeans_iters: int = 20, seed: int = 0,
                  init: str = "k-means++", eps: float = 1e-6, normalize: bool = True,
                  num_input_clusters: Optional[int] = None, input_size: Sequence[int] = (16, 8),
-                 input_channels: int = 3, reduction: str = "mean", impl: str = "auto"):
+                 input_channels: int = 3, reduction: str = "mean", impl: str = "auto", progress="off"):
         super().__init__()
         for name, v in (("num_classes", num_classes), ("feat_dim", feat_dim)):
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
@@ -93,6 +99,7 @@ class IBBLoss(nn.Module):
         self.batch_calibration, self.beta_momentum = bool(batch_calibration), float(beta_momentum)
         self.kmeans_iters, self.seed, self.init = kmeans_iters, seed, init
         self.eps, self.normalize, self.reduction, self.impl = eps, normalize, reduction, impl
+        self.progress = check_mode(progress)
         if reduction not in ("mean", "sum", "none"):
             raise ValueError(f"reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
         self.input_size = tuple(int(s) for s in input_size)
@@ -135,7 +142,8 @@ class IBBLoss(nn.Module):
             return self.beta
         if centroids.shape[0] < 2:  # one cluster: phi = 1 whatever β
             return 1.0
-        return calibrate_beta(x, centroids, target_entropy=self._target(centroids.shape[0]), normalize=normalize)
+        return calibrate_beta(x, centroids, target_entropy=self._target(centroids.shape[0]), normalize=normalize,
+                              progress=self.progress)
 
     def extra_repr(self) -> str:
         return (f"num_classes={self.num_classes}, feat_dim={self.feat_dim}, "
@@ -153,7 +161,7 @@ class IBBLoss(nn.Module):
         check_label_range(labels, self.num_classes)
         check_finite("features", features)
         res = kmeans(features, self.num_clusters, self.kmeans_iters, self.seed, init=self.init,
-                     normalize=self.normalize, impl=self.impl)
+                     normalize=self.normalize, impl=self.impl, progress=self.progress)
         centroids = res.centroids
         beta = self._choose_beta(features, centroids, self.normalize)
         counts = soft_counts(features, labels, centroids, num_classes=self.num_classes,
@@ -199,7 +207,7 @@ class IBBLoss(nn.Module):
         x = self._downsample(images)
         check_finite("images", x)
         res = kmeans(x, self.num_input_clusters, self.kmeans_iters, self.seed, init=self.init,
-                     normalize=True, impl=self.impl)
+                     normalize=True, impl=self.impl, progress=self.progress)
         self.input_centroids.copy_(res.centroids)
         beta = self._choose_beta(x, res.centroids, True)
         self.input_beta_used.fill_(beta)
