@@ -2,7 +2,10 @@
 available (built ahead of time, else JIT-built on first use) and on eager PyTorch otherwise.
 Importing this package loads nothing: the extension is loaded by the first op that runs.
 
-* :func:`ibb_loss` — the per-batch bound (autograd to the features).
+* :func:`ibb_loss` — the per-batch bound (autograd to the features); β a float or a 0-d tensor on
+  the features' device.
+* :func:`ribkernels.ibb.calibrate.calibrate_beta_batch` — β fitted to one batch (one extension op,
+  no host sync): what ``IBBLoss`` does at every training step with ``beta="auto"``.
 * :func:`soft_assign` — phi, the soft cluster assignment.
 * :func:`soft_counts` — the A x K sums that make Q.
 * :func:`kmeans_step`, :func:`kmeans` — the cluster refresh.
