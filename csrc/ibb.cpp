@@ -153,9 +153,10 @@ at::Tensor ibb_backward_tb(
                        normalize);
 }
 
-at::Tensor ibb_fit_beta(const at::Tensor& features, const at::Tensor& centroids,
-                        double target_entropy, bool normalize, int64_t grid) {
-  const char* op = "ribkernels::ibb_fit_beta";
+namespace {
+
+void check_fit_args(const char* op, const at::Tensor& features, const at::Tensor& centroids,
+                    double target_entropy, int64_t grid) {
   check_features_centroids(op, features, centroids);
   TORCH_CHECK_VALUE(features.size(0) >= 1, op, ": features must hold at least one row, got ",
                     describe(features));
@@ -165,17 +166,65 @@ at::Tensor ibb_fit_beta(const at::Tensor& features, const at::Tensor& centroids,
                     ": target_entropy must be a positive finite number of nats, got ",
                     target_entropy);
   TORCH_CHECK_VALUE(grid >= 2 && grid <= 1024, op, ": grid must lie in [2, 1024], got ", grid);
+}
+
+// The fit on dots = F C^T (left untouched): returns the fitted beta, 0-d.
+at::Tensor fit_on_dots(const at::Tensor& f, const at::Tensor& dots, const at::Tensor& inv,
+                       const at::Tensor& cn, bool normalize, double target_entropy, int64_t grid,
+                       bool dots_scratch) {
+  auto sq = row_norms(f, /*inverse=*/false);
+  auto fsq = normalize ? sq * inv * inv : sq;  // ||f̂_i||^2
+  auto d2 = dots_scratch ? dots : dots.clone();  // overwritten with the shifted squared distances
+  auto out = at::empty({}, f.options());
+  RIBKERNELS_LAUNCH(f, fit_beta, d2, fsq, inv, cn, target_entropy, grid, out);
+  return out;
+}
+
+}  // namespace
+
+at::Tensor ibb_fit_beta(const at::Tensor& features, const at::Tensor& centroids,
+                        double target_entropy, bool normalize, int64_t grid) {
+  check_fit_args("ribkernels::ibb_fit_beta", features, centroids, target_entropy, grid);
   NoAutocast no_autocast(c10::autocast_dispatch_keyset);
 
   auto f = features.contiguous(), c = centroids.contiguous();
-  auto sq = row_norms(f, /*inverse=*/false);
   auto inv = inv_norms(f, normalize);
-  auto fsq = normalize ? sq * inv * inv : sq;  // ||f̂_i||^2
   auto cn = row_norms(c, /*inverse=*/false);
-  auto dots = at::mm(f, c.t());  // overwritten with the shifted squared distances
-  auto out = at::empty({}, f.options());
-  RIBKERNELS_LAUNCH(f, fit_beta, dots, fsq, inv, cn, target_entropy, grid, out);
-  return out;
+  return fit_on_dots(f, at::mm(f, c.t()), inv, cn, normalize, target_entropy, grid, true);
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> ibb_forward_fit(
+    const at::Tensor& features, const at::Tensor& labels, const at::Tensor& centroids,
+    const at::Tensor& log_q, const c10::optional<at::Tensor>& log_beta_ema, double momentum,
+    double target_entropy, bool normalize, bool check_labels_range, int64_t grid) {
+  const char* op = "ribkernels::ibb_forward_fit";
+  check_forward_args(op, features, labels, centroids, log_q, check_labels_range);
+  check_fit_args(op, features, centroids, target_entropy, grid);
+  TORCH_CHECK_VALUE(std::isfinite(momentum) && momentum >= 0 && momentum < 1, op,
+                    ": momentum must lie in [0, 1), got ", momentum);
+  const bool has_ema = log_beta_ema.has_value() && log_beta_ema->defined();
+  at::Tensor ema;
+  if (has_ema) {
+    const auto& e = *log_beta_ema;
+    TORCH_CHECK_VALUE(e.dim() == 0 && at::isFloatingType(e.scalar_type()), op,
+                      ": log_beta_ema must be a 0-d floating tensor, got ", describe(e));
+    TORCH_CHECK_VALUE(e.device() == features.device(), op, ": log_beta_ema must be on ",
+                      features.device(), " like features, got ", describe(e));
+    ema = e.to(features.scalar_type());
+  }
+  NoAutocast no_autocast(c10::autocast_dispatch_keyset);
+
+  auto f = features.contiguous(), c = centroids.contiguous(), lq = log_q.contiguous();
+  auto y = labels.contiguous();
+  auto inv = inv_norms(f, normalize);
+  auto cn = row_norms(c, /*inverse=*/false);
+  auto phi = at::mm(f, c.t());  // dots, overwritten with phi
+  auto logb = fit_on_dots(f, phi, inv, cn, normalize, target_entropy, grid, false).log_();
+  auto ema_out = has_ema ? ema * momentum + logb * (1.0 - momentum) : logb;
+  auto beta = ema_out.exp();
+  auto loss = at::empty({f.size(0)}, f.options());
+  RIBKERNELS_LAUNCH(f, softmax_rows, phi, cn, inv, y, lq, loss, beta);
+  return {loss, phi, inv, beta, ema_out};
 }
 
 std::tuple<at::Tensor, at::Tensor> soft_assign(

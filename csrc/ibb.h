@@ -36,6 +36,14 @@ at::Tensor ibb_backward_tb(
 // phi is target_entropy nats: 0-d tensor in the features' dtype, on their device, no host sync.
 at::Tensor ibb_fit_beta(const at::Tensor& features, const at::Tensor& centroids,
                         double target_entropy, bool normalize, int64_t grid);
+// The training step in one op, sharing one GEMM between the fit and the bound: b = ibb_fit_beta,
+// log_beta_ema_out = momentum * log_beta_ema + (1 - momentum) * log b (log b when log_beta_ema is
+// undefined), beta = exp(log_beta_ema_out), then ibb_forward with that beta. Returns
+// (loss, phi, inv_norm, beta, log_beta_ema_out); no host sync.
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> ibb_forward_fit(
+    const at::Tensor& features, const at::Tensor& labels, const at::Tensor& centroids,
+    const at::Tensor& log_q, const c10::optional<at::Tensor>& log_beta_ema, double momentum,
+    double target_entropy, bool normalize, bool check_labels, int64_t grid);
 std::tuple<at::Tensor, at::Tensor> soft_assign(
     const at::Tensor& features, const at::Tensor& centroids, double beta, bool normalize);
 at::Tensor soft_assign_backward(

@@ -1,6 +1,6 @@
 """One real training step of train.py's trainer (RIB-DCS, the tiny test config, β "auto") under a
 TorchDispatchMode that records every op: the step's IBB forward and backward must run as
-``ribkernels::`` ops (the per-batch β fit, the bound and its gradient), and no other op inside
+``ribkernels::`` ops (the per-batch β fit with the bound, then its gradient), and no other op inside
 ``IBBLoss.forward`` may produce an n x A tensor (the eager bound would)."""
 import os
 
@@ -70,9 +70,8 @@ def test_training_step_runs_the_ibb_as_ribkernels_ops(tmp_path):
         names = [name for name, _, _ in log.ops]
         inside = [(name, numel) for name, where, numel in log.ops if where == "ibb_forward"]
         inside_names = [name for name, _ in inside]
-        assert "ribkernels::ibb_fit_beta" in inside_names, inside_names
-        assert "ribkernels::ibb_forward.beta_tensor" in inside_names, inside_names
-        first_fwd = names.index("ribkernels::ibb_forward.beta_tensor")
+        assert "ribkernels::ibb_forward_fit" in inside_names, inside_names  # β fit + bound, one op
+        first_fwd = names.index("ribkernels::ibb_forward_fit")
         assert "ribkernels::ibb_backward.beta_tensor" in names[first_fwd + 1:], \
             "the IBB backward did not run as ribkernels::ibb_backward"
         n, A = trainer.local_batch, ibb.num_clusters

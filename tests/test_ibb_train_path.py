@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from ribkernels.ibb import extension_status, ibb_loss
+from ribkernels.ibb import extension_status, ibb_loss, ibb_loss_batch_beta
 from ribkernels.ibb.calibrate import calibrate_beta_batch, calibrate_beta_batch_eager
 from ribkernels.ibb.reference import ibb_eager
 from ribkernels.nn.ibb_loss import IBBLoss
@@ -93,6 +93,8 @@ def test_tensor_beta_opcheck():
     torch.library.opcheck(ops.ibb_forward.beta_tensor, (f, y, c, lq, b, True))
     torch.library.opcheck(ops.ibb_forward.beta_tensor, (f, y, c, lq, b, False, False))
     torch.library.opcheck(ops.ibb_fit_beta.default, (f.detach(), c, 0.5, True, 16))
+    torch.library.opcheck(ops.ibb_forward_fit.default, (f, y, c, lq, None, 0.9, 0.5, True))
+    torch.library.opcheck(ops.ibb_forward_fit.default, (f, y, c, lq, torch.tensor(0.3), 0.5, 0.7, False, False, 8))
 
 
 def test_tensor_beta_eager_fallback_matches(device):
@@ -166,6 +168,58 @@ def test_fit_beta_errors():
         ops.ibb_fit_beta(f, c, float("nan"), True)
     with pytest.raises(ValueError, match=r"ibb_fit_beta: grid must lie in \[2, 1024\], got 1"):
         ops.ibb_fit_beta(f, c, 1.0, True, 1)
+
+
+# ------------------------------------------------------------------ the fused training op
+@pytest.mark.parametrize("n,A,D", [(1, 2, 3), (7, 5, 16), (65, 751, 64)])
+@pytest.mark.parametrize("normalize", [True, False])
+def test_batch_beta_loss_equals_fit_then_tensor_beta_loss(device, n, A, D, normalize):
+    """ibb_forward_fit = ibb_fit_beta, the log-β average, then ibb_loss with that β: same β, the
+    same value and gradient (float64), and the eager composition to float64 precision."""
+    f, y, c, lq = make_inputs(n, A, D, device, torch.float64, seed=A)
+    ema = torch.tensor(0.4, device=device, dtype=torch.float64)
+    x = f.clone().requires_grad_()
+    loss, beta, new_ema = ibb_loss_batch_beta(x, y, c, lq, log_beta_ema=ema, momentum=0.8, target_entropy=0.6,
+                                              normalize=normalize, impl="ext")
+    g = torch.randn(n, device=device, dtype=torch.float64)
+    loss.backward(g)
+    b = calibrate_beta_batch(f, c, target_entropy=0.6, normalize=normalize, impl="ext")
+    want_ema = 0.8 * ema + (1 - 0.8) * b.log()
+    torch.testing.assert_close(new_ema, want_ema, rtol=1e-14, atol=1e-14)
+    torch.testing.assert_close(beta, want_ema.exp(), rtol=1e-14, atol=0)
+    x2 = f.clone().requires_grad_()
+    want = ibb_loss(x2, y, c, lq, beta=beta, normalize=normalize, reduction="none", impl="ext")
+    want.backward(g)
+    torch.testing.assert_close(loss, want, rtol=1e-13, atol=1e-13)
+    torch.testing.assert_close(x.grad, x2.grad, rtol=1e-12, atol=1e-13)
+    x3 = f.clone().requires_grad_()
+    eager, beta3, ema3 = ibb_loss_batch_beta(x3, y, c, lq, log_beta_ema=ema, momentum=0.8, target_entropy=0.6,
+                                             normalize=normalize, impl="eager")
+    eager.backward(g)
+    torch.testing.assert_close(beta, beta3, rtol=1e-12, atol=0)
+    torch.testing.assert_close(loss, eager, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(x.grad, x3.grad, rtol=1e-9, atol=1e-12)
+    first, b1, e1 = ibb_loss_batch_beta(f, y, c, lq, target_entropy=0.6, normalize=normalize, impl="ext")
+    torch.testing.assert_close(e1, b.log(), rtol=1e-14, atol=1e-14)  # no average yet: log b
+
+
+def test_batch_beta_loss_errors():
+    f, y, c, lq = make_inputs(4, 3, 5, "cpu")
+    with pytest.raises(ValueError, match="at least 2 centroids"):
+        ibb_loss_batch_beta(f, y, c[:1], lq[:1])
+    with pytest.raises(ValueError, match="momentum must lie in"):
+        ibb_loss_batch_beta(f, y, c, lq, momentum=1.0)
+    with pytest.raises(ValueError, match="log_beta_ema must be a 0-d floating tensor"):
+        ibb_loss_batch_beta(f, y, c, lq, log_beta_ema=torch.zeros(2))
+    with pytest.raises(ValueError, match=r"labels must lie in \[0, 13\)"):
+        ibb_loss_batch_beta(f, y + K, c, lq)
+    ops = torch.ops.ribkernels
+    with pytest.raises(ValueError, match="ibb_forward_fit: momentum must lie in"):
+        ops.ibb_forward_fit(f, y, c, lq, None, -0.1, 1.0, True)
+    with pytest.raises(ValueError, match="ibb_forward_fit: log_beta_ema must be a 0-d"):
+        ops.ibb_forward_fit(f, y, c, lq, torch.zeros(1), 0.5, 1.0, True)
+    with pytest.raises(ValueError, match="ibb_forward_fit: target_entropy"):
+        ops.ibb_forward_fit(f, y, c, lq, None, 0.5, -1.0, True)
 
 
 # ------------------------------------------------------------------ IBBLoss in training mode

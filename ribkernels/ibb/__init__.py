@@ -4,8 +4,9 @@ Importing this package loads nothing: the extension is loaded by the first op th
 
 * :func:`ibb_loss` — the per-batch bound (autograd to the features); β a float or a 0-d tensor on
   the features' device.
-* :func:`ribkernels.ibb.calibrate.calibrate_beta_batch` — β fitted to one batch (one extension op,
-  no host sync): what ``IBBLoss`` does at every training step with ``beta="auto"``.
+* :func:`ibb_loss_batch_beta` — the bound with β fitted to the batch and averaged (one extension
+  op, no host sync): what ``IBBLoss`` computes at every training step with ``beta="auto"``.
+* :func:`ribkernels.ibb.calibrate.calibrate_beta_batch` — that β fit alone.
 * :func:`soft_assign` — phi, the soft cluster assignment.
 * :func:`soft_counts` — the A x K sums that make Q.
 * :func:`kmeans_step`, :func:`kmeans` — the cluster refresh.
@@ -13,9 +14,9 @@ Importing this package loads nothing: the extension is loaded by the first op th
 """
 from ._ext import status as extension_status
 from .kmeans import KMeansResult, KMeansStep, kmeans, kmeans_step
-from .loss import ibb_loss
+from .loss import ibb_loss, ibb_loss_batch_beta
 from .soft_assign import soft_assign
 from .soft_counts import soft_counts
 
-__all__ = ["ibb_loss", "soft_assign", "soft_counts", "kmeans", "kmeans_step", "KMeansStep",
+__all__ = ["ibb_loss", "ibb_loss_batch_beta", "soft_assign", "soft_counts", "kmeans", "kmeans_step", "KMeansStep",
            "KMeansResult", "extension_status"]

@@ -1,7 +1,7 @@
 """``ibb_loss``: the IBB bound of the RIB loss for a batch (SPEC §3)."""
 from __future__ import annotations
 
-from typing import Optional, Union
+from typing import Optional, Tuple, Union
 
 import torch
 
@@ -10,6 +10,7 @@ from ._dispatch import no_autocast, use_extension
 from .checks import (check_beta_arg, check_features_centroids, check_finite, check_label_range,
                      check_log_q, check_same_device, check_tensor, compute_dtype, describe)
 from .checks import check_labels as check_labels_meta
+from .calibrate import DEFAULT_TARGET_ENTROPY, calibrate_beta_batch_eager
 from .reference import ibb_eager
 
 REDUCTIONS = ("mean", "sum", "none")
@@ -88,3 +89,62 @@ def ibb_loss(features: torch.Tensor, labels: torch.Tensor, centroids: torch.Tens
     if reduction == "sum":
         return per_sample.sum()
     return per_sample
+
+
+def ibb_loss_batch_beta(features: torch.Tensor, labels: torch.Tensor, centroids: torch.Tensor,
+                        log_q: torch.Tensor, *, log_beta_ema: Optional[torch.Tensor] = None,
+                        momentum: float = 0.9, target_entropy: float = DEFAULT_TARGET_ENTROPY,
+                        normalize: bool = True, grid: int = 48, impl: str = "auto",
+                        check_labels: bool = True) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The bound per sample ``[n]`` with β fitted to this batch: what ``IBBLoss`` computes at every
+    training step with ``beta="auto"``.
+
+    ``log b`` = the rule of :func:`ribkernels.ibb.calibrate.calibrate_beta_batch` on ``features``
+    [n, D] against ``centroids`` [A, D] (A >= 2); ``log β = momentum * log_beta_ema + (1 -
+    momentum) * log b`` (``log b`` when ``log_beta_ema``, a 0-d tensor, is None); then
+    ``-sum_a phi(F_i, a) log_q[a, y_i]`` with that β, which gets no gradient. Returns
+    ``(per_sample [n], beta, log_beta)`` (0-d tensors on the features' device, for the next call).
+
+    On the extension it is one op, ``ribkernels::ibb_forward_fit`` (one GEMM shared by the fit and
+    the bound, no host sync; its backward is ``ribkernels::ibb_backward``); ``impl="eager"`` or no
+    extension: :func:`calibrate_beta_batch_eager` and the eager bound. ``check_labels`` as in
+    :func:`ibb_loss` (a sync on CUDA)."""
+    check_features_centroids(features, centroids)
+    check_log_q(log_q, centroids, features)
+    check_labels_meta(labels, features.shape[0], features)
+    if centroids.shape[0] < 2:
+        raise ValueError(f"a batch-fitted beta needs at least 2 centroids, got {describe(centroids)}")
+    if isinstance(target_entropy, bool) or not isinstance(target_entropy, (int, float)) \
+            or not 0.0 < target_entropy < float("inf"):
+        raise ValueError(f"target_entropy must be a positive number of nats, got {target_entropy!r}")
+    if isinstance(momentum, bool) or not isinstance(momentum, (int, float)) or not 0.0 <= momentum < 1.0:
+        raise ValueError(f"momentum must lie in [0, 1), got {momentum!r}")
+    if isinstance(grid, bool) or not isinstance(grid, int) or not 2 <= grid <= 1024:
+        raise ValueError(f"grid must be an int in [2, 1024], got {grid!r}")
+    if log_beta_ema is not None:
+        check_tensor("log_beta_ema", log_beta_ema)
+        if not log_beta_ema.is_floating_point() or log_beta_ema.dim() != 0:
+            raise ValueError(f"log_beta_ema must be a 0-d floating tensor, got {describe(log_beta_ema)}")
+        check_same_device("log_beta_ema", log_beta_ema, "features", features)
+    ext = use_extension(impl, features.device)
+    if check_labels and not ext:
+        check_label_range(labels, log_q.shape[1])
+
+    dtype = compute_dtype(features, centroids, log_q)
+    with no_autocast(features.device):
+        f = features.to(dtype)
+        c = centroids.detach().to(dtype)
+        lq = log_q.detach().to(dtype)
+        y = labels.long()
+        ema = None if log_beta_ema is None else log_beta_ema.detach().to(dtype)
+        if ext:
+            loss, _, _, beta, ema = _ext.ops().ibb_forward_fit(
+                f, y, c, lq, ema, float(momentum), float(target_entropy), bool(normalize),
+                bool(check_labels), int(grid))
+        else:
+            logb = calibrate_beta_batch_eager(f.detach(), c, target_entropy=float(target_entropy),
+                                              normalize=bool(normalize), grid=int(grid)).log()
+            ema = logb if ema is None else momentum * ema + (1 - momentum) * logb
+            beta = ema.exp()
+            loss = ibb_eager(f, y, c, lq, beta, bool(normalize))
+    return loss, beta, ema

@@ -9,8 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..ibb import ibb_loss, kmeans, soft_assign, soft_counts
-from ..ibb.calibrate import DEFAULT_TARGET_ENTROPY, assignment_stats, calibrate_beta, calibrate_beta_batch
+from ..ibb import ibb_loss, ibb_loss_batch_beta, kmeans, soft_assign, soft_counts
+from ..ibb.calibrate import DEFAULT_TARGET_ENTROPY, assignment_stats, calibrate_beta
 from ..ibb.checks import (check_beta, check_features_centroids, check_finite, check_label_range, check_labels,
                           check_tensor, describe)
 from ..ibb._progress import check_mode
@@ -55,8 +55,8 @@ class IBBLoss(nn.Module):
         ``input_channels``: C.
         reduction: ``"mean"`` | ``"sum"`` | ``"none"``; ``impl``: ``"auto"`` | ``"ext"`` | ``"eager"``
             (``"auto"``: the C++/CUDA extension's ops when it serves the device, in training mode
-            too: ``ribkernels::ibb_fit_beta`` fits β, ``ribkernels::ibb_forward`` /
-            ``ibb_backward`` take it as a 0-d device tensor; eager PyTorch only when the extension
+            too: ``ribkernels::ibb_forward_fit`` fits β to the batch and computes the bound in one
+            op, ``ribkernels::ibb_backward`` its gradient; eager PyTorch only when the extension
             is unavailable, after one warning).
 
         progress: of :meth:`refresh` / :meth:`set_input_clusters` (k-means++ init, Lloyd
@@ -235,21 +235,17 @@ class IBBLoss(nn.Module):
             raise RuntimeError("IBBLoss has no clusters yet: call refresh(features, labels) on the "
                                "training features first (the IBB is switched on after the first refresh)")
         check_features_centroids(features, self.centroids)
-        beta = self._beta
-        check_labels = True
         if self.beta == "auto" and self.batch_calibration and self.training and self.num_clusters > 1:
-            # the training path: β fitted to this batch (one extension op, no host sync), averaged
-            # in log space, and passed to the loss op as a 0-d device tensor
-            b = calibrate_beta_batch(features.detach(), self.centroids, normalize=self.normalize,
-                                     target_entropy=self._target(self.num_clusters), impl=self.impl).log()
-            ema = self._log_beta_ema
-            self._log_beta_ema = b if ema is None else self.beta_momentum * ema.to(b.dtype) \
-                + (1 - self.beta_momentum) * b
-            beta = self._log_beta_ema.exp()
-            check_labels = not features.is_cuda  # the range check copies the labels to the host
-        per_sample = ibb_loss(features, labels, self.centroids, self.log_q, beta=beta,
-                              normalize=self.normalize, reduction="none", impl=self.impl,
-                              check_labels=check_labels)
+            # the training path: β fitted to this batch and averaged in log space, in one extension
+            # op with the bound (no host sync; the labels' range is checked on CPU only)
+            per_sample, beta, self._log_beta_ema = ibb_loss_batch_beta(
+                features, labels, self.centroids, self.log_q, log_beta_ema=self._log_beta_ema,
+                momentum=self.beta_momentum, target_entropy=self._target(self.num_clusters),
+                normalize=self.normalize, impl=self.impl, check_labels=not features.is_cuda)
+        else:
+            beta = self._beta
+            per_sample = ibb_loss(features, labels, self.centroids, self.log_q, beta=beta,
+                                  normalize=self.normalize, reduction="none", impl=self.impl)
         label_term = per_sample.detach().mean()
         if input_entropy is not None:
             per_sample = per_sample + self._check_entropy(input_entropy, per_sample)
