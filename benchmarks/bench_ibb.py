@@ -1,4 +1,4 @@
-"""IBB benchmarks (SPEC §6): the paths a training step takes, the C++/CUDA extension (provider
+"""IBB benchmarks: the paths a training step takes, the C++/CUDA extension (provider
 ``ext``) against eager PyTorch.
 
 * ``IBBLoss train`` (forward + backward of ``IBBLoss`` in training mode, as ``train.py`` calls it):

@@ -1,4 +1,4 @@
-"""The IBB bound of the RIB loss (SPEC §3), on the C++/CUDA extension ``ribkernels._C`` when it is
+"""The IBB bound of the RIB loss, on the C++/CUDA extension ``ribkernels._C`` when it is
 available (built ahead of time, else JIT-built on first use) and on eager PyTorch otherwise.
 Importing this package loads nothing: the extension is loaded by the first op that runs.
 

@@ -1,4 +1,4 @@
-"""``calibrate_beta``: the IBB's softmax temperature β chosen from the clustering itself (SPEC §3).
+"""``calibrate_beta``: the IBB's softmax temperature β chosen from the clustering itself.
 
 The rule: β is the value at which the soft assignments ``phi(F_i, ·) = softmax_a(-β ||f̂_i - c_a||²)``
 of the training features have a mean entropy of ``target_entropy`` nats (by default log 4: each

@@ -1,4 +1,4 @@
-"""k-means for the IBB cluster refresh (SPEC §3): one Lloyd step (``kmeans_step``, the O(n·A·D)
+"""k-means for the IBB cluster refresh: one Lloyd step (``kmeans_step``, the O(n·A·D)
 part, in the extension) and the loop around it (``kmeans``): k-means++ or random init, empty
 clusters re-seeded, deterministic for a seed, sums and counts all-reduced under torch.distributed.
 """

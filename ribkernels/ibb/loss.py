@@ -1,4 +1,4 @@
-"""``ibb_loss``: the IBB bound of the RIB loss for a batch (SPEC §3)."""
+"""``ibb_loss``: the IBB bound of the RIB loss for a batch."""
 from __future__ import annotations
 
 from typing import Optional, Tuple, Union

@@ -1,4 +1,4 @@
-"""Eager PyTorch implementations of the IBB ops (SPEC §3): the fallback when the extension is
+"""Eager PyTorch implementations of the IBB ops: the fallback when the extension is
 unavailable, the baseline of the benchmarks and (on float64 inputs) the reference of the tests.
 Inputs are assumed checked and already in the compute dtype."""
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""``IBBLoss``: the IBB bound of the RIB loss as an nn.Module holding its cluster state (SPEC §3)."""
+"""``IBBLoss``: the IBB bound of the RIB loss as an nn.Module holding its cluster state."""
 from __future__ import annotations
 
 import logging
