@@ -58,7 +58,6 @@ class IBBLoss(nn.Module):
             too: ``ribkernels::ibb_forward_fit`` fits β to the batch and computes the bound in one
             op, ``ribkernels::ibb_backward`` its gradient; eager PyTorch only when the extension
             is unavailable, after one warning).
-
         progress: of :meth:`refresh` / :meth:`set_input_clusters` (k-means++ init, Lloyd
             iterations, the β bisection): ``"off"`` (default), ``"auto"`` (a tqdm bar on a TTY,
             else log lines), ``"bar"`` or ``"log"`` (INFO lines on the ``ribkernels.ibb`` logger
