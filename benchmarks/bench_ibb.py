@@ -1,35 +1,41 @@
-"""IBB benchmarks (docs/performance.md): the C++/CUDA extension (provider ``ext``, through the public functions,
-argument checks included) against eager PyTorch (``eager``: the same math written with torch ops,
-float32; for the batch loss the bare expression a user would write, without checks).
+"""IBB benchmarks: the paths a training step takes, the C++/CUDA extension (provider
+``ext``) against eager PyTorch.
 
-* ``ibb_loss``: forward, backward and forward+backward for a batch; n in {64, 256}, A = K in
-  {751, 1041}, D in {768, 2048} (quick: A = K = 751, D = 768);
-* ``soft_counts`` and one Lloyd step ``kmeans_step`` over Market-1501's training set size
-  (12,936 x 751 x 768; also MSMT17's 32,621 x 1041 x 2048 on a GPU without --quick);
-* one ``IBBLoss.refresh`` at Market-1501 size: k-means++ init + Lloyd steps + Q.
+* ``IBBLoss train`` (forward + backward of ``IBBLoss`` in training mode, as ``train.py`` calls it):
+  with ``beta="auto"`` (every shipped config) the per-batch β fit is included; also with a fixed β
+  (``ibb.beta: <number>``). Providers: ``ext`` (``IBBLoss(impl="ext")``: ``ribkernels::ibb_fit_beta``,
+  ``ibb_forward`` / ``ibb_backward``), ``eager`` (``IBBLoss(impl="eager")``: the package's fallback
+  without the extension: the eager β fit over the whole grid, the bound with a gather of log Q) and
+  ``eager-ltm`` (the same β fit and the bound written with broadcast n x A x K tensors: phi ⊗ log Q ⊗
+  one-hot(y), the way the authors' LTM code computes it). n in {64, 256}, A = K in {751, 1041},
+  D in {768, 2048} (CPU and --quick: n = 64, A = K = 751, D = 768, plus n = 256 without eager-ltm);
+* the refresh, once per epoch: ``soft_counts`` and one Lloyd step ``kmeans_step`` over Market-1501's
+  training set size (12,936 x 751 x 768; also MSMT17's 32,621 x 1041 x 2048 on a GPU without
+  --quick), and one ``IBBLoss.refresh`` at Market-1501 size: k-means++ init + Lloyd steps + Q.
 
-TFLOP/s and GB/s use the nominal work: the GEMM flops plus the elementwise ones, and the bytes of
-the tensors each pass must read and write once (float32).
+TFLOP/s and GB/s (refresh rows) use the nominal work: the GEMM flops plus the elementwise ones, and
+the bytes of the tensors each pass must read and write once (float32).
 
     python -m benchmarks.bench_ibb [--device cpu|cuda] [--quick]   # prints a table
-    (or as the ``ibb`` section of ``python -m benchmarks.run``)
+    (or as the ``ibb`` section of ``python -m benchmarks.run``, which writes the result files)
 """
 from __future__ import annotations
 
 import argparse
 import statistics
 import time
-from typing import Dict, List
+from typing import Callable, Dict, List
 
 import torch
 import torch.nn.functional as F
 
 from benchmarks.common import markdown_table, median_ms
-from ribkernels.ibb import extension_status, ibb_loss, kmeans_step, soft_counts
-from ribkernels.ibb.reference import ibb_eager
+from ribkernels.ibb import extension_status, kmeans_step, soft_counts
+from ribkernels.ibb.calibrate import calibrate_beta_batch_eager
 from ribkernels.nn.ibb_loss import IBBLoss
 
 PROVIDERS = ("ext", "eager")
+TRAIN_PROVIDERS = ("ext", "eager", "eager-ltm")
 MARKET = (12936, 751, 768)
 MSMT = (32621, 1041, 2048)
 
@@ -44,44 +50,68 @@ def _row(name, provider, pas, shape, ms, flops=None, nbytes=None) -> Dict:
     return row
 
 
-def bench_loss(n: int, A: int, D: int, device: str, reps: int) -> List[Dict]:
-    f = torch.randn(n, D, device=device)
-    c = F.normalize(torch.randn(A, D, device=device), dim=1)
-    lq = torch.log_softmax(torch.randn(A, A, device=device), 1)
-    y = torch.randint(0, A, (n,), device=device)
-    work = {
-        "fwd": (2 * n * A * D + 10 * n * A, 4 * (n * D + A * D + 3 * n * A)),
-        "bwd": (2 * n * A * D + 8 * n * A + 8 * n * D, 4 * (2 * n * A + A * D + 3 * n * D)),
-    }
-    work["fwd+bwd"] = tuple(a + b for a, b in zip(work["fwd"], work["bwd"]))
-    shape = f"n={n} A=K={A} D={D}"
-    fns = {}
-    for p in PROVIDERS:
-        x = f.clone().requires_grad_()
-        # ext: the public function (argument checks included); eager: the bare math, as a user
-        # would write it (no checks)
-        loss_fn = (lambda x: ibb_loss(x, y, c, lq, impl="ext")) if p == "ext" else \
-            (lambda x: ibb_eager(x, y, c, lq, 1.0, True).mean())
-        out = loss_fn(x)
+def _reid_like(n: int, K: int, D: int, device: str, seed: int):
+    """Features around K identity centres (unit vectors) with labels: [n, D], [n]."""
+    g = torch.Generator().manual_seed(seed)
+    centres = F.normalize(torch.randn(K, D, generator=g), dim=1)
+    y = torch.randint(0, K, (n,), generator=g)
+    x = centres[y] + 0.8 * torch.randn(n, D, generator=g) / D ** 0.5
+    return x.to(device), y.to(device)
 
-        def fwd(x=x, loss_fn=loss_fn):
-            with torch.no_grad():
-                loss_fn(x)
 
-        def bwd(out=out):
-            out.backward(retain_graph=True)
+class LTMStyle:
+    """The training-mode bound as eager code with broadcast n x A x K tensors: the batch β fit (the
+    package's eager fit, EMA of log β as IBBLoss does), phi by a softmax over distances, and
+    ``-(phi[:, :, None] * log_q[None] * onehot[:, None, :]).sum((1, 2))``."""
 
-        def fwd_bwd(x=x, loss_fn=loss_fn):
-            x.grad = None
-            loss_fn(x).backward()
+    def __init__(self, m: IBBLoss):
+        self.c, self.log_q, self.K = m.centroids, m.log_q, m.num_classes
+        self.auto, self.beta, self.target = m.beta == "auto", m._beta, m._target(m.num_clusters)
+        self.momentum, self.ema = m.beta_momentum, None
 
-        for pas, fn in (("fwd", fwd), ("bwd", bwd), ("fwd+bwd", fwd_bwd)):
-            fns[(p, pas)] = fn
-    if device == "cuda":
-        times = {k: median_ms(fn, device, reps=reps) for k, fn in fns.items()}
-    else:
-        times = interleaved_medians(fns, reps)
-    return [_row("ibb_loss", p, pas, shape, ms, *work[pas]) for (p, pas), ms in times.items()]
+    def __call__(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        beta = self.beta
+        if self.auto:
+            b = calibrate_beta_batch_eager(x.detach(), self.c, target_entropy=self.target).log()
+            self.ema = b if self.ema is None else self.momentum * self.ema + (1 - self.momentum) * b
+            beta = self.ema.exp()
+        f = F.normalize(x, dim=1)
+        d2 = (f * f).sum(1, keepdim=True) + (self.c * self.c).sum(1) - 2.0 * f @ self.c.T
+        phi = torch.softmax(-beta * d2, dim=1)
+        onehot = F.one_hot(y, self.K).to(phi.dtype)
+        return -(phi[:, :, None] * self.log_q[None] * onehot[:, None, :]).sum((1, 2)).mean()
+
+
+def bench_train(n: int, A: int, D: int, device: str, reps: int, ltm: bool) -> List[Dict]:
+    """IBBLoss in training mode, forward + backward, with beta "auto" (batch fit) and fixed."""
+    x_ref, y_ref = _reid_like(2 * A, A, D, device, seed=1)  # the refresh's features
+    x, y = _reid_like(n, A, D, device, seed=2)
+    rows: List[Dict] = []
+    for beta in ("auto", 8.0):
+        base = IBBLoss(A, D, beta=beta, kmeans_iters=2, impl="ext").to(device)
+        base.refresh(x_ref, y_ref)
+        fns: Dict[str, Callable] = {}
+        for p in TRAIN_PROVIDERS if ltm else PROVIDERS:
+            if p == "eager-ltm":
+                loss_fn = LTMStyle(base)
+            else:
+                m = IBBLoss(A, D, beta=beta, impl=p).to(device)
+                m.load_state_dict(base.state_dict())
+                loss_fn = m.train()
+            xp = x.clone().requires_grad_()
+
+            def step(xp=xp, loss_fn=loss_fn):
+                xp.grad = None
+                loss_fn(xp, y).backward()
+
+            fns[p] = step
+        if device == "cuda":
+            times = {k: median_ms(fn, device, reps=reps) for k, fn in fns.items()}
+        else:
+            times = interleaved_medians(fns, reps)
+        label = "IBBLoss train (beta auto: batch fit)" if beta == "auto" else f"IBBLoss train (beta {beta:g})"
+        rows += [_row(label, p, "fwd+bwd", f"n={n} A=K={A} D={D}", ms) for p, ms in times.items()]
+    return rows
 
 
 def interleaved_medians(fns: Dict, reps: int, warmup: int = 2) -> Dict:
@@ -133,19 +163,22 @@ def run(device: str, quick: bool) -> List[Dict]:
         raise RuntimeError(f"the ribkernels extension does not serve {device}: {st}")
     gpu = device == "cuda"
     if gpu and not quick:
-        loss_shapes = [(n, A, D) for n in (64, 256) for A in (751, 1041) for D in (768, 2048)]
-    else:
-        loss_shapes = [(64, 751, 768), (256, 751, 768)]
+        shapes = [(n, A, D, True) for n in (64, 256) for A in (751, 1041) for D in (768, 2048)]
+    else:  # eager-ltm's n x A x K tensors at n = 256 take 0.6 GB each on a CPU
+        shapes = [(64, 751, 768, True), (256, 751, 768, gpu)]
     reps = 100 if gpu else (15 if quick else 30)
     rows: List[Dict] = []
-    for n, A, D in loss_shapes:
-        rows += bench_loss(n, A, D, device, reps)
+    for n, A, D, ltm in shapes:
+        rows += bench_train(n, A, D, device, reps, ltm)
     for N, A, D in [MARKET] + ([MSMT] if gpu and not quick else []):
         rows += bench_refresh(N, A, D, device, reps=20 if gpu else 3, iters=10 if gpu else 3)
     by = {(r["name"], r["shape"], r["pass"], r["provider"]): r["ms"] for r in rows}
     for r in rows:
         if r["provider"] == "ext":
-            r["speedup_vs_eager"] = by[(r["name"], r["shape"], r["pass"], "eager")] / r["ms"]
+            for other, col in (("eager", "speedup_vs_eager"), ("eager-ltm", "speedup_vs_eager_ltm")):
+                ms = by.get((r["name"], r["shape"], r["pass"], other))
+                if ms is not None:
+                    r[col] = ms / r["ms"]
     return rows
 
 
@@ -155,7 +188,8 @@ def main(argv=None) -> None:
     ap.add_argument("--quick", action="store_true")
     args = ap.parse_args(argv)
     rows = run(args.device, args.quick)
-    print(markdown_table(rows, ["name", "pass", "shape", "provider", "ms", "TFLOPs", "GBps", "speedup_vs_eager"]))
+    print(markdown_table(rows, ["name", "pass", "shape", "provider", "ms", "TFLOPs", "GBps", "speedup_vs_eager",
+                                "speedup_vs_eager_ltm"]))
 
 if __name__ == "__main__":
     main()

@@ -51,6 +51,19 @@ void check_beta(const char* op, double beta) {
                     beta);
 }
 
+at::Tensor check_beta_tensor(const char* op, const at::Tensor& beta, const at::Tensor& ref) {
+  TORCH_CHECK_VALUE(beta.defined(), op, ": beta is undefined");
+  TORCH_CHECK_TYPE(at::isFloatingType(beta.scalar_type()), op,
+                   ": beta must be a positive float or a 0-d floating tensor, got ", describe(beta));
+  TORCH_CHECK_VALUE(beta.dim() == 0, op, ": beta must be a 0-d tensor (one temperature), got ",
+                    describe(beta));
+  TORCH_CHECK_VALUE(beta.device() == ref.device(), op, ": beta must be on ", ref.device(),
+                    " like features, got ", describe(beta));
+  auto b = beta.to(ref.scalar_type());
+  if (b.device().is_cpu()) check_beta(op, b.item<double>());  // no sync on CPU
+  return b;
+}
+
 int64_t chunk_rows(int64_t rows, int64_t cols) {
   const int64_t budget = int64_t(1) << 24;
   return std::max<int64_t>(1, std::min<int64_t>(rows, budget / std::max<int64_t>(cols, 1)));

@@ -8,6 +8,7 @@
 #include <cmath>
 #include <cstdint>
 #include <limits>
+#include <vector>
 
 namespace ribkernels {
 namespace cpu {
@@ -177,6 +178,107 @@ void segment_sum_impl(const T* src, const int64_t* order, const int64_t* offsets
   });
 }
 
+// ---- the per-batch beta fit (kernels.h: fit_beta) ----
+//
+// Same rule and arithmetic as the grid search of ribkernels.ibb.calibrate (its float64 reference),
+// with one difference in how the grid is visited: H(beta) is non-increasing in beta, so "the number
+// of grid points whose mean entropy is above the target" is found by bisection over the grid index
+// (about log2(grid) evaluations of H instead of grid). Each evaluation of H is one pass over d2:
+// e = exp(-beta d2) (ATen's vectorised exp), then per row H_i = log S_i + beta P_i / S_i with
+// S_i = sum_a e, P_i = sum_a e d2 (d2 >= 0 with a zero in every row, so S_i >= 1: no overflow).
+// The exponent is floored at log of the smallest normal number (a term below that is under one ulp
+// of S_i >= 1): subnormal results make the vectorised exp about ten times slower.
+template <typename T>
+constexpr T exp_floor() { return sizeof(T) == 4 ? T(-87) : T(-708); }
+
+template <typename T>
+struct EntropyOfBeta {
+  const at::Tensor& d2;  // [n, A], shifted squared distances
+  at::Tensor e;          // [n, A] scratch
+  std::vector<T> rows;   // per-row entropies, summed in row order (independent of threads)
+  int64_t n, A;
+
+  EntropyOfBeta(const at::Tensor& d2_) : d2(d2_), e(at::empty_like(d2_)), rows(d2_.size(0)),
+                                         n(d2_.size(0)), A(d2_.size(1)) {}
+
+  T operator()(T log_beta) {
+    const T beta = std::exp(log_beta);
+    const T* dp = d2.data_ptr<T>();
+    T* z = e.data_ptr<T>();
+    at::parallel_for(0, n * A, 32768, [&](int64_t k0, int64_t k1) {
+      for (int64_t k = k0; k < k1; ++k) {
+        const T v = -beta * dp[k];
+        z[k] = v > exp_floor<T>() ? v : exp_floor<T>();
+      }
+    });
+    e.exp_();
+    const T* ep = z;
+    at::parallel_for(0, n, grain(A), [&](int64_t r0, int64_t r1) {
+      for (int64_t i = r0; i < r1; ++i) {
+        const T S = sum(ep + i * A, A), P = dot(ep + i * A, dp + i * A, A);
+        rows[i] = std::log(S) + beta * P / S;
+      }
+    });
+    T h = 0;
+    for (int64_t i = 0; i < n; ++i) h += rows[i];
+    return h / T(n);
+  }
+};
+
+template <typename T>
+void fit_beta_impl(const at::Tensor& dots, const T* fsq, const T* inv, const T* cn, T target,
+                   int64_t grid, T* out) {
+  const int64_t n = dots.size(0), A = dots.size(1);
+  T* d2 = dots.data_ptr<T>();
+  std::vector<T> rowsum(n);
+  at::parallel_for(0, n, grain(A), [&](int64_t r0, int64_t r1) {
+    for (int64_t i = r0; i < r1; ++i) {
+      T* row = d2 + i * A;
+      const T two_inv = T(2) * inv[i];
+      T mn = std::numeric_limits<T>::infinity();
+      for (int64_t a = 0; a < A; ++a) {
+        const T v = std::max(T(0), fsq[i] + cn[a] - two_inv * row[a]);
+        row[a] = v;
+        mn = v < mn ? v : mn;
+      }
+      for (int64_t a = 0; a < A; ++a) row[a] -= mn;
+      rowsum[i] = sum(row, A);
+    }
+  });
+  T total = 0;
+  for (int64_t i = 0; i < n; ++i) total += rowsum[i];
+  const T scale = std::max(total / (T(n) * T(A)), std::numeric_limits<T>::min());
+  T lo = std::log(T(1e-4) / scale), hi = std::log(T(1e6) / scale), est = lo;
+  EntropyOfBeta<T> entropy(dots);
+  std::vector<T> memo(grid);
+  std::vector<char> known(grid);
+  for (int stage = 0; stage < 2; ++stage) {
+    std::fill(known.begin(), known.end(), 0);
+    auto logb = [&](int64_t j) { return lo + (hi - lo) * (T(j) / T(grid - 1)); };
+    auto h = [&](int64_t j) {
+      if (!known[j]) {
+        memo[j] = entropy(logb(j));
+        known[j] = 1;
+      }
+      return memo[j];
+    };
+    int64_t first = 0, last = grid;  // the first grid point with H <= target lies in [first, last]
+    while (first < last) {
+      const int64_t mid = (first + last) / 2;
+      if (h(mid) > target) first = mid + 1; else last = mid;
+    }
+    const int64_t i = std::min(std::max<int64_t>(first, 1), grid - 1);
+    const T h0 = h(i - 1), h1 = h(i);
+    T w = (h0 - target) / std::max(h0 - h1, T(1e-12));
+    w = std::min(std::max(w, T(0)), T(1));
+    const T a = logb(i - 1), b = logb(i);
+    est = a + w * (b - a);
+    lo = a;
+    hi = b;
+  }
+  *out = std::exp(est);
+}
+
 template <typename T>
 const T* ptr_or_null(const at::Tensor& t) {
   return t.defined() ? t.data_ptr<T>() : nullptr;
@@ -193,11 +295,11 @@ void row_sumsq(const at::Tensor& x, const at::Tensor& out, bool inverse) {
 
 void softmax_rows(const at::Tensor& dots, const at::Tensor& cn, const at::Tensor& inv,
                   const at::Tensor& labels, const at::Tensor& log_q, const at::Tensor& loss,
-                  double beta) {
+                  const at::Tensor& beta) {
   const int64_t n = dots.size(0), A = dots.size(1);
   AT_DISPATCH_FLOATING_TYPES(dots.scalar_type(), "softmax_rows_cpu", [&] {
     logits_minus_max_impl<scalar_t>(dots.data_ptr<scalar_t>(), cn.data_ptr<scalar_t>(),
-                                    inv.data_ptr<scalar_t>(), n, A, static_cast<scalar_t>(beta));
+                                    inv.data_ptr<scalar_t>(), n, A, *beta.data_ptr<scalar_t>());
   });
   at::Tensor rows = dots;  // a handle on the same storage
   rows.exp_();
@@ -228,11 +330,20 @@ void softmax_grad(const at::Tensor& phi, const at::Tensor& grad_phi, const at::T
 }
 
 void features_grad(const at::Tensor& g, const at::Tensor& features, const at::Tensor& inv,
-                   double beta, bool normalize) {
+                   const at::Tensor& beta, bool normalize) {
   AT_DISPATCH_FLOATING_TYPES(g.scalar_type(), "features_grad_cpu", [&] {
     features_grad_impl<scalar_t>(g.data_ptr<scalar_t>(), features.data_ptr<scalar_t>(),
                                  inv.data_ptr<scalar_t>(), g.size(0), g.size(1),
-                                 static_cast<scalar_t>(beta), normalize);
+                                 *beta.data_ptr<scalar_t>(), normalize);
+  });
+}
+
+void fit_beta(const at::Tensor& dots, const at::Tensor& fsq, const at::Tensor& inv,
+              const at::Tensor& cn, double target_entropy, int64_t grid, const at::Tensor& out) {
+  AT_DISPATCH_FLOATING_TYPES(dots.scalar_type(), "fit_beta_cpu", [&] {
+    fit_beta_impl<scalar_t>(dots, fsq.data_ptr<scalar_t>(), inv.data_ptr<scalar_t>(),
+                            cn.data_ptr<scalar_t>(), static_cast<scalar_t>(target_entropy), grid,
+                            out.data_ptr<scalar_t>());
   });
 }
 

@@ -96,8 +96,9 @@ template <typename T>
 __global__ void softmax_rows_kernel(T* __restrict__ dots, const T* __restrict__ cn,
                                     const T* __restrict__ inv, const int64_t* __restrict__ labels,
                                     const T* __restrict__ log_q, T* __restrict__ loss, int64_t A,
-                                    int64_t K, T beta) {
+                                    int64_t K, const T* __restrict__ beta_ptr) {
   const int64_t i = blockIdx.x;
+  const T beta = *beta_ptr;
   T* row = dots + i * A;
   const T two_inv = T(2) * inv[i];
   // Each thread visits the same columns in every pass, so rewriting `row` in place is race free.
@@ -158,9 +159,10 @@ __global__ void softmax_grad_kernel(const T* __restrict__ phi, const T* __restri
 
 template <typename T>
 __global__ void features_grad_kernel(T* __restrict__ g, const T* __restrict__ f,
-                                     const T* __restrict__ inv, int64_t D, T beta,
-                                     bool normalize) {
+                                     const T* __restrict__ inv, int64_t D,
+                                     const T* __restrict__ beta_ptr, bool normalize) {
   const int64_t base = int64_t(blockIdx.x) * D;
+  const T beta = *beta_ptr;
   if (!normalize) {
     for (int64_t d = threadIdx.x; d < D; d += blockDim.x) g[base + d] *= T(2) * beta;
     return;
@@ -204,6 +206,108 @@ __global__ void segment_sum_kernel(const T* __restrict__ src, const int64_t* __r
   out[s * cols + c] = acc;
 }
 
+
+// ---- the per-batch beta fit (kernels.h: fit_beta): the whole grid of each stage is evaluated, as
+// in the reference; the bracket and the interpolation are picked on the device, so the host
+// launches a fixed sequence of kernels and never waits. params = {lo, hi, est} of log beta.
+__device__ __forceinline__ float dlog(float x) { return logf(x); }
+__device__ __forceinline__ double dlog(double x) { return log(x); }
+template <typename T> __device__ __forceinline__ T tiny_of();
+template <> __device__ __forceinline__ float tiny_of<float>() { return 1.17549435e-38f; }
+template <> __device__ __forceinline__ double tiny_of<double>() { return 2.2250738585072014e-308; }
+
+// In place dots -> d2 = max(0, fsq + cn - 2 inv dots) minus the row minimum; rowsum[i] = sum of d2.
+template <typename T>
+__global__ void fit_d2_kernel(T* __restrict__ d2, const T* __restrict__ fsq,
+                              const T* __restrict__ inv, const T* __restrict__ cn,
+                              T* __restrict__ rowsum, int64_t A) {
+  const int64_t i = blockIdx.x;
+  T* row = d2 + i * A;
+  const T two_inv = T(2) * inv[i];
+  T mn = std::numeric_limits<T>::infinity();
+  for (int64_t a = threadIdx.x; a < A; a += blockDim.x) {
+    T v = fsq[i] + cn[a] - two_inv * row[a];
+    v = v > T(0) ? v : T(0);
+    row[a] = v;
+    mn = v < mn ? v : mn;
+  }
+  mn = -block_reduce(-mn, Max(), -std::numeric_limits<T>::infinity());
+  T s = 0;
+  for (int64_t a = threadIdx.x; a < A; a += blockDim.x) {
+    const T v = row[a] - mn;
+    row[a] = v;
+    s += v;
+  }
+  s = block_reduce(s, Sum(), T(0));
+  if (threadIdx.x == 0) rowsum[i] = s;
+}
+
+// One block: scale = max(mean d2, tiny); params = {log(1e-4 / scale), log(1e6 / scale), lo}.
+template <typename T>
+__global__ void fit_init_kernel(const T* __restrict__ rowsum, int64_t n, int64_t A,
+                                T* __restrict__ params) {
+  T s = 0;
+  for (int64_t i = threadIdx.x; i < n; i += blockDim.x) s += rowsum[i];
+  s = block_reduce(s, Sum(), T(0));
+  if (threadIdx.x == 0) {
+    T scale = s / (T(n) * T(A));
+    scale = scale > tiny_of<T>() ? scale : tiny_of<T>();
+    params[0] = dlog(T(1e-4) / scale);
+    params[1] = dlog(T(1e6) / scale);
+    params[2] = params[0];
+  }
+}
+
+// Block i: H[i, g] = entropy of softmax_a(-beta_g d2[i, a]) for every grid point g.
+template <typename T>
+__global__ void fit_entropy_kernel(const T* __restrict__ d2, const T* __restrict__ params,
+                                   T* __restrict__ H, int64_t A, int64_t grid) {
+  const int64_t i = blockIdx.x;
+  const T* row = d2 + i * A;
+  const T lo = params[0], hi = params[1];
+  for (int64_t g = 0; g < grid; ++g) {
+    const T beta = dexp(lo + (hi - lo) * (T(g) / T(grid - 1)));
+    T S = 0, P = 0;
+    for (int64_t a = threadIdx.x; a < A; a += blockDim.x) {
+      const T e = dexp(-beta * row[a]);
+      S += e;
+      P += e * row[a];
+    }
+    S = block_reduce(S, Sum(), T(0));
+    P = block_reduce(P, Sum(), T(0));
+    if (threadIdx.x == 0) H[i * grid + g] = dlog(S) + beta * P / S;
+  }
+}
+
+// One block: h[g] = mean_i H[i, g] (each summed in row order by one thread); the bracket i =
+// clamp(#{g: h[g] > target}, 1, grid - 1), the interpolated log beta, and the next stage's range.
+template <typename T>
+__global__ void fit_select_kernel(const T* __restrict__ H, int64_t n, int64_t grid, T target,
+                                  T* __restrict__ params, T* __restrict__ out) {
+  extern __shared__ unsigned char smem_raw[];
+  T* h = reinterpret_cast<T*>(smem_raw);
+  for (int64_t g = threadIdx.x; g < grid; g += blockDim.x) {
+    T s = 0;
+    for (int64_t i = 0; i < n; ++i) s += H[i * grid + g];
+    h[g] = s / T(n);
+  }
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    int64_t above = 0;
+    for (int64_t g = 0; g < grid; ++g) above += h[g] > target ? 1 : 0;
+    const int64_t i = above < 1 ? 1 : (above > grid - 1 ? grid - 1 : above);
+    const T lo = params[0], hi = params[1];
+    const T a = lo + (hi - lo) * (T(i - 1) / T(grid - 1)), b = lo + (hi - lo) * (T(i) / T(grid - 1));
+    const T diff = h[i - 1] - h[i];
+    T w = (h[i - 1] - target) / (diff > T(1e-12) ? diff : T(1e-12));
+    w = w < T(0) ? T(0) : (w > T(1) ? T(1) : w);
+    params[0] = a;
+    params[1] = b;
+    params[2] = a + w * (b - a);
+    if (out) *out = dexp(params[2]);
+  }
+}
+
 // A warp multiple, up to 256 threads, so that short rows do not leave most threads idle.
 int threads_for(int64_t cols) {
   int t = 32;
@@ -232,7 +336,7 @@ void row_sumsq(const at::Tensor& x, const at::Tensor& out, bool inverse) {
 
 void softmax_rows(const at::Tensor& dots, const at::Tensor& cn, const at::Tensor& inv,
                   const at::Tensor& labels, const at::Tensor& log_q, const at::Tensor& loss,
-                  double beta) {
+                  const at::Tensor& beta) {
   const int64_t n = dots.size(0), A = dots.size(1);
   if (n == 0) return;
   const c10::cuda::CUDAGuard guard(dots.device());
@@ -241,7 +345,7 @@ void softmax_rows(const at::Tensor& dots, const at::Tensor& cn, const at::Tensor
     softmax_rows_kernel<scalar_t><<<n, threads_for(A), 0, stream>>>(
         dots.data_ptr<scalar_t>(), cn.data_ptr<scalar_t>(), inv.data_ptr<scalar_t>(),
         ptr_or_null<int64_t>(labels), ptr_or_null<scalar_t>(log_q), ptr_or_null<scalar_t>(loss),
-        A, log_q.defined() ? log_q.size(1) : 0, static_cast<scalar_t>(beta));
+        A, log_q.defined() ? log_q.size(1) : 0, beta.data_ptr<scalar_t>());
   });
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
@@ -276,7 +380,7 @@ void softmax_grad(const at::Tensor& phi, const at::Tensor& grad_phi, const at::T
 }
 
 void features_grad(const at::Tensor& g, const at::Tensor& features, const at::Tensor& inv,
-                   double beta, bool normalize) {
+                   const at::Tensor& beta, bool normalize) {
   const int64_t n = g.size(0), D = g.size(1);
   if (n == 0) return;
   const c10::cuda::CUDAGuard guard(g.device());
@@ -284,7 +388,7 @@ void features_grad(const at::Tensor& g, const at::Tensor& features, const at::Te
   AT_DISPATCH_FLOATING_TYPES(g.scalar_type(), "features_grad_cuda", [&] {
     features_grad_kernel<scalar_t><<<n, threads_for(D), 0, stream>>>(
         g.data_ptr<scalar_t>(), features.data_ptr<scalar_t>(), inv.data_ptr<scalar_t>(), D,
-        static_cast<scalar_t>(beta), normalize);
+        beta.data_ptr<scalar_t>(), normalize);
   });
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
@@ -317,6 +421,34 @@ void segment_sum(const at::Tensor& src, const at::Tensor& order, const at::Tenso
         out.data_ptr<scalar_t>(), cols);
   });
   C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+void fit_beta(const at::Tensor& dots, const at::Tensor& fsq, const at::Tensor& inv,
+              const at::Tensor& cn, double target_entropy, int64_t grid, const at::Tensor& out) {
+  const int64_t n = dots.size(0), A = dots.size(1);
+  const c10::cuda::CUDAGuard guard(dots.device());
+  auto stream = at::cuda::getCurrentCUDAStream();
+  auto rowsum = at::empty({n}, dots.options());
+  auto params = at::empty({3}, dots.options());
+  auto H = at::empty({n, grid}, dots.options());
+  const int threads = threads_for(A);
+  AT_DISPATCH_FLOATING_TYPES(dots.scalar_type(), "fit_beta_cuda", [&] {
+    scalar_t* d2 = dots.data_ptr<scalar_t>();
+    scalar_t* p = params.data_ptr<scalar_t>();
+    fit_d2_kernel<scalar_t><<<n, threads, 0, stream>>>(d2, fsq.data_ptr<scalar_t>(),
+        inv.data_ptr<scalar_t>(), cn.data_ptr<scalar_t>(), rowsum.data_ptr<scalar_t>(), A);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    fit_init_kernel<scalar_t><<<1, 256, 0, stream>>>(rowsum.data_ptr<scalar_t>(), n, A, p);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    for (int stage = 0; stage < 2; ++stage) {
+      fit_entropy_kernel<scalar_t><<<n, threads, 0, stream>>>(d2, p, H.data_ptr<scalar_t>(), A, grid);
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+      fit_select_kernel<scalar_t><<<1, 64, grid * sizeof(scalar_t), stream>>>(
+          H.data_ptr<scalar_t>(), n, grid, static_cast<scalar_t>(target_entropy), p,
+          stage == 1 ? out.data_ptr<scalar_t>() : nullptr);
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    }
+  });
 }
 
 }  // namespace cuda

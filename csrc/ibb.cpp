@@ -8,6 +8,8 @@
 
 #include <c10/core/impl/LocalDispatchKeySet.h>
 
+#include <cmath>
+
 namespace ribkernels {
 namespace {
 
@@ -48,17 +50,20 @@ at::Tensor inv_norms(const at::Tensor& f, bool normalize) {
 
 }  // namespace
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> ibb_forward(
-    const at::Tensor& features, const at::Tensor& labels, const at::Tensor& centroids,
-    const at::Tensor& log_q, double beta, bool normalize, bool check_labels_range) {
-  const char* op = "ribkernels::ibb_forward";
+namespace {
+
+void check_forward_args(const char* op, const at::Tensor& features, const at::Tensor& labels,
+                        const at::Tensor& centroids, const at::Tensor& log_q, bool check_range) {
   check_features_centroids(op, features, centroids);
   check_log_q(op, log_q, centroids, features);
-  check_beta(op, beta);
   // Without the range check (no sync), the kernels give NaN for rows whose label is out of range.
-  check_labels(op, labels, features.size(0), log_q.size(1), features, check_labels_range);
-  NoAutocast no_autocast(c10::autocast_dispatch_keyset);
+  check_labels(op, labels, features.size(0), log_q.size(1), features, check_range);
+}
 
+std::tuple<at::Tensor, at::Tensor, at::Tensor> forward_impl(
+    const at::Tensor& features, const at::Tensor& labels, const at::Tensor& centroids,
+    const at::Tensor& log_q, const at::Tensor& beta, bool normalize) {
+  NoAutocast no_autocast(c10::autocast_dispatch_keyset);
   auto f = features.contiguous(), c = centroids.contiguous(), lq = log_q.contiguous();
   auto y = labels.contiguous();
   auto inv = inv_norms(f, normalize);
@@ -69,11 +74,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> ibb_forward(
   return {loss, phi, inv};
 }
 
-at::Tensor ibb_backward(
-    const at::Tensor& grad_loss, const at::Tensor& features, const at::Tensor& labels,
-    const at::Tensor& centroids, const at::Tensor& log_q, const at::Tensor& phi,
-    const at::Tensor& inv_norm, const at::Tensor& loss, double beta, bool normalize) {
-  const char* op = "ribkernels::ibb_backward";
+void check_backward_args(const char* op, const at::Tensor& grad_loss, const at::Tensor& features,
+                         const at::Tensor& labels, const at::Tensor& centroids,
+                         const at::Tensor& log_q, const at::Tensor& phi,
+                         const at::Tensor& inv_norm, const at::Tensor& loss) {
   check_features_centroids(op, features, centroids);
   check_log_q(op, log_q, centroids, features);
   const int64_t n = features.size(0), A = centroids.size(0);
@@ -88,8 +92,14 @@ at::Tensor ibb_backward(
   check_same(op, "phi", phi, features);
   TORCH_CHECK_VALUE(labels.dim() == 1 && labels.size(0) == n && labels.scalar_type() == at::kLong,
                     op, ": labels must be int64 of shape [", n, "], got ", describe(labels));
-  NoAutocast no_autocast(c10::autocast_dispatch_keyset);
+}
 
+at::Tensor backward_impl(const at::Tensor& grad_loss, const at::Tensor& features,
+                         const at::Tensor& labels, const at::Tensor& centroids,
+                         const at::Tensor& log_q, const at::Tensor& phi,
+                         const at::Tensor& inv_norm, const at::Tensor& loss,
+                         const at::Tensor& beta, bool normalize) {
+  NoAutocast no_autocast(c10::autocast_dispatch_keyset);
   auto f = features.contiguous(), c = centroids.contiguous(), lq = log_q.contiguous();
   auto p = phi.contiguous(), y = labels.contiguous(), g = grad_loss.contiguous();
   auto w = at::empty_like(p);
@@ -97,6 +107,124 @@ at::Tensor ibb_backward(
   auto grad = at::mm(w, c);
   RIBKERNELS_LAUNCH(f, features_grad, grad, f, inv_norm.contiguous(), beta, normalize);
   return grad;
+}
+
+// A float beta as the 0-d tensor the kernels read (on CUDA: one fill kernel, no sync).
+at::Tensor beta_scalar(double beta, const at::Tensor& ref) { return at::full({}, beta, ref.options()); }
+
+}  // namespace
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> ibb_forward(
+    const at::Tensor& features, const at::Tensor& labels, const at::Tensor& centroids,
+    const at::Tensor& log_q, double beta, bool normalize, bool check_labels_range) {
+  const char* op = "ribkernels::ibb_forward";
+  check_forward_args(op, features, labels, centroids, log_q, check_labels_range);
+  check_beta(op, beta);
+  return forward_impl(features, labels, centroids, log_q, beta_scalar(beta, features), normalize);
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> ibb_forward_tb(
+    const at::Tensor& features, const at::Tensor& labels, const at::Tensor& centroids,
+    const at::Tensor& log_q, const at::Tensor& beta, bool normalize, bool check_labels_range) {
+  const char* op = "ribkernels::ibb_forward.beta_tensor";
+  check_forward_args(op, features, labels, centroids, log_q, check_labels_range);
+  auto b = check_beta_tensor(op, beta, features);
+  return forward_impl(features, labels, centroids, log_q, b, normalize);
+}
+
+at::Tensor ibb_backward(
+    const at::Tensor& grad_loss, const at::Tensor& features, const at::Tensor& labels,
+    const at::Tensor& centroids, const at::Tensor& log_q, const at::Tensor& phi,
+    const at::Tensor& inv_norm, const at::Tensor& loss, double beta, bool normalize) {
+  check_backward_args("ribkernels::ibb_backward", grad_loss, features, labels, centroids, log_q,
+                      phi, inv_norm, loss);
+  return backward_impl(grad_loss, features, labels, centroids, log_q, phi, inv_norm, loss,
+                       beta_scalar(beta, features), normalize);
+}
+
+at::Tensor ibb_backward_tb(
+    const at::Tensor& grad_loss, const at::Tensor& features, const at::Tensor& labels,
+    const at::Tensor& centroids, const at::Tensor& log_q, const at::Tensor& phi,
+    const at::Tensor& inv_norm, const at::Tensor& loss, const at::Tensor& beta, bool normalize) {
+  const char* op = "ribkernels::ibb_backward.beta_tensor";
+  check_backward_args(op, grad_loss, features, labels, centroids, log_q, phi, inv_norm, loss);
+  auto b = check_beta_tensor(op, beta, features);
+  return backward_impl(grad_loss, features, labels, centroids, log_q, phi, inv_norm, loss, b,
+                       normalize);
+}
+
+namespace {
+
+void check_fit_args(const char* op, const at::Tensor& features, const at::Tensor& centroids,
+                    double target_entropy, int64_t grid) {
+  check_features_centroids(op, features, centroids);
+  TORCH_CHECK_VALUE(features.size(0) >= 1, op, ": features must hold at least one row, got ",
+                    describe(features));
+  TORCH_CHECK_VALUE(centroids.size(0) >= 2, op, ": centroids must hold at least 2 clusters (with "
+                    "one, phi = 1 whatever beta), got ", describe(centroids));
+  TORCH_CHECK_VALUE(std::isfinite(target_entropy) && target_entropy > 0, op,
+                    ": target_entropy must be a positive finite number of nats, got ",
+                    target_entropy);
+  TORCH_CHECK_VALUE(grid >= 2 && grid <= 1024, op, ": grid must lie in [2, 1024], got ", grid);
+}
+
+// The fit on dots = F C^T (left untouched): returns the fitted beta, 0-d.
+at::Tensor fit_on_dots(const at::Tensor& f, const at::Tensor& dots, const at::Tensor& inv,
+                       const at::Tensor& cn, bool normalize, double target_entropy, int64_t grid,
+                       bool dots_scratch) {
+  auto sq = row_norms(f, /*inverse=*/false);
+  auto fsq = normalize ? sq * inv * inv : sq;  // ||f̂_i||^2
+  auto d2 = dots_scratch ? dots : dots.clone();  // overwritten with the shifted squared distances
+  auto out = at::empty({}, f.options());
+  RIBKERNELS_LAUNCH(f, fit_beta, d2, fsq, inv, cn, target_entropy, grid, out);
+  return out;
+}
+
+}  // namespace
+
+at::Tensor ibb_fit_beta(const at::Tensor& features, const at::Tensor& centroids,
+                        double target_entropy, bool normalize, int64_t grid) {
+  check_fit_args("ribkernels::ibb_fit_beta", features, centroids, target_entropy, grid);
+  NoAutocast no_autocast(c10::autocast_dispatch_keyset);
+
+  auto f = features.contiguous(), c = centroids.contiguous();
+  auto inv = inv_norms(f, normalize);
+  auto cn = row_norms(c, /*inverse=*/false);
+  return fit_on_dots(f, at::mm(f, c.t()), inv, cn, normalize, target_entropy, grid, true);
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> ibb_forward_fit(
+    const at::Tensor& features, const at::Tensor& labels, const at::Tensor& centroids,
+    const at::Tensor& log_q, const c10::optional<at::Tensor>& log_beta_ema, double momentum,
+    double target_entropy, bool normalize, bool check_labels_range, int64_t grid) {
+  const char* op = "ribkernels::ibb_forward_fit";
+  check_forward_args(op, features, labels, centroids, log_q, check_labels_range);
+  check_fit_args(op, features, centroids, target_entropy, grid);
+  TORCH_CHECK_VALUE(std::isfinite(momentum) && momentum >= 0 && momentum < 1, op,
+                    ": momentum must lie in [0, 1), got ", momentum);
+  const bool has_ema = log_beta_ema.has_value() && log_beta_ema->defined();
+  at::Tensor ema;
+  if (has_ema) {
+    const auto& e = *log_beta_ema;
+    TORCH_CHECK_VALUE(e.dim() == 0 && at::isFloatingType(e.scalar_type()), op,
+                      ": log_beta_ema must be a 0-d floating tensor, got ", describe(e));
+    TORCH_CHECK_VALUE(e.device() == features.device(), op, ": log_beta_ema must be on ",
+                      features.device(), " like features, got ", describe(e));
+    ema = e.to(features.scalar_type());
+  }
+  NoAutocast no_autocast(c10::autocast_dispatch_keyset);
+
+  auto f = features.contiguous(), c = centroids.contiguous(), lq = log_q.contiguous();
+  auto y = labels.contiguous();
+  auto inv = inv_norms(f, normalize);
+  auto cn = row_norms(c, /*inverse=*/false);
+  auto phi = at::mm(f, c.t());  // dots, overwritten with phi
+  auto logb = fit_on_dots(f, phi, inv, cn, normalize, target_entropy, grid, false).log_();
+  auto ema_out = has_ema ? ema * momentum + logb * (1.0 - momentum) : logb;
+  auto beta = ema_out.exp();
+  auto loss = at::empty({f.size(0)}, f.options());
+  RIBKERNELS_LAUNCH(f, softmax_rows, phi, cn, inv, y, lq, loss, beta);
+  return {loss, phi, inv, beta, ema_out};
 }
 
 std::tuple<at::Tensor, at::Tensor> soft_assign(
@@ -110,7 +238,8 @@ std::tuple<at::Tensor, at::Tensor> soft_assign(
   auto inv = inv_norms(f, normalize);
   auto cn = row_norms(c, /*inverse=*/false);
   auto phi = at::mm(f, c.t());
-  RIBKERNELS_LAUNCH(f, softmax_rows, phi, cn, inv, at::Tensor(), at::Tensor(), at::Tensor(), beta);
+  RIBKERNELS_LAUNCH(f, softmax_rows, phi, cn, inv, at::Tensor(), at::Tensor(), at::Tensor(),
+                    beta_scalar(beta, f));
   return {phi, inv};
 }
 
@@ -134,7 +263,7 @@ at::Tensor soft_assign_backward(
   auto w = at::empty_like(p);
   RIBKERNELS_LAUNCH(f, softmax_grad, p, grad_phi.contiguous(), w);
   auto grad = at::mm(w, c);
-  RIBKERNELS_LAUNCH(f, features_grad, grad, f, inv_norm.contiguous(), beta, normalize);
+  RIBKERNELS_LAUNCH(f, features_grad, grad, f, inv_norm.contiguous(), beta_scalar(beta, f), normalize);
   return grad;
 }
 
@@ -154,12 +283,13 @@ at::Tensor soft_counts(
   auto cn = row_norms(c, /*inverse=*/false);
   auto counts_t = at::zeros({num_classes, A}, f.options());  // [K, A]: rows are written whole
   auto part = at::empty({num_classes, A}, f.options());
+  auto b = beta_scalar(beta, f);
   const int64_t step = chunk_rows(n, A);
   for (int64_t r0 = 0; r0 < n; r0 += step) {
     const int64_t rows = std::min(step, n - r0);
     auto phi = at::mm(f.narrow(0, r0, rows), c.t());
     RIBKERNELS_LAUNCH(f, softmax_rows, phi, cn, inv.narrow(0, r0, rows), at::Tensor(),
-                      at::Tensor(), at::Tensor(), beta);
+                      at::Tensor(), at::Tensor(), b);
     auto [order, offsets] = csr_by_key(y.narrow(0, r0, rows), num_classes);
     RIBKERNELS_LAUNCH(f, segment_sum, phi, order, offsets, part);
     counts_t.add_(part);

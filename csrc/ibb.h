@@ -22,6 +22,28 @@ at::Tensor ibb_backward(
     const at::Tensor& grad_loss, const at::Tensor& features, const at::Tensor& labels,
     const at::Tensor& centroids, const at::Tensor& log_q, const at::Tensor& phi,
     const at::Tensor& inv_norm, const at::Tensor& loss, double beta, bool normalize);
+// The same with β a 0-d floating tensor on the features' device (overload "beta_tensor"): the
+// kernels read it where it lives, so a β computed on the GPU needs no host sync. On CPU its value
+// is checked (positive, finite); on CUDA it is not (that would be a sync).
+std::tuple<at::Tensor, at::Tensor, at::Tensor> ibb_forward_tb(
+    const at::Tensor& features, const at::Tensor& labels, const at::Tensor& centroids,
+    const at::Tensor& log_q, const at::Tensor& beta, bool normalize, bool check_labels);
+at::Tensor ibb_backward_tb(
+    const at::Tensor& grad_loss, const at::Tensor& features, const at::Tensor& labels,
+    const at::Tensor& centroids, const at::Tensor& log_q, const at::Tensor& phi,
+    const at::Tensor& inv_norm, const at::Tensor& loss, const at::Tensor& beta, bool normalize);
+// β fitted to one batch (features [n, D], centroids [A, D], A >= 2) so that the mean entropy of
+// phi is target_entropy nats: 0-d tensor in the features' dtype, on their device, no host sync.
+at::Tensor ibb_fit_beta(const at::Tensor& features, const at::Tensor& centroids,
+                        double target_entropy, bool normalize, int64_t grid);
+// The training step in one op, sharing one GEMM between the fit and the bound: b = ibb_fit_beta,
+// log_beta_ema_out = momentum * log_beta_ema + (1 - momentum) * log b (log b when log_beta_ema is
+// undefined), beta = exp(log_beta_ema_out), then ibb_forward with that beta. Returns
+// (loss, phi, inv_norm, beta, log_beta_ema_out); no host sync.
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> ibb_forward_fit(
+    const at::Tensor& features, const at::Tensor& labels, const at::Tensor& centroids,
+    const at::Tensor& log_q, const c10::optional<at::Tensor>& log_beta_ema, double momentum,
+    double target_entropy, bool normalize, bool check_labels, int64_t grid);
 std::tuple<at::Tensor, at::Tensor> soft_assign(
     const at::Tensor& features, const at::Tensor& centroids, double beta, bool normalize);
 at::Tensor soft_assign_backward(
@@ -41,6 +63,9 @@ void check_same(const char* op, const char* name, const at::Tensor& t, const at:
 void check_labels(const char* op, const at::Tensor& labels, int64_t n, int64_t num_classes,
                   const at::Tensor& ref, bool check_range = true);
 void check_beta(const char* op, double beta);
+// beta: a defined 0-d floating tensor on ref's device; returns it in ref's dtype. On CPU its value
+// is also checked (positive and finite).
+at::Tensor check_beta_tensor(const char* op, const at::Tensor& beta, const at::Tensor& ref);
 // Rows per chunk so that a chunk x cols buffer stays near 2^24 elements.
 int64_t chunk_rows(int64_t rows, int64_t cols);
 // (order, offsets[S + 1]) such that rows order[offsets[s]:offsets[s + 1]] carry key s (stable).

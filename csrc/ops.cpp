@@ -26,6 +26,21 @@ TORCH_LIBRARY(ribkernels, m) {
   m.def("ibb_backward(Tensor grad_loss, Tensor features, Tensor labels, Tensor centroids, "
         "Tensor log_q, Tensor phi, Tensor inv_norm, Tensor loss, float beta, bool normalize) "
         "-> Tensor");
+  // The same with beta a 0-d tensor on the features' device (no host sync on CUDA).
+  m.def("ibb_forward.beta_tensor(Tensor features, Tensor labels, Tensor centroids, Tensor log_q, "
+        "Tensor beta, bool normalize, bool check_labels=True) "
+        "-> (Tensor loss, Tensor phi, Tensor inv_norm)");
+  m.def("ibb_backward.beta_tensor(Tensor grad_loss, Tensor features, Tensor labels, "
+        "Tensor centroids, Tensor log_q, Tensor phi, Tensor inv_norm, Tensor loss, Tensor beta, "
+        "bool normalize) -> Tensor");
+  // beta fitted to a batch so that the mean entropy of phi is target_entropy (0-d, no host sync).
+  m.def("ibb_fit_beta(Tensor features, Tensor centroids, float target_entropy, bool normalize, "
+        "int grid=48) -> Tensor");
+  // A training step's bound with beta fitted to the batch and averaged (one GEMM for both).
+  m.def("ibb_forward_fit(Tensor features, Tensor labels, Tensor centroids, Tensor log_q, "
+        "Tensor? log_beta_ema, float momentum, float target_entropy, bool normalize, "
+        "bool check_labels=True, int grid=48) "
+        "-> (Tensor loss, Tensor phi, Tensor inv_norm, Tensor beta, Tensor log_beta_ema_out)");
   m.def("soft_assign(Tensor features, Tensor centroids, float beta, bool normalize) "
         "-> (Tensor phi, Tensor inv_norm)");
   m.def("soft_assign_backward(Tensor grad_phi, Tensor features, Tensor centroids, Tensor phi, "
@@ -53,6 +68,10 @@ TORCH_LIBRARY_IMPL(ribkernels, CPU, m) {
   TORCH_LIBRARY_IMPL(ribkernels, KEY, m) {                             \
     m.impl("ibb_forward", &ribkernels::ibb_forward);                   \
     m.impl("ibb_backward", &ribkernels::ibb_backward);                 \
+    m.impl("ibb_forward.beta_tensor", &ribkernels::ibb_forward_tb);    \
+    m.impl("ibb_backward.beta_tensor", &ribkernels::ibb_backward_tb);  \
+    m.impl("ibb_fit_beta", &ribkernels::ibb_fit_beta);                 \
+    m.impl("ibb_forward_fit", &ribkernels::ibb_forward_fit);           \
     m.impl("soft_assign", &ribkernels::soft_assign);                   \
     m.impl("soft_assign_backward", &ribkernels::soft_assign_backward); \
     m.impl("soft_counts", &ribkernels::soft_counts);                   \

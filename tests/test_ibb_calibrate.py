@@ -151,3 +151,20 @@ def test_q_smoothing_mixes_with_the_uniform_and_caps_unseen_labels():
     assert unseen.item() == pytest.approx(math.log(21) - math.log(0.1), rel=1e-4)
     with pytest.raises(ValueError, match="q_smoothing"):
         IBBLoss(3, 4, q_smoothing=1.0)
+
+
+def test_refresh_progress_logs_the_beta_fit(caplog, monkeypatch):
+    from ribkernels.ibb import _progress
+
+    now = [0.0]
+    monkeypatch.setattr(_progress, "_clock", lambda: now.__setitem__(0, now[0] + 10.0) or now[0])
+    f, y = reid_like(20, 6, 32)
+    m = IBBLoss(20, 32, kmeans_iters=3, progress="log")
+    with caplog.at_level("INFO", logger="ribkernels.ibb"):
+        m.refresh(f, y)
+    msgs = [r.getMessage() for r in caplog.records]
+    fit = [s for s in msgs if s.startswith("IBB beta fit (120 rows, 20 clusters")]
+    assert fit[0].split(": ")[1].startswith("1/60, beta ") and fit[-1].split(": ")[1].startswith("60/60, beta ")
+    assert any(s.startswith("IBB k-means (20 clusters, 120 rows): ") for s in msgs)
+    with pytest.raises(ValueError, match="progress must be one of"):
+        IBBLoss(20, 32, progress="verbose")

@@ -100,3 +100,85 @@ def test_errors():
         kmeans(x.long(), 2)
     with pytest.raises(ValueError, match="centroids must have shape"):
         kmeans_step(x, torch.randn(3, 5))
+
+
+# ------------------------------------------------------------------ input checks
+def test_values_too_large_for_the_dtype_raise_instead_of_one_cluster():
+    x = blobs(60, 3, 4) * 1e19  # squared distances overflow float32 (max ~3.4e38)
+    with pytest.raises(ValueError, match=r"x holds values too large for k-means in torch.float32: max \|x\| = "):
+        kmeans(x, 3, iters=2)
+    with pytest.raises(ValueError, match="too large"):
+        kmeans(x, 3, iters=2, normalize=True)  # the row norms overflow as well
+    res = kmeans(x.double(), 3, iters=5)  # float64 holds them: three real clusters
+    assert (res.counts > 0).all()
+
+
+@pytest.mark.parametrize("seed", ["a", 1.5, True, None])
+def test_seed_must_be_an_int(seed):
+    with pytest.raises(TypeError, match=f"seed must be an int, got {seed!r}"):
+        kmeans(torch.randn(10, 2), 2, seed=seed)
+
+
+# ------------------------------------------------------------------ progress
+def slow_clock(monkeypatch, step=10.0):
+    """Every reading of the progress clock is ``step`` seconds after the previous one."""
+    from ribkernels.ibb import _progress
+
+    now = [0.0]
+
+    def clock():
+        now[0] += step
+        return now[0]
+
+    monkeypatch.setattr(_progress, "_clock", clock)
+
+
+def test_progress_log_lines_with_counts(caplog, monkeypatch):
+    x = blobs(60, 3, 4)
+    with caplog.at_level("INFO", logger="ribkernels.ibb"):
+        kmeans(x, 3, iters=4, tol=-1.0, progress="log")  # fast: shorter than the interval, silent
+    assert not [r for r in caplog.records if "IBB k-means" in r.getMessage()]
+    slow_clock(monkeypatch)
+    with caplog.at_level("INFO", logger="ribkernels.ibb"):
+        res = kmeans(x, 3, iters=4, tol=-1.0, progress="log")  # tol < 0: never stops early
+    lines = [r.getMessage() for r in caplog.records if "IBB k-means (3 clusters, 60 rows)" in r.getMessage()]
+    assert lines[0].startswith("IBB k-means (3 clusters, 60 rows): 1/5, objective ")
+    assert lines[-1].startswith("IBB k-means (3 clusters, 60 rows): 5/5, objective ")
+    assert f"objective {res.objective[-1]:.6g}" in lines[-1] and "ETA 0.0s" in lines[-1]
+    assert any("IBB k-means++ init (3 centres, 60 rows): 1/3" in r.getMessage() for r in caplog.records)
+
+
+def test_progress_off_by_default_and_only_on_rank_0(caplog, monkeypatch):
+    from ribkernels.ibb import _progress
+
+    slow_clock(monkeypatch)
+    x = blobs(60, 3, 4)
+    with caplog.at_level("INFO", logger="ribkernels.ibb"):
+        kmeans(x, 3, iters=2)
+        monkeypatch.setattr(_progress, "_rank", lambda: 1)
+        kmeans(x, 3, iters=2, progress="log")
+    assert not [r for r in caplog.records if "IBB k-means" in r.getMessage()]
+
+
+def test_progress_log_throttled_by_time_with_a_fake_clock(caplog):
+    from ribkernels.ibb._progress import StepProgress
+
+    now = [0.0]
+    p = StepProgress(10, "stage", "log", interval=5.0, clock=lambda: now[0])
+    with caplog.at_level("INFO", logger="ribkernels.ibb"):
+        for i in range(10):
+            now[0] = 2.0 * (i + 1)  # each step takes 2 s
+            p.step(value=i)
+    done = [r.getMessage().split(":")[1].split(",")[0].strip() for r in caplog.records]
+    assert done == ["3/10", "6/10", "9/10", "10/10"]  # every >= 5 s, and the last
+    assert "(6.0s elapsed, ETA 14.0s)" in caplog.records[0].getMessage()
+
+
+def test_progress_bar_on_stderr(capsys):
+    kmeans(blobs(60, 3, 4), 3, iters=2, progress="bar")
+    assert "IBB k-means (3 clusters, 60 rows)" in capsys.readouterr().err
+
+
+def test_progress_bad_value():
+    with pytest.raises(ValueError, match="progress must be one of"):
+        kmeans(torch.randn(10, 2), 2, progress="loud")

@@ -21,7 +21,7 @@ def make_inputs(n, A, D, K, dtype=torch.float64, device="cpu"):
 
 
 def loop_bound(features, labels, centroids, log_q, beta, normalize, input_entropy=None):
-    """docs/design.md §3 written out sample by sample and cluster by cluster, in float64."""
+    """The bound written out sample by sample and cluster by cluster, in float64."""
     out = []
     for i in range(features.shape[0]):
         f = [float(v) for v in features[i]]

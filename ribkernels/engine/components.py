@@ -230,7 +230,7 @@ def build_ibb(cfg: Dict, data: DataBundle, model: torch.nn.Module):
 
     kwargs = dict(kmeans_iters=int(c["kmeans_iters"]), seed=int(cfg["solver"]["seed"]),
                   input_size=tuple(c["input_size"]), target_entropy=float(c["target_entropy"]),
-                  q_smoothing=float(c["q_smoothing"]))
+                  q_smoothing=float(c["q_smoothing"]), progress=cfg["output"]["progress"])
     if c["input_clusters"] is not None:
         kwargs["num_input_clusters"] = int(c["input_clusters"])
     beta = "auto" if c["beta"] == "auto" else float(c["beta"])

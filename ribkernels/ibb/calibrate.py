@@ -1,4 +1,4 @@
-"""``calibrate_beta``: the IBB's softmax temperature β chosen from the clustering itself (docs/design.md §3).
+"""``calibrate_beta``: the IBB's softmax temperature β chosen from the clustering itself.
 
 The rule: β is the value at which the soft assignments ``phi(F_i, ·) = softmax_a(-β ||f̂_i - c_a||²)``
 of the training features have a mean entropy of ``target_entropy`` nats (by default log 4: each
@@ -20,6 +20,7 @@ from typing import Dict, Optional
 import torch
 import torch.nn.functional as F
 
+from ._progress import StepProgress, check_mode
 from .checks import check_features_centroids, check_finite
 from .kmeans import _all_reduce, _group
 
@@ -43,14 +44,17 @@ def _mean_entropy(d2: torch.Tensor, beta: float, group) -> float:
 @torch.no_grad()
 def calibrate_beta(features: torch.Tensor, centroids: torch.Tensor, *,
                    target_entropy: float = DEFAULT_TARGET_ENTROPY, normalize: bool = True,
-                   iters: int = 60, max_rows: Optional[int] = 8192) -> float:
+                   iters: int = 60, max_rows: Optional[int] = 8192, progress=None) -> float:
     """β such that the mean entropy of ``phi(features, centroids)`` is ``target_entropy`` (nats).
 
     ``features`` [n, D], ``centroids`` [A, D] (A >= 2). ``target_entropy`` must lie in (0, log A);
     ``max_rows``: use the first (evenly strided) rows only, for speed. Computed in float64.
+    ``progress``: ``None`` / ``"off"``, ``"auto"``, ``"bar"`` or ``"log"``: one step per bisection
+    step with the current β and mean entropy (rank 0 only).
     Returns a positive float (clamped to the bisection bracket if the target is unreachable).
     """
     check_features_centroids(features, centroids)
+    progress = check_mode(progress)
     check_finite("features", features)
     A = centroids.shape[0]
     if A < 2:
@@ -69,12 +73,17 @@ def calibrate_beta(features: torch.Tensor, centroids: torch.Tensor, *,
     if not scale > 0:  # every feature at the same distance from every centroid: any β gives log A
         return 1.0
     lo, hi = math.log(1e-4 / scale), math.log(1e6 / scale)
+    prog = StepProgress(iters, f"IBB beta fit ({d2.shape[0]} rows, {A} clusters, target "
+                               f"{target_entropy:.4g} nats)", progress)
     for _ in range(iters):
         mid = 0.5 * (lo + hi)
-        if _mean_entropy(d2, math.exp(mid), group) > target_entropy:
+        h = _mean_entropy(d2, math.exp(mid), group)
+        if h > target_entropy:
             lo = mid  # still too flat: a larger β
         else:
             hi = mid
+        prog.step(beta=math.exp(mid), entropy=h)
+    prog.close()
     return math.exp(0.5 * (lo + hi))
 
 
@@ -93,18 +102,54 @@ def assignment_stats(phi: torch.Tensor, log_q: torch.Tensor) -> Dict[str, float]
 @torch.no_grad()
 def calibrate_beta_batch(features: torch.Tensor, centroids: torch.Tensor, *,
                          target_entropy: float = DEFAULT_TARGET_ENTROPY, normalize: bool = True,
-                         grid: int = 48) -> torch.Tensor:
+                         grid: int = 48, impl: str = "auto") -> torch.Tensor:
     """The same rule as :func:`calibrate_beta` on one batch, without any host sync (for every
     training step): the mean entropy is evaluated on a log-spaced grid of ``grid`` β values, then on
     a second grid between the two that bracket the target, and log β is interpolated linearly.
-    Rank-local (no all-reduce). ``features`` [n, D], ``centroids`` [A, D]; returns a 0-d float32
-    tensor on the features' device (relative error of β about 1e-3)."""
+    Rank-local (no all-reduce). ``features`` [n, D], ``centroids`` [A, D] (A >= 2); returns a 0-d
+    tensor on the features' device, float32 (float64 for float64 inputs); relative error of β
+    against the exact root about 1e-3.
+
+    ``impl``: ``"auto"`` runs the extension op ``ribkernels::ibb_fit_beta`` when it serves the
+    device (one op: a GEMM and ~2 log2(grid) passes over the n x A distances on CPU, the whole
+    grid on CUDA), else :func:`calibrate_beta_batch_eager`; ``"ext"`` / ``"eager"`` force one."""
     check_features_centroids(features, centroids)
-    d2 = _sq_dists(features, centroids, normalize).float()
-    scale = d2.mean().clamp_min(torch.finfo(torch.float32).tiny)
+    if centroids.shape[0] < 2:
+        raise ValueError(f"calibrate_beta_batch needs at least 2 centroids, got {centroids.shape[0]}")
+    if isinstance(target_entropy, bool) or not isinstance(target_entropy, (int, float)) \
+            or not 0.0 < target_entropy < float("inf"):
+        raise ValueError(f"target_entropy must be a positive number of nats, got {target_entropy!r}")
+    if isinstance(grid, bool) or not isinstance(grid, int) or not 2 <= grid <= 1024:
+        raise ValueError(f"grid must be an int in [2, 1024], got {grid!r}")
+    from ._dispatch import no_autocast, use_extension
+
+    if use_extension(impl, features.device):
+        from . import _ext
+        from .checks import compute_dtype
+
+        dtype = compute_dtype(features, centroids)
+        with no_autocast(features.device):
+            return _ext.ops().ibb_fit_beta(features.detach().to(dtype), centroids.detach().to(dtype),
+                                           float(target_entropy), bool(normalize), int(grid))
+    return calibrate_beta_batch_eager(features, centroids, target_entropy=target_entropy,
+                                      normalize=normalize, grid=grid)
+
+
+@torch.no_grad()
+def calibrate_beta_batch_eager(features: torch.Tensor, centroids: torch.Tensor, *,
+                               target_entropy: float = DEFAULT_TARGET_ENTROPY,
+                               normalize: bool = True, grid: int = 48) -> torch.Tensor:
+    """Eager PyTorch version of :func:`calibrate_beta_batch`: the fallback without the extension
+    and, on float64 inputs (computed in float64 throughout), the reference of its tests. Every
+    grid point is evaluated as one [grid, n, A] tensor. Returns a 0-d tensor (float32, or float64
+    for float64 inputs)."""
+    check_features_centroids(features, centroids)
+    dtype = torch.float64 if torch.float64 in (features.dtype, centroids.dtype) else torch.float32
+    d2 = _sq_dists(features, centroids, normalize).to(dtype)
+    scale = d2.mean().clamp_min(torch.finfo(dtype).tiny)
     lo = torch.log(1e-4 / scale)
     hi = torch.log(1e6 / scale)
-    steps = torch.linspace(0, 1, grid, device=d2.device)
+    steps = torch.linspace(0, 1, grid, device=d2.device, dtype=dtype)
     for _ in range(2):
         logb = lo + (hi - lo) * steps                              # [G]
         logp = torch.log_softmax(-logb.exp()[:, None, None] * d2[None], dim=2)

@@ -89,6 +89,23 @@ def check_beta(beta) -> None:
         raise ValueError(f"beta must be a positive finite number, got {beta!r}")
 
 
+def check_beta_arg(beta, features: torch.Tensor) -> None:
+    """beta: a positive finite number, or a 0-d floating tensor on the features' device (the
+    temperature computed on the device, e.g. fitted to the batch). A tensor's value is checked on
+    CPU only: on CUDA that would be a sync (a non-positive β there gives a meaningless loss)."""
+    if not isinstance(beta, torch.Tensor):
+        check_beta(beta)
+        return
+    if not beta.is_floating_point() or beta.dim() != 0:
+        raise ValueError(f"beta must be a positive finite number or a 0-d floating tensor, got a tensor "
+                         f"of {describe(beta)}")
+    check_same_device("beta", beta, "features", features)
+    if beta.device.type == "cpu":
+        v = float(beta.detach())
+        if not 0 < v < float("inf"):
+            raise ValueError(f"beta must be positive and finite, got a tensor holding {v!r}")
+
+
 def compute_dtype(*tensors: torch.Tensor) -> torch.dtype:
     """float64 when any input is float64, else float32 (half types are computed in float32)."""
     return torch.float64 if any(t.dtype == torch.float64 for t in tensors) else torch.float32

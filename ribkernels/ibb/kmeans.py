@@ -1,15 +1,17 @@
-"""k-means for the IBB cluster refresh (docs/design.md §3): one Lloyd step (``kmeans_step``, the O(n·A·D)
+"""k-means for the IBB cluster refresh: one Lloyd step (``kmeans_step``, the O(n·A·D)
 part, in the extension) and the loop around it (``kmeans``): k-means++ or random init, empty
 clusters re-seeded, deterministic for a seed, sums and counts all-reduced under torch.distributed.
 """
 from __future__ import annotations
 
+import numbers
 from typing import List, NamedTuple, Optional
 
 import torch
 import torch.nn.functional as F
 
 from . import _ext
+from ._progress import StepProgress, check_mode
 from ._dispatch import no_autocast, use_extension
 from .checks import check_features_centroids, check_finite, check_floating_matrix, compute_dtype
 from .reference import kmeans_step_eager
@@ -42,6 +44,21 @@ def kmeans_step(features: torch.Tensor, centroids: torch.Tensor, *, impl: str = 
         x, c = features.to(dtype), centroids.to(dtype)
         out = _ext.ops().kmeans_step(x, c) if ext else kmeans_step_eager(x, c)
     return KMeansStep(*out)
+
+
+def check_magnitude(name: str, x: torch.Tensor) -> None:
+    """Squared norms and distances of ``x``'s rows must stay finite in its dtype: max |x|^2 * D
+    below the dtype's largest value (else every distance is inf and every row lands in one
+    cluster). One device->host copy."""
+    if x.numel() == 0:
+        return
+    amax = float(x.detach().abs().max())
+    limit = (torch.finfo(x.dtype).max / (4.0 * x.shape[1])) ** 0.5
+    if amax > limit:
+        raise ValueError(f"{name} holds values too large for k-means in {x.dtype}: max |{name}| = "
+                         f"{amax:.3g}, but squared distances overflow above {limit:.3g} (D = "
+                         f"{x.shape[1]}); rescale {name} (e.g. L2-normalise its rows) or pass float64 "
+                         f"({name}: shape {tuple(x.shape)})")
 
 
 def _group(distributed: Optional[bool], process_group):
@@ -83,7 +100,7 @@ def _all_gather_rows(x: torch.Tensor, group) -> torch.Tensor:
     return torch.cat([p[:s] for p, s in zip(parts, sizes)])
 
 
-def _kmeanspp(x: torch.Tensor, k: int, gen: torch.Generator) -> torch.Tensor:
+def _kmeanspp(x: torch.Tensor, k: int, gen: torch.Generator, progress="off") -> torch.Tensor:
     """k-means++ seeding (D² sampling). Random numbers come from the CPU generator ``gen``; the
     sampling itself stays on x's device (inverse CDF by searchsorted, no sync per centre)."""
     n = x.shape[0]
@@ -93,6 +110,8 @@ def _kmeanspp(x: torch.Tensor, k: int, gen: torch.Generator) -> torch.Tensor:
     chosen = [first]
     c = x[first[0]]
     d = (xsq + xsq[first[0]] - 2.0 * (x @ c)).clamp_min(0)
+    prog = StepProgress(k, f"IBB k-means++ init ({k} centres, {n} rows)", progress)
+    prog.step()
     for j in range(1, k):
         cdf = torch.cumsum(d.double(), 0)
         # right=True: a zero-probability point (already a centre) is never drawn unless all are zero
@@ -100,6 +119,8 @@ def _kmeanspp(x: torch.Tensor, k: int, gen: torch.Generator) -> torch.Tensor:
         chosen.append(idx)
         c = x[idx[0]]
         d = torch.minimum(d, (xsq + (c * c).sum() - 2.0 * (x @ c)).clamp_min(0))
+        prog.step()
+    prog.close()
     return x[torch.cat(chosen)].clone()
 
 
@@ -121,7 +142,7 @@ def _reseed_candidates(x: torch.Tensor, min_dist: torch.Tensor, e: int, group) -
 @torch.no_grad()
 def kmeans(x: torch.Tensor, k: int, iters: int = 20, seed: int = 0, *, init="k-means++",
            normalize: bool = False, tol: float = 0.0, impl: str = "auto",
-           distributed: Optional[bool] = None, process_group=None) -> KMeansResult:
+           distributed: Optional[bool] = None, process_group=None, progress=None) -> KMeansResult:
     """Lloyd's k-means of ``x`` [n, D] into ``k`` clusters.
 
     Args:
@@ -135,11 +156,18 @@ def kmeans(x: torch.Tensor, k: int, iters: int = 20, seed: int = 0, *, init="k-m
         distributed: ``None`` = all-reduce when torch.distributed is initialised with more than one
             process; every rank passes its own rows and ends with the same centroids, equal to a
             single-process run on the union of the rows in rank order.
+        progress: ``None`` / ``"off"`` (default), ``"auto"``, ``"bar"`` or ``"log"``: one progress
+            step per Lloyd iteration with the objective (a tqdm bar, or log lines on the
+            ``ribkernels.ibb`` logger), on rank 0 only.
 
     Empty clusters are re-seeded with the rows farthest from their centroid, which never increases
-    the objective. NaN/Inf in ``x`` raise a ValueError (a sync; refresh time only).
+    the objective. NaN/Inf in ``x``, and values so large that squared distances overflow x's dtype,
+    raise a ValueError (a sync; refresh time only).
     """
     check_floating_matrix("x", x, "[n, D]")
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
+        raise TypeError(f"seed must be an int, got {seed!r} ({type(seed).__name__})")
+    progress = check_mode(progress)
     if isinstance(k, bool) or not isinstance(k, int) or k < 1:
         raise ValueError(f"k must be a positive int, got {k!r}")
     if not isinstance(iters, int) or iters < 0:
@@ -153,6 +181,7 @@ def kmeans(x: torch.Tensor, k: int, iters: int = 20, seed: int = 0, *, init="k-m
     check_finite("x", x)
     group = _group(distributed, process_group)
     x = x.to(compute_dtype(x))
+    check_magnitude("x", x)
     if normalize:
         x = F.normalize(x, dim=1)
 
@@ -166,21 +195,24 @@ def kmeans(x: torch.Tensor, k: int, iters: int = 20, seed: int = 0, *, init="k-m
         if normalize:
             centroids = F.normalize(centroids, dim=1)
     elif init == "k-means++":
-        centroids = _kmeanspp(union, k, gen)
+        centroids = _kmeanspp(union, k, gen, progress)
     else:
         centroids = union[torch.randperm(union.shape[0], generator=gen)[:k].to(x.device)].clone()
+    union_rows = union.shape[0]
     del union
 
     objective, reseeded = [], []
+    prog = StepProgress(iters + 1, f"IBB k-means ({k} clusters, {union_rows} rows)", progress)
     for it in range(iters + 1):
         assign, sums, counts, min_dist = kmeans_step(x, centroids, impl=impl)
         _all_reduce(sums, group)
         _all_reduce(counts, group)
         obj = float(_all_reduce(min_dist.sum().reshape(1), group))
         objective.append(obj)
-        if it == iters:
-            break
-        if it > 0 and not reseeded[-1] and objective[-2] - obj <= tol * abs(objective[-2]):
+        stop = it == iters or (it > 0 and not reseeded[-1] and objective[-2] - obj <= tol * abs(objective[-2]))
+        if prog.mode != "off":  # (the count of empty clusters is a sync on CUDA)
+            prog.step(last=stop, objective=obj, empty=int((counts == 0).sum()))
+        if stop:
             break
         nonempty = counts > 0
         means = sums / counts.clamp_min(1).to(sums.dtype)[:, None]
@@ -191,4 +223,5 @@ def kmeans(x: torch.Tensor, k: int, iters: int = 20, seed: int = 0, *, init="k-m
         if empty.numel():
             centroids[empty] = _reseed_candidates(x, min_dist, empty.numel(), group)
         reseeded.append(int(empty.numel()))
+    prog.close()
     return KMeansResult(centroids, assign, counts, objective, reseeded)

@@ -1,4 +1,4 @@
-"""Eager PyTorch implementations of the IBB ops (docs/design.md §3): the fallback when the extension is
+"""Eager PyTorch implementations of the IBB ops: the fallback when the extension is
 unavailable, the baseline of the benchmarks and (on float64 inputs) the reference of the tests.
 Inputs are assumed checked and already in the compute dtype."""
 from __future__ import annotations
@@ -7,14 +7,15 @@ import torch
 import torch.nn.functional as F
 
 
-def soft_assign_eager(features, centroids, beta: float, normalize: bool) -> torch.Tensor:
-    """phi [n, A] = softmax_a(-beta ||f̂_i - c_a||^2), f̂ L2-normalised when ``normalize``."""
+def soft_assign_eager(features, centroids, beta, normalize: bool) -> torch.Tensor:
+    """phi [n, A] = softmax_a(-beta ||f̂_i - c_a||^2), f̂ L2-normalised when ``normalize``; beta a
+    float or a 0-d tensor."""
     f = F.normalize(features, dim=1) if normalize else features
     d2 = (f * f).sum(1, keepdim=True) + (centroids * centroids).sum(1) - 2.0 * f @ centroids.T
     return torch.softmax(-beta * d2, dim=1)
 
 
-def ibb_eager(features, labels, centroids, log_q, beta: float, normalize: bool) -> torch.Tensor:
+def ibb_eager(features, labels, centroids, log_q, beta, normalize: bool) -> torch.Tensor:
     """Per-sample term 2 of the bound, ``-sum_a phi(F_i, a) log_q[a, y_i]``: [n]."""
     phi = soft_assign_eager(features, centroids, beta, normalize)
     return -(phi * log_q[:, labels].T).sum(1)

@@ -1,4 +1,4 @@
-"""``soft_assign``: phi, the soft cluster assignment of docs/design.md §3."""
+"""``soft_assign``: phi, the soft cluster assignment of the IBB bound."""
 from __future__ import annotations
 
 import torch

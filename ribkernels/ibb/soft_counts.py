@@ -1,4 +1,4 @@
-"""``soft_counts``: the A x K sums of soft assignments per label that make Q (docs/design.md §3)."""
+"""``soft_counts``: the A x K sums of soft assignments per label that make Q."""
 from __future__ import annotations
 
 import torch

@@ -1,4 +1,4 @@
-"""``IBBLoss``: the IBB bound of the RIB loss as an nn.Module holding its cluster state (docs/design.md §3)."""
+"""``IBBLoss``: the IBB bound of the RIB loss as an nn.Module holding its cluster state."""
 from __future__ import annotations
 
 import logging
@@ -9,10 +9,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..ibb import ibb_loss, kmeans, soft_assign, soft_counts
-from ..ibb.calibrate import DEFAULT_TARGET_ENTROPY, assignment_stats, calibrate_beta, calibrate_beta_batch
+from ..ibb import ibb_loss, ibb_loss_batch_beta, kmeans, soft_assign, soft_counts
+from ..ibb.calibrate import DEFAULT_TARGET_ENTROPY, assignment_stats, calibrate_beta
 from ..ibb.checks import (check_beta, check_features_centroids, check_finite, check_label_range, check_labels,
                           check_tensor, describe)
+from ..ibb._progress import check_mode
 from ..ibb.kmeans import _all_reduce, _group
 
 logger = logging.getLogger("ribkernels.ibb")
@@ -52,7 +53,15 @@ class IBBLoss(nn.Module):
             (held-out or drifted training features) at ``log K - log λ`` instead of ``-log eps``.
         num_input_clusters: B (default A); ``input_size``: (h, w) images are down-sampled to;
         ``input_channels``: C.
-        reduction: ``"mean"`` | ``"sum"`` | ``"none"``; ``impl``: ``"auto"`` | ``"ext"`` | ``"eager"``.
+        reduction: ``"mean"`` | ``"sum"`` | ``"none"``; ``impl``: ``"auto"`` | ``"ext"`` | ``"eager"``
+            (``"auto"``: the C++/CUDA extension's ops when it serves the device, in training mode
+            too: ``ribkernels::ibb_forward_fit`` fits β to the batch and computes the bound in one
+            op, ``ribkernels::ibb_backward`` its gradient; eager PyTorch only when the extension
+            is unavailable, after one warning).
+        progress: of :meth:`refresh` / :meth:`set_input_clusters` (k-means++ init, Lloyd
+            iterations, the β bisection): ``"off"`` (default), ``"auto"`` (a tqdm bar on a TTY,
+            else log lines), ``"bar"`` or ``"log"`` (INFO lines on the ``ribkernels.ibb`` logger
+            with counts and an ETA); rank 0 only.
 
     Under torch.distributed (initialised, more than one process), :meth:`refresh` and
     :meth:`set_input_clusters` all-reduce the k-means sums/counts and the soft counts, so every rank
@@ -64,7 +73,7 @@ class IBBLoss(nn.Module):
                  q_smoothing: float = 0.0, batch_calibration: bool = True, beta_momentum: float = 0.9, kmeans_iters: int = 20, seed: int = 0,
                  init: str = "k-means++", eps: float = 1e-6, normalize: bool = True,
                  num_input_clusters: Optional[int] = None, input_size: Sequence[int] = (16, 8),
-                 input_channels: int = 3, reduction: str = "mean", impl: str = "auto"):
+                 input_channels: int = 3, reduction: str = "mean", impl: str = "auto", progress="off"):
         super().__init__()
         for name, v in (("num_classes", num_classes), ("feat_dim", feat_dim)):
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
@@ -89,6 +98,7 @@ class IBBLoss(nn.Module):
         self.batch_calibration, self.beta_momentum = bool(batch_calibration), float(beta_momentum)
         self.kmeans_iters, self.seed, self.init = kmeans_iters, seed, init
         self.eps, self.normalize, self.reduction, self.impl = eps, normalize, reduction, impl
+        self.progress = check_mode(progress)
         if reduction not in ("mean", "sum", "none"):
             raise ValueError(f"reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
         self.input_size = tuple(int(s) for s in input_size)
@@ -131,7 +141,8 @@ class IBBLoss(nn.Module):
             return self.beta
         if centroids.shape[0] < 2:  # one cluster: phi = 1 whatever β
             return 1.0
-        return calibrate_beta(x, centroids, target_entropy=self._target(centroids.shape[0]), normalize=normalize)
+        return calibrate_beta(x, centroids, target_entropy=self._target(centroids.shape[0]), normalize=normalize,
+                              progress=self.progress)
 
     def extra_repr(self) -> str:
         return (f"num_classes={self.num_classes}, feat_dim={self.feat_dim}, "
@@ -149,7 +160,7 @@ class IBBLoss(nn.Module):
         check_label_range(labels, self.num_classes)
         check_finite("features", features)
         res = kmeans(features, self.num_clusters, self.kmeans_iters, self.seed, init=self.init,
-                     normalize=self.normalize, impl=self.impl)
+                     normalize=self.normalize, impl=self.impl, progress=self.progress)
         centroids = res.centroids
         beta = self._choose_beta(features, centroids, self.normalize)
         counts = soft_counts(features, labels, centroids, num_classes=self.num_classes,
@@ -195,7 +206,7 @@ class IBBLoss(nn.Module):
         x = self._downsample(images)
         check_finite("images", x)
         res = kmeans(x, self.num_input_clusters, self.kmeans_iters, self.seed, init=self.init,
-                     normalize=True, impl=self.impl)
+                     normalize=True, impl=self.impl, progress=self.progress)
         self.input_centroids.copy_(res.centroids)
         beta = self._choose_beta(x, res.centroids, True)
         self.input_beta_used.fill_(beta)
@@ -223,16 +234,15 @@ class IBBLoss(nn.Module):
             raise RuntimeError("IBBLoss has no clusters yet: call refresh(features, labels) on the "
                                "training features first (the IBB is switched on after the first refresh)")
         check_features_centroids(features, self.centroids)
-        beta = self._beta
         if self.beta == "auto" and self.batch_calibration and self.training and self.num_clusters > 1:
-            b = calibrate_beta_batch(features.detach(), self.centroids, normalize=self.normalize,
-                                     target_entropy=self._target(self.num_clusters)).log()
-            ema = self._log_beta_ema
-            self._log_beta_ema = b if ema is None else self.beta_momentum * ema + (1 - self.beta_momentum) * b
-            beta = self._log_beta_ema.exp()
-        if isinstance(beta, torch.Tensor):  # a device tensor: the eager path takes it without a sync
-            per_sample = self._eager_with_tensor_beta(features, labels, beta)
+            # the training path: β fitted to this batch and averaged in log space, in one extension
+            # op with the bound (no host sync; the labels' range is checked on CPU only)
+            per_sample, beta, self._log_beta_ema = ibb_loss_batch_beta(
+                features, labels, self.centroids, self.log_q, log_beta_ema=self._log_beta_ema,
+                momentum=self.beta_momentum, target_entropy=self._target(self.num_clusters),
+                normalize=self.normalize, impl=self.impl, check_labels=not features.is_cuda)
         else:
+            beta = self._beta
             per_sample = ibb_loss(features, labels, self.centroids, self.log_q, beta=beta,
                                   normalize=self.normalize, reduction="none", impl=self.impl)
         label_term = per_sample.detach().mean()
@@ -250,16 +260,6 @@ class IBBLoss(nn.Module):
         if self.reduction == "sum":
             return per_sample.sum()
         return per_sample
-
-    def _eager_with_tensor_beta(self, features, labels, beta: torch.Tensor) -> torch.Tensor:
-        """Term 2 per sample with a 0-d tensor β (autograd through the features only)."""
-        if not features.is_cuda:  # (on CUDA an out-of-range label fails the indexing's device assert)
-            check_label_range(labels, self.num_classes)
-        f = F.normalize(features.float(), dim=1) if self.normalize else features.float()
-        c = self.centroids.float()
-        d2 = (f * f).sum(1, keepdim=True) + (c * c).sum(1) - 2.0 * f @ c.T
-        phi = torch.softmax(-beta.float().detach() * d2, dim=1)
-        return -(phi * self.log_q.float()[:, labels.long()].T).sum(1)
 
     @staticmethod
     def _check_entropy(input_entropy, per_sample: torch.Tensor) -> torch.Tensor:
