@@ -40,8 +40,9 @@ def test_import_loads_no_dynamo_no_triton_and_costs_under_half_a_second_over_tor
 
 
 def test_lazy_constant_mark_equals_torch_compiler_decorator():
-    """The mark prepass sets without dynamo is the one torch.compiler.assume_constant_result sets."""
-    from ribkernels.dcs import prepass
+    """The mark lazy_dynamo sets without dynamo is the one torch.compiler.assume_constant_result sets,
+    and both users of it (the CPU pre-pass check, the backend choice's device label) carry it."""
+    from ribkernels.dcs import backend_choice, lazy_dynamo, prepass
 
     def ours():
         return True
@@ -52,7 +53,7 @@ def test_lazy_constant_mark_equals_torch_compiler_decorator():
     before = set(vars(ours))
     saved = sys.modules.pop("torch._dynamo", None)  # take the no-dynamo branch even if loaded
     try:
-        prepass._assume_constant_result(ours)
+        lazy_dynamo.assume_constant_result(ours)
     finally:
         if saved is not None:
             sys.modules["torch._dynamo"] = saved
@@ -62,6 +63,7 @@ def test_lazy_constant_mark_equals_torch_compiler_decorator():
     assert set(vars(ours)) - before == set(vars(theirs)) - before != set()
     assert vars(ours) == vars(theirs)
     assert getattr(prepass.cpu_prepass_available, "_dynamo_marked_constant", False) is True
+    assert getattr(backend_choice.device_label, "_dynamo_marked_constant", False) is True
 
 
 @pytest.mark.parametrize("module", ["ribkernels.cli"])

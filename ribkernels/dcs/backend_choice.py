@@ -31,6 +31,8 @@ from typing import Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 import torch
 
+from .lazy_dynamo import assume_constant_result
+
 
 ENV_VAR = "RIBKERNELS_DCS_AUTOTUNE_BACKEND"
 CACHE_FILE_NAME = "dcs-backend-choice.json"
@@ -131,7 +133,7 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine() or "cpu"
 
 
-@torch.compiler.assume_constant_result
+@assume_constant_result
 def device_label(device: str) -> str:
     """``torch.cuda.get_device_name`` for a CUDA device; ``cpu:<model>:threads=T`` on CPU."""
     dev = torch.device(device)
@@ -318,7 +320,7 @@ def cached(key: Key, known: Sequence[str]) -> Optional[Record]:
     return rec
 
 
-@torch.compiler.assume_constant_result
+@assume_constant_result
 def cached_choice(key: Key, known: Tuple[str, ...]) -> str:
     """:func:`cached`'s choice, ``""`` when none; a constant for torch.compile (read at trace time)."""
     rec = cached(key, known)

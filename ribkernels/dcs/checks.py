@@ -30,7 +30,7 @@ def check_tau(tau) -> None:
     if not _is_real(tau):
         raise TypeError(f"tau must be a positive number (the Gumbel-sigmoid temperature), got "
                         f"{type(tau).__name__} {tau!r}")
-    if not (tau > 0 and math.isfinite(tau)):
+    if not 0 < tau < math.inf:  # also refuses NaN; comparisons trace under torch.compile, isfinite does not
         raise ValueError(f"tau must be a positive finite number, got {tau!r}")
 
 
@@ -41,7 +41,7 @@ def check_scale(scale) -> None:
     if not _is_real(scale):
         raise TypeError(f"scale must be None or a number (the logits' factor, e.g. D ** -0.5), got "
                         f"{type(scale).__name__} {scale!r}")
-    if not (scale > 0 and math.isfinite(scale)):
+    if not 0 < scale < math.inf:  # also refuses NaN
         raise ValueError(f"scale must be a finite number > 0 (or None for D ** -0.5), got {scale!r}")
 
 

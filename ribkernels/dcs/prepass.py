@@ -11,6 +11,8 @@ from typing import Optional, Tuple, Union
 
 import torch
 
+from .lazy_dynamo import assume_constant_result
+
 _STATE: dict = {}
 SeedLike = Union[int, torch.Tensor]
 
@@ -41,18 +43,7 @@ def _backward(ctx, grad_qm, grad_km, _grad_mask, _grad_nan):
     return dq, dk, (dtheta if theta_grad else None), None, None, None
 
 
-def _assume_constant_result(fn):
-    """``torch.compiler.assume_constant_result(fn)`` without importing ``torch._dynamo`` (≈1-2 s, and
-    Triton with it) at ``import ribkernels``: that decorator only marks ``fn`` for dynamo, which reads
-    the mark when it traces a call, so the mark is set directly while dynamo is not loaded yet
-    (tests/test_import_time.py checks that both mark a function the same way)."""
-    if "torch._dynamo" in sys.modules:
-        return torch.compiler.assume_constant_result(fn)
-    fn._dynamo_marked_constant = True
-    return fn
-
-
-@_assume_constant_result
+@assume_constant_result
 def cpu_prepass_available() -> bool:
     """Whether ``ribkernels._C`` is loaded and has the CPU pre-pass (a stale build may lack it)."""
     if "available" not in _STATE:
