@@ -6,31 +6,39 @@ instruction mix (tensor-core MMA, integer ops, MUFU, local loads/stores).
     python -m benchmarks.sm90_static                       # the table (Markdown) on stdout
     python -m benchmarks.sm90_static --json rows.json      # also every row as a JSON list
     python -m benchmarks.sm90_static --candidates          # also the configs that were pruned
-    python -m benchmarks.sm90_static --check               # exit 1 on a compile failure, or a spill or
-                                                           # serialised wgmma (ptxas C7515) in a shipped config
+    python -m benchmarks.sm90_static --check               # exit 1 on a compile failure, a spill in a
+                                                           # shipped config's attention loop (or > 128 B
+                                                           # anywhere), serialised wgmma (ptxas C7515)
+                                                           # or a dominated shipped config
+    python -m benchmarks.sm90_static --kernels bwd --dims 64 --dtypes bf16   # a subset
+    python -m benchmarks.sm90_static --tree /tmp/before    # another checkout's kernels (before/after)
+    python -m benchmarks.sm90_static --model rows.json     # the performance model's inputs from a table
 
 Rows: every kernel × every shipped config (``ribkernels.dcs.triton.launch.SHIPPED``) × {fp16, bf16}
 × D ∈ {32, 64, 128} (fp32 has no Triton path on GPU; ``--candidates`` adds its tf32x3 attempts and
-the pruned 16-bit configs, ``shipped=False``), each backward kernel twice: with the mask
-(``MASKED=True``, and the dθ epilogue of per-token θ) and with the mask compiled out (``MASKED=False``),
-so the mask's share of the instructions is visible (``int_ratio``: integer ops
-of the row ÷ those of its mask-off twin; integer ops are the per-thread integer ALU instructions in
-``INT_OPS``, register moves issued as IMAD and the warp-uniform ``U*`` datapath left out). Counts
-are static (each instruction once; a loop body counts once, as the per-tile cost does). The pre-pass
-row gives ``instr_per_elem``: SASS instructions each thread issues per mask element it makes (static
-count × threads ÷ elements per program; the pre-pass has no loop): with q⊙M and k⊙M (what the
-forward uses) and the mask alone (``triton_dcs_mask``). The forward compiles once: it is plain
+the pruned 16-bit configs, ``shipped=False``); the backward (``bwd``: one program per head) four
+times: with the mask and the dθ epilogue of a per-token θ (``mask+dθ token``) or of a broadcast θ
+(``mask+dθ channel``), with the mask alone, and with the mask compiled out (``nomask``: the
+benchmarks' baseline, whose own configs are ``launch.SHIPPED_NOMASK`` where they differ; a twin
+compiled only to pair with a masked config is ``shipped=False``). ``int_ratio``: integer ops of the
+row ÷ its mask-off twin's (integer ops: the per-thread integer ALU instructions in ``INT_OPS``,
+register moves issued as IMAD and the warp-uniform ``U*`` datapath left out). Counts are static
+(each instruction once; a loop body counts once, as the per-tile cost does). The pre-pass row gives
+``instr_per_elem``: SASS instructions each thread issues per mask element it makes (static count ×
+threads ÷ elements per program; the pre-pass has no loop). The forward compiles once: it is plain
 attention on the pre-pass's q⊙M, k⊙M, so its mask-off twin is the same kernel.
-``loop_*`` columns read the attention loop's body only (the backward branch around the most MMAs):
-``loop_mma`` MMA instructions, ``loop_mma_groups`` warpgroup-MMA commit groups (one per ``tl.dot``
-unless ptxas serialises the wgmma or the dot runs as mma.sync, counted in ``loop_hmma``),
-``loop_int_ops`` and ``loop_int_ratio`` (÷ the mask-off twin's loop), ``loop_atomics`` (RED/ATOM:
-the fused backward's dQ adds), ``wgmma_serialized`` (ptxas's reason when it serialises the
-warpgroup MMAs, its C7515 note; empty when it does not; ``--check`` fails on it in any shipped
-row, the mask-off twins included: they are the benchmarks' baseline and have their own configs
-where the masked kernel's do not suit them, ``launch.SHIPPED_NOMASK``; a twin compiled only to pair
-with a masked config is ``shipped=False``). Kernels: ``fwd``; the split backward ``dkdv`` + ``dq``; the fused
-backward ``fused`` (one pass per key block) + ``dq_finish``; ``prepass``, ``delta``, ``flat_noise``.
+
+``loop_*`` columns read the attention loop's body only: the innermost loop holding MMAs (the
+backward's query loop, not the key loop around it): ``loop_sass`` instructions (= SASS per tile and
+warp), ``loop_fp32``, ``loop_mufu``, ``loop_mma`` MMA instructions, ``loop_mma_groups``
+warpgroup-MMA commit groups (one per ``tl.dot`` unless ptxas serialises the wgmma or the dot runs as
+mma.sync, counted in ``loop_hmma``), ``loop_int_ops`` and ``loop_int_ratio``, ``loop_atomics``
+(RED/ATOM), ``loop_local`` (LDL/STL: spills inside the loop), ``spill_sites`` (every LDL/STL of the
+kernel by place: attention loop, the loop around it, another loop, no loop), ``wgmma_serialized``
+(ptxas's C7515 reason, empty when it does not serialise). Per-work columns (attention-loop kernels):
+``ctas_per_sm`` (registers, shared memory, warps), ``warp_instr_64x64`` and ``mufu_64x64`` (the
+loop's warp-instructions and MUFU per 64×64 score tile), ``mma_per_kfma`` (MMA warp-instructions per
+1024 FMAs the GEMMs need), and ``dominated``: the config that beats this one (``dominated()``).
 Signatures mimic the benchmark's launch: contiguous ``[B, H, N, D]`` tensors (last stride 1,
 others multiples of 16), N and H not multiples of 16.
 """
