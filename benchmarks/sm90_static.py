@@ -473,7 +473,7 @@ BYTES = {
 T_CORE_US = (150.0, 300.0)  # plain SDPA fwd+bwd at this shape: 100–200 TFLOP/s achieved
 
 
-LAUNCHES = {"before": 6, "after": 3, "sdpa": 4}  # sdpa (FA2): fwd; bwd: delta, dQ memset, bwd, dq cast
+LAUNCHES = {"before": 6, "after": 3, "sdpa": 4}  # sdpa (FA2): fwd; bwd: delta + dQ clear, main, dq cast
 LAUNCH_US = 2.5  # per extra launch on the critical path
 
 
