@@ -251,3 +251,13 @@ def test_lse_delta_cols_reads_both_rows_of_a_block(block_m, threads):
     want = torch.zeros(bh, nb * block_m, 2)
     want[:, :n, 0], want[:, :n, 1] = lse, delta
     torch.testing.assert_close(out, want, rtol=0, atol=0)
+
+
+def test_head_dim_24_is_refused_by_the_triton_backend():
+    """D must be a power of two in 16..128 (the kernels' tiles are ``tl.arange(0, D)``): D = 24 gets a
+    reason naming it, before anything launches (``impl="auto"`` then takes another backend)."""
+    from ribkernels.dcs.triton import backend
+
+    q = torch.empty(1, 2, 17, 24)
+    reasons = backend.why_not(q, q, q, torch.empty(1, 2, 1, 24), None)
+    assert any("head dim D=24" in r for r in reasons), reasons
