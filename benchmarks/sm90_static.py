@@ -259,7 +259,16 @@ def _sass_counts(cubin: bytes) -> Dict[str, int]:
            "local_ld": ops.get("LDL", 0), "local_st": ops.get("STL", 0)}
     loop = _main_loop(instrs)
     out["spill_sites"] = _spill_sites(instrs, loop)
-    if loop is not None:  # the attention loop body: what each tile costs
+    if loop is not None:  # the loops around the attention loop (less it), and the other loops
+        loops = _loops(instrs)
+        around = [lp for lp in loops if lp[0] <= loop[0] and loop[1] <= lp[1] and lp != loop]
+        if around:
+            a, b = min(around, key=lambda lp: lp[1] - lp[0])
+            out["outer_loop_sass"] = sum(1 for i in instrs if a <= i[0] <= b and i[1] != "NOP") - sum(
+                1 for i in instrs if loop[0] <= i[0] <= loop[1] and i[1] != "NOP")
+        out["other_loops_sass"] = sum(sum(1 for i in instrs if a <= i[0] <= b and i[1] != "NOP")
+                                      for a, b in loops if not (a <= loop[0] and loop[1] <= b)
+                                      and not (loop[0] <= a and b <= loop[1]))  # the attention loop body: what each tile costs
         body = [i for i in instrs if loop[0] <= i[0] <= loop[1]]
         out["loop_mma"] = sum(1 for _, op, _, _ in body if op in MMA_OPS)
         # A warpgroup MMA group: HGMMA ... HGMMA(gsb0) after a WARPGROUP.ARRIVE, one per tl.dot, unless
@@ -400,7 +409,8 @@ def dominated(rows: List[Dict]) -> None:
 
 COLUMNS = ["kernel", "variant", "config", "dtype", "D", "shipped", "registers", "spill_bytes", "shared_bytes",
            "mma", "loop_mma", "loop_mma_groups", "loop_hmma", "int_ops", "int_ratio", "loop_int_ops", "loop_int_ratio",
-           "loop_atomics", "wgmma_serialized", "loop_sass", "loop_fp32", "loop_mufu", "loop_local", "spill_sites", "ctas_per_sm",
+           "loop_atomics", "wgmma_serialized", "loop_sass", "loop_fp32", "loop_mufu", "loop_local", "spill_sites", "outer_loop_sass",
+           "other_loops_sass", "ctas_per_sm",
            "warp_instr_64x64", "mufu_64x64", "mma_per_kfma", "dominated", "mufu", "local_ld", "local_st", "sass_total", "instr_per_elem",
            "error"]
 
@@ -523,7 +533,10 @@ def model(rows: List[Dict]) -> str:
     else:
         m0 = _sass(rows, "bwd", "mask")
         w = int(bwd["config"].split()[1][1:])
-        philox = (bwd["sass_total"] - m0["sass_total"]) * w * nq * heads
+        # per program: the epilogue loop's extra body once per query block, the key loop's (k load,
+        # dM_k store) once per key block (the prologue's delta loop is the same in both)
+        philox = ((bwd["other_loops_sass"] - m0["other_loops_sass"]) * nq
+                  + (bwd["outer_loop_sass"] - m0["outer_loop_sass"]) * nq) * w * heads
         waves = heads / (132 * bwd["ctas_per_sm"])
         tail = (-(-waves // 1) - waves) / -(-waves // 1)
         extras = {"pre-pass (standalone, memory-bound)": (us(12), us(12)),
