@@ -117,7 +117,8 @@ def _variants():
         tdt = getattr(torch, TORCH_DTYPE[dt])
         for D in HEAD_DIMS:
             common_ptr = {n: f"*{dt}" for n in ("Q", "K", "V", "O", "DO", "DQ", "DK", "DV", "TH", "NZ")}
-            common_ptr.update(MSK=f"*{dt}", LSE="*fp32", DELTA="*fp32", DQACC="*fp32", DMK="*fp32", RNG="*i64")
+            common_ptr.update(MSK=f"*{dt}", LSE="*fp32", DELTA="*fp32", DQACC="*fp32", DMK="*fp32", RNG="*i64",
+                              DS="*fp32" if dt == "fp32" else "*fp16")
             for kname in launch.KERNELS:  # ("fwd", "bwd"); another tree's (--tree) may have others
                 if dt == "fp32":  # no Triton path on GPU (routed to sdpa): the evidence for that
                     shipped, shipped_nomask, extra = [], [], launch.FP32_TF32X3_TRIED.get(kname, {}).get(D, [])
@@ -135,12 +136,15 @@ def _variants():
                     if kname == "fwd":  # plain attention: the pre-pass made q⊙M, k⊙M; the mask-off twin is itself
                         variants = [(FWD_VARIANT, {})]
                     else:
-                        bwd = dict(MODE=MODE_PHILOX, TAU_ONE=True)
+                        bwd = dict(MODE=MODE_PHILOX, TAU_ONE=True, DS_SAVED=False)
                         variants = [("mask+dθ token", dict(MASKED=True, DTH_MODE=1, **bwd)),
                                     ("nomask", dict(MASKED=False, DTH_MODE=0, **bwd))]
                         if dt != "fp32":
                             variants += [("mask", dict(MASKED=True, DTH_MODE=0, **bwd)),
-                                         ("mask+dθ channel", dict(MASKED=True, DTH_MODE=2, **bwd))]
+                                         ("mask+dθ channel", dict(MASKED=True, DTH_MODE=2, **bwd)),
+                                         # the public op's path when θ needs a gradient: dθ's factor saved
+                                         ("mask+dθ token, dsoft saved", dict(MASKED=True, DTH_MODE=1,
+                                                                            **{**bwd, "DS_SAVED": True}))]
                     for vname, v in variants:
                         ptrs = dict(common_ptr)
                         ptrs["DTH"] = f"*{dt}" if v.get("DTH_MODE") == 1 else "*fp32"
@@ -149,14 +153,16 @@ def _variants():
                         ship = cfg in shipped_nomask if vname == "nomask" and dt != "fp32" else is_shipped
                         keep = ship or (vname == "nomask" and cfg in shipped)
                         jobs.append((kname, vname, cfg, dt, D, ship, {**base, **v}, ptrs, None, keep))
-            for vname, mode, mask_qk in (("philox + q⊙M, k⊙M", MODE_PHILOX, True),
-                                         ("eval (θ > 0) + q⊙M, k⊙M", MODE_EVAL, True),
-                                         ("philox, mask only", MODE_PHILOX, False)):
+            for vname, mode, mask_qk, save_ds in (("philox + q⊙M, k⊙M", MODE_PHILOX, True, False),
+                                                  ("philox + q⊙M, k⊙M + dsoft", MODE_PHILOX, True, True),
+                                                  ("eval (θ > 0) + q⊙M, k⊙M", MODE_EVAL, True, False),
+                                                  ("philox, mask only", MODE_PHILOX, False, False)):
                 rows = launch.prepass_rows(D)
                 jobs.append(("prepass", vname, (rows, 0, 4, 1), dt, D, True,
-                             dict(HEAD_DIM=D, MODE=mode, BLOCK_R=rows, FAST=True, MASK_QK=mask_qk),
-                             {n: f"*{dt}" for n in ("TH", "NZ", "MASK", "Q", "K", "QM", "KM")} | {"RNG": "*i64"},
-                             rows * D, True))
+                             dict(HEAD_DIM=D, MODE=mode, BLOCK_R=rows, FAST=True, MASK_QK=mask_qk, SAVE_DS=save_ds,
+                                  TAU_ONE=True),
+                             {n: f"*{dt}" for n in ("TH", "NZ", "MASK", "Q", "K", "QM", "KM")}
+                             | {"RNG": "*i64", "DS": "*fp32" if dt == "fp32" else "*fp16"}, rows * D, True))
             if dt != "fp32" and hasattr(launch, "finish_rows"):  # an older tree's dq finishing kernel (--tree)
                 rows = launch.finish_rows(D)
                 for vname, v in (("mask+dθ token", dict(MASKED=True, DTH_MODE=1)), ("mask", dict(MASKED=True, DTH_MODE=0))):
@@ -319,6 +325,7 @@ def _compile_one(job) -> Dict:
         from triton.compiler import ASTSource
 
         fn = _kernel_fn(kname)
+        consts = {k: v for k, v in consts.items() if k in fn.arg_names}  # an older tree's kernel (--tree)
         sig, constexprs, attrs = _signature(fn, dt, consts, ptrs)
         src = ASTSource(fn=fn, signature=sig, constexprs=constexprs, attrs=attrs)
         ck = triton.compile(src, target=GPUTarget("cuda", 90, 32), options=dict(num_warps=w, num_stages=s))
@@ -473,8 +480,9 @@ BYTES = {
                "delta (out, dout)": (4, 4), "dQ accumulator memset": (4, 4),
                "fused backward (q, k, v, mask, dout → dk, dv, dM_k; dQ atomics' L2 misses)": (16, 24),
                "dq finishing (dQ acc, q, mask, θ, dM_k → dq, dθ)": (16, 16)},
-    "after": {"pre-pass (θ, q, k → mask, q⊙M, k⊙M)": (12, 12), "forward (q⊙M, k⊙M, v → out)": (8, 8),
-              "backward (q, k, v, mask, out, dout, θ → dq, dk, dv, dθ; dQ scratch write-back)": (22, 26)},
+    "after": {"pre-pass (θ, q, k → mask, q⊙M, k⊙M, dθ's factor dsoft)": (14, 14),
+              "forward (q⊙M, k⊙M, v → out)": (8, 8),
+              "backward (q, k, v, mask, out, dout, dsoft → dq, dk, dv, dθ; dQ scratch write-back)": (22, 26)},
     "sdpa": {"forward (q, k, v → out)": (8, 8),
              "backward (q, k, v, out, dout → dq, dk, dv; fp32 dQ accumulator)": (24, 28)},
 }
@@ -515,7 +523,7 @@ def model(rows: List[Dict]) -> str:
         key = side if name == "this tree" else "sdpa"
         lines.append(f"{name}: {LAUNCHES[key]} launches per fwd+bwd, {lo}–{hi} B/element = {mb(lo):.0f}–{mb(hi):.0f} MB")
     fwd = _sass(rows, "fwd", FWD_VARIANT)
-    bwd = _sass(rows, "fused" if old else "bwd", "mask+dθ token")
+    bwd = _sass(rows, "fused" if old else "bwd", "mask+dθ token" if old else "mask+dθ token, dsoft saved")
     for name, r, tiles, gemms in (("forward", fwd, nq * fwd_keys, 2), ("backward loop", bwd, nq * nq, 5)):
         lines.append(f"{name} {r['config']}: {r['loop_sass']} SASS per tile-warp, {r['warp_instr_64x64']} "
                      f"warp-instructions per 64x64 tile, {tiles:g} tiles per head: issue floor "
@@ -539,8 +547,13 @@ def model(rows: List[Dict]) -> str:
                   + (bwd["outer_loop_sass"] - m0["outer_loop_sass"]) * nq) * w * heads
         waves = heads / (132 * bwd["ctas_per_sm"])
         tail = (-(-waves // 1) - waves) / -(-waves // 1)
-        extras = {"pre-pass (standalone, memory-bound)": (us(12), us(12)),
-                  "dθ Philox in the backward's epilogue (hidden … not hidden)": (0.0, issue_us(philox)),
+        regen = _sass(rows, "bwd", "mask+dθ token")
+        regen_us = issue_us(((regen["other_loops_sass"] - m0["other_loops_sass"]) * nq
+                             + (regen["outer_loop_sass"] - m0["outer_loop_sass"]) * nq) * w * heads)
+        lines.append(f"(dθ's factor regenerated in the backward instead of saved: pre-pass {us(12):.1f} µs, "
+                     f"epilogue 0–{regen_us:.1f} µs)")
+        extras = {"pre-pass (standalone, memory-bound; with dθ's factor, 14 B/element)": (us(14), us(14)),
+                  "dθ epilogue with the saved factor (hidden … not hidden)": (0.0, issue_us(philox)),
                   f"last-wave idle of one program per head ({waves:.2f} waves)": (0.0, tail * 2 / 3 * T_CORE_US[1])}
     lo, hi = (sum(v[i] for v in extras.values()) for i in (0, 1))
     lines.append("extras beyond plain SDPA's attention core, µs:")

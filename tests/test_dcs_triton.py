@@ -557,11 +557,16 @@ def test_custom_op_opcheck(device):
     op = torch.ops.ribkernels.dcs_attention_fwd
     torch.library.opcheck(op.default, (q, k, v, theta, noise, rng, 0.5, D**-0.5, True))
     torch.library.opcheck(op.default, (q, k, v, theta, None, rng, 1.0, 0.3, True))
-    out, lse, mask = op(q.detach(), k.detach(), v.detach(), theta.detach(), noise, rng, 0.5, D**-0.5, True)
-    torch.library.opcheck(torch.ops.ribkernels.dcs_attention_bwd.default,
-                          (randn(B, H, N, D, device=device, dtype=DT[device]), q.detach(), k.detach(),
-                           v.detach(), theta.detach(), noise, rng, out, lse, mask, 0.5, D**-0.5, True, True),
-                          test_utils=("test_schema", "test_faketensor"))
+    torch.library.opcheck(op.default, (q, k, v, theta, noise, rng, 0.5, D**-0.5, True, True))  # + dsoft
+    out, lse, mask, dsoft = op(q.detach(), k.detach(), v.detach(), theta.detach(), noise, rng, 0.5, D**-0.5,
+                               True, True)
+    assert dsoft.shape == (B, H, N, D)
+    for ds in (dsoft, None):  # the saved dθ factor, or regenerated
+        torch.library.opcheck(torch.ops.ribkernels.dcs_attention_bwd.default,
+                              (randn(B, H, N, D, device=device, dtype=DT[device]), q.detach(), k.detach(),
+                               v.detach(), theta.detach(), noise, rng, out, lse, mask, 0.5, D**-0.5, True, True,
+                               ds),
+                              test_utils=("test_schema", "test_faketensor"))
 
 
 @pytest.mark.parametrize("device", DEVICES)

@@ -39,14 +39,21 @@ def fresh_seed() -> int:
     return int(torch.randint(0, 2**62, (), dtype=torch.int64))
 
 
-def run_backward(q, k, v, theta, grad_out, *, mode, noise=None, seed=0, tau=1.0, config=None, runs=1):
-    """``runs`` × [out, dq, dk, dv, dθ] from the launcher (same mask, same forward), and the mask."""
+def run_backward(q, k, v, theta, grad_out, *, mode, noise=None, seed=0, tau=1.0, config=None, runs=1,
+                 saved_dsoft=False):
+    """``runs`` × [out, dq, dk, dv, dθ] from the launcher (same mask, same forward), and the mask.
+    ``saved_dsoft``: the pre-pass saves dθ's factor and the backward reads it (the public op's path),
+    else the backward regenerates it."""
     D = q.shape[-1]
     rng = launch.rng_state(seed, 0, q.device)
-    mask, qm, km = launch.masked_qk_prepass(q, k, theta, noise, rng, mode)
+    dsoft = None
+    if saved_dsoft and mode != NZ.MODE_EVAL:
+        mask, qm, km, dsoft = launch.masked_qk_prepass(q, k, theta, noise, rng, mode, tau=tau)
+    else:
+        mask, qm, km = launch.masked_qk_prepass(q, k, theta, noise, rng, mode)
     out, lse = launch.forward(qm, km, v, scale=D**-0.5, config=config)
     res = [[out, *launch.backward(grad_out, q, k, v, mask, out, lse, theta, noise, rng, scale=D**-0.5, tau=tau,
-                                  mode=mode, need_dtheta=mode != NZ.MODE_EVAL, config=config)]
+                                  mode=mode, need_dtheta=mode != NZ.MODE_EVAL, config=config, dsoft=dsoft)]
            for _ in range(runs)]
     return res, mask
 
@@ -79,8 +86,11 @@ CASES = [
 
 
 @pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("saved_dsoft", [False, True], ids=["dsoft-regenerated", "dsoft-saved"])
 @pytest.mark.parametrize("B,H,N,D,theta_kind,mode,config", CASES)
-def test_backward_matches_float64_reference(device, B, H, N, D, theta_kind, mode, config):
+def test_backward_matches_float64_reference(device, B, H, N, D, theta_kind, mode, config, saved_dsoft):
+    if saved_dsoft and (mode == "eval" or N > 200):
+        pytest.skip("eval has no dθ; the long cases run once (interpreter time)")
     dt = DT[device]
     q, k, v, grad_out = (torch.randn(B, H, N, D, device=device, dtype=dt) for _ in range(4))
     theta = torch.randn(*((B, H, N, D) if theta_kind == "token" else (1, H, 1, D)), device=device, dtype=dt)
@@ -92,7 +102,8 @@ def test_backward_matches_float64_reference(device, B, H, N, D, theta_kind, mode
         kmode, tau = NZ.MODE_PHILOX, 1.0  # τ = 1: soft from u without logs
     else:
         kmode = NZ.MODE_EVAL
-    res, mask = run_backward(q, k, v, theta, grad_out, mode=kmode, noise=noise, seed=seed, tau=tau, config=config)
+    res, mask = run_backward(q, k, v, theta, grad_out, mode=kmode, noise=noise, seed=seed, tau=tau, config=config,
+                             saved_dsoft=saved_dsoft)
     if mode == "seed":
         u = contract_uniform(B * H * N * D, seed, 0, device=device).reshape(B, H, N, D)
         ref_noise = torch.log(u.double()) - torch.log1p(-u.double())
@@ -100,7 +111,7 @@ def test_backward_matches_float64_reference(device, B, H, N, D, theta_kind, mode
     else:
         want = reference_forward_backward(q, k, v, theta, noise, grad_out, tau=tau, training=mode != "eval")
     rtol = 5e-5 if device == "cpu" else 2e-2
-    label = f"N={N} D={D} {theta_kind} {mode} cfg={config}"
+    label = f"N={N} D={D} {theta_kind} {mode} cfg={config} saved_dsoft={saved_dsoft}"
     got = res[0]
     check_close(got, want, rtol, label)
     keep = mask.expand(q.shape) != 0
@@ -120,6 +131,31 @@ def test_backward_is_bit_identical_across_runs(device, theta_kind):
                           runs=2)
     for name, a, b in zip(NAMES, *res):
         assert torch.equal(a, b), f"{theta_kind}: two runs, different {name}"
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("mode,tau", [(NZ.MODE_PHILOX, 1.0), (NZ.MODE_PHILOX, 0.6), (NZ.MODE_NOISE, 0.7)])
+def test_saved_dsoft_is_the_regenerated_factor(device, mode, tau):
+    """The pre-pass's saved soft·(1 − soft)/τ (float16 for 16-bit inputs, else q's float32) gives the
+    dθ the backward's regeneration gives: same elements, same formula (every τ branch)."""
+    B, H, N, D = 1, 2, 23, 16
+    dt = DT[device]
+    q, k, v, theta, grad_out = (torch.randn(B, H, N, D, device=device, dtype=dt) for _ in range(5))
+    noise = rk.logistic_noise((B, H, N, D), seed=5, device=device) if mode == NZ.MODE_NOISE else None
+    kw = dict(mode=mode, noise=noise, seed=fresh_seed(), tau=tau, config=(16, 16))
+    regen, _ = run_backward(q, k, v, theta, grad_out, **kw)
+    saved, _ = run_backward(q, k, v, theta, grad_out, saved_dsoft=True, **kw)
+    for name, a, b in zip(NAMES, regen[0], saved[0]):
+        tol = (1e-6 if dt == torch.float32 else 2e-3) * max(a.abs().max().item(), 1e-3)
+        assert (a.double() - b.double()).abs().max().item() <= tol, name
+
+
+def test_dsoft_of_the_wrong_shape_is_refused():
+    q = torch.randn(1, 1, 5, 16)
+    out, lse = launch.forward(q, q, q, scale=0.25)
+    with pytest.raises(ValueError, match=r"dsoft must be a contiguous \[B, H, N, D\]"):
+        launch.backward(q, q, q, q, torch.ones_like(q), out, lse, q, None, launch.rng_state(1, 0, "cpu"),
+                        scale=0.25, tau=1.0, mode=NZ.MODE_PHILOX, need_dtheta=True, dsoft=torch.ones(1, 1, 5, 8))
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -261,3 +297,23 @@ def test_head_dim_24_is_refused_by_the_triton_backend():
     q = torch.empty(1, 2, 17, 24)
     reasons = backend.why_not(q, q, q, torch.empty(1, 2, 1, 24), None)
     assert any("head dim D=24" in r for r in reasons), reasons
+
+
+@pytest.mark.parametrize("theta_kind", ["token", "channel"])
+def test_backward_reads_the_saved_dsoft(theta_kind):
+    """A dsoft of zeros gives dθ = 0 and leaves dq, dk, dv alone: the backward reads what it is given
+    (per-token and broadcast θ) rather than regenerating it."""
+    if not launch.INTERPRET:
+        pytest.skip("interpreter")
+    B, H, N, D = 1, 2, 21, 16
+    q, k, v, grad_out = (torch.randn(B, H, N, D) for _ in range(4))
+    theta = torch.randn(*((B, H, N, D) if theta_kind == "token" else (1, H, 1, D)))
+    rng = launch.rng_state(7, 0, "cpu")
+    mask, qm, km, dsoft = launch.masked_qk_prepass(q, k, theta, None, rng, NZ.MODE_PHILOX, tau=1.0)
+    out, lse = launch.forward(qm, km, v, scale=0.25)
+    kw = dict(scale=0.25, tau=1.0, mode=NZ.MODE_PHILOX, need_dtheta=True, config=(16, 16))
+    a = launch.backward(grad_out, q, k, v, mask, out, lse, theta, None, rng, dsoft=dsoft, **kw)
+    z = launch.backward(grad_out, q, k, v, mask, out, lse, theta, None, rng, dsoft=torch.zeros_like(dsoft), **kw)
+    assert a[3].abs().max() > 0 and not z[3].any()
+    for x, y in zip(a[:3], z[:3]):
+        assert torch.equal(x, y)

@@ -15,8 +15,9 @@
 program's threads hand DELTA, DQACC and DTH rows to each other through global memory, ordered by a
 CTA barrier (``tl.debug_barrier``) after the prologue and after each key block.
 
-dθ (``DTH_MODE``) needs ``dM = dq_raw⊙q + dk_raw⊙k`` per element and ``soft·(1 − soft)/τ``
-(``noise.dsoft_tile``: in Philox mode u is regenerated, never stored):
+dθ (``DTH_MODE``) needs ``dM = dq_raw⊙q + dk_raw⊙k`` per element and ``soft·(1 − soft)/τ``: saved
+by the pre-pass (``DS_SAVED``: 2 bytes per element, the public op's path when θ needs a gradient), or
+regenerated here (``noise.dsoft_tile``: θ and the noise reloaded, or u from Philox):
 * 0: no dθ.
 * 1 (θ varies along N): after its key block the program stores dM_k = dk_raw⊙k into DTH
   (``[B, H, N, D]``, θ's dtype when θ is ``[B, H, N, D]``, else float32; dM_k is rounded to it); the
@@ -95,17 +96,33 @@ def _store_contig(PTR, val, bh64, offs_n, offs_d, valid, N, HEAD_DIM: tl.constex
     tl.store(ptrs, val.to(PTR.dtype.element_ty), mask=valid[:, None])
 
 
+@triton.jit
+def _dsoft(TH, NZ, RNG, DS, b64, h64, bh64, offs_n, offs_d, valid, stb, sth, stn, std, snb, snh, snn, snd,
+           N, inv_tau, HEAD_DIM: tl.constexpr, MODE: tl.constexpr, TAU_ONE: tl.constexpr, DS_SAVED: tl.constexpr):
+    """soft·(1 − soft)/τ of tokens ``offs_n`` (float32 tile): read from DS, or regenerated."""
+    if DS_SAVED:
+        ptrs = DS + (bh64 * N + offs_n[:, None].to(tl.int64)) * HEAD_DIM + offs_d[None, :]
+        ds = tl.load(ptrs, mask=valid[:, None], other=0.0).to(tl.float32)
+    else:
+        ds = dsoft_tile(TH, NZ, RNG, b64, h64, bh64, offs_n, offs_d, valid,
+                        stb, sth, stn, std, snb, snh, snn, snd, N, inv_tau, HEAD_DIM, MODE, TAU_ONE)
+    return ds
+
+
 @triton.jit(do_not_specialize=["H", "N"])  # shape scalars: no recompile per value
 def dcs_bwd_kernel(
-    Q, K, V, MSK, O, DO, LSE, DELTA, DK, DV, DQ, DQACC, TH, NZ, RNG, DTH,
+    Q, K, V, MSK, O, DO, LSE, DELTA, DK, DV, DQ, DQACC, TH, NZ, RNG, DS, DTH,
     sqb, sqh, sqn, sqd, skb, skh, skn, skd, svb, svh, svn, svd, sob, soh, son, sod, sdob, sdoh, sdon, sdod,
     stb, sth, stn, std, snb, snh, snn, snd,
     H, N, qk_scale, scale, inv_tau,
     HEAD_DIM: tl.constexpr, MASKED: tl.constexpr, DOT_PREC: tl.constexpr, MODE: tl.constexpr,
-    DTH_MODE: tl.constexpr, TAU_ONE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    DTH_MODE: tl.constexpr, TAU_ONE: tl.constexpr, DS_SAVED: tl.constexpr, BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
 ):
     """dq, dk, dv (contiguous ``[B, H, N, D]``, q's dtype) and dθ of head ``program_id(0)`` (module
-    doc). DELTA ``[B·H, N]`` and DQACC ``[B·H, N, D]`` (float32) are scratch, written before read."""
+    doc). DELTA ``[B·H, N]`` and DQACC ``[B·H, N, D]`` (float32) are scratch, written before read.
+    DS_SAVED: dθ's factor soft·(1 − soft)/τ is read from DS (contiguous, the pre-pass's) instead of
+    being regenerated from θ and the noise."""
     bh64 = tl.program_id(0).to(tl.int64)
     b64 = bh64 // H
     h64 = bh64 % H
@@ -162,8 +179,8 @@ def dcs_bwd_kernel(
         if DTH_MODE == 1:  # dM_k, finished in the epilogue (same rows of DTH)
             _store_contig(DTH, dk_raw * k, bh64, offs_n, offs_d, n_valid, N, HEAD_DIM)
         if DTH_MODE == 2:
-            ds = dsoft_tile(TH, NZ, RNG, b64, h64, bh64, offs_n, offs_d, n_valid,
-                            stb, sth, stn, std, snb, snh, snn, snd, N, inv_tau, HEAD_DIM, MODE, TAU_ONE)
+            ds = _dsoft(TH, NZ, RNG, DS, b64, h64, bh64, offs_n, offs_d, n_valid, stb, sth, stn, std,
+                        snb, snh, snn, snd, N, inv_tau, HEAD_DIM, MODE, TAU_ONE, DS_SAVED)
             dth_row += tl.sum(tl.where(n_valid[:, None], dk_raw * k * ds, 0.0), 0)
         tl.debug_barrier()  # DQACC (and DTH) rows are read by other threads of the program next
 
@@ -182,8 +199,8 @@ def dcs_bwd_kernel(
             dm = dq_raw * q
             if DTH_MODE == 1:  # + dM_k, stored above
                 dm += tl.load(DTH + tile, mask=m_valid[:, None], other=0.0).to(tl.float32)
-            ds = dsoft_tile(TH, NZ, RNG, b64, h64, bh64, offs_m, offs_d, m_valid,
-                            stb, sth, stn, std, snb, snh, snn, snd, N, inv_tau, HEAD_DIM, MODE, TAU_ONE)
+            ds = _dsoft(TH, NZ, RNG, DS, b64, h64, bh64, offs_m, offs_d, m_valid, stb, sth, stn, std,
+                        snb, snh, snn, snd, N, inv_tau, HEAD_DIM, MODE, TAU_ONE, DS_SAVED)
             if DTH_MODE == 1:
                 tl.store(DTH + tile, (dm * ds).to(DTH.dtype.element_ty), mask=m_valid[:, None])
             else:

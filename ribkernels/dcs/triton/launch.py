@@ -196,13 +196,22 @@ def _int32_rows(t: torch.Tensor, rows: int) -> torch.Tensor:
     return t if (rows - 1) * t.stride(2) + (t.shape[3] - 1) * t.stride(3) < 2**31 else t.contiguous()
 
 
-def _prepass(theta, noise, shape, rng, mode: int, dtype: torch.dtype, q=None, k=None):
-    """Launch the pre-pass: the 0/1 mask in ``dtype`` and, given q and k, q⊙M and k⊙M (all contiguous)."""
+def dsoft_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype of the saved dθ factor soft·(1 − soft)/τ: float16 for 16-bit inputs (2 bytes, 11
+    significant bits, values ≤ 0.25/τ; below 6e-8 it flushes, where dθ is that small too), else float32."""
+    return torch.float16 if dtype in (torch.float16, torch.bfloat16) else torch.float32
+
+
+def _prepass(theta, noise, shape, rng, mode: int, dtype: torch.dtype, q=None, k=None, tau=None):
+    """Launch the pre-pass: the 0/1 mask in ``dtype`` and, given q and k, q⊙M and k⊙M (all contiguous);
+    given ``tau`` (a training mode), also dθ's factor soft·(1 − soft)/τ in ``dsoft_dtype(dtype)``."""
     B, H, N, D = shape
     mask = torch.empty(shape, dtype=dtype, device=theta.device)
     qm, km = (None, None) if q is None else (torch.empty_like(mask), torch.empty_like(mask))
+    save_ds = tau is not None and mode != NZ.MODE_EVAL
+    ds = torch.empty(shape, dtype=dsoft_dtype(dtype), device=theta.device) if save_ds else None
     if B * H == 0:
-        return mask, qm, km
+        return mask, qm, km, ds
     rows = prepass_rows(D)
     # The kernel's offsets inside a program are int32 (r·stride_n + d·stride_d, r < rows): a view
     # whose token stride is too large for that (> 2**31 / rows elements) is copied first.
@@ -213,9 +222,11 @@ def _prepass(theta, noise, shape, rng, mode: int, dtype: torch.dtype, q=None, k=
     qk_args = (mask,) * 4 + (0,) * 8 if q is None else (q, k, qm, km, *q.stride(), *k.stride())
     with device_guard(theta):
         dcs_mask_prepass_kernel[(triton.cdiv(N, rows), B * H)](
-            th, nz, rng, mask, *qk_args[:4], *st, *qk_args[4:], H, N, HEAD_DIM=D, MODE=mode, BLOCK_R=rows,
-            FAST=not INTERPRET, MASK_QK=q is not None, num_warps=4)
-    return mask, qm, km
+            th, nz, rng, mask, *qk_args[:4], ds if save_ds else mask, *st, *qk_args[4:], H, N,
+            1.0 / float(tau) if save_ds else 1.0, HEAD_DIM=D, MODE=mode, BLOCK_R=rows,
+            FAST=not INTERPRET, MASK_QK=q is not None, SAVE_DS=save_ds,
+            TAU_ONE=save_ds and float(tau) == 1.0, num_warps=4)
+    return mask, qm, km, ds
 
 
 def mask_prepass(theta, noise, shape, rng: torch.Tensor, mode: int, dtype: torch.dtype) -> torch.Tensor:
@@ -223,10 +234,13 @@ def mask_prepass(theta, noise, shape, rng: torch.Tensor, mode: int, dtype: torch
     return _prepass(theta, noise, shape, rng, mode, dtype)[0]
 
 
-def masked_qk_prepass(q, k, theta, noise, rng: torch.Tensor, mode: int):
+def masked_qk_prepass(q, k, theta, noise, rng: torch.Tensor, mode: int, tau: Optional[float] = None):
     """One pass over q, k, θ (and noise): ``(mask, q⊙M, k⊙M)``, contiguous ``[B, H, N, D]`` in q's
-    dtype. The mask is what the backward saves; q⊙M and k⊙M are the forward's operands (freed after it)."""
-    return _prepass(theta, noise, q.shape, rng, mode, q.dtype, q, k)
+    dtype. The mask is what the backward saves; q⊙M and k⊙M are the forward's operands (freed after it).
+    Given ``tau`` (θ needs a gradient, training mode): ``(mask, q⊙M, k⊙M, dsoft)``, dsoft = dθ's factor
+    soft·(1 − soft)/τ (``dsoft_dtype``), for ``backward(..., dsoft=)``."""
+    out = _prepass(theta, noise, q.shape, rng, mode, q.dtype, q, k, tau)
+    return out if tau is not None else out[:3]
 
 
 def forward(q, k, v, *, scale: float, config: Optional[Tuple[int, int]] = None):
@@ -268,10 +282,11 @@ def backward_path(path: Optional[str] = None) -> str:
 
 def backward(dout, q, k, v, mask, out, lse, theta, noise, rng, *, scale: float, tau: float, mode: int,
              need_dtheta: bool, masked: bool = True, config: Optional[Tuple[int, int]] = None,
-             path: Optional[str] = None):
+             path: Optional[str] = None, dsoft: Optional[torch.Tensor] = None):
     """dq, dk, dv (contiguous, q's dtype) and dθ in θ's shape and dtype (None unless
-    ``need_dtheta`` in a training mode); one launch of ``backward.dcs_bwd_kernel``. ``path``:
-    deprecated, validated and ignored (``backward_path``)."""
+    ``need_dtheta`` in a training mode); one launch of ``backward.dcs_bwd_kernel``. ``dsoft``: the
+    pre-pass's soft·(1 − soft)/τ (``masked_qk_prepass(..., tau=)``), read instead of regenerated.
+    ``path``: deprecated, validated and ignored (``backward_path``)."""
     backward_path(path)
     B, H, N, D = q.shape
     if dout.dtype != q.dtype:  # the kernels' dots need dout in q's dtype
@@ -297,11 +312,16 @@ def backward(dout, q, k, v, mask, out, lse, theta, noise, rng, *, scale: float, 
     dqacc = torch.empty((B, H, N, D), dtype=torch.float32, device=q.device)
     msk = mask if masked else q
     rng = q if rng is None else rng  # placeholder pointer: read only in Philox mode
-    args = (q, k, v, msk, out, dout, lse, delta, dk, dv, dq, dqacc, th, nz, rng, dth, *q.stride(), *k.stride(),
+    ds_saved = dth_mode != 0 and dsoft is not None
+    if ds_saved and (tuple(dsoft.shape) != (B, H, N, D) or not dsoft.is_contiguous()):
+        raise ValueError(f"dsoft must be a contiguous [B, H, N, D] = {[B, H, N, D]} tensor (the pre-pass's), "
+                         f"got shape {tuple(dsoft.shape)}")
+    args = (q, k, v, msk, out, dout, lse, delta, dk, dv, dq, dqacc, th, nz, rng, dsoft if ds_saved else dq, dth,
+            *q.stride(), *k.stride(),
             *v.stride(), *out.stride(), *dout.stride(), *st, H, N, float(scale) * math.log2(math.e),
             float(scale), 1.0 / float(tau))
     meta = dict(HEAD_DIM=D, MASKED=bool(masked), DOT_PREC=dot_precision(q.dtype), MODE=mode,
-                DTH_MODE=dth_mode, TAU_ONE=float(tau) == 1.0)
+                DTH_MODE=dth_mode, TAU_ONE=float(tau) == 1.0, DS_SAVED=ds_saved)
     with device_guard(q):
         _launch("bwd", q, args, meta, config)
     if dth_mode == 0:
