@@ -2,14 +2,15 @@
 # One call on a lent GPU (docs/performance.md): a full verdict in <= 6 minutes on a fresh machine
 # (python 3.12, torch 2.11, triton 3.6, no package registry), compilation included.
 #   t=0      in parallel: build the extension (<= 150 s) || the DCS GPU tests (<= 150 s) || compile
-#            the benchmark's Triton kernels (fused and split backward) and its torch.compile baseline
-#            in 6 processes (<= 120 s;
+#            the benchmark's Triton kernels and its torch.compile baseline in 4 processes (<= 120 s;
 #            Triton's and Inductor's disk caches are shared with the timing process)
 #   then     the other GPU tests once the build is done (30-90 s), the DCS benchmark (<= 110 s),
-#            IBB benchmarks only if time is left,
-#   last     the fwd+bwd ratio table and one VERDICT line.
+#            per-kernel times of one fwd+bwd step from the torch profiler (<= 40 s), one ncu pass
+#            over the backward kernel if ncu is installed (<= 45 s), IBB benchmarks only if time is left,
+#   last     the fwd+bwd ratio table (with triton_nomask / sdpa_nomask: our attention core against
+#            PyTorch's at equal work) and one VERDICT line.
 # Writes under $OUT (default benchmarks/results/<date>-<gpu>): gpu_check.log, build.log,
-# gpu_tests.txt, dcs.json, dcs.md, verdict.txt (and ibb.md when there was time).
+# gpu_tests.txt, dcs.json, dcs.md, kernels.md, verdict.txt (ncu.txt, ibb.md when there was time).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
@@ -30,7 +31,7 @@ echo "== environment ($(date -u +%FT%TZ))"
 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv,noheader || true
 $PY -c "import sys, torch, triton; print('python', sys.version.split()[0], 'torch', torch.__version__, 'cuda', torch.version.cuda, 'triton', triton.__version__, torch.cuda.get_device_name())" || { echo "VERDICT: FAIL (no torch/triton/CUDA)"; exit 1; }
 
-echo "== [$(elapsed)s] in parallel: build the extension, DCS GPU tests, compile the benchmark's kernels (6 processes)"
+echo "== [$(elapsed)s] in parallel: build the extension, DCS GPU tests, compile the benchmark's kernels (4 processes)"
 # CUDA_HOME as setup.py finds it: ask nvcc where its toolkit is. nvcc on PATH may be a wrapper script
 # (/usr/local/bin/nvcc exec'ing the real one): `readlink -f` then gives /usr/local, and the link
 # fails (no lib64/libcudart there).
@@ -46,7 +47,6 @@ TESTS_PID=$!
 WARM="$PY -m benchmarks.bench_dcs_attention --warmup --quick --ns 53,129,211"
 pids=()
 for args in "--dtypes bf16 --providers triton,triton_nomask" "--dtypes fp16 --providers triton,triton_nomask" \
-            "--dtypes bf16 --providers triton_split" "--dtypes fp16 --providers triton_split" \
             "--dtypes bf16 --providers compile_sdpa" "--dtypes fp16 --providers compile_sdpa"; do
   timeout 120 $WARM $args > "$LOGS/warm_${#pids[@]}.log" 2>&1 &
   pids+=($!)
@@ -64,7 +64,7 @@ echo "== [$(elapsed)s] wait for the extension build"
 wait "$BUILD_PID"; brc=$(cat "$LOGS/build_rc" 2>/dev/null || echo 1)
 record build "$brc"; tail -n 3 "$OUT/build.log"
 if [ "$brc" -eq 0 ]; then
-  t=$(( $(left) - 130 )); [ "$t" -gt 90 ] && t=90; [ "$t" -lt 30 ] && t=30  # leave 130 s for the benchmark
+  t=$(( $(left) - 215 )); [ "$t" -gt 90 ] && t=90; [ "$t" -lt 30 ] && t=30  # leave 215 s: benchmark, profile, ncu
   echo "== [$(elapsed)s] other GPU tests (<= ${t}s)"
   timeout "$t" $PY -m pytest -q -m gpu -p no:cacheprovider tests --ignore=tests/test_dcs_triton.py \
     --ignore=tests/test_dcs_triton_backward.py >> "$OUT/gpu_tests.txt" 2>&1
@@ -75,12 +75,39 @@ else
 fi
 
 echo "== [$(elapsed)s] DCS benchmark (B=64 H=12 D=64, N in 53/129/211, bf16 + fp16, 7 providers)"
-t=$(( $(left) - 20 )); [ "$t" -gt 110 ] && t=110
+t=$(( $(left) - 100 )); [ "$t" -gt 110 ] && t=110  # leave 100 s: profile, ncu
 if [ "$t" -gt 20 ]; then
   timeout "$t" $PY -m benchmarks.bench_dcs_attention --quick --json "$OUT/dcs.json" --md "$OUT/dcs.md" > "$LOGS/bench.log" 2>&1
   record dcs_bench $?
 else
   STATUS+=("dcs_bench=skipped(no time left)")
+fi
+
+t=$(( $(left) - 60 )); [ "$t" -gt 40 ] && t=40
+if [ "$t" -gt 15 ]; then
+  echo "== [$(elapsed)s] per-kernel GPU time of one fwd+bwd step (torch profiler, 64x12x211x64 bf16, <= ${t}s)"
+  timeout "$t" $PY -m benchmarks.bench_dcs_attention --profile --dtypes bf16 \
+    --providers triton,triton_nomask,sdpa_nomask,compile_sdpa --md "$OUT/kernels.md" > "$LOGS/profile.log" 2>&1
+  record kernel_profile $?
+  grep '^|' "$LOGS/profile.log" | head -n 30
+else
+  STATUS+=("kernel_profile=skipped(${t}s left)")
+fi
+
+t=$(( $(left) - 15 )); [ "$t" -gt 45 ] && t=45
+if command -v ncu >/dev/null && [ "$t" -gt 20 ]; then
+  echo "== [$(elapsed)s] ncu: one launch of the backward kernel (64x12x211x64 bf16, <= ${t}s)"
+  timeout "$t" ncu --kernel-name regex:dcs_bwd_kernel --launch-count 1 --section SpeedOfLight \
+    --section Occupancy --section LaunchStats --section WarpStateStats --section MemoryWorkloadAnalysis \
+    $PY -c "import torch, ribkernels as rk
+q, k, v, t = (torch.randn(64, 12, 211, 64, device='cuda', dtype=torch.bfloat16, requires_grad=True) for _ in range(4))
+rk.dcs_attention(q, k, v, t, impl='triton').sum().backward(); torch.cuda.synchronize()" > "$OUT/ncu.txt" 2>&1
+  record ncu_bwd $?
+  grep -E 'Duration|Throughput|Registers|Achieved Occupancy|Theoretical Occupancy' "$OUT/ncu.txt" | head -n 12
+elif command -v ncu >/dev/null; then
+  STATUS+=("ncu_bwd=skipped(${t}s left)")
+else
+  echo "== ncu not installed: no ncu pass (not a failure)"
 fi
 
 # ---- dcs_attention(impl="auto"): the measured choice table (benchmarks/bench_dcs_auto.py) ----
@@ -111,7 +138,8 @@ echo "== [$(elapsed)s] results in $OUT; step logs (tails):"
 for f in "$LOGS"/*.log; do [ -f "$f" ] && { echo "-- $(basename "$f")"; grep -v '^|' "$f" | tail -n 6; }; done
 if [ -f "$OUT/dcs.md" ]; then sed -n '/^| provider/,/^$/p' "$OUT/dcs.md" | grep 'fwd+bwd'; fi
 echo
-echo "fwd+bwd ratios (targets: triton <= 1.2x sdpa_nomask, eager >= 3x triton, compile_sdpa >= 1.3x triton):"
+echo "fwd+bwd ratios (targets: triton <= 1.2x sdpa_nomask, eager >= 3x triton, compile_sdpa >= 1.3x triton;"
+echo "core = triton_nomask / sdpa_nomask, our attention core against PyTorch's at equal work):"
 if [ -f "$OUT/dcs.md" ]; then sed -n '/^## fwd+bwd ratios/,$p' "$OUT/dcs.md" | tail -n +3; else echo "(no benchmark table: see .bench.log)"; fi
 TARGETS=$($PY - "$OUT/dcs.json" <<'PYEOF' 2>/dev/null || echo "targets: not measured"
 import json, sys

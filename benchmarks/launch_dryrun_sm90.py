@@ -12,8 +12,9 @@ Triton at hand — e.g. the GPU machine's triton 3.6 on a CPU machine before a l
     python -m benchmarks.launch_dryrun_sm90      # ~1 min on 2 cores; exit 1 on any failure
 
 Shapes: B=2, H=3, N=53 (not a multiple of 16), D in {32, 64, 128}, fp16 and bf16; per shape the
-pre-pass (Philox, q⊙M, k⊙M), the forward, the fused and split backward with a per-token and a
-per-channel θ and mask-off, and the flat noise kernel. CPU tensors stand in for device memory.
+pre-pass (Philox, q⊙M, k⊙M; and with dθ's saved factor), the forward, the backward (one program
+per head) with a per-token and a per-channel θ, dθ's factor regenerated or saved, and mask-off, and
+the flat noise kernel. CPU tensors stand in for device memory.
 """
 import os
 import sys
@@ -106,12 +107,15 @@ def run() -> list:
             scale = D ** -0.5
             mask, qm, km = launch.masked_qk_prepass(q, k, theta, None, rng, NZ.MODE_PHILOX)
             out, lse = launch.forward(qm, km, v, scale=scale)
-            for path in launch.BACKWARD_PATHS:
-                for th in (theta, theta_channel):
-                    launch.backward(out, q, k, v, mask, out, lse, th, None, rng, scale=scale, tau=1.0,
-                                    mode=NZ.MODE_PHILOX, need_dtheta=True, path=path)
-                launch.backward(out, q, k, v, None, out, lse, q, None, None, scale=scale, tau=1.0, mode=0,
-                                need_dtheta=False, masked=False, path=path)
+            for th in (theta, theta_channel):
+                launch.backward(out, q, k, v, mask, out, lse, th, None, rng, scale=scale, tau=1.0,
+                                mode=NZ.MODE_PHILOX, need_dtheta=True)
+                # the public op's path when θ needs a gradient: the pre-pass saves dθ's factor
+                mask2, qm2, km2, dsoft = launch.masked_qk_prepass(q, k, th, None, rng, NZ.MODE_PHILOX, tau=0.7)
+                launch.backward(out, q, k, v, mask2, out, lse, th, None, rng, scale=scale, tau=0.7,
+                                mode=NZ.MODE_PHILOX, need_dtheta=True, dsoft=dsoft)
+            launch.backward(out, q, k, v, None, out, lse, q, None, None, scale=scale, tau=1.0, mode=0,
+                            need_dtheta=False, masked=False)
             launch.flat_noise(1000, rng, "cpu")
     return launches
 

@@ -1,11 +1,13 @@
-"""The two backward paths of the Triton DCS-Attention — fused (one pass per key block, dQ by float32
-atomics, then a finishing kernel: the default) and split (dK/dV and dQ passes: deterministic) — each
-against the float64 formulas of docs/design.md §2 and against each other, and the dispatch between them.
+"""The Triton DCS-Attention backward — one program per head (``backward.dcs_bwd_kernel``: delta,
+dK/dV, dQ by plain load-add-store into a per-head float32 scratch, dθ, in one launch) — against
+the float64 formulas of docs/design.md §2, its determinism, and the retired path selection.
 
 ``cpu`` runs the kernels under ``TRITON_INTERPRET=1`` (set by conftest), fp32 (and one fp16 case);
-``cuda`` (marked ``gpu``) runs fp16. Forced small blocks make several key programs add into the same
+``cuda`` (marked ``gpu``) runs fp16. Forced small blocks make several key blocks add into the same
 dQ rows and leave partial blocks at the end (N not a multiple of the block, or N < the block).
 """
+import warnings
+
 import pytest
 import torch
 
@@ -37,23 +39,28 @@ def fresh_seed() -> int:
     return int(torch.randint(0, 2**62, (), dtype=torch.int64))
 
 
-def run_paths(q, k, v, theta, grad_out, *, mode, noise=None, seed=0, tau=1.0, config=None):
-    """[out, dq, dk, dv, dθ] from the launcher for each path (same mask), and the mask."""
+def run_backward(q, k, v, theta, grad_out, *, mode, noise=None, seed=0, tau=1.0, config=None, runs=1,
+                 saved_dsoft=False):
+    """``runs`` × [out, dq, dk, dv, dθ] from the launcher (same mask, same forward), and the mask.
+    ``saved_dsoft``: the pre-pass saves dθ's factor and the backward reads it (the public op's path),
+    else the backward regenerates it."""
     D = q.shape[-1]
     rng = launch.rng_state(seed, 0, q.device)
-    mask, qm, km = launch.masked_qk_prepass(q, k, theta, noise, rng, mode)
+    dsoft = None
+    if saved_dsoft and mode != NZ.MODE_EVAL:
+        mask, qm, km, dsoft = launch.masked_qk_prepass(q, k, theta, noise, rng, mode, tau=tau)
+    else:
+        mask, qm, km = launch.masked_qk_prepass(q, k, theta, noise, rng, mode)
     out, lse = launch.forward(qm, km, v, scale=D**-0.5, config=config)
-    res = {}
-    for path in launch.BACKWARD_PATHS:
-        grads = launch.backward(grad_out, q, k, v, mask, out, lse, theta, noise, rng, scale=D**-0.5, tau=tau,
-                                mode=mode, need_dtheta=mode != NZ.MODE_EVAL, config=config, path=path)
-        res[path] = [out, *grads]
+    res = [[out, *launch.backward(grad_out, q, k, v, mask, out, lse, theta, noise, rng, scale=D**-0.5, tau=tau,
+                                  mode=mode, need_dtheta=mode != NZ.MODE_EVAL, config=config, dsoft=dsoft)]
+           for _ in range(runs)]
     return res, mask
 
 
 def check_close(got, want, rtol, label):
     for name, g, w in zip(NAMES, got, want):
-        if g is None:  # no dθ (eval): the reference's is zero, or the other path has none either
+        if g is None:  # no dθ (eval): the reference's is zero
             assert name == "dtheta" and (w is None or not w.any()), f"{label} {name}: missing"
             continue
         assert g.shape == w.shape, f"{label} {name}: shape {tuple(g.shape)} != {tuple(w.shape)}"
@@ -63,20 +70,27 @@ def check_close(got, want, rtol, label):
         assert err <= tol, f"{label} {name}: err {err:.3g} > {tol:.3g}"
 
 
-# (B, H, N, D, θ shape, mode, forced (BLOCK_M, BLOCK_N) or None for the launcher's choice)
+# (B, H, N, D, θ shape, mode, forced (BLOCK_M, BLOCK_N) or None for the launcher's choice). The
+# interpreter costs ~10 ms per loop iteration: N = 211 and 577 run with big blocks (577 = 4·128 + 65).
 CASES = [
-    (2, 2, 53, 32, "token", "noise", (16, 32)),     # 4 query × 2 key blocks, both partial at the end
-    (1, 2, 37, 64, "channel", "seed", (32, 16)),    # broadcast θ [1, H, 1, D]: in-kernel row sums
+    (1, 1, 1, 16, "token", "seed", (16, 16)),       # N = 1: one row, every block mostly padding
+    (2, 2, 17, 32, "token", "noise", (16, 16)),     # 2 × 2 blocks, the last holding one token
+    (1, 2, 37, 64, "channel", "seed", (32, 16)),    # broadcast θ [1, H, 1, D]: in-kernel sums
     (2, 1, 11, 64, "token", "seed", (16, 16)),      # N < every block
     (1, 1, 33, 128, "token", "noise", (16, 32)),
     (1, 2, 29, 32, "token", "eval", (16, 16)),      # eval: M = 1[θ > 0], no dθ
-    (1, 1, 70, 32, "token", "seed", None),          # the interpreter's own 128-blocks (one partial block)
+    (1, 1, 211, 64, "channel", "noise", (64, 64)),  # 211 = 3·64 + 19, the TransReID length
+    (1, 1, 577, 16, "token", "seed", None),         # the interpreter's own 128-blocks: 5 × 5, 65 rows last
+    (1, 1, 70, 32, "token", "seed", None),          # one partial 128-block
 ]
 
 
 @pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("saved_dsoft", [False, True], ids=["dsoft-regenerated", "dsoft-saved"])
 @pytest.mark.parametrize("B,H,N,D,theta_kind,mode,config", CASES)
-def test_fused_and_split_match_float64_reference_and_each_other(device, B, H, N, D, theta_kind, mode, config):
+def test_backward_matches_float64_reference(device, B, H, N, D, theta_kind, mode, config, saved_dsoft):
+    if saved_dsoft and (mode == "eval" or N > 200):
+        pytest.skip("eval has no dθ; the long cases run once (interpreter time)")
     dt = DT[device]
     q, k, v, grad_out = (torch.randn(B, H, N, D, device=device, dtype=dt) for _ in range(4))
     theta = torch.randn(*((B, H, N, D) if theta_kind == "token" else (1, H, 1, D)), device=device, dtype=dt)
@@ -88,7 +102,8 @@ def test_fused_and_split_match_float64_reference_and_each_other(device, B, H, N,
         kmode, tau = NZ.MODE_PHILOX, 1.0  # τ = 1: soft from u without logs
     else:
         kmode = NZ.MODE_EVAL
-    res, mask = run_paths(q, k, v, theta, grad_out, mode=kmode, noise=noise, seed=seed, tau=tau, config=config)
+    res, mask = run_backward(q, k, v, theta, grad_out, mode=kmode, noise=noise, seed=seed, tau=tau, config=config,
+                             saved_dsoft=saved_dsoft)
     if mode == "seed":
         u = contract_uniform(B * H * N * D, seed, 0, device=device).reshape(B, H, N, D)
         ref_noise = torch.log(u.double()) - torch.log1p(-u.double())
@@ -96,97 +111,89 @@ def test_fused_and_split_match_float64_reference_and_each_other(device, B, H, N,
     else:
         want = reference_forward_backward(q, k, v, theta, noise, grad_out, tau=tau, training=mode != "eval")
     rtol = 5e-5 if device == "cpu" else 2e-2
-    label = f"N={N} D={D} {theta_kind} {mode} cfg={config}"
-    for path, got in res.items():
-        check_close(got, want, rtol, f"{path} {label}")
-        keep = mask.expand(q.shape) != 0
-        assert not got[1][~keep].any() and not got[2][~keep].any(), f"{path}: dq/dk nonzero off the mask"
-    # Same arithmetic up to dQ's summation order (and dM_k rounded to θ's dtype for per-token dθ).
-    check_close(res["fused"], res["split"], 2e-6 if device == "cpu" else 2e-3, f"fused vs split {label}")
+    label = f"N={N} D={D} {theta_kind} {mode} cfg={config} saved_dsoft={saved_dsoft}"
+    got = res[0]
+    check_close(got, want, rtol, label)
+    keep = mask.expand(q.shape) != 0
+    assert not got[1][~keep].any() and not got[2][~keep].any(), f"{label}: dq/dk nonzero off the mask"
 
 
 @pytest.mark.parametrize("device", DEVICES)
-def test_fused_float16_per_token_theta_within_twice_eager_error(device):
-    """fp16, per-token θ: the fused path passes dM_k = dk_raw⊙k through dθ's buffer in θ's dtype
-    (module doc of backward_fused); still within the 2× same-precision eager error of docs/design.md §5."""
+@pytest.mark.parametrize("theta_kind", ["token", "channel"])
+def test_backward_is_bit_identical_across_runs(device, theta_kind):
+    """No atomics: two launches on the same inputs give the same bits (dq: key blocks summed in a
+    fixed order; dθ: per-head sums in a fixed order), with several key blocks adding into each dQ row."""
+    B, H, N, D = 2, 2, 45, 32
+    dt = DT[device]
+    q, k, v, grad_out = (torch.randn(B, H, N, D, device=device, dtype=dt) for _ in range(4))
+    theta = torch.randn(*((B, H, N, D) if theta_kind == "token" else (1, H, 1, D)), device=device, dtype=dt)
+    res, _ = run_backward(q, k, v, theta, grad_out, mode=NZ.MODE_PHILOX, seed=fresh_seed(), config=(16, 16),
+                          runs=2)
+    for name, a, b in zip(NAMES, *res):
+        assert torch.equal(a, b), f"{theta_kind}: two runs, different {name}"
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("mode,tau", [(NZ.MODE_PHILOX, 1.0), (NZ.MODE_PHILOX, 0.6), (NZ.MODE_NOISE, 0.7)])
+def test_saved_dsoft_is_the_regenerated_factor(device, mode, tau):
+    """The pre-pass's saved soft·(1 − soft)/τ (float16 for 16-bit inputs, else q's float32) gives the
+    dθ the backward's regeneration gives: same elements, same formula (every τ branch)."""
+    B, H, N, D = 1, 2, 23, 16
+    dt = DT[device]
+    q, k, v, theta, grad_out = (torch.randn(B, H, N, D, device=device, dtype=dt) for _ in range(5))
+    noise = rk.logistic_noise((B, H, N, D), seed=5, device=device) if mode == NZ.MODE_NOISE else None
+    kw = dict(mode=mode, noise=noise, seed=fresh_seed(), tau=tau, config=(16, 16))
+    regen, _ = run_backward(q, k, v, theta, grad_out, **kw)
+    saved, _ = run_backward(q, k, v, theta, grad_out, saved_dsoft=True, **kw)
+    for name, a, b in zip(NAMES, regen[0], saved[0]):
+        tol = (1e-6 if dt == torch.float32 else 2e-3) * max(a.abs().max().item(), 1e-3)
+        assert (a.double() - b.double()).abs().max().item() <= tol, name
+
+
+def test_dsoft_of_the_wrong_shape_is_refused():
+    q = torch.randn(1, 1, 5, 16)
+    out, lse = launch.forward(q, q, q, scale=0.25)
+    with pytest.raises(ValueError, match=r"dsoft must be a contiguous \[B, H, N, D\]"):
+        launch.backward(q, q, q, q, torch.ones_like(q), out, lse, q, None, launch.rng_state(1, 0, "cpu"),
+                        scale=0.25, tau=1.0, mode=NZ.MODE_PHILOX, need_dtheta=True, dsoft=torch.ones(1, 1, 5, 8))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_float16_per_token_theta_within_twice_eager_error(device):
+    """fp16, per-token θ: dM_k = dk_raw⊙k passes through dθ's buffer in θ's dtype (module doc of
+    ``backward``); still within the 2× same-precision eager error of docs/design.md §5."""
     B, H, N, D = 1, 2, 45, 32
     q, k, v, theta, grad_out = (torch.randn(B, H, N, D, device=device, dtype=torch.float16) for _ in range(5))
     noise = rk.logistic_noise((B, H, N, D), seed=fresh_seed(), device=device)
     want = reference_forward_backward(q, k, v, theta, noise, grad_out, tau=0.7)
-    res, _ = run_paths(q, k, v, theta, grad_out, mode=NZ.MODE_NOISE, noise=noise, tau=0.7, config=(16, 32))
+    res, _ = run_backward(q, k, v, theta, grad_out, mode=NZ.MODE_NOISE, noise=noise, tau=0.7, config=(16, 32))
     leaves = [t.clone().requires_grad_(True) for t in (q, k, v, theta)]
     out = rk.dcs_attention(*leaves, noise=noise, tau=0.7, impl="eager")
     out.backward(grad_out)
     eager = [out.detach()] + [t.grad for t in leaves]
-    for name, g, e, w in zip(NAMES, res["fused"], eager, want):
+    for name, g, e, w in zip(NAMES, res[0], eager, want):
         err, err_eager = (g.double() - w).abs().max().item(), (e.double() - w).abs().max().item()
         assert err <= 2 * err_eager + 1e-3 * w.abs().max().item(), f"{name}: {err:.3g} vs eager {err_eager:.3g}"
 
 
-# ---------------------------------------------------------------------------- dispatch
+# ---------------------------------------------------------------------------- launches and the retired paths
 
 
-def test_backward_path_dispatch(monkeypatch):
-    assert launch.backward_path() == "fused"
+def test_retired_backward_paths_are_validated_and_ignored(monkeypatch):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert launch.backward_path() == "head"  # nothing set: no warning
+    for path in ("fused", "split", "auto"):
+        with pytest.warns(DeprecationWarning, match="path="):
+            assert launch.backward_path(path) == "head"
+    with pytest.raises(ValueError, match=r"path must be one of .* got 'fast'"):
+        launch.backward_path("fast")
     monkeypatch.setenv("RIBKERNELS_DCS_BACKWARD", "split")
-    assert launch.backward_path() == "split"
-    assert launch.backward_path("fused") == "fused"  # an explicit path wins
-    monkeypatch.setenv("RIBKERNELS_DCS_BACKWARD", "auto")
-    assert launch.backward_path() == "fused"
-    was = torch.are_deterministic_algorithms_enabled()
-    torch.use_deterministic_algorithms(True)
-    try:
-        assert launch.backward_path() == "split"
-    finally:
-        torch.use_deterministic_algorithms(was)
+    with pytest.warns(DeprecationWarning, match="RIBKERNELS_DCS_BACKWARD"):
+        assert launch.backward_path() == "head"
     monkeypatch.setenv("RIBKERNELS_DCS_BACKWARD", "atomic")
     with pytest.raises(ValueError, match=r"RIBKERNELS_DCS_BACKWARD must be one of .* got 'atomic'"):
         launch.backward_path()
-    with pytest.raises(ValueError, match=r"path must be one of .* got 'fast'"):
-        launch.backward_path("fast")
-
-
-@pytest.mark.parametrize("masked,want", [(True, (32, 64, 8, 2)), (False, (64, 64, 8, 2))])
-def test_mask_off_twin_launches_its_own_config_at_d128(monkeypatch, masked, want):
-    """At D=128 the fused mask-off twin (the benchmarks' baseline) has its own config: ptxas serialises
-    its wgmma at the masked kernel's 32x64 w8 (benchmarks/results/*-sm90-static)."""
-    assert launch.shipped_configs("fused", 128, torch.bfloat16, masked=masked)[0] == want
-    launched = {}
-
-    class Recorder:
-        def __getitem__(self, grid):
-            return lambda *args, **kw: launched.update(kw)
-
-    monkeypatch.setattr(launch, "INTERPRET", False)
-    monkeypatch.setenv("RIBKERNELS_DCS_AUTOTUNE", "0")
-    monkeypatch.setitem(launch.KERNELS, "fused", Recorder())
-    q = torch.empty(1, 1, 40, 128, dtype=torch.bfloat16)
-    launch._launch("fused", "BLOCK_N", q, (), dict(MASKED=masked), None)
-    assert (launched["BLOCK_M"], launched["BLOCK_N"], launched["num_warps"], launched["num_stages"]) == want
-
-
-@pytest.mark.parametrize("device", DEVICES)
-def test_public_op_runs_fused_by_default_and_split_when_deterministic(device, monkeypatch):
-    launched = []
-    real_launch = launch._launch
-    monkeypatch.setattr(launch, "_launch", lambda kernel, *a, **kw: (launched.append(kernel), real_launch(kernel, *a, **kw)))
-    B, H, N, D = 1, 2, 19, 16
-    q, k, v, theta = (torch.randn(B, H, N, D, device=device, dtype=DT[device]).requires_grad_(True) for _ in range(4))
-
-    def fwd_bwd():
-        launched.clear()
-        rk.dcs_attention(q, k, v, theta, impl="triton", seed=3).sum().backward()
-        return list(launched)
-
-    assert fwd_bwd() == ["fwd", "fused"]
-    was = torch.are_deterministic_algorithms_enabled()
-    torch.use_deterministic_algorithms(True)
-    try:
-        assert fwd_bwd() == ["fwd", "dkdv", "dq"]
-    finally:
-        torch.use_deterministic_algorithms(was)
-    monkeypatch.setenv("RIBKERNELS_DCS_BACKWARD", "split")
-    assert fwd_bwd() == ["fwd", "dkdv", "dq"]
 
 
 def test_bad_backward_env_raises_before_any_launch(monkeypatch):
@@ -200,21 +207,59 @@ def test_bad_backward_env_raises_before_any_launch(monkeypatch):
     q, k, v, theta = (torch.randn(B, H, N, D) for _ in range(4))
     out, lse = launch.forward(q, k, v, scale=0.25)
     monkeypatch.setattr(launch, "_launch", boom)
-    monkeypatch.setattr(launch, "dcs_bwd_delta_kernel", None)  # subscripting None would fail too
     monkeypatch.setenv("RIBKERNELS_DCS_BACKWARD", "fast")
     with pytest.raises(ValueError, match="RIBKERNELS_DCS_BACKWARD"):
         launch.backward(q, q, k, v, torch.ones_like(q), out, lse, theta, None, None, scale=0.25, tau=1.0,
                         mode=NZ.MODE_EVAL, need_dtheta=False)
 
 
-def test_fused_kernels_take_the_rng_as_a_pointer():
-    """No recompilation per seed or offset: they are never kernel arguments."""
-    from ribkernels.dcs.triton import backward_fused
+@pytest.mark.parametrize("device", DEVICES)
+def test_public_op_runs_one_backward_launch_per_step(device, monkeypatch):
+    """fwd + bwd = pre-pass, forward, one backward launch (no delta, memset or finishing kernel),
+    also under ``torch.use_deterministic_algorithms`` (the backward is deterministic)."""
+    launched = []
+    real_launch = launch._launch
+    monkeypatch.setattr(launch, "_launch", lambda kernel, *a, **kw: (launched.append(kernel), real_launch(kernel, *a, **kw)))
+    B, H, N, D = 1, 2, 19, 16
+    q, k, v, theta = (torch.randn(B, H, N, D, device=device, dtype=DT[device]).requires_grad_(True) for _ in range(4))
 
-    for kern in (backward_fused.dcs_bwd_fused_kernel, backward_fused.dcs_bwd_dq_finish_kernel):
-        names = getattr(kern, "arg_names", None) or kern.fn.arg_names
-        assert "RNG" in names and not {"seed", "offset"} & set(names)
-    assert launch.RESET_TO_ZERO["fused"] == ["DQACC"]  # autotuning reruns must not double dQ
+    def fwd_bwd():
+        launched.clear()
+        rk.dcs_attention(q, k, v, theta, impl="triton", seed=3).sum().backward()
+        return list(launched)
+
+    assert fwd_bwd() == ["fwd", "bwd"]
+    was = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True)
+    try:
+        assert fwd_bwd() == ["fwd", "bwd"]
+    finally:
+        torch.use_deterministic_algorithms(was)
+
+
+def test_backward_grid_is_one_program_per_head(monkeypatch):
+    launched = {}
+
+    class Recorder:
+        def __getitem__(self, grid):
+            return lambda *args, **kw: launched.update(kw, grid=grid)
+
+    monkeypatch.setattr(launch, "INTERPRET", False)
+    monkeypatch.setitem(launch.KERNELS, "bwd", Recorder())
+    q = torch.empty(3, 5, 211, 64, dtype=torch.bfloat16)
+    launch._launch("bwd", q, (), dict(MASKED=True), None)
+    assert launched["grid"] == (15,)
+    assert (launched["BLOCK_M"], launched["BLOCK_N"], launched["num_warps"], launched["num_stages"]) == \
+        launch.SHIPPED["bwd"][64][0]
+
+
+def test_backward_kernel_takes_the_rng_as_a_pointer():
+    """No recompilation per seed or offset: they are never kernel arguments."""
+    from ribkernels.dcs.triton import backward
+
+    kern = backward.dcs_bwd_kernel
+    names = getattr(kern, "arg_names", None) or kern.fn.arg_names
+    assert "RNG" in names and not {"seed", "offset"} & set(names)
 
 
 @triton.jit
@@ -242,3 +287,33 @@ def test_lse_delta_cols_reads_both_rows_of_a_block(block_m, threads):
     want = torch.zeros(bh, nb * block_m, 2)
     want[:, :n, 0], want[:, :n, 1] = lse, delta
     torch.testing.assert_close(out, want, rtol=0, atol=0)
+
+
+def test_head_dim_24_is_refused_by_the_triton_backend():
+    """D must be a power of two in 16..128 (the kernels' tiles are ``tl.arange(0, D)``): D = 24 gets a
+    reason naming it, before anything launches (``impl="auto"`` then takes another backend)."""
+    from ribkernels.dcs.triton import backend
+
+    q = torch.empty(1, 2, 17, 24)
+    reasons = backend.why_not(q, q, q, torch.empty(1, 2, 1, 24), None)
+    assert any("head dim D=24" in r for r in reasons), reasons
+
+
+@pytest.mark.parametrize("theta_kind", ["token", "channel"])
+def test_backward_reads_the_saved_dsoft(theta_kind):
+    """A dsoft of zeros gives dθ = 0 and leaves dq, dk, dv alone: the backward reads what it is given
+    (per-token and broadcast θ) rather than regenerating it."""
+    if not launch.INTERPRET:
+        pytest.skip("interpreter")
+    B, H, N, D = 1, 2, 21, 16
+    q, k, v, grad_out = (torch.randn(B, H, N, D) for _ in range(4))
+    theta = torch.randn(*((B, H, N, D) if theta_kind == "token" else (1, H, 1, D)))
+    rng = launch.rng_state(7, 0, "cpu")
+    mask, qm, km, dsoft = launch.masked_qk_prepass(q, k, theta, None, rng, NZ.MODE_PHILOX, tau=1.0)
+    out, lse = launch.forward(qm, km, v, scale=0.25)
+    kw = dict(scale=0.25, tau=1.0, mode=NZ.MODE_PHILOX, need_dtheta=True, config=(16, 16))
+    a = launch.backward(grad_out, q, k, v, mask, out, lse, theta, None, rng, dsoft=dsoft, **kw)
+    z = launch.backward(grad_out, q, k, v, mask, out, lse, theta, None, rng, dsoft=torch.zeros_like(dsoft), **kw)
+    assert a[3].abs().max() > 0 and not z[3].any()
+    for x, y in zip(a[:3], z[:3]):
+        assert torch.equal(x, y)

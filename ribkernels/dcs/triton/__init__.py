@@ -5,8 +5,8 @@ saved mask to q/k tiles on load; none of them runs Philox in a loop.
 
 * ``noise``: the contract's jit helpers (Philox group → 4 elements, uniform, keep decision, dsoft).
 * ``prepass``: the mask pre-pass kernel (mask, q⊙M, k⊙M).  ``forward``: the forward kernel (plain attention).
-* ``backward_fused``: the default backward, one pass per key block (dQ by float32 atomics) and a dq
-  finishing kernel.  ``backward``: delta, and the split dK/dV and dQ passes (deterministic).
+* ``backward``: the backward, one program per head (delta, dK/dV, dQ, dθ in one launch; no atomics,
+  deterministic).
 * ``debug``: the flat noise kernel.
 * ``launch``: the one launcher (configs, RNG state, device guard).  ``ops``: custom ops + autograd.
 * ``backend``: what ``dcs_attention(impl="triton")`` calls, and the debug hooks.

@@ -1,23 +1,30 @@
-"""The DCS-Attention backward, split: delta, dK/dV and dQ passes (bit-reproducible run to run; the
-launcher's choice under ``torch.are_deterministic_algorithms_enabled()`` or
-``RIBKERNELS_DCS_BACKWARD=split``). The default is the single pass of ``backward_fused.py``, which
-also uses the delta kernel and the store helpers defined here.
+"""The DCS-Attention backward: one program per head (b, h), deterministic, one launch.
 
-* ``dcs_bwd_delta_kernel``: delta = rowsum(dO ⊙ O) (float32 ``[B·H, N]``).
-* ``dcs_bwd_dkdv_kernel``: per key block, dv = Pᵀ dO, dk = scale·(dSᵀ(q⊙M))⊙M.
-* ``dcs_bwd_dq_kernel``: per query block, dq = scale·(dS(k⊙M))⊙M.
+``dcs_bwd_kernel`` (grid ``[B·H]``) does, for its head:
 
-dθ (training, θ needs a grad) is ``dM·soft·(1 − soft)/τ`` with ``dM = dq_raw⊙q + dk_raw⊙k``; the
-``soft·(1 − soft)/τ`` factor is evaluated once per element in an epilogue (``noise.dsoft_tile``), never
-per tile. ``DTH_MODE``:
+1. prologue: delta = rowsum(dO ⊙ O) (float32, into DELTA ``[B·H, N]``);
+2. for each key block (in order): the FlashAttention-2 inner loop over all query blocks — S, P,
+   dv += Pᵀ dO, dP, dS, dk += dSᵀ (q⊙M), and the block's share dS (k⊙M) of dq, added into the
+   head's float32 scratch DQACC ``[B·H, N, D]`` by a plain load-add-store (the program is the only
+   owner of those rows: no atomics; the first key block's load is predicated off: no memset); then
+   dk = scale·dk_raw⊙M, dv and dθ's key side;
+3. epilogue, per query block: dq = scale·DQACC⊙M in q's dtype and dθ's query side, while the rows
+   are still in L2.
+
+5 GEMMs per tile. dq sums its key blocks in a fixed order, so two runs give the same bits. The
+program's threads hand DELTA, DQACC and DTH rows to each other through global memory, ordered by a
+CTA barrier (``tl.debug_barrier``) after the prologue and after each key block.
+
+dθ (``DTH_MODE``) needs ``dM = dq_raw⊙q + dk_raw⊙k`` per element and ``soft·(1 − soft)/τ``: saved
+by the pre-pass (``DS_SAVED``: 2 bytes per element, the public op's path when θ needs a gradient), or
+regenerated here (``noise.dsoft_tile``: θ and the noise reloaded, or u from Philox):
 * 0: no dθ.
-* 1 (θ varies along N): the dK/dV pass writes dM_k = dk_raw⊙k (float32 scratch), the dQ pass reads it
-  and writes ``(dM_q + dM_k)·dsoft`` into DTH (θ's dtype when θ is ``[B, H, N, D]``, else float32,
-  reduced over θ's other broadcast dims by the launcher).
-* 2 (θ broadcast along N, e.g. ``[1, H, 1, D]``): each pass sums ``dM·dsoft`` over its own rows
-  in-kernel and writes one float32 ``[D]`` row per program into DTH ``[2, B·H, n_blocks, D]``
-  (pass 0: keys, pass 1: queries); no full-size buffer at all.
-The mask of a tile is the pre-pass's bytes; the kernels never run Philox in their loops.
+* 1 (θ varies along N): after its key block the program stores dM_k = dk_raw⊙k into DTH
+  (``[B, H, N, D]``, θ's dtype when θ is ``[B, H, N, D]``, else float32; dM_k is rounded to it); the
+  epilogue reads it back, adds dq_raw⊙q and overwrites it with dM·dsoft.
+* 2 (θ broadcast along N, e.g. ``[1, H, 1, D]``): the program sums ``dM·dsoft`` over all its tokens,
+  both sides, in registers and writes one float32 row DTH ``[B·H, D]``.
+The mask of a tile is the pre-pass's 0/1 mask in q's dtype, multiplied into raw q/k tiles on load.
 """
 import triton
 import triton.language as tl
@@ -83,21 +90,6 @@ def lse_delta_cols(LSE, DELTA, row_base, offs_m, m_valid, BLOCK_M: tl.constexpr,
     return lse, delta
 
 
-@triton.jit(do_not_specialize=["H", "N"])  # shape scalars: no recompile per value
-def dcs_bwd_delta_kernel(O, DO, DELTA, sob, soh, son, sod, sdob, sdoh, sdon, sdod, H, N,
-                         HEAD_DIM: tl.constexpr, BLOCK: tl.constexpr):
-    """DELTA[bh, n] = Σ_d dO[b, h, n, d]·O[b, h, n, d] in float32."""
-    bh64 = tl.program_id(1).to(tl.int64)
-    b64 = bh64 // H
-    h64 = bh64 % H
-    offs_n = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
-    offs_d = tl.arange(0, HEAD_DIM)
-    valid = offs_n < N
-    o = load_bhnd(O, b64, h64, offs_n, offs_d, valid, sob, soh, son, sod).to(tl.float32)
-    do = load_bhnd(DO, b64, h64, offs_n, offs_d, valid, sdob, sdoh, sdon, sdod).to(tl.float32)
-    tl.store(DELTA + bh64 * N + offs_n, tl.sum(o * do, 1), mask=valid)
-
-
 @triton.jit
 def _store_contig(PTR, val, bh64, offs_n, offs_d, valid, N, HEAD_DIM: tl.constexpr):
     ptrs = PTR + (bh64 * N + offs_n[:, None].to(tl.int64)) * HEAD_DIM + offs_d[None, :]
@@ -105,127 +97,113 @@ def _store_contig(PTR, val, bh64, offs_n, offs_d, valid, N, HEAD_DIM: tl.constex
 
 
 @triton.jit
-def _store_row_partial(DTH, part, which, bh64, BH, pid, NB_MAX, offs_d, HEAD_DIM: tl.constexpr):
-    """Row ``pid`` of ``DTH[which, bh]`` (``[2, BH, NB_MAX, D]``); the last program also zeroes the
-    rows past the grid, so the sum over rows never depends on the block size (or on autotuning)."""
-    base = (which * BH + bh64) * NB_MAX
-    tl.store(DTH + (base + pid) * HEAD_DIM + offs_d, part)
-    nprog = tl.num_programs(0)
-    if pid == nprog - 1:
-        for r in range(nprog, NB_MAX):
-            tl.store(DTH + (base + r) * HEAD_DIM + offs_d, tl.zeros_like(part))
+def _dsoft(TH, NZ, RNG, DS, b64, h64, bh64, offs_n, offs_d, valid, stb, sth, stn, std, snb, snh, snn, snd,
+           N, inv_tau, HEAD_DIM: tl.constexpr, MODE: tl.constexpr, TAU_ONE: tl.constexpr, DS_SAVED: tl.constexpr):
+    """soft·(1 − soft)/τ of tokens ``offs_n`` (float32 tile): read from DS, or regenerated."""
+    if DS_SAVED:
+        ptrs = DS + (bh64 * N + offs_n[:, None].to(tl.int64)) * HEAD_DIM + offs_d[None, :]
+        ds = tl.load(ptrs, mask=valid[:, None], other=0.0).to(tl.float32)
+    else:
+        ds = dsoft_tile(TH, NZ, RNG, b64, h64, bh64, offs_n, offs_d, valid,
+                        stb, sth, stn, std, snb, snh, snn, snd, N, inv_tau, HEAD_DIM, MODE, TAU_ONE)
+    return ds
 
 
-@triton.jit(do_not_specialize=["H", "N", "BH", "NB_MAX"])  # shape scalars: no recompile per value
-def dcs_bwd_dkdv_kernel(
-    Q, K, V, MSK, DO, LSE, DELTA, DK, DV, DMK, TH, NZ, RNG, DTH,
-    sqb, sqh, sqn, sqd, skb, skh, skn, skd, svb, svh, svn, svd, sdob, sdoh, sdon, sdod,
+@triton.jit(do_not_specialize=["H", "N"])  # shape scalars: no recompile per value
+def dcs_bwd_kernel(
+    Q, K, V, MSK, O, DO, LSE, DELTA, DK, DV, DQ, DQACC, TH, NZ, RNG, DS, DTH,
+    sqb, sqh, sqn, sqd, skb, skh, skn, skd, svb, svh, svn, svd, sob, soh, son, sod, sdob, sdoh, sdon, sdod,
     stb, sth, stn, std, snb, snh, snn, snd,
-    H, N, BH, NB_MAX, qk_scale, scale, inv_tau,
+    H, N, qk_scale, scale, inv_tau,
     HEAD_DIM: tl.constexpr, MASKED: tl.constexpr, DOT_PREC: tl.constexpr, MODE: tl.constexpr,
-    DTH_MODE: tl.constexpr, TAU_ONE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    DTH_MODE: tl.constexpr, TAU_ONE: tl.constexpr, DS_SAVED: tl.constexpr, BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
 ):
-    """dk, dv (contiguous ``[B, H, N, D]``) for one block of keys; dθ's key side (see module doc)."""
-    pid_n = tl.program_id(0)
-    bh64 = tl.program_id(1).to(tl.int64)
+    """dq, dk, dv (contiguous ``[B, H, N, D]``, q's dtype) and dθ of head ``program_id(0)`` (module
+    doc). DELTA ``[B·H, N]`` and DQACC ``[B·H, N, D]`` (float32) are scratch, written before read.
+    DS_SAVED: dθ's factor soft·(1 − soft)/τ is read from DS (contiguous, the pre-pass's) instead of
+    being regenerated from θ and the noise."""
+    bh64 = tl.program_id(0).to(tl.int64)
     b64 = bh64 // H
     h64 = bh64 % H
-    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, HEAD_DIM)
-    n_valid = offs_n < N
-    km, keep_k = masked_tile(K, mask_ptrs(MSK, bh64, offs_n, N, HEAD_DIM), b64, h64, offs_n, offs_d, n_valid,
-                             skb, skh, skn, skd, MASKED)
-    mq_ptrs = mask_ptrs(MSK, bh64, tl.arange(0, BLOCK_M), N, HEAD_DIM)
-    v = load_bhnd(V, b64, h64, offs_n, offs_d, n_valid, svb, svh, svn, svd)
-
-    dk_acc = tl.zeros([BLOCK_N, HEAD_DIM], tl.float32)
-    dv_acc = tl.zeros([BLOCK_N, HEAD_DIM], tl.float32)
     row_base = bh64 * N
-    for start_m in range(0, N, BLOCK_M):
+
+    for start_m in range(0, N, BLOCK_M):  # prologue: delta of every query row of the head
         offs_m = start_m + tl.arange(0, BLOCK_M)
         m_valid = offs_m < N
-        qm, keep_qi = masked_tile(Q, mq_ptrs, b64, h64, offs_m, offs_d, m_valid, sqb, sqh, sqn, sqd, MASKED)
-        mq_ptrs += BLOCK_M * HEAD_DIM
-        do = load_bhnd(DO, b64, h64, offs_m, offs_d, m_valid, sdob, sdoh, sdon, sdod)
-        # Widths (columns = ld_threads / BLOCK_M) where ptxas keeps every shipped loop's wgmma pipelined:
-        # 4 columns serialise them (C7515) at D=32 (64x64 w4, 32x64 w4) and D=128 (benchmarks/sm90_static).
-        ld_threads: tl.constexpr = 512 if HEAD_DIM >= 128 else (2 * BLOCK_M if BLOCK_M >= 64 else 256)
-        lse, delta = lse_delta_cols(LSE, DELTA, row_base, offs_m, m_valid, BLOCK_M, ld_threads)
-        s_t = tl.dot(km, tl.trans(qm), input_precision=DOT_PREC) * qk_scale  # [BLOCK_N, BLOCK_M]
-        p_t = tl.math.exp2(s_t - lse[None, :])
-        p_t = tl.where(m_valid[None, :], p_t, 0.0)
-        dv_acc += tl.dot(p_t.to(do.dtype), do, input_precision=DOT_PREC)
-        dp_t = tl.dot(v, tl.trans(do), input_precision=DOT_PREC)
-        ds_t = p_t * (dp_t - delta[None, :])
-        dk_acc += tl.dot(ds_t.to(qm.dtype), qm, input_precision=DOT_PREC)
+        o = load_bhnd(O, b64, h64, offs_m, offs_d, m_valid, sob, soh, son, sod).to(tl.float32)
+        do = load_bhnd(DO, b64, h64, offs_m, offs_d, m_valid, sdob, sdoh, sdon, sdod).to(tl.float32)
+        tl.store(DELTA + row_base + offs_m, tl.sum(o * do, 1), mask=m_valid)
+    tl.debug_barrier()  # DELTA rows are read by other threads of the program below
 
-    dk_raw = dk_acc * scale
-    _store_contig(DK, dk_raw.to(DK.dtype.element_ty) * keep_k, bh64, offs_n, offs_d, n_valid, N, HEAD_DIM)
-    _store_contig(DV, dv_acc, bh64, offs_n, offs_d, n_valid, N, HEAD_DIM)
-    if DTH_MODE != 0:
-        k = load_bhnd(K, b64, h64, offs_n, offs_d, n_valid, skb, skh, skn, skd).to(tl.float32)
-        dmk = dk_raw * k
-        if DTH_MODE == 1:
-            _store_contig(DMK, dmk, bh64, offs_n, offs_d, n_valid, N, HEAD_DIM)
-        else:
-            ds = dsoft_tile(TH, NZ, RNG, b64, h64, bh64, offs_n, offs_d, n_valid,
-                            stb, sth, stn, std, snb, snh, snn, snd, N, inv_tau, HEAD_DIM, MODE, TAU_ONE)
-            part = tl.sum(tl.where(n_valid[:, None], dmk * ds, 0.0), 0)
-            _store_row_partial(DTH, part, 0, bh64, BH, pid_n, NB_MAX, offs_d, HEAD_DIM)
-
-
-@triton.jit(do_not_specialize=["H", "N", "BH", "NB_MAX"])  # shape scalars: no recompile per value
-def dcs_bwd_dq_kernel(
-    Q, K, V, MSK, DO, LSE, DELTA, DQ, DMK, TH, NZ, RNG, DTH,
-    sqb, sqh, sqn, sqd, skb, skh, skn, skd, svb, svh, svn, svd, sdob, sdoh, sdon, sdod,
-    stb, sth, stn, std, snb, snh, snn, snd,
-    H, N, BH, NB_MAX, qk_scale, scale, inv_tau,
-    HEAD_DIM: tl.constexpr, MASKED: tl.constexpr, DOT_PREC: tl.constexpr, MODE: tl.constexpr,
-    DTH_MODE: tl.constexpr, TAU_ONE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-):
-    """dq (contiguous ``[B, H, N, D]``) for one block of queries; dθ's query side and, in DTH_MODE 1,
-    the whole dθ of these elements (see module doc)."""
-    pid_m = tl.program_id(0)
-    bh64 = tl.program_id(1).to(tl.int64)
-    b64 = bh64 // H
-    h64 = bh64 % H
-    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    offs_d = tl.arange(0, HEAD_DIM)
-    m_valid = offs_m < N
-    row_base = bh64 * N
-    qm, keep_q = masked_tile(Q, mask_ptrs(MSK, bh64, offs_m, N, HEAD_DIM), b64, h64, offs_m, offs_d, m_valid,
-                             sqb, sqh, sqn, sqd, MASKED)
-    mk_ptrs = mask_ptrs(MSK, bh64, tl.arange(0, BLOCK_N), N, HEAD_DIM)
-    do = load_bhnd(DO, b64, h64, offs_m, offs_d, m_valid, sdob, sdoh, sdon, sdod)
-    lse = tl.load(LSE + row_base + offs_m, mask=m_valid, other=0.0)
-    delta = tl.load(DELTA + row_base + offs_m, mask=m_valid, other=0.0)
-
-    dq_acc = tl.zeros([BLOCK_M, HEAD_DIM], tl.float32)
+    dth_row = tl.zeros([HEAD_DIM], tl.float32)
     for start_n in range(0, N, BLOCK_N):
         offs_n = start_n + tl.arange(0, BLOCK_N)
         n_valid = offs_n < N
-        km, keep_ki = masked_tile(K, mk_ptrs, b64, h64, offs_n, offs_d, n_valid, skb, skh, skn, skd, MASKED)
-        mk_ptrs += BLOCK_N * HEAD_DIM
+        km, _ = masked_tile(K, mask_ptrs(MSK, bh64, offs_n, N, HEAD_DIM), b64, h64, offs_n, offs_d, n_valid, skb, skh, skn, skd, MASKED)
         v = load_bhnd(V, b64, h64, offs_n, offs_d, n_valid, svb, svh, svn, svd)
-        s = tl.dot(qm, tl.trans(km), input_precision=DOT_PREC) * qk_scale
-        p = tl.math.exp2(s - lse[:, None])
-        p = tl.where(n_valid[None, :], p, 0.0)
-        dp = tl.dot(do, tl.trans(v), input_precision=DOT_PREC)
-        ds = p * (dp - delta[:, None])
-        dq_acc += tl.dot(ds.to(km.dtype), km, input_precision=DOT_PREC)
+        mq_ptrs = mask_ptrs(MSK, bh64, tl.arange(0, BLOCK_M), N, HEAD_DIM)
+        dq_ptrs = mask_ptrs(DQACC, bh64, tl.arange(0, BLOCK_M), N, HEAD_DIM)  # same contiguous layout
+        revisit = start_n > 0  # the first key block stores its dq share, the others add to it
+        dk_acc = tl.zeros([BLOCK_N, HEAD_DIM], tl.float32)
+        dv_acc = tl.zeros([BLOCK_N, HEAD_DIM], tl.float32)
+        for start_m in range(0, N, BLOCK_M):
+            offs_m = start_m + tl.arange(0, BLOCK_M)
+            m_valid = offs_m < N
+            qm, keep_qi = masked_tile(Q, mq_ptrs, b64, h64, offs_m, offs_d, m_valid, sqb, sqh, sqn, sqd, MASKED)
+            mq_ptrs += BLOCK_M * HEAD_DIM
+            do = load_bhnd(DO, b64, h64, offs_m, offs_d, m_valid, sdob, sdoh, sdon, sdod)
+            lse, delta = lse_delta_cols(LSE, DELTA, row_base, offs_m, m_valid, BLOCK_M, 256)  # up to 8 warps
+            s_t = tl.dot(km, tl.trans(qm), input_precision=DOT_PREC) * qk_scale  # [BLOCK_N, BLOCK_M]
+            p_t = tl.math.exp2(s_t - lse[None, :])
+            p_t = tl.where(m_valid[None, :], p_t, 0.0)
+            dv_acc += tl.dot(p_t.to(do.dtype), do, input_precision=DOT_PREC)
+            dp_t = tl.dot(v, tl.trans(do), input_precision=DOT_PREC)
+            ds_t = (p_t * (dp_t - delta[None, :])).to(qm.dtype)
+            dk_acc += tl.dot(ds_t, qm, input_precision=DOT_PREC)
+            dq_prev = tl.load(dq_ptrs, mask=m_valid[:, None] & revisit, other=0.0)
+            dq_part = tl.dot(tl.trans(ds_t), km, dq_prev, input_precision=DOT_PREC)  # unscaled
+            tl.store(dq_ptrs, dq_part, mask=m_valid[:, None])
+            dq_ptrs += BLOCK_M * HEAD_DIM
 
-    dq_raw = dq_acc * scale
-    _store_contig(DQ, dq_raw.to(DQ.dtype.element_ty) * keep_q, bh64, offs_m, offs_d, m_valid, N, HEAD_DIM)
-    if DTH_MODE != 0:
-        q = load_bhnd(Q, b64, h64, offs_m, offs_d, m_valid, sqb, sqh, sqn, sqd).to(tl.float32)
-        dm = dq_raw * q
-        if DTH_MODE == 1:
-            dmk_ptrs = DMK + (row_base + offs_m[:, None].to(tl.int64)) * HEAD_DIM + offs_d[None, :]
-            dm += tl.load(dmk_ptrs, mask=m_valid[:, None], other=0.0)
-        ds = dsoft_tile(TH, NZ, RNG, b64, h64, bh64, offs_m, offs_d, m_valid,
-                        stb, sth, stn, std, snb, snh, snn, snd, N, inv_tau, HEAD_DIM, MODE, TAU_ONE)
-        if DTH_MODE == 1:
-            _store_contig(DTH, dm * ds, bh64, offs_m, offs_d, m_valid, N, HEAD_DIM)
+        dk_raw = dk_acc * scale
+        if MASKED:  # the mask tile again (from L2): holding it through the loop costs registers
+            keep_k = tl.load(mask_ptrs(MSK, bh64, offs_n, N, HEAD_DIM), mask=n_valid[:, None], other=0.0)
         else:
-            part = tl.sum(tl.where(m_valid[:, None], dm * ds, 0.0), 0)
-            _store_row_partial(DTH, part, 1, bh64, BH, pid_m, NB_MAX, offs_d, HEAD_DIM)
+            keep_k = tl.full([1, 1], 1.0, DK.dtype.element_ty)
+        _store_contig(DK, dk_raw.to(DK.dtype.element_ty) * keep_k, bh64, offs_n, offs_d, n_valid, N, HEAD_DIM)
+        _store_contig(DV, dv_acc, bh64, offs_n, offs_d, n_valid, N, HEAD_DIM)
+        if DTH_MODE != 0:
+            k = load_bhnd(K, b64, h64, offs_n, offs_d, n_valid, skb, skh, skn, skd).to(tl.float32)
+        if DTH_MODE == 1:  # dM_k, finished in the epilogue (same rows of DTH)
+            _store_contig(DTH, dk_raw * k, bh64, offs_n, offs_d, n_valid, N, HEAD_DIM)
+        if DTH_MODE == 2:
+            ds = _dsoft(TH, NZ, RNG, DS, b64, h64, bh64, offs_n, offs_d, n_valid, stb, sth, stn, std,
+                        snb, snh, snn, snd, N, inv_tau, HEAD_DIM, MODE, TAU_ONE, DS_SAVED)
+            dth_row += tl.sum(tl.where(n_valid[:, None], dk_raw * k * ds, 0.0), 0)
+        tl.debug_barrier()  # DQACC (and DTH) rows are read by other threads of the program next
+
+    for start_m in range(0, N, BLOCK_M):  # epilogue: dq and dθ's query side
+        offs_m = start_m + tl.arange(0, BLOCK_M)
+        m_valid = offs_m < N
+        tile = (row_base + offs_m[:, None].to(tl.int64)) * HEAD_DIM + offs_d[None, :]  # contiguous buffers
+        dq_raw = tl.load(DQACC + tile, mask=m_valid[:, None], other=0.0) * scale
+        if MASKED:
+            dq = dq_raw.to(DQ.dtype.element_ty) * tl.load(MSK + tile, mask=m_valid[:, None], other=0.0)
+        else:
+            dq = dq_raw
+        tl.store(DQ + tile, dq.to(DQ.dtype.element_ty), mask=m_valid[:, None])
+        if DTH_MODE != 0:
+            q = load_bhnd(Q, b64, h64, offs_m, offs_d, m_valid, sqb, sqh, sqn, sqd).to(tl.float32)
+            dm = dq_raw * q
+            if DTH_MODE == 1:  # + dM_k, stored above
+                dm += tl.load(DTH + tile, mask=m_valid[:, None], other=0.0).to(tl.float32)
+            ds = _dsoft(TH, NZ, RNG, DS, b64, h64, bh64, offs_m, offs_d, m_valid, stb, sth, stn, std,
+                        snb, snh, snn, snd, N, inv_tau, HEAD_DIM, MODE, TAU_ONE, DS_SAVED)
+            if DTH_MODE == 1:
+                tl.store(DTH + tile, (dm * ds).to(DTH.dtype.element_ty), mask=m_valid[:, None])
+            else:
+                dth_row += tl.sum(tl.where(m_valid[:, None], dm * ds, 0.0), 0)
+    if DTH_MODE == 2:
+        tl.store(DTH + bh64 * HEAD_DIM + offs_d, dth_row)

@@ -5,12 +5,11 @@ compiles for sm_90 without spills — autotuned on GPU (keyed by N, ≤ 2 config
 ``RIBKERNELS_DCS_AUTOTUNE=0`` (read at each call); a fixed big-block config under
 ``TRITON_INTERPRET=1``. Tests may force ``config=(BLOCK_M, BLOCK_N)``.
 
-Backward path (``backward_path``): ``"fused"`` (default: one pass per key block, dQ accumulated with
-float32 atomics, then a finishing kernel; ``backward_fused.py``) or ``"split"`` (dK/dV and dQ passes,
-``backward.py``: bit-reproducible run to run). The split path is taken when
-``torch.are_deterministic_algorithms_enabled()``, or when asked: ``backward(..., path="split")`` or the
-environment variable ``RIBKERNELS_DCS_BACKWARD=split`` (``fused`` / ``auto`` = the default; read at
-each call). An explicit ``path=`` wins over both.
+Backward: one launch, one program per head (``backward.py``): deterministic (dq sums its key
+blocks in a fixed order, no atomics), bit-reproducible run to run. The former ``"fused"`` (dQ by
+float32 atomics + a finishing kernel) and ``"split"`` (dK/dV and dQ passes) paths are retired:
+``backward(..., path=...)`` and ``RIBKERNELS_DCS_BACKWARD`` are still accepted (validated) and
+ignored, with a ``DeprecationWarning``.
 
 Every launch runs under ``torch.cuda.device(q.device)``; all index arithmetic in the kernels is int64.
 The seed and the offset reach the kernels as a device tensor ``rng = [seed, offset]`` (int64), never as
@@ -19,14 +18,14 @@ scalars: no recompilation per seed, and a CUDA graph replays with whatever the c
 import contextlib
 import math
 import os
+import warnings
 from typing import Dict, List, Optional, Tuple
 
 import torch
 import triton
 
 from . import noise as NZ
-from .backward import dcs_bwd_delta_kernel, dcs_bwd_dkdv_kernel, dcs_bwd_dq_kernel
-from .backward_fused import dcs_bwd_dq_finish_kernel, dcs_bwd_fused_kernel
+from .backward import dcs_bwd_kernel
 from .debug import flat_noise_kernel
 from .forward import dcs_fwd_kernel
 from .interpreter_compat import fix_tensor_index
@@ -37,45 +36,39 @@ if INTERPRET:  # triton 3.6's interpreter under NumPy >= 2.4 (interpreter_compat
     fix_tensor_index()
 SEED_RANGE = (0, 2**63)
 PREPASS_ELEMS = 4096  # mask elements per pre-pass program (4 warps: 32 per thread, 8 Philox calls)
-DELTA_ROWS = 64
-FINISH_ELEMS = 2048  # elements per dq-finishing program: rows = FINISH_ELEMS // D >= MIN_BLOCK for D <= 128
-BACKWARD_PATHS = ("fused", "split")
-MIN_BLOCK = 16  # smallest BLOCK_M / BLOCK_N of any config: bounds the dθ partial rows
+RETIRED_BACKWARD_PATHS = ("fused", "split", "auto")  # accepted, ignored (one backward now)
+BACKWARD_PATHS = ("fused", "split")  # the retired paths' names, kept for callers that iterate them
 
 Config = Tuple[int, int, int, int]  # (BLOCK_M, BLOCK_N, num_warps, num_stages)
 
-# The shipped configs, per kernel and head dim (fp16/bf16). Each compiles for sm_90 without spills
-# (``python -m benchmarks.sm90_static``, run by CI; table in benchmarks/results/*-sm90-static/).
+# The shipped configs, per kernel and head dim (fp16/bf16). Each compiles for sm_90 without spills in
+# its attention loop, without serialised wgmma, and none is dominated (``python -m benchmarks.sm90_static --check``, run by CI;
+# tables in benchmarks/results/*-sm90-static/).
 SHIPPED: Dict[str, Dict[int, List[Config]]] = {
     "fwd": {16: [(64, 64, 4, 3)], 32: [(64, 64, 4, 3), (128, 64, 4, 3)],
-            64: [(64, 64, 4, 3), (128, 64, 8, 3)], 128: [(64, 64, 4, 2), (128, 64, 8, 2)]},
-    "dkdv": {16: [(64, 64, 4, 2)], 32: [(64, 64, 4, 2), (32, 64, 4, 2)],
-             64: [(64, 64, 4, 2), (32, 64, 4, 2)], 128: [(64, 64, 8, 2)]},
-    "dq": {16: [(64, 64, 4, 2)], 32: [(64, 64, 4, 2), (64, 64, 4, 3)],
-           64: [(64, 64, 4, 2), (64, 64, 4, 3)], 128: [(64, 64, 8, 2)]},
-    "fused": {16: [(64, 64, 4, 2)], 32: [(64, 64, 4, 2), (64, 128, 8, 2)],
-              64: [(64, 64, 4, 2), (64, 64, 8, 2)], 128: [(32, 64, 8, 2)]},
+            64: [(64, 64, 4, 3), (128, 64, 8, 3)], 128: [(64, 64, 4, 2)]},
+    "bwd": {16: [(64, 64, 4, 2)], 32: [(64, 64, 4, 2)], 64: [(64, 64, 4, 2), (64, 64, 4, 1)],
+            128: [(64, 64, 8, 2)]},
 }
-# The mask-off twins (``MASKED=False``: ``attention_unmasked``, the benchmarks' baseline) where the
-# masked kernel's config does not suit them: at D=128 ptxas serialises the fused mask-off kernel's
-# wgmma at ``32x64 w8`` (36 commit groups per iteration, C7515) where the masked kernel has 4 + mma.sync;
-# ``64x64 w8`` compiles it with 5 groups and no spill, so the baseline is not slowed by a compiler
-# artefact the masked kernel escapes (which would make the mask look cheaper than it is).
-SHIPPED_NOMASK: Dict[str, Dict[int, List[Config]]] = {"fused": {128: [(64, 64, 8, 2)]}}
+# The backward at D >= 64 with 2 stages keeps a few values on the stack outside its query loop
+# (reloaded once per key block, ≤ 56 B; ``sm90_static`` shows where each spill sits); 1 stage is
+# spill-free but loads each tile without prefetch: the autotuner times both.
+# The mask-off twins' own configs (``MASKED=False``: ``attention_unmasked``, the benchmarks'
+# baseline) where the masked kernel's do not suit them: the mask-off backward at D=64 compiles
+# spill-free with 2 stages, so its 1-stage config is dominated (more instructions, no prefetch).
+SHIPPED_NOMASK: Dict[str, Dict[int, List[Config]]] = {"bwd": {64: [(64, 64, 4, 2)]}}
 # float32 on GPU is routed to the SDPA backend (``backend.why_not``): with tf32x3 dots (fp32-class
-# accuracy) these, the smallest sensible tiles, still spill on sm_90 (4/6 of them at D=128, dK/dV at
-# D=32 and 64: 128-byte stack frames, 255 registers; see the sm90-static results). Kept so the static
+# accuracy) these, the smallest sensible tiles, still spill on sm_90 (see the sm90-static results'
+# fp32 rows: 255 registers and stack frames). Kept so the static
 # tool shows the evidence (``--candidates``); under the interpreter fp32 runs with the 16-bit lists.
 FP32_TF32X3_TRIED: Dict[str, Dict[int, List[Config]]] = {
     "fwd": {32: [(64, 32, 4, 2)], 64: [(64, 32, 4, 2)], 128: [(32, 32, 4, 2)]},
-    "dkdv": {32: [(32, 32, 4, 1)], 64: [(32, 32, 4, 1)], 128: [(16, 32, 4, 1)]},
-    "dq": {32: [(32, 32, 4, 1)], 64: [(32, 32, 4, 1)], 128: [(32, 16, 4, 1)]},
+    "bwd": {32: [(32, 32, 4, 1)], 64: [(32, 32, 4, 1)], 128: [(16, 32, 4, 1)]},
 }
-KERNELS = {"fwd": dcs_fwd_kernel, "dkdv": dcs_bwd_dkdv_kernel, "dq": dcs_bwd_dq_kernel,
-           "fused": dcs_bwd_fused_kernel}
-AUTOTUNE_KEYS = {"fwd": ["N"], "dkdv": ["N", "MASKED"], "dq": ["N", "MASKED"], "fused": ["N", "MASKED"]}
-# Autotuning runs a kernel several times: buffers it accumulates into must be zeroed before each run.
-RESET_TO_ZERO = {"fused": ["DQACC"]}
+KERNELS = {"fwd": dcs_fwd_kernel, "bwd": dcs_bwd_kernel}
+AUTOTUNE_KEYS = {"fwd": ["N"], "bwd": ["N", "MASKED"]}
+# The grid of each kernel: forward over query blocks × B·H, backward one program per head.
+GRID_AXIS = {"fwd": "BLOCK_M", "bwd": None}
 
 
 def shipped_configs(kernel: str, head_dim: int, dtype: torch.dtype, masked: bool = True) -> List[Config]:
@@ -105,18 +98,22 @@ def _tuned(kernel: str, head_dim: int, dtype: torch.dtype, masked: bool):
     if key not in _TUNED:
         cfgs = [triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=w, num_stages=s)
                 for bm, bn, w, s in shipped_configs(kernel, head_dim, dtype, masked)]
-        _TUNED[key] = triton.autotune(cfgs, key=AUTOTUNE_KEYS[kernel],
-                                      reset_to_zero=RESET_TO_ZERO.get(kernel))(KERNELS[kernel])
+        _TUNED[key] = triton.autotune(cfgs, key=AUTOTUNE_KEYS[kernel])(KERNELS[kernel])
     return _TUNED[key]
 
 
-def _launch(kernel: str, grid_axis: str, q: torch.Tensor, args, meta, config: Optional[Tuple[int, int]]):
-    """Launch ``kernel`` over (cdiv(N, BLOCK_<grid_axis>), B·H) with a shipped, forced or interpreter config."""
+def _grid(kernel: str, B: int, H: int, N: int, meta) -> tuple:
+    axis = GRID_AXIS[kernel]
+    return (B * H,) if axis is None else (triton.cdiv(N, meta[axis]), B * H)
+
+
+def _launch(kernel: str, q: torch.Tensor, args, meta, config: Optional[Tuple[int, int]]):
+    """Launch ``kernel`` (grid ``GRID_AXIS``) with a shipped, forced or interpreter config."""
     B, H, N, D = q.shape
     masked = bool(meta.get("MASKED", True))
     if config is None and autotune_enabled():
         fn = _tuned(kernel, D, q.dtype, masked)
-        fn[lambda m: (triton.cdiv(N, m[grid_axis]), B * H)](*args, **meta)
+        fn[lambda m: _grid(kernel, B, H, N, m)](*args, **meta)
         return
     if config is not None:
         bm, bn, w, s = (*config, 4, 1 if INTERPRET else 2)
@@ -125,9 +122,8 @@ def _launch(kernel: str, grid_axis: str, q: torch.Tensor, args, meta, config: Op
         bm, bn, w, s = b, b, 4, 1
     else:
         bm, bn, w, s = shipped_configs(kernel, D, q.dtype, masked)[0]
-    block = bm if grid_axis == "BLOCK_M" else bn
-    KERNELS[kernel][(triton.cdiv(N, block), B * H)](*args, **meta, BLOCK_M=bm, BLOCK_N=bn,
-                                                     num_warps=w, num_stages=s)
+    KERNELS[kernel][_grid(kernel, B, H, N, dict(BLOCK_M=bm, BLOCK_N=bn))](
+        *args, **meta, BLOCK_M=bm, BLOCK_N=bn, num_warps=w, num_stages=s)
 
 
 def device_guard(t: torch.Tensor):
@@ -201,13 +197,22 @@ def _int32_rows(t: torch.Tensor, rows: int) -> torch.Tensor:
     return t if (rows - 1) * t.stride(2) + (t.shape[3] - 1) * t.stride(3) < 2**31 else t.contiguous()
 
 
-def _prepass(theta, noise, shape, rng, mode: int, dtype: torch.dtype, q=None, k=None):
-    """Launch the pre-pass: the 0/1 mask in ``dtype`` and, given q and k, q⊙M and k⊙M (all contiguous)."""
+def dsoft_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype of the saved dθ factor soft·(1 − soft)/τ: float16 for 16-bit inputs (2 bytes, 11
+    significant bits, values ≤ 0.25/τ; below 6e-8 it flushes, where dθ is that small too), else float32."""
+    return torch.float16 if dtype in (torch.float16, torch.bfloat16) else torch.float32
+
+
+def _prepass(theta, noise, shape, rng, mode: int, dtype: torch.dtype, q=None, k=None, tau=None):
+    """Launch the pre-pass: the 0/1 mask in ``dtype`` and, given q and k, q⊙M and k⊙M (all contiguous);
+    given ``tau`` (a training mode), also dθ's factor soft·(1 − soft)/τ in ``dsoft_dtype(dtype)``."""
     B, H, N, D = shape
     mask = torch.empty(shape, dtype=dtype, device=theta.device)
     qm, km = (None, None) if q is None else (torch.empty_like(mask), torch.empty_like(mask))
+    save_ds = tau is not None and mode != NZ.MODE_EVAL
+    ds = torch.empty(shape, dtype=dsoft_dtype(dtype), device=theta.device) if save_ds else None
     if B * H == 0:
-        return mask, qm, km
+        return mask, qm, km, ds
     rows = prepass_rows(D)
     # The kernel's offsets inside a program are int32 (r·stride_n + d·stride_d, r < rows): a view
     # whose token stride is too large for that (> 2**31 / rows elements) is copied first.
@@ -218,9 +223,11 @@ def _prepass(theta, noise, shape, rng, mode: int, dtype: torch.dtype, q=None, k=
     qk_args = (mask,) * 4 + (0,) * 8 if q is None else (q, k, qm, km, *q.stride(), *k.stride())
     with device_guard(theta):
         dcs_mask_prepass_kernel[(triton.cdiv(N, rows), B * H)](
-            th, nz, rng, mask, *qk_args[:4], *st, *qk_args[4:], H, N, HEAD_DIM=D, MODE=mode, BLOCK_R=rows,
-            FAST=not INTERPRET, MASK_QK=q is not None, num_warps=4)
-    return mask, qm, km
+            th, nz, rng, mask, *qk_args[:4], ds if save_ds else mask, *st, *qk_args[4:], H, N,
+            1.0 / float(tau) if save_ds else 1.0, HEAD_DIM=D, MODE=mode, BLOCK_R=rows,
+            FAST=not INTERPRET, MASK_QK=q is not None, SAVE_DS=save_ds,
+            TAU_ONE=save_ds and float(tau) == 1.0, num_warps=4)
+    return mask, qm, km, ds
 
 
 def mask_prepass(theta, noise, shape, rng: torch.Tensor, mode: int, dtype: torch.dtype) -> torch.Tensor:
@@ -228,10 +235,13 @@ def mask_prepass(theta, noise, shape, rng: torch.Tensor, mode: int, dtype: torch
     return _prepass(theta, noise, shape, rng, mode, dtype)[0]
 
 
-def masked_qk_prepass(q, k, theta, noise, rng: torch.Tensor, mode: int):
+def masked_qk_prepass(q, k, theta, noise, rng: torch.Tensor, mode: int, tau: Optional[float] = None):
     """One pass over q, k, θ (and noise): ``(mask, q⊙M, k⊙M)``, contiguous ``[B, H, N, D]`` in q's
-    dtype. The mask is what the backward saves; q⊙M and k⊙M are the forward's operands (freed after it)."""
-    return _prepass(theta, noise, q.shape, rng, mode, q.dtype, q, k)
+    dtype. The mask is what the backward saves; q⊙M and k⊙M are the forward's operands (freed after it).
+    Given ``tau`` (θ needs a gradient, training mode): ``(mask, q⊙M, k⊙M, dsoft)``, dsoft = dθ's factor
+    soft·(1 − soft)/τ (``dsoft_dtype``), for ``backward(..., dsoft=)``."""
+    out = _prepass(theta, noise, q.shape, rng, mode, q.dtype, q, k, tau)
+    return out if tau is not None else out[:3]
 
 
 def forward(q, k, v, *, scale: float, config: Optional[Tuple[int, int]] = None):
@@ -242,36 +252,43 @@ def forward(q, k, v, *, scale: float, config: Optional[Tuple[int, int]] = None):
     lse = torch.empty((B, H, N), dtype=torch.float32, device=q.device)
     if B * H == 0:
         return out, lse
+    if scale < 0:  # the kernel takes the row max of raw scores, then scales: needs qk_scale >= 0
+        q, scale = -q, -scale  # (−q)·kᵀ·|scale| = q·kᵀ·scale: same out and LSE
     args = (q, k, v, out, lse, *q.stride(), *k.stride(), *v.stride(), *out.stride(),
             H, N, float(scale) * math.log2(math.e))
     meta = dict(HEAD_DIM=D, DOT_PREC=dot_precision(q.dtype))
     with device_guard(q):
-        _launch("fwd", "BLOCK_M", q, args, meta, config)
+        _launch("fwd", q, args, meta, config)
     return out, lse
 
 
 def backward_path(path: Optional[str] = None) -> str:
-    """``"fused"`` or ``"split"``: ``path`` if given, else ``"split"`` under
-    ``torch.are_deterministic_algorithms_enabled()``, else ``RIBKERNELS_DCS_BACKWARD`` (``fused``,
-    ``split`` or ``auto``; default ``auto`` = fused), read at each call."""
+    """The backward the launcher runs: always ``"head"`` (one program per head, deterministic).
+    ``path`` and ``RIBKERNELS_DCS_BACKWARD`` (the retired ``"fused"`` / ``"split"`` choice) are
+    validated — one of ``RETIRED_BACKWARD_PATHS`` — and ignored with a ``DeprecationWarning``."""
     if path is not None:
-        if path not in BACKWARD_PATHS:
-            raise ValueError(f"path must be one of {BACKWARD_PATHS} or None, got {path!r}")
-        return path
-    if torch.are_deterministic_algorithms_enabled():
-        return "split"
-    env = os.environ.get("RIBKERNELS_DCS_BACKWARD", "auto")
-    if env not in (*BACKWARD_PATHS, "auto"):
-        raise ValueError(f"RIBKERNELS_DCS_BACKWARD must be one of 'fused', 'split', 'auto', got {env!r}")
-    return "split" if env == "split" else "fused"
+        if path not in RETIRED_BACKWARD_PATHS:
+            raise ValueError(f"path must be one of {RETIRED_BACKWARD_PATHS} or None, got {path!r}")
+        warnings.warn(f"launch.backward(path={path!r}) is deprecated and ignored: there is one backward "
+                      "(one program per head, deterministic)", DeprecationWarning, stacklevel=3)
+    env = os.environ.get("RIBKERNELS_DCS_BACKWARD")
+    if env is not None:
+        if env not in RETIRED_BACKWARD_PATHS:
+            raise ValueError(f"RIBKERNELS_DCS_BACKWARD must be one of {RETIRED_BACKWARD_PATHS} (it is "
+                             f"deprecated and ignored), got {env!r}")
+        warnings.warn("RIBKERNELS_DCS_BACKWARD is deprecated and ignored: there is one backward "
+                      "(one program per head, deterministic)", DeprecationWarning, stacklevel=3)
+    return "head"
 
 
 def backward(dout, q, k, v, mask, out, lse, theta, noise, rng, *, scale: float, tau: float, mode: int,
              need_dtheta: bool, masked: bool = True, config: Optional[Tuple[int, int]] = None,
-             path: Optional[str] = None):
+             path: Optional[str] = None, dsoft: Optional[torch.Tensor] = None):
     """dq, dk, dv (contiguous, q's dtype) and dθ in θ's shape and dtype (None unless
-    ``need_dtheta`` in a training mode). ``path``: ``"fused"``, ``"split"`` or None (``backward_path``)."""
-    path = backward_path(path)
+    ``need_dtheta`` in a training mode); one launch of ``backward.dcs_bwd_kernel``. ``dsoft``: the
+    pre-pass's soft·(1 − soft)/τ (``masked_qk_prepass(..., tau=)``), read instead of regenerated.
+    ``path``: deprecated, validated and ignored (``backward_path``)."""
+    backward_path(path)
     B, H, N, D = q.shape
     if dout.dtype != q.dtype:  # the kernels' dots need dout in q's dtype
         dout = dout.to(q.dtype)
@@ -283,67 +300,37 @@ def backward(dout, q, k, v, mask, out, lse, theta, noise, rng, *, scale: float, 
         return dq, dk, dv, (torch.zeros_like(theta) if need else None)
     th, nz, st = _theta_noise_args(theta, noise, q.shape)
     per_token = theta.shape == q.shape
-    dmk = dq  # placeholder, never touched unless dth_mode == 1 on the split path
     if not need:
         dth_mode, dth = 0, dq
-    elif st[2] == 0 and N > 1:  # θ broadcast along tokens: reduce over rows in-kernel
+    elif st[2] == 0 and N > 1:  # θ broadcast along tokens: one row per head, summed in-kernel
         dth_mode = 2
-        dth = torch.empty((2, B * H, triton.cdiv(N, MIN_BLOCK), D), dtype=torch.float32, device=q.device)
+        dth = torch.empty((B * H, D), dtype=torch.float32, device=q.device)
     else:
         dth_mode = 1
-        if path == "split":
-            dmk = torch.empty((B, H, N, D), dtype=torch.float32, device=q.device)
         dth = torch.empty((B, H, N, D), dtype=theta.dtype if per_token else torch.float32, device=q.device)
+    # Scratch, written before it is read (no memset): delta per row, dq's float32 accumulator.
     delta = torch.empty((B, H, N), dtype=torch.float32, device=q.device)
+    dqacc = torch.empty((B, H, N, D), dtype=torch.float32, device=q.device)
+    msk = mask if masked else q
+    rng = q if rng is None else rng  # placeholder pointer: read only in Philox mode
+    ds_saved = dth_mode != 0 and dsoft is not None
+    if ds_saved and (tuple(dsoft.shape) != (B, H, N, D) or not dsoft.is_contiguous()):
+        raise ValueError(f"dsoft must be a contiguous [B, H, N, D] = {[B, H, N, D]} tensor (the pre-pass's), "
+                         f"got shape {tuple(dsoft.shape)}")
+    args = (q, k, v, msk, out, dout, lse, delta, dk, dv, dq, dqacc, th, nz, rng, dsoft if ds_saved else dq, dth,
+            *q.stride(), *k.stride(),
+            *v.stride(), *out.stride(), *dout.stride(), *st, H, N, float(scale) * math.log2(math.e),
+            float(scale), 1.0 / float(tau))
+    meta = dict(HEAD_DIM=D, MASKED=bool(masked), DOT_PREC=dot_precision(q.dtype), MODE=mode,
+                DTH_MODE=dth_mode, TAU_ONE=float(tau) == 1.0, DS_SAVED=ds_saved)
     with device_guard(q):
-        dcs_bwd_delta_kernel[(triton.cdiv(N, DELTA_ROWS), B * H)](
-            out, dout, delta, *out.stride(), *dout.stride(), H, N, HEAD_DIM=D, BLOCK=DELTA_ROWS, num_warps=4)
-        nb_max = dth.shape[2] if dth_mode == 2 else 0
-        msk = mask if masked else q
-        rng = q if rng is None else rng  # placeholder pointer: read only in Philox mode
-        if path == "split":
-            common = (*q.stride(), *k.stride(), *v.stride(), *dout.stride(), *st, H, N, B * H, nb_max,
-                      float(scale) * math.log2(math.e), float(scale), 1.0 / float(tau))
-            meta = dict(HEAD_DIM=D, MASKED=bool(masked), DOT_PREC=dot_precision(q.dtype), MODE=mode,
-                        DTH_MODE=dth_mode, TAU_ONE=float(tau) == 1.0)
-            _launch("dkdv", "BLOCK_N", q, (q, k, v, msk, dout, lse, delta, dk, dv, dmk, th, nz, rng, dth, *common),
-                    meta, config)
-            _launch("dq", "BLOCK_M", q, (q, k, v, msk, dout, lse, delta, dq, dmk, th, nz, rng, dth, *common),
-                    meta, config)
-        else:
-            _backward_fused(dout, q, k, v, msk, lse, delta, dq, dk, dv, th, nz, st, rng, dth, dth_mode, nb_max,
-                            scale=scale, tau=tau, mode=mode, masked=masked, config=config)
+        _launch("bwd", q, args, meta, config)
     if dth_mode == 0:
         return dq, dk, dv, None
-    if dth_mode == 2:
-        dtheta = dth.sum(dim=(0, 2)).reshape(B, H, 1, D)
-    else:
-        dtheta = dth
+    dtheta = dth.reshape(B, H, 1, D) if dth_mode == 2 else dth
     if not per_token:
         dtheta = reduce_to_shape(dtheta, theta.shape)
     return dq, dk, dv, dtheta.to(theta.dtype)
-
-
-def finish_rows(head_dim: int) -> int:
-    """Tokens per dq-finishing program (FINISH_ELEMS elements; >= MIN_BLOCK, which bounds dθ's rows)."""
-    return max(MIN_BLOCK, FINISH_ELEMS // head_dim)
-
-
-def _backward_fused(dout, q, k, v, msk, lse, delta, dq, dk, dv, th, nz, st, rng, dth, dth_mode, nb_max, *,
-                    scale, tau, mode, masked, config):
-    """The single-pass backward (``backward_fused.py``) into dq, dk, dv, dth; under the device guard."""
-    B, H, N, D = q.shape
-    dqacc = torch.zeros((B, H, N, D), dtype=torch.float32, device=q.device)
-    meta = dict(HEAD_DIM=D, MASKED=bool(masked), MODE=mode, DTH_MODE=dth_mode, TAU_ONE=float(tau) == 1.0)
-    _launch("fused", "BLOCK_N", q,
-            (q, k, v, msk, dout, lse, delta, dk, dv, dqacc, th, nz, rng, dth, *q.stride(), *k.stride(),
-             *v.stride(), *dout.stride(), *st, H, N, B * H, nb_max, float(scale) * math.log2(math.e),
-             float(scale), 1.0 / float(tau)),
-            dict(meta, DOT_PREC=dot_precision(q.dtype)), config)
-    rows = finish_rows(D)
-    dcs_bwd_dq_finish_kernel[(triton.cdiv(N, rows), B * H)](
-        dqacc, q, msk, dq, th, nz, rng, dth, *q.stride(), *st, H, N, B * H, nb_max,
-        float(scale), 1.0 / float(tau), **meta, BLOCK_M=rows, num_warps=4)
 
 
 def reduce_to_shape(t: torch.Tensor, shape) -> torch.Tensor:

@@ -20,7 +20,7 @@ backends' C++ pre-pass, ``ribkernels/dcs/prepass.py``, makes q⊙M and k⊙M too
 import triton
 import triton.language as tl
 
-from .noise import keep_philox, tile_bits, uniform_open01_mantissa
+from .noise import dsigmoid, dsoft_philox_tau1, keep_philox, logistic_from_uniform, tile_bits, uniform_open01_mantissa
 
 
 @triton.jit
@@ -34,16 +34,18 @@ def load_block(BASE, rows, offs_d, sn, sd):
 
 @triton.jit(do_not_specialize=["H", "N"])  # shape scalars: no recompile per value
 def dcs_mask_prepass_kernel(
-    TH, NZ, RNG, MASK, Q, K, QM, KM,
+    TH, NZ, RNG, MASK, Q, K, QM, KM, DS,
     stb, sth, stn, std, snb, snh, snn, snd, sqb, sqh, sqn, sqd, skb, skh, skn, skd,
-    H, N,
+    H, N, inv_tau,
     HEAD_DIM: tl.constexpr, MODE: tl.constexpr, BLOCK_R: tl.constexpr, FAST: tl.constexpr,
-    MASK_QK: tl.constexpr,
+    MASK_QK: tl.constexpr, SAVE_DS: tl.constexpr, TAU_ONE: tl.constexpr,
 ):
     """MASK (contiguous ``[B, H, N, D]``, 0/1) for tokens ``[pid·BLOCK_R, +BLOCK_R)`` of head
     ``bh = program_id(1)``; with MASK_QK also QM = q⊙M and KM = k⊙M (contiguous, MASK's dtype = q's).
     θ, noise, q and k are read through the strides of their ``[B, H, N, D]`` views.
     MODE 0: θ > 0; 1: θ + noise > 0; 2: u > sigmoid(−θ) with u of (seed, offset) = RNG[0], RNG[1].
+    SAVE_DS (MODE 1, 2): also DS = soft·(1 − soft)/τ (contiguous; float16 for 16-bit inputs), the
+    factor of dθ the backward then reads instead of regenerating u (``noise.dsoft_tile``).
     FAST: inline-PTX exp (False under the interpreter).
     Addresses: one int64 base per tensor and program (uniform), int32 offsets inside the program
     (``BLOCK_R`` tokens: the launcher checks ``BLOCK_R·|stride| < 2**31``) — one IMAD.WIDE per row
@@ -82,3 +84,11 @@ def dcs_mask_prepass_kernel(
         tl.store(QM + out0 + tile, qm, mask=valid[:, None])
         tl.store(KM + out0 + tile, km, mask=valid[:, None])
     tl.store(MASK + out0 + tile, keep, mask=valid[:, None])
+    if SAVE_DS:  # dθ's factor soft·(1 − soft)/τ for the backward (training modes only), in DS's dtype
+        if MODE == 1:
+            ds = dsigmoid((theta + noise.to(tl.float32)) * inv_tau) * inv_tau
+        elif TAU_ONE:
+            ds = dsoft_philox_tau1(u, theta)
+        else:
+            ds = dsigmoid((theta + logistic_from_uniform(u)) * inv_tau) * inv_tau
+        tl.store(DS + out0 + tile, ds.to(DS.dtype.element_ty), mask=valid[:, None])
