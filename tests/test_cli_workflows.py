@@ -458,7 +458,7 @@ def test_plots_have_complete_legends_markers_and_integer_epochs(tmp_path, monkey
         figs[name] = fig
         return name
 
-    monkeypatch.setattr(reporting, "_save", keep)
+    monkeypatch.setattr(reporting, "save_figure", keep)
     metrics = {"epochs": [{"epoch": 1, "loss": 3.0, "loss_id": 2.0, "loss_tri": 1.0, "ibb": 0.2, "ibb_term1": -1.0,
                            "ibb_term2": 1.2, "keep_fraction": 0.9}],
                "evals": [{"epoch": 1, "mAP": 0.1, "rank1": 0.2, "mINP": 0.05}]}

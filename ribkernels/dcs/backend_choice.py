@@ -205,7 +205,7 @@ def versions() -> Dict[str, str]:
         triton_version = metadata.version("triton")
     except metadata.PackageNotFoundError:
         triton_version = "none"
-    from .. import __version__
+    from .._version import __version__
 
     return {"torch": torch.__version__, "triton": triton_version, "ribkernels": __version__}
 

@@ -212,7 +212,7 @@ def plot_rib(metrics: Dict, out_dir: str) -> Optional[str]:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from .reporting import _save, legend_outside
+    from .reporting import save_figure, legend_outside
 
     def series(key):
         pts = [(r["epoch"], r[key]) for r in epochs if r.get(key) is not None]
@@ -268,4 +268,4 @@ def plot_rib(metrics: Dict, out_dir: str) -> Optional[str]:
     for a in axes.flat:
         a.set_xlabel("epoch")
         a.xaxis.set_major_locator(MaxNLocator(integer=True))
-    return _save(fig, out_dir, "rib.png")
+    return save_figure(fig, out_dir, "rib.png")
