@@ -55,8 +55,6 @@ EXPECTED = {
     ("private", "ribkernels.dcs.prepass", "ribkernels.ibb._ext"),
     # Fixed by later commits on this branch (measured first, removed one by one):
     ("cycle", "ribkernels.reid.custom", "ribkernels.reid.datasets", "ribkernels.reid.synthetic"),
-    ("upward", "ribkernels.engine.trainer", "ribkernels.inference"),
-    ("private", "ribkernels.engine.trainer", "ribkernels.engine.components._labels"),
     ("private", "ribkernels.engine.validate", "ribkernels.reid.datasets._ALIASES"),
     ("private", "ribkernels.reid.custom", "ribkernels.reid.datasets._check_args"),
     ("private", "ribkernels.reid.custom", "ribkernels.reid.datasets._finish"),

@@ -225,9 +225,9 @@ def test_ctrl_c_in_the_last_iteration_skips_the_final_evaluation_and_exits_130(d
 
 def test_ctrl_c_during_the_final_evaluation_stops_it_and_exits_130(data_root, full_run, stopped_run, tmp_path,
                                                                    monkeypatch):
-    from ribkernels.engine import components
+    from ribkernels.engine import evaluation
 
-    evaluate, calls = components.evaluate, []
+    evaluate, calls = evaluation.evaluate, []
 
     def interrupted_once(*a, **k):  # a real SIGINT to this process, as Ctrl-C sends it
         calls.append(1)
@@ -235,7 +235,7 @@ def test_ctrl_c_during_the_final_evaluation_stops_it_and_exits_130(data_root, fu
             os.kill(os.getpid(), signal.SIGINT)
         return evaluate(*a, **k)
 
-    monkeypatch.setattr(components, "evaluate", interrupted_once)
+    monkeypatch.setattr(evaluation, "evaluate", interrupted_once)
     run = _copy(stopped_run, tmp_path / "run")
     rc, err = train(*_args(data_root, run, *RUN, "--resume", "auto"))
     assert rc == 130 and len(calls) == 1, err

@@ -11,7 +11,12 @@ import torch
 
 from ..reid.datasets import CorruptImageError
 from . import checkpoint as ckpt_io
-from . import components
+from . import data as data_mod
+from . import evaluation
+from . import features
+from . import ibb_terms
+from . import losses
+from . import model as model_mod
 from . import distributed as du
 from . import resume as resume_rules
 from . import rib_logging
@@ -158,17 +163,17 @@ class Trainer:
         if s["num_threads"]:
             torch.set_num_threads(int(s["num_threads"]))
         ckpt_io.seed_everything(s["seed"])  # same model initialisation on every rank
-        self.data = components.build_data(cfg, self.rank, self.world, train=not self.eval_only)
+        self.data = data_mod.build_data(cfg, self.rank, self.world, train=not self.eval_only)
         if not self.eval_only:  # e.g. more IBB clusters than training images (evaluation fits none)
             check_training_set(cfg, len(self.data.train), self.data.num_classes)
         self.log.info("dataset %s: %d train images of %d ids / %d cameras, %d query, %d gallery (folder %s)",
                       cfg["data"]["dataset"], len(self.data.train), self.data.num_classes, self.data.num_cams,
                       len(self.data.query), len(self.data.gallery), os.path.abspath(self.data.root) if self.data.root
                       else "-")
-        self.model = components.build_model(cfg, self.data).to(self.device)
+        self.model = model_mod.build_model(cfg, self.data).to(self.device)
         self.log.info("model %s (attn %s): %.2fM parameters", cfg["model"]["name"], cfg["model"]["attn_impl"],
                       sum(p.numel() for p in self.model.parameters()) / 1e6)
-        self.ibb = components.build_ibb(cfg, self.data, self.model)
+        self.ibb = ibb_terms.build_ibb(cfg, self.data, self.model)
         if self.ibb is not None:
             self.ibb.to(self.device)
 
@@ -217,7 +222,7 @@ class Trainer:
     def _setup_training(self, s: Dict) -> None:
         """PK batches per epoch, optimizer, schedule and losses (not built by --eval-only)."""
         cfg = self.cfg
-        self.iters_per_epoch = len(components.epoch_indices(self.data, cfg, s["seed"], 0, self.rank, self.world)) \
+        self.iters_per_epoch = len(data_mod.epoch_indices(self.data, cfg, s["seed"], 0, self.rank, self.world)) \
             // self.local_batch
         if s["max_iters_per_epoch"]:
             self.iters_per_epoch = min(self.iters_per_epoch, int(s["max_iters_per_epoch"]))
@@ -229,7 +234,7 @@ class Trainer:
             self.optimizer, total_iters=s["epochs"] * self.iters_per_epoch,
             warmup_iters=min(s["epochs"], s["warmup_epochs"]) * self.iters_per_epoch,
             warmup_factor=s["warmup_factor"], min_factor=s["min_lr_factor"])
-        self.id_loss, self.tri_loss = components.build_losses(cfg, self.data.num_classes)
+        self.id_loss, self.tri_loss = losses.build_losses(cfg, self.data.num_classes)
 
     @property
     def local_batch(self) -> int:
@@ -356,7 +361,7 @@ class Trainer:
             return None
         t0 = time.time()
         if not self.input_clusters_ready:
-            images = components.input_cluster_images(self.data, self.cfg, self.cfg["solver"]["seed"],
+            images = ibb_terms.input_cluster_images(self.data, self.cfg, self.cfg["solver"]["seed"],
                                                      self.rank, self.world)
             self.ibb.set_input_clusters(images.to(self.device))
             self.input_clusters_ready = True
@@ -367,11 +372,11 @@ class Trainer:
             loader = self.data.train_eval_loader(self.cfg, self.rank, self.world)
             with self.task_progress(f"IBB refresh at epoch {epoch + 1}: training-set features",
                                     len(loader.dataset)) as bar:
-                feats, labels = components.extract_global_features(
+                feats, labels = features.extract_global_features(
                     self.model, loader, self.device, self._autocast,
                     {**self.cfg["model"], "ibb_after_neck": c["ibb_feature"] == "after"}, progress=bar)
         if c.get("control") == "shuffled_q":  # the control: Q from labels shuffled across the features
-            labels = components.shuffled_labels(labels, self.cfg["solver"]["seed"], epoch, self.rank)
+            labels = ibb_terms.shuffled_labels(labels, self.cfg["solver"]["seed"], epoch, self.rank)
         self.ibb.refresh(feats, labels)
         self._want_grad_ratio = True
         dt = time.time() - t0
@@ -410,11 +415,11 @@ class Trainer:
         if self.ibb is not None and self.cfg["ibb"]["refresh_features"] == "train_memory":
             self._feat_memory.append((feat.detach().float(), pids))
         if self.ibb_active(epoch):
-            ibb, t1, t2 = components.ibb_terms(self.ibb, feat.float(), pids, images)
+            ibb, t1, t2 = ibb_terms.ibb_terms(self.ibb, feat.float(), pids, images)
             applied = l["eta"] * ibb
             if self.cfg["ibb"].get("control") == "prototype":  # the non-IB control replaces the IBB's gradient
-                ctrl = components.prototype_loss(self.ibb, feat, pids)
-                scale = components.matched_scale(applied, ctrl, feat) if feat.requires_grad \
+                ctrl = ibb_terms.prototype_loss(self.ibb, feat, pids)
+                scale = ibb_terms.matched_scale(applied, ctrl, feat) if feat.requires_grad \
                     else torch.full((), float(l["eta"]), device=ctrl.device)
                 applied = scale * ctrl
                 terms.update(control_loss=ctrl.detach(), control_scale=scale)
@@ -431,7 +436,7 @@ class Trainer:
     def train_step(self, batch, epoch: int, with_keep_fraction: bool = True):
         """One optimiser step; returns the detached loss terms (tensors) and, if asked, the fraction of
         kept DCS channels (a host sync on GPU)."""
-        images, pids, camids, viewids = components.unpack(batch, self.device)
+        images, pids, camids, viewids = data_mod.unpack(batch, self.device)
         self._last_batch = (images, camids, viewids)
         self.net.train()
         track = with_keep_fraction and self.cfg["output"]["keep_fraction_log"]
@@ -512,7 +517,7 @@ class Trainer:
         else:
             refresh_s = partial["refresh_s"] if partial else None
             refresh_record = (partial.get("refresh_record") or {}) if partial else {}
-        indices = components.epoch_indices(self.data, cfg, cfg["solver"]["seed"], epoch, self.rank, self.world,
+        indices = data_mod.epoch_indices(self.data, cfg, cfg["solver"]["seed"], epoch, self.rank, self.world,
                                            min_len=self.iters_per_epoch * self.local_batch)
         indices = indices[: self.iters_per_epoch * self.local_batch][start_iter * self.local_batch:]
         loader = self.data.train_loader(cfg, indices, self.local_batch,
@@ -573,7 +578,7 @@ class Trainer:
             if cfg["output"]["keep_fraction_log"] and self._last_batch is not None:
                 imgs, cams, views = self._last_batch
                 record.update(rib_logging.eval_keep_fractions(
-                    self.model, imgs, **components._labels(cfg["model"], cams, views)))
+                    self.model, imgs, **model_mod.model_inputs(cfg["model"], cams, views)))
         local = torch.stack([sums[k] / counts[k] for k in sorted(sums)])
         if self.world > 1:  # the same keys on every rank: mean over ranks
             local = du.all_reduce_mean(local)
@@ -658,7 +663,7 @@ class Trainer:
         if self.main:
             t0 = time.time()
             e = self.cfg["eval"]
-            res = components.evaluate(self.model, self.data, self.cfg, self.device, self._autocast,
+            res = evaluation.evaluate(self.model, self.data, self.cfg, self.device, self._autocast,
                                       progress=self.task_progress)
             result = {"epoch": epoch, **res, "time_s": time.time() - t0}
             self.log.info("eval epoch %d: mAP %.2f%% Rank-1 %.2f%% Rank-5 %.2f%% Rank-10 %.2f%% mINP %.2f%% (%.1fs)",
@@ -670,16 +675,16 @@ class Trainer:
                 if rib_logging.dcs_modules(self.model) and self.cfg["output"]["keep_fraction_log"]:
                     # per-block eval masks on a fixed batch (the first query images), so a resumed run
                     # that only evaluates records what the uninterrupted one does
-                    imgs, _, cams, views = components.unpack(
+                    imgs, _, cams, views = data_mod.unpack(
                         next(iter(self.data.test_loader(self.cfg, self.data.query[: self.local_batch]))), self.device)
                     final_rec.update(rib_logging.eval_keep_fractions(
-                        self.model, imgs, **components._labels(self.cfg["model"], cams, views)))
+                        self.model, imgs, **model_mod.model_inputs(self.cfg["model"], cams, views)))
                 if "eval_keep_fraction" in final_rec:
                     final_rec["keep_fraction"] = final_rec["eval_keep_fraction"]
                 elif self.model_keep_fraction_eval() is not None:
                     final_rec["keep_fraction"] = self.model_keep_fraction_eval()
                 if e["occlusion"]:
-                    occ = components.occlusion_table(self.model, self.data, self.cfg, self.device, self._autocast,
+                    occ = evaluation.occlusion_table(self.model, self.data, self.cfg, self.device, self._autocast,
                                                      progress=self.task_progress)
                     final_rec["occlusion"] = occ
                     self.log.info("\n" + results_table(
@@ -708,11 +713,10 @@ class Trainer:
         epoch = 0
         if checkpoint:
             from .model_file import EVAL_TIME_MODEL_KEYS, eval_config, read_model_file
-            from ..inference import build_model_from_file
 
             mf = model_file or read_model_file(checkpoint)
             cfg = eval_config(mf.config, self.cfg, [f"model.{k}" for k in EVAL_TIME_MODEL_KEYS])
-            self.model = build_model_from_file(mf, cfg, checkpoint).to(self.device)
+            self.model = model_mod.build_model_from_file(mf, cfg, checkpoint).to(self.device)
             epoch = mf.epoch
         elif self.cfg["model"]["pretrained"]:
             self.log.info("--eval-only without --checkpoint: evaluating the model with the --pretrained weights %s",
