@@ -3,7 +3,7 @@ the images, and the model a checkpoint's own config describes (shared by trainin
 evaluate-a-checkpoint and :mod:`ribkernels.inference`)."""
 import copy
 from types import SimpleNamespace
-from typing import Dict
+from typing import Dict, List
 
 import torch
 
@@ -43,3 +43,10 @@ def build_model_from_file(mf: ModelFile, cfg: Dict, path: str = "checkpoint") ->
         raise ValueError(f"checkpoint {path}: its weights do not fit the model its own config describes "
                          f"({cfg['model']['name']}, attn {cfg['model']['attn_impl']}): {exc}") from exc
     return model.eval()
+
+
+def dcs_modules(model: torch.nn.Module) -> List[torch.nn.Module]:
+    """The DCSAttention modules of ``model`` in module order (blocks, then the JPM block)."""
+    from ..nn.dcs_attention import DCSAttention
+
+    return [m for m in model.modules() if isinstance(m, DCSAttention)]

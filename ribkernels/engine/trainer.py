@@ -19,6 +19,7 @@ from . import model as model_mod
 from . import resume as resume_rules
 from . import rib_logging
 from . import run_folder as rf
+from . import tau_schedule
 from .checkpoint_state import CheckpointState
 from .ibb_schedule import IBBSchedule
 from .run_evaluation import RunEvaluation
@@ -312,8 +313,8 @@ class Trainer(CheckpointState, IBBSchedule, RunEvaluation, StopHandling):
         partial = getattr(self, "_resume_partial", None) if start_iter else None
         self._resume_partial = None
         m = cfg["model"]
-        tau = rib_logging.tau_at(epoch, cfg["solver"]["epochs"], m["tau"], m["tau_end"], m["tau_schedule"])
-        rib_logging.set_tau(self.model, tau)
+        tau = tau_schedule.tau_at(epoch, cfg["solver"]["epochs"], m["tau"], m["tau_end"], m["tau_schedule"])
+        tau_schedule.set_tau(self.model, tau)
         if start_iter == 0:
             ckpt_io.seed_everything(_epoch_seed(cfg["solver"]["seed"], epoch, self.rank))
             try:
