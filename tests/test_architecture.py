@@ -53,16 +53,6 @@ EXPECTED = {
     # The DCS CPU pre-pass loads the extension through the IBB's private loader; fixed by moving the
     # extension loader to the package root (issue item 1, IBB branch).
     ("private", "ribkernels.dcs.prepass", "ribkernels.ibb._ext"),
-    # Fixed by later commits on this branch (measured first, removed one by one):
-    ("cycle", "ribkernels.reid.custom", "ribkernels.reid.datasets", "ribkernels.reid.synthetic"),
-    ("private", "ribkernels.engine.validate", "ribkernels.reid.datasets._ALIASES"),
-    ("private", "ribkernels.reid.custom", "ribkernels.reid.datasets._check_args"),
-    ("private", "ribkernels.reid.custom", "ribkernels.reid.datasets._finish"),
-    ("private", "ribkernels.reid.occlusion", "ribkernels.reid.synthetic._draw_person"),
-    ("private", "ribkernels.reid.occlusion", "ribkernels.reid.synthetic._footprint"),
-    ("private", "ribkernels.reid.occlusion", "ribkernels.reid.synthetic._hsv"),
-    ("private", "ribkernels.reid.occlusion", "ribkernels.reid.synthetic._identity"),
-    ("private", "ribkernels.reid.occlusion", "ribkernels.reid.synthetic._shift"),
 }
 
 
@@ -210,7 +200,6 @@ def test_expected_violations_still_exist():
     assert not gone, "fixed; remove from EXPECTED:\n" + "\n".join(map(repr, gone))
 
 
-@pytest.mark.xfail(reason="entries outside the IBB/Triton rooms are being removed on this branch", strict=True)
 def test_expected_violations_are_only_in_the_rooms_other_branches_own():
     rooms = ("ribkernels.ibb", "ribkernels.nn.ibb_loss", "ribkernels.dcs.triton", "ribkernels.dcs.prepass")
     for kind, mod, *_ in EXPECTED:

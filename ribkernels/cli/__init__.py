@@ -66,7 +66,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     commands = available(argv)
     parser = build_parser(commands)
     args = parser.parse_args(argv)
-    from ..reid.datasets import CorruptImageError  # an unreadable image: its path, no traceback
+    from ..reid.dataset_types import CorruptImageError  # an unreadable image: its path, no traceback
 
     try:
         return int(args._command.run(args) or 0)

@@ -7,7 +7,7 @@ from typing import Optional
 
 import torch
 
-from ..reid.datasets import CorruptImageError
+from ..reid.dataset_types import CorruptImageError
 from . import distributed as du
 
 

@@ -9,7 +9,7 @@ from typing import Dict, List, Optional
 
 import torch
 
-from ..reid.datasets import CorruptImageError
+from ..reid.dataset_types import CorruptImageError
 from . import checkpoint as ckpt_io
 from . import data as data_mod
 from . import distributed as du

@@ -123,16 +123,16 @@ def _model_names() -> Sequence[str]:
 
 
 def _dataset_ok(v) -> bool:
-    from ..reid import datasets
+    from ..reid import registry as datasets
 
-    name = datasets._ALIASES.get(v.lower(), v.lower()) if isinstance(v, str) else None
+    name = datasets.ALIASES.get(v.lower(), v.lower()) if isinstance(v, str) else None
     return name is not None and (name in datasets.DATASETS or name in datasets.BUILTIN_DATASETS)
 
 
 def _dataset_names() -> str:
-    from ..reid import datasets
+    from ..reid import registry as datasets
 
-    names = set(datasets.DATASETS) | set(datasets.BUILTIN_DATASETS) | set(datasets._ALIASES)
+    names = set(datasets.DATASETS) | set(datasets.BUILTIN_DATASETS) | set(datasets.ALIASES)
     return "one of " + " | ".join(sorted(names)) + " (or a name added with ribkernels.reid.register_dataset)"
 
 
@@ -283,14 +283,9 @@ _DATASET_SET = ("self", "root", "verify", "on_corrupt")
 
 def _dataset_parameters(name: str) -> Optional[List[str]]:
     """What ``data.dataset_kwargs`` may hold for dataset ``name`` (the loader's keyword arguments)."""
-    from ..reid import datasets
+    from ..reid import registry as datasets
 
-    key = datasets._ALIASES.get(name.lower(), name.lower())
-    if key == "synthetic" and key not in datasets.DATASETS:
-        from ..reid import synthetic  # noqa: F401  (registers itself)
-    if key in ("csv", "folder") and key not in datasets.DATASETS:
-        from ..reid import custom  # noqa: F401  (registers itself)
-    loader = datasets.DATASETS.get(key)
+    loader = datasets.find_loader(name)
     if loader is None:
         return None
     declared = getattr(loader, "accepted_kwargs", None)  # a loader taking **kwargs may list what it takes

@@ -1,9 +1,10 @@
 """``ribkernels.reid``: what a Re-ID training script needs besides the model (SPEC §4) — dataset
 loaders and a synthetic dataset, transforms, PK samplers, an image dataset, ID/triplet losses,
 evaluation (CMC/mAP/mINP, chunked distances, re-ranking) and an occlusion stress test."""
-from .datasets import (DATASETS, CorruptImageError, DatasetLayoutError, ReIDData, build_dataset,
-                       load_dukemtmc, load_market1501, load_msmt17, load_occluded_duke, register_dataset,
-                       check_dataset, relabel)
+from .dataset_types import CorruptImageError, DatasetLayoutError, ReIDData, relabel
+from .dataset_check import check_dataset
+from .loaders import load_dukemtmc, load_market1501, load_msmt17, load_occluded_duke
+from .registry import DATASETS, build_dataset, register_dataset
 from .image_check import check_images
 from .custom import load_csv_dataset, load_folder_dataset
 from .synthetic import SyntheticConfig, load_synthetic, make_synthetic_market

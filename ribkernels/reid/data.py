@@ -9,7 +9,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 from PIL import Image
 from torch.utils.data import Dataset
 
-from .datasets import CorruptImageError
+from .dataset_types import CorruptImageError
 
 __all__ = ["ImageDataset", "read_image"]
 
