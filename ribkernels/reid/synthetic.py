@@ -6,7 +6,7 @@ illumination (colour cast, gain, gamma, contrast), blur, noise and JPEG quality,
 colours; every image gets random background clutter and, with some probability, a random occluder
 (a vehicle/bench band from below, a pole, or a passer-by block). Backgrounds never depend on the
 identity, so identity has to be read from the person. Sizes default small enough that a small model
-trains on a CPU in minutes. See ``SYNTHETIC.md`` for how hard it is.
+trains on a CPU in minutes. See ``docs/synthetic.md`` for how hard it is.
 
     root = make_synthetic_market()             # ~/.cache/ribkernels/synthetic_market/<config>/
     data = build_dataset("synthetic")          # generated on first use, then read by the Market loader
