@@ -25,7 +25,7 @@ def measure_run(run_dir: str, split: str = "query", max_images: int = 512, batch
     from ribkernels.engine import components
     from ribkernels.engine.rib_logging import nuisance_token_stats
     from ribkernels.inference import eval_transform, load_model
-    from ribkernels.reid.data import read_image
+    from ribkernels.reid.image_dataset import read_image
     from ribkernels.reid.synthetic import load_ground_truth, make_synthetic_market
 
     path = os.path.join(run_dir, "final.pth")

@@ -163,7 +163,7 @@ class _Images(torch.utils.data.Dataset):
         return len(self.paths)
 
     def __getitem__(self, i):
-        from .reid.data import read_image  # raises CorruptImageError naming the path
+        from .reid.image_dataset import read_image  # raises CorruptImageError naming the path
 
         cam = -1 if self.camids is None else int(self.camids[i])
         return self.transform(read_image(self.paths[i])), cam

@@ -41,7 +41,7 @@ def test_import_loads_no_dynamo_no_triton_and_costs_under_half_a_second_over_tor
 
 def test_lazy_constant_mark_equals_torch_compiler_decorator():
     """The mark prepass sets without dynamo is the one torch.compiler.assume_constant_result sets."""
-    from ribkernels.dcs import prepass
+    from ribkernels.dcs import cpu_prepass as prepass
 
     def ours():
         return True

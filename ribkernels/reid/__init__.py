@@ -10,7 +10,7 @@ from .custom import load_csv_dataset, load_folder_dataset
 from .synthetic import SyntheticConfig, load_synthetic, make_synthetic_market
 from .transforms import build_transforms
 from .sampler import DistributedRandomIdentitySampler, RandomIdentitySampler
-from .data import ImageDataset, read_image
+from .image_dataset import ImageDataset, read_image
 from .losses import CrossEntropyLabelSmooth, TripletLoss
 from .evaluation import RankResult, compute_distance_matrix, evaluate, evaluate_rank, re_ranking
 from .occlusion import add_occluder, feature_extractor, format_occlusion_table, occlusion_stress_test

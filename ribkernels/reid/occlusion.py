@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
-from .data import read_image
+from .image_dataset import read_image
 from .evaluation import evaluate
 
 __all__ = ["add_occluder", "occlusion_stress_test", "format_occlusion_table", "feature_extractor", "BODY_BOX"]
