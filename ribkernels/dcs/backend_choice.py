@@ -31,6 +31,8 @@ from typing import Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 import torch
 
+from .. import _env
+
 
 ENV_VAR = "RIBKERNELS_DCS_AUTOTUNE_BACKEND"
 CACHE_FILE_NAME = "dcs-backend-choice.json"
@@ -162,12 +164,12 @@ def key_str(key: Key) -> str:
 
 def enabled() -> bool:
     """False when ``RIBKERNELS_DCS_AUTOTUNE_BACKEND=0`` (or off/false/no): the static rule only."""
-    raw = os.environ.get(ENV_VAR, "1").strip().lower()
+    raw = _env.get(ENV_VAR).strip().lower()
     if raw in ("0", "off", "false", "no"):
         return False
     if raw in ("", "1", "on", "true", "yes"):
         return True
-    raise ValueError(f"{ENV_VAR} must be 0 (static rule) or 1 (measure), got {os.environ[ENV_VAR]!r}")
+    raise ValueError(f"{ENV_VAR} must be 0 (static rule) or 1 (measure), got {_env.get(ENV_VAR)!r}")
 
 
 def capturing(q: torch.Tensor) -> bool:
@@ -190,7 +192,7 @@ def why_no_timing(q: torch.Tensor) -> Optional[str]:
 
 def cache_dir() -> str:
     """``$RIBKERNELS_CACHE``, else ``~/.cache/ribkernels`` (the package's cache convention)."""
-    return os.environ.get("RIBKERNELS_CACHE", os.path.join(os.path.expanduser("~"), ".cache", "ribkernels"))
+    return _env.cache_dir()
 
 
 def cache_path() -> str:

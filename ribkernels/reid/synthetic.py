@@ -25,6 +25,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
+from .. import _env
 from .dataset_types import ReIDData
 from .loaders import load_market1501
 from .registry import register_dataset
@@ -108,8 +109,7 @@ def check_options(cfg: "SyntheticConfig") -> None:
 
 
 def default_cache_dir() -> str:
-    base = os.environ.get("RIBKERNELS_CACHE", os.path.join(os.path.expanduser("~"), ".cache", "ribkernels"))
-    return os.path.join(base, "synthetic_market")
+    return os.path.join(_env.cache_dir(), "synthetic_market")
 
 
 # ------------------------------------------------------------------------------------------- appearance
