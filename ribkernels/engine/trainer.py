@@ -1,4 +1,6 @@
-"""The training / evaluation loops of train.py (SPEC §4): TransReID recipe + η·IBB, DDP, checkpoints."""
+"""The training loop of train.py (SPEC §4): TransReID recipe + η·IBB, DDP. ``Trainer`` holds the set-up
+and the epoch loop; its checkpoint state, IBB schedule, evaluation and early stops are the mixins of
+``checkpoint_state.py``, ``ibb_schedule.py``, ``run_evaluation.py`` and ``stopping.py``."""
 import contextlib
 import hashlib
 import math
