@@ -33,6 +33,20 @@ import sys
 from setuptools import find_packages, setup
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
+
+
+def _load_env():
+    """``ribkernels/_env.py`` (the one reader of ``RIBKERNELS_*``), loaded by path: the package itself
+    is not importable before it is built."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("_ribkernels_env", os.path.join(ROOT, "ribkernels", "_env.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+_env = _load_env()
 # Wanted cubins (lowest first) and the PTX of the newest; see default_arch_list.
 RIBKERNELS_DEFAULT_ARCHS = "7.0;8.0;9.0+PTX"
 
@@ -100,9 +114,9 @@ def _nvidia_wheel_includes():
 
 def _extension():
     """(ext_modules, cmdclass) for ribkernels._C, or ([], {}) when it is not to be built."""
-    if os.environ.get("RIBKERNELS_NO_EXT") == "1":
+    if _env.is_set("RIBKERNELS_NO_EXT"):
         return [], {}
-    cuda_home = None if os.environ.get("RIBKERNELS_NO_CUDA") == "1" else _find_cuda_home()
+    cuda_home = None if _env.is_set("RIBKERNELS_NO_CUDA") else _find_cuda_home()
     if cuda_home:
         os.environ["CUDA_HOME"] = cuda_home  # before torch.utils.cpp_extension reads it
         if "TORCH_CUDA_ARCH_LIST" not in os.environ:
@@ -150,8 +164,7 @@ setup(
     packages=find_packages(include=["ribkernels", "ribkernels.*"]) + ["ribkernels.csrc", "ribkernels.configs"],
     package_dir={"ribkernels.csrc": "csrc", "ribkernels.configs": "configs"},
     package_data={"ribkernels.csrc": ["*.cpp", "*.cu", "*.h", "*.cuh", "*.hpp"],
-                  "ribkernels.configs": ["*.yaml", "*/*.yaml"],
-                  "ribkernels.reid": ["*.md"]},
+                  "ribkernels.configs": ["*.yaml", "*/*.yaml"]},
     ext_modules=ext_modules,
     cmdclass=cmdclass,
     python_requires=">=3.10",

@@ -64,7 +64,7 @@ def main(argv=None) -> None:
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    from ribkernels.dcs.prepass import cpu_prepass_available
+    from ribkernels.dcs.cpu_prepass import cpu_prepass_available
 
     providers = ["sdpa_nomask", "sdpa", "sdpa_seed", "eager", "eager_seed"]
     med = run(*args.shape, rounds=args.rounds, warmup=args.warmup, providers=providers)

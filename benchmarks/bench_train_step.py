@@ -18,7 +18,7 @@ from typing import Dict, List
 import torch
 
 from benchmarks.common import markdown_table
-from ribkernels.engine.components import _Triplet
+from ribkernels.engine.losses import TripletLossOnly
 from ribkernels.models import build_model
 from ribkernels.nn.ibb_loss import IBBLoss
 from ribkernels.reid import CrossEntropyLabelSmooth
@@ -47,7 +47,7 @@ def _one(provider: str, device: str, s: Dict) -> Dict:
     model = build_model(s["model"], s["ids"], s["cams"], attn_impl=attn, dcs_kwargs=dcs_kwargs,
                         img_size=s["img"]).to(device).train()
     opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9, weight_decay=1e-4)
-    ce, tri = CrossEntropyLabelSmooth(s["ids"], 0.1), _Triplet(None)
+    ce, tri = CrossEntropyLabelSmooth(s["ids"], 0.1), TripletLossOnly(None)
     B, (H, W) = s["batch"], s["img"]
     x = torch.randn(B, 3, H, W, device=device)
     pids = torch.arange(B // 4, device=device).repeat_interleave(4)

@@ -22,10 +22,10 @@ from .common import command_line, write_json
 
 
 def measure_run(run_dir: str, split: str = "query", max_images: int = 512, batch: int = 64) -> Dict:
-    from ribkernels.engine import components
+    from ribkernels.engine.model import model_inputs
     from ribkernels.engine.rib_logging import nuisance_token_stats
     from ribkernels.inference import eval_transform, load_model
-    from ribkernels.reid.data import read_image
+    from ribkernels.reid.image_dataset import read_image
     from ribkernels.reid.synthetic import load_ground_truth, make_synthetic_market
 
     path = os.path.join(run_dir, "final.pth")
@@ -50,7 +50,7 @@ def measure_run(run_dir: str, split: str = "query", max_images: int = 512, batch
         chunk = idx[s:s + batch]
         images = torch.stack([tf(read_image(os.path.join(folder, files[i]))) for i in chunk])
         cams = torch.as_tensor([int(os.path.basename(files[i]).split("_c")[1].split("s")[0]) - 1 for i in chunk])
-        labels = components._labels(cfg["model"], cams, None)
+        labels = model_inputs(cfg["model"], cams, None)
         rec = nuisance_token_stats(model, images, torch.as_tensor(gt["occluder"][chunk]),
                                    torch.as_tensor(gt["background"][chunk]), **labels)
         for k, v in rec.items():  # image-weighted means over batches (keep rates: pixel-weighted within a batch)

@@ -11,7 +11,6 @@ from .dcs.mask import dcs_mask, logistic_noise
 from .dcs.attention import dcs_attention, available_backends
 from .nn.dcs_attention import DCSAttention, patch_vit
 from .ibb import ibb_loss, kmeans
-
-__version__ = "0.1.0"
+from ._version import __version__
 
 __all__ = ["dcs_mask", "logistic_noise", "dcs_attention", "available_backends", "DCSAttention", "patch_vit", "ibb_loss", "kmeans", "__version__"]

@@ -16,14 +16,13 @@ import copy
 import os
 import re
 import sys
-from types import SimpleNamespace
 from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 
-from .engine import components
 from .engine.config import DEFAULTS
+from .engine.model import build_model_from_file  # noqa: F401 (public here too)
 from .engine.model_file import ModelFile, read_model_file
 
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp")
@@ -76,20 +75,6 @@ def resolve_device(device: str) -> torch.device:
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"--device {device}: CUDA is not available on this machine (use cpu or auto)")
     return dev
-
-
-def build_model_from_file(mf: ModelFile, cfg: Dict, path: str = "checkpoint") -> torch.nn.Module:
-    """The model of ``cfg["model"]`` with the checkpoint's sizes and weights (strict), eval mode, CPU."""
-    cfg = copy.deepcopy(cfg)
-    cfg["model"]["pretrained"] = None  # the checkpoint holds the weights; the ImageNet file may be gone
-    sizes = SimpleNamespace(num_classes=mf.num_classes, num_cams=mf.camera_num, num_views=mf.view_num)
-    model = components.build_model(cfg, sizes)
-    try:
-        model.load_state_dict(mf.state, strict=True)
-    except RuntimeError as exc:
-        raise ValueError(f"checkpoint {path}: its weights do not fit the model its own config describes "
-                         f"({cfg['model']['name']}, attn {cfg['model']['attn_impl']}): {exc}") from exc
-    return model.eval()
 
 
 def load_model(path: str, device: str = "cpu", dcs_impl: Optional[str] = None) -> LoadedModel:
@@ -178,7 +163,7 @@ class _Images(torch.utils.data.Dataset):
         return len(self.paths)
 
     def __getitem__(self, i):
-        from .reid.data import read_image  # raises CorruptImageError naming the path
+        from .reid.image_dataset import read_image  # raises CorruptImageError naming the path
 
         cam = -1 if self.camids is None else int(self.camids[i])
         return self.transform(read_image(self.paths[i])), cam

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import ribkernels as rk
-from ribkernels.dcs import prepass
+from ribkernels.dcs import cpu_prepass as prepass
 from ribkernels.dcs.mask import contract_uniform_like
 from dcs_reference import reference_forward_backward
 
@@ -137,7 +137,7 @@ def test_package_without_extension_makes_the_same_attention(tmp_path):
     q, k, v = (torch.randn(1, 2, 9, 16) for _ in range(3))
     theta = torch.randn(1, 2, 1, 16)
     torch.save((q, k, v, theta), tmp_path / "inputs.pt")
-    code = ("import torch, ribkernels as rk; from ribkernels.dcs import prepass; "
+    code = ("import torch, ribkernels as rk; from ribkernels.dcs import cpu_prepass as prepass; "
             f"q, k, v, t = torch.load({str(tmp_path / 'inputs.pt')!r}); "
             "assert not prepass.cpu_prepass_available(); "
             f"torch.save(rk.dcs_attention(q, k, v, t, seed=12, impl='sdpa'), {str(tmp_path / 'out.pt')!r})")

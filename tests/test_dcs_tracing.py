@@ -9,7 +9,7 @@ import timm
 import torch
 
 import ribkernels as rk
-from ribkernels.dcs.prepass import cpu_prepass_available
+from ribkernels.dcs.cpu_prepass import cpu_prepass_available
 
 
 @pytest.fixture(autouse=True)

@@ -154,7 +154,7 @@ def test_q_smoothing_mixes_with_the_uniform_and_caps_unseen_labels():
 
 
 def test_refresh_progress_logs_the_beta_fit(caplog, monkeypatch):
-    from ribkernels.ibb import _progress
+    from ribkernels.ibb import progress as _progress
 
     now = [0.0]
     monkeypatch.setattr(_progress, "_clock", lambda: now.__setitem__(0, now[0] + 10.0) or now[0])

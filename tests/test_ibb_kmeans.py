@@ -122,7 +122,7 @@ def test_seed_must_be_an_int(seed):
 # ------------------------------------------------------------------ progress
 def slow_clock(monkeypatch, step=10.0):
     """Every reading of the progress clock is ``step`` seconds after the previous one."""
-    from ribkernels.ibb import _progress
+    from ribkernels.ibb import progress as _progress
 
     now = [0.0]
 
@@ -149,7 +149,7 @@ def test_progress_log_lines_with_counts(caplog, monkeypatch):
 
 
 def test_progress_off_by_default_and_only_on_rank_0(caplog, monkeypatch):
-    from ribkernels.ibb import _progress
+    from ribkernels.ibb import progress as _progress
 
     slow_clock(monkeypatch)
     x = blobs(60, 3, 4)
@@ -161,7 +161,7 @@ def test_progress_off_by_default_and_only_on_rank_0(caplog, monkeypatch):
 
 
 def test_progress_log_throttled_by_time_with_a_fake_clock(caplog):
-    from ribkernels.ibb._progress import StepProgress
+    from ribkernels.ibb.progress import StepProgress
 
     now = [0.0]
     p = StepProgress(10, "stage", "log", interval=5.0, clock=lambda: now[0])

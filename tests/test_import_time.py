@@ -42,7 +42,8 @@ def test_import_loads_no_dynamo_no_triton_and_costs_under_half_a_second_over_tor
 def test_lazy_constant_mark_equals_torch_compiler_decorator():
     """The mark lazy_dynamo sets without dynamo is the one torch.compiler.assume_constant_result sets,
     and both users of it (the CPU pre-pass check, the backend choice's device label) carry it."""
-    from ribkernels.dcs import backend_choice, lazy_dynamo, prepass
+    from ribkernels.dcs import backend_choice, lazy_dynamo
+    from ribkernels.dcs import cpu_prepass as prepass
 
     def ours():
         return True

@@ -187,7 +187,7 @@ def test_plain_pip_install_into_an_env_with_torch_builds_the_extension_on_first_
 def test_jit_cache_check_sees_changed_sources(tmp_path):
     """The 'building ...' line is printed exactly when ninja will rebuild: no library yet, or one older
     than a source."""
-    from ribkernels.ibb import _ext
+    from ribkernels import _extension as _ext
 
     src = tmp_path / "a.cpp"
     src.write_text("// source\n")

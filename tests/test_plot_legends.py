@@ -22,7 +22,7 @@ def figures(monkeypatch, tmp_path):
         figs[name] = fig
         return name
 
-    monkeypatch.setattr(reporting, "_save", keep)
+    monkeypatch.setattr(reporting, "save_figure", keep)
     reporting.plot_curves({"epochs": EPOCHS}, str(tmp_path))
     rib_logging.plot_rib({"epochs": EPOCHS}, str(tmp_path))
     return figs

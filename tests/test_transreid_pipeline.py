@@ -15,7 +15,7 @@ import torch
 import torchvision.transforms as T
 from PIL import Image
 
-from ribkernels.engine import components, main
+from ribkernels.engine import evaluation, main
 from ribkernels.models import build_model
 from ribkernels.reid.datasets import build_dataset
 from ribkernels.reid.synthetic import make_synthetic_market
@@ -80,13 +80,13 @@ def test_eval_only_on_a_transreid_checkpoint_is_transreids_pipeline(market, tmp_
                    "model: {name: vit_tiny_cpu, img_size: [64, 32]}\n"
                    "data: {num_workers: 0}\neval: {eval_batch_size: 8}\nsolver: {device: cpu}\n")
     seen = {}
-    rank_result = components._rank_result
+    rank_result = evaluation.rank_result
 
     def capture(qf, gf, *rest):
         seen.update(qf=qf.clone(), gf=gf.clone())
         return rank_result(qf, gf, *rest)
 
-    monkeypatch.setattr(components, "_rank_result", capture)
+    monkeypatch.setattr(evaluation, "rank_result", capture)
     out = tmp_path / "eval"
     assert main(["--config", str(cfg), "--eval-only", "--data-root", market, "--pretrained", str(ckpt),
                  "--output-dir", str(out)]) == 0

@@ -8,10 +8,11 @@ friends are imported inside ``run``.
 """
 import argparse
 import importlib
-import os
 import pickle
 import sys
 from typing import Dict, List, Optional
+
+from .. import _env
 
 COMMANDS = ["train", "extract", "search", "export", "evaluate", "convert_checkpoint"]
 
@@ -66,13 +67,13 @@ def main(argv: Optional[List[str]] = None) -> int:
     commands = available(argv)
     parser = build_parser(commands)
     args = parser.parse_args(argv)
-    from ..reid.datasets import CorruptImageError  # an unreadable image: its path, no traceback
+    from ..reid.dataset_types import CorruptImageError  # an unreadable image: its path, no traceback
 
     try:
         return int(args._command.run(args) or 0)
     except (CommandError, FileNotFoundError, NotADirectoryError, ValueError, pickle.UnpicklingError,
             CorruptImageError) as exc:
-        if os.environ.get("RIBKERNELS_DEBUG") == "1":
+        if _env.is_set("RIBKERNELS_DEBUG"):
             raise
         print(f"ribkernels {args.command}: error: {exc}", file=sys.stderr)
         return 2

@@ -105,7 +105,7 @@ def run(args) -> int:
     if args.data_root is not None and not os.path.isdir(args.data_root):
         raise CommandError(f"--data-root {args.data_root}: no such folder")
     if args.dataset is not None:
-        from ..reid.datasets import DATASETS
+        from ..reid.registry import DATASETS
 
         if args.dataset not in DATASETS:
             raise CommandError(f"--dataset {args.dataset!r}: unknown; known: {sorted(DATASETS)}")

@@ -21,6 +21,7 @@ interpolation) is written into the file: the ONNX metadata key ``preprocessing``
 import copy
 import os
 
+from .. import _env
 from . import CommandError
 from ._common import add_checkpoint_argument, check_checkpoint, check_output_file, positive_int
 
@@ -152,7 +153,7 @@ def run(args) -> int:
     try:
         outs, sidecar = _export_and_run(model, samples, args, meta)
     except Exception as exc:  # the model holds an op the exporter cannot trace: say which, no traceback
-        if os.environ.get("RIBKERNELS_DEBUG") == "1":
+        if _env.is_set("RIBKERNELS_DEBUG"):
             raise
         print(f"export FAILED ({args.format}, {loaded.config['model']['name']}, attn "
               f"{loaded.config['model']['attn_impl']}): {_why(exc)} (RIBKERNELS_DEBUG=1 shows the traceback)")

@@ -188,7 +188,7 @@ def same_person(q_ids, g_ids, i: int, j: int):
 def _cell(path: str, color, label: str):
     from PIL import Image, ImageDraw
 
-    from ..reid.data import read_image
+    from ..reid.image_dataset import read_image
 
     cell = Image.new("RGB", (CELL_W + 2 * BORDER, CELL_H + 2 * BORDER + LABEL_H), (255, 255, 255))
     ImageDraw.Draw(cell).rectangle([0, 0, CELL_W + 2 * BORDER - 1, CELL_H + 2 * BORDER - 1], fill=color)

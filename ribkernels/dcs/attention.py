@@ -17,7 +17,7 @@ import torch
 
 from . import backend_choice, checks
 from .philox import check_offset, check_seed
-from .reference import dcs_attention_eager, dcs_attention_sdpa
+from .backends import dcs_attention_eager, dcs_attention_sdpa
 
 
 class Backend(NamedTuple):

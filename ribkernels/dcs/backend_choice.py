@@ -31,6 +31,7 @@ from typing import Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 import torch
 
+from .. import _env
 from .lazy_dynamo import assume_constant_result
 
 
@@ -164,12 +165,12 @@ def key_str(key: Key) -> str:
 
 def enabled() -> bool:
     """False when ``RIBKERNELS_DCS_AUTOTUNE_BACKEND=0`` (or off/false/no): the static rule only."""
-    raw = os.environ.get(ENV_VAR, "1").strip().lower()
+    raw = _env.get(ENV_VAR).strip().lower()
     if raw in ("0", "off", "false", "no"):
         return False
     if raw in ("", "1", "on", "true", "yes"):
         return True
-    raise ValueError(f"{ENV_VAR} must be 0 (static rule) or 1 (measure), got {os.environ[ENV_VAR]!r}")
+    raise ValueError(f"{ENV_VAR} must be 0 (static rule) or 1 (measure), got {_env.get(ENV_VAR)!r}")
 
 
 def capturing(q: torch.Tensor) -> bool:
@@ -192,7 +193,7 @@ def why_no_timing(q: torch.Tensor) -> Optional[str]:
 
 def cache_dir() -> str:
     """``$RIBKERNELS_CACHE``, else ``~/.cache/ribkernels`` (the package's cache convention)."""
-    return os.environ.get("RIBKERNELS_CACHE", os.path.join(os.path.expanduser("~"), ".cache", "ribkernels"))
+    return _env.cache_dir()
 
 
 def cache_path() -> str:
@@ -207,7 +208,7 @@ def versions() -> Dict[str, str]:
         triton_version = metadata.version("triton")
     except metadata.PackageNotFoundError:
         triton_version = "none"
-    from .. import __version__
+    from .._version import __version__
 
     return {"torch": torch.__version__, "triton": triton_version, "ribkernels": __version__}
 

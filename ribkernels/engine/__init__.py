@@ -6,7 +6,7 @@ import sys
 
 import yaml
 
-from ..reid.datasets import CorruptImageError
+from ..reid.dataset_types import CorruptImageError
 from .checkpoint import CheckpointError
 from .config import DEFAULTS, build_parser, explicit_keys, resolve
 from .resume import parse_allow

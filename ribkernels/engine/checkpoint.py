@@ -369,9 +369,9 @@ def check_pretrained(spec: str) -> None:
     """Pre-flight of ``--pretrained`` (a path, or ``timm:<model name>:<path>``): the file exists and, if
     it is a ``torch.save`` file, loads weights-only (tensor storages memory-mapped, so a large file costs
     little). ``.npz`` (read without pickles) and ``.safetensors`` files are checked by the model loader."""
-    from ..models.pretrained import _parse_spec  # the one parser of the timm:<name>:<file> form
+    from ..models.pretrained import parse_spec  # the one parser of the timm:<name>:<file> form
 
-    _, path = _parse_spec(spec)
+    _, path = parse_spec(spec)
     if not os.path.isfile(path):
         raise CheckpointNotFoundError(path, "no such file (expected local weights: ImageNet ViT/ResNet "
                                             ".pth/.pt/.bin/.safetensors/.npz, timm:<timm model name>:<file>, a "

@@ -12,6 +12,7 @@ from typing import Any, Dict, List, Optional
 
 import yaml
 
+from .config_keys import DEFAULTS  # every key declared once, with its rule and help
 from .validate import ConfigError, UnknownKeyError, closest, unknown_key_message
 from .validate import validate as validate_rules
 
@@ -46,112 +47,8 @@ def find_config(config: str) -> str:
     raise FileNotFoundError(f"--config {config}: no such file, and no shipped config of that name "
                             f"(shipped: {names})")
 
-# TransReID's recipe (docs/training.md) unless a YAML file says otherwise.
-DEFAULTS: Dict[str, Dict[str, Any]] = {
-    "model": {
-        "name": "vit_base_transreid",   # see ribkernels.models.MODEL_NAMES
-        "attn_impl": "sdpa",            # eager | sdpa | dcs (ViT models only)
-        "dcs_impl": "auto",             # DCSAttention backend: auto (measured) | triton | sdpa[:kernel] | eager
-        "dcs_mask_mode": "token",       # token (θ = xW + b, the paper's) | channel | channel_shared (one mask per image, q only)
-        "dcs_mask_per": "image",        # channel_shared: one mask per image | per step (the DCS authors' code)
-        "tau": 1.0,                     # Gumbel-sigmoid temperature (> 0; the first epoch's under a schedule)
-        "tau_schedule": "constant",     # constant | linear | cosine | exp: τ from `tau` to `tau_end` over the epochs
-        "tau_end": None,                # > 0, τ of the last epoch (null: no annealing)
-        "dcs_init_logit": 3.0,
-        "pretrained": None,             # local weights: ImageNet ViT (.pth/.bin/.safetensors/.npz),
-                                        # timm:<timm model name>:<file>, a TransReID-repository checkpoint,
-                                        # train.py's last.pth/final.pth (ribkernels.models.pretrained)
-        "neck_feat": "before",          # retrieval feature before/after the BNNeck
-        "sie_camera": True,             # side information embedding of the camera id
-        "sie_view": False,
-        "img_size": [256, 128],
-        "model_kwargs": {},             # extra keyword arguments for build_model
-    },
-    "data": {
-        "dataset": "synthetic",         # synthetic | market1501 | dukemtmc | msmt17 | occluded_duke | csv | folder
-        "data_root": "data",
-        "dataset_kwargs": {},           # extra arguments of the dataset (e.g. the synthetic sizes)
-        "skip_bad_images": False,       # leave unreadable images out (counted) instead of failing at build
-        "batch_size": 64,
-        "num_instances": 4,             # PK sampler: K images per identity, P = batch_size / K
-        "num_workers": 4,
-        "flip_prob": 0.5,
-        "padding": 10,
-        "erasing_prob": 0.5,
-        "pixel_mean": [0.5, 0.5, 0.5],
-        "pixel_std": [0.5, 0.5, 0.5],
-        "test_interpolation": "bilinear",  # resize of evaluated images: bilinear (TransReID's) | bicubic
-    },
-    "solver": {
-        "epochs": 120,
-        "optimizer": "sgd",             # sgd (TransReID's, momentum) | adamw (for models trained from scratch)
-        "base_lr": 0.008,
-        "momentum": 0.9,
-        "weight_decay": 1e-4,
-        "warmup_epochs": 5,
-        "warmup_factor": 0.01,          # lr starts at warmup_factor * base_lr
-        "min_lr_factor": 0.002,         # cosine floor: min_lr_factor * base_lr
-        "bias_lr_factor": 2.0,          # TransReID: biases at 2x lr, with weight_decay like the weights
-        "mask_logits_weight_decay": None,  # DCS mask logits' weight decay; null: weight_decay, like the
-                                        # other weights and biases (AdamW then shrinks the logits' bias)
-        "grad_clip": 0.0,               # 0: off
-        "amp": "bf16",                  # bf16 | fp16 | none (autocast on CUDA only)
-        "compile": False,               # torch.compile the model
-        "seed": 1234,
-        "device": "auto",               # auto | cpu | cuda
-        "num_threads": 0,               # CPU threads of torch (0: torch's default)
-        "max_iters_per_epoch": 0,       # 0: a full pass of the PK sampler
-    },
-    "loss": {
-        "id_weight": 1.0,
-        "tri_weight": 1.0,
-        "label_smoothing": 0.1,
-        "triplet_margin": 0.3,          # null: soft margin
-        "eta": 1.0,                     # weight of the IBB term (RIB)
-    },
-    "ibb": {
-        "use_ibb": False,
-        "ibb_feature": "before",        # before | after: the global feature before/after the BNNeck is clustered
-        "q_smoothing": 0.0,             # [0, 1): Q(y|a) mixed with the uniform, (1-λ) Q + λ/K
-        "refresh_features": "eval_pass",  # eval_pass (a no-grad eval-mode pass over the training set) |
-                                        # train_memory (the training batches' features of the previous epoch)
-        "beta": "auto",                 # auto (calibrated at every refresh) | a positive float
-        "target_entropy": 1.3862943611198906,  # nats, > 0: mean H(phi) the auto beta aims at (log 4)
-        "ibb_start_epoch": 1,           # IBB on from this 0-based epoch, after its first refresh
-        "ibb_refresh": 1,               # refresh clusters and Q every this many epochs
-        "ibb_clusters": None,           # A; null: number of training identities
-        "kmeans_iters": 10,
-        "input_clusters": None,         # B; null: the IBB default
-        "input_size": [16, 8],          # down-sampled images for the input clusters
-        "input_samples": 2048,          # training images used to fit the input clusters
-        "control": "none",              # none (the IBB) | prototype (a non-IB control: a cosine-prototype
-                                        # cross-entropy on prototypes from the same refreshed centroids and Q,
-                                        # scaled each step to the IBB's gradient norm on the feature) |
-                                        # shuffled_q (the IBB with Q refreshed from shuffled labels)
-    },
-    "eval": {
-        "eval_period": 0,               # evaluate every this many epochs (0: only at the end)
-        "eval_batch_size": 128,
-        "distance": "euclidean",        # euclidean (on L2-normalised features) | cosine
-        "rerank": False,
-        "rerank_k1": 50,                # k-reciprocal re-ranking (k1, k2, lambda): TransReID's 50, 15, 0.3
-        "rerank_k2": 15,
-        "rerank_lambda": 0.3,
-        "occlusion": False,             # add the occlusion stress-test table
-        "occlusion_ratios": [0.1, 0.2, 0.3, 0.4],
-        "max_rank": 50,
-    },
-    "output": {
-        "output_dir": None,             # null: runs/<config name>-<timestamp>
-        "log_period": 20,               # a log line every this many iterations
-        "checkpoint_period": 1,
-        "progress": "auto",             # auto (bar on a TTY) | bar | log
-        "tensorboard": False,           # also log to run_dir/tensorboard (needs the tensorboard package)
-        "keep_fraction_log": True,      # per-block DCS keep fraction (train + eval) in metrics.json / rib.png
-    },
-}
 
-# Short flags the issue names; each maps to a key above.
+# Short flags the issue names; each maps to a key of DEFAULTS.
 ALIASES = {"eta": "loss.eta", "beta": "ibb.beta", "tau": "model.tau", "ibb-refresh": "ibb.ibb_refresh",
            "lr": "solver.base_lr", "max-epochs": "solver.epochs", "model": "model.name"}
 

@@ -1,89 +1,112 @@
-"""Data plumbing of train.py on top of ``ribkernels.reid``: per-epoch PK index lists (one rank's
-share of the global plan, a pure function of seed and epoch) and deterministic loaders."""
+"""The training data train.py builds from the config: the dataset's splits, transforms and PK sampler
+(:class:`DataBundle`), this rank's per-epoch indices, and batch unpacking. The loaders underneath are
+in :mod:`ribkernels.engine.loaders` (re-exported here, where they used to live)."""
 import hashlib
-import random
-from typing import List, Optional, Sequence
+import logging
+from dataclasses import dataclass
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
-import numpy as np
 import torch
 
+from ..reid import ImageDataset, RandomIdentitySampler, build_dataset, build_transforms
+from .loaders import SeededSamples, make_loader, pk_epoch_indices, position_seed, shard  # noqa: F401 (old home)
 
-def pk_epoch_indices(sampler, epoch: int, rank: int, world: int, min_len: int = 0) -> List[int]:
-    """This rank's dataset indices for ``epoch`` from a :class:`ribkernels.reid.RandomIdentitySampler`
-    plan: of each global P×K batch, rank r takes identities ``[r·P/W, (r+1)·P/W)``. Extended with
-    batches of further plans (derived keys) up to ``min_len``, so every epoch has the same length."""
-    if sampler.P % world:
-        raise ValueError(f"P = batch_size / num_instances = {sampler.P} identities per batch must be divisible "
-                         f"by the number of processes ({world})")
-    local_p = sampler.P // world
-    out: List[int] = []
-    r = 0
-    while r == 0 or len(out) < min_len:
-        for batch in sampler.plan(epoch + r * 1_000_003):
-            for group in batch[rank * local_p:(rank + 1) * local_p]:
-                out.extend(group)
-        r += 1
-    return out
+log = logging.getLogger("ribkernels.train")
 
 
-def shard(n: int, rank: int, world: int) -> List[int]:
-    """Indices of this rank's strided share of ``range(n)`` (no padding, no duplicates)."""
-    return list(range(rank, n, world))
-
-
-def _seed_worker(worker_id: int) -> None:
-    s = torch.initial_seed() % 2**32
-    random.seed(s)
-    np.random.seed(s)
-
-
-def position_seed(seed: int, position: int) -> int:
-    """The seed of the sample at ``position`` of an epoch's index list."""
-    h = hashlib.sha256(f"{seed}/sample/{position}".encode()).digest()
+def derived_seed(*parts) -> int:
+    """A 31-bit seed derived from ``parts`` (stable across runs and machines)."""
+    h = hashlib.sha256("/".join(str(p) for p in parts).encode()).digest()
     return int.from_bytes(h[:4], "little") & 0x7FFFFFFF
 
 
-class SeededSamples(torch.utils.data.Dataset):
-    """Item ``j`` = ``dataset[indices[j]]`` loaded with the torch (CPU) and Python RNGs — what the
-    transforms draw from — seeded from ``(seed, offset + j)``; the caller's RNG states are restored
-    afterwards. An epoch's augmentations are thus a pure function of the seed and each sample's
-    position in the epoch: the same with any number of loader workers and when a resumed epoch starts
-    at ``offset``. (NumPy's global RNG is left alone: no transform uses it, and saving it costs
-    ~0.2 ms a sample.)"""
+@dataclass
+class DataBundle:
+    train: List[Tuple[str, int, int]]
+    query: List[Tuple[str, int, int]]
+    gallery: List[Tuple[str, int, int]]
+    num_classes: int
+    num_cams: int
+    num_views: int
+    train_transform: Callable
+    test_transform: Callable
+    num_workers: int
+    pin_memory: bool
+    sampler: object  # None when built for evaluation only
+    name: str = ""
+    bad_images: Tuple[Tuple[str, str], ...] = ()  # (path, reason) left out with data.skip_bad_images
+    root: str = ""  # the folder the images were read from (the synthetic dataset's generated folder too)
 
-    def __init__(self, dataset, indices: Sequence[int], seed: int, offset: int = 0):
-        self.dataset, self.indices, self.seed, self.offset = dataset, list(indices), int(seed), int(offset)
+    def train_loader(self, cfg: Dict, indices: Sequence[int], batch_size: int, seed: int, offset: int = 0):
+        """Training batches of ``indices`` (which start at position ``offset`` of the epoch); each
+        sample's augmentation is seeded from ``seed`` and its position (exact mid-epoch resume)."""
+        return make_loader(ImageDataset(self.train, self.train_transform), indices, batch_size,
+                             self.num_workers, seed=seed, drop_last=True, pin_memory=self.pin_memory,
+                             sample_seed=seed, offset=offset)
 
-    def __len__(self) -> int:
-        return len(self.indices)
+    def train_eval_loader(self, cfg: Dict, rank: int, world: int):
+        """This rank's share of the training set with test transforms (for the IBB refresh)."""
+        return make_loader(ImageDataset(self.train, self.test_transform), shard(len(self.train), rank, world),
+                             cfg["eval"]["eval_batch_size"], self.num_workers, pin_memory=self.pin_memory)
 
-    def __getitem__(self, j: int):
-        s = position_seed(self.seed, self.offset + j)
-        gen = torch.default_generator
-        saved_torch, saved_py = gen.get_state(), random.getstate()
-        gen.manual_seed(s)  # not torch.manual_seed: that also visits every accelerator (~0.2 ms)
-        random.seed(s)
-        try:
-            return self.dataset[self.indices[j]]
-        finally:
-            gen.set_state(saved_torch)
-            random.setstate(saved_py)
+    def test_loader(self, cfg: Dict, items, transform: Optional[Callable] = None):
+        return make_loader(ImageDataset(items, transform or self.test_transform), None,
+                             cfg["eval"]["eval_batch_size"], self.num_workers, pin_memory=self.pin_memory)
 
 
-def make_loader(dataset, indices: Optional[Sequence[int]], batch_size: int, num_workers: int, *,
-                seed: Optional[int] = None, drop_last: bool = False, pin_memory: bool = False,
-                sample_seed: Optional[int] = None, offset: int = 0):
-    """A DataLoader over ``indices`` of ``dataset`` in the given order. Worker seeds derive from
-    ``seed``; with ``sample_seed`` every sample's randomness derives from it and its position
-    ``offset + j`` (:class:`SeededSamples`), so augmentations do not depend on workers or resumes."""
-    if sample_seed is not None:
-        ds = SeededSamples(dataset, range(len(dataset)) if indices is None else indices, sample_seed, offset)
+def build_data(cfg: Dict, rank: int = 0, world: int = 1, *, train: bool = True) -> DataBundle:
+    """The dataset, its transforms and (``train``) the PK sampler; ``train=False`` (evaluation only)
+    builds no sampler, so a training split too small for one PK batch is no error."""
+    d = cfg["data"]
+    name = d["dataset"]
+    kwargs = dict(d["dataset_kwargs"] or {})
+    kwargs["skip_bad_images"] = d.get("skip_bad_images", False)  # a bool (checked by build_dataset)
+    root = d["data_root"]
+    if name == "synthetic":
+        root = root if root not in (None, "", "data") else None
+    # Rank 0 first: it generates the synthetic cache and decodes every image once (the verdicts are
+    # cached), so the other ranks only read caches. Both are atomic; this just avoids duplicate work.
+    from . import distributed as du
+
+    if rank == 0:
+        ds = build_dataset(name, root, **kwargs)
+    du.barrier()
+    if rank != 0:
+        ds = build_dataset(name, root, **kwargs)
+    if ds.bad_images:
+        dropped = (f"; {len(ds.dropped_train_pids)} training identities left with no image dropped (labels "
+                   "relabelled)") if ds.dropped_train_pids else ""
+        log.warning("dataset %s: skipped %d unreadable image(s) (data.skip_bad_images), e.g. %s%s", ds.name,
+                    len(ds.bad_images), ds.bad_images[0][0], dropped)
+    h, w = cfg["model"]["img_size"]
+    common = dict(mean=d["pixel_mean"], std=d["pixel_std"])
+    train_tf = build_transforms(h, w, True, flip_prob=d["flip_prob"], padding=d["padding"],
+                                re_prob=d["erasing_prob"], **common)
+    test_tf = build_transforms(h, w, False, test_interpolation=d["test_interpolation"], **common)
+    sampler = RandomIdentitySampler(ds.train, d["batch_size"], d["num_instances"],
+                                    seed=derived_seed(cfg["solver"]["seed"], "pk")) if train else None
+    return DataBundle(train=list(ds.train), query=list(ds.query), gallery=list(ds.gallery),
+                      num_classes=ds.num_train_pids, num_cams=ds.num_train_cams, num_views=1,
+                      train_transform=train_tf, test_transform=test_tf, num_workers=int(d["num_workers"]),
+                      pin_memory=torch.cuda.is_available(), sampler=sampler, name=ds.name,
+                      bad_images=tuple(ds.bad_images), root=str(ds.root or ""))
+
+
+def epoch_indices(data: DataBundle, cfg: Dict, seed: int, epoch: int, rank: int, world: int,
+                  min_len: int = 0) -> List[int]:
+    """This rank's training indices for ``epoch`` (PK batches, P/world identities × K per batch), a
+    function of (seed, epoch) only; extended with further PK rounds up to ``min_len``."""
+    return pk_epoch_indices(data.sampler, epoch, rank, world, min_len)
+
+
+def unpack(batch, device: torch.device):
+    """(images, pids, camids, viewids) on ``device`` from a loader batch (tuple/list or dict)."""
+    if isinstance(batch, dict):
+        imgs, pids = batch["img"], batch["pid"]
+        cams, views = batch.get("camid"), batch.get("viewid")
     else:
-        ds = dataset if indices is None else torch.utils.data.Subset(dataset, list(indices))
-    g = None
-    if seed is not None:
-        g = torch.Generator()
-        g.manual_seed(int(seed))
-    return torch.utils.data.DataLoader(
-        ds, batch_size=batch_size, shuffle=False, num_workers=num_workers, drop_last=drop_last,
-        pin_memory=pin_memory, worker_init_fn=_seed_worker if num_workers else None, generator=g)
+        imgs, pids, cams = batch[0], batch[1], batch[2]
+        views = batch[3] if len(batch) > 3 else None
+    nb = device.type == "cuda"
+    to = lambda t: None if t is None else torch.as_tensor(t).to(device, non_blocking=nb)
+    return to(imgs), to(pids).long(), to(cams).long(), (to(views).long() if views is not None else None)

@@ -123,7 +123,8 @@ def _epoch_axis(ax, xs: List[float]) -> None:
         ax.set_xlim(min(xs) - 1, max(xs) + 1)
 
 
-def _save(fig, out_dir: str, name: str) -> str:
+def save_figure(fig, out_dir: str, name: str) -> str:
+    """Lay out ``fig``, write it to ``out_dir/name`` (legends outside the axes kept) and close it."""
     import matplotlib.pyplot as plt
 
     fig.tight_layout()
@@ -164,7 +165,7 @@ def plot_curves(metrics: Dict, out_dir: str) -> List[str]:
         ax.set_ylabel("mean loss")
         ax.set_title("training losses")
         ax.legend()
-        written.append(_save(fig, out_dir, "losses.png"))
+        written.append(save_figure(fig, out_dir, "losses.png"))
         keys = [k for k in ("ibb", "ibb_term1", "ibb_term2") if any(r.get(k) is not None for r in epochs)]
         if keys:
             fig, ax = plt.subplots(figsize=(6, 4.6))
@@ -184,7 +185,7 @@ def plot_curves(metrics: Dict, out_dir: str) -> List[str]:
             ax.set_ylabel("IBB (nats)")
             ax.set_title("IBB bound")
             legend_outside(ax, handles, labels)
-            written.append(_save(fig, out_dir, "ibb.png"))
+            written.append(save_figure(fig, out_dir, "ibb.png"))
     evals = metrics.get("evals") or []
     if evals:
         fig, ax = plt.subplots(figsize=(6, 4))
@@ -195,7 +196,7 @@ def plot_curves(metrics: Dict, out_dir: str) -> List[str]:
         ax.set_ylabel("%")
         ax.set_title("evaluation")
         ax.legend()
-        written.append(_save(fig, out_dir, "eval.png"))
+        written.append(save_figure(fig, out_dir, "eval.png"))
     return written
 
 

@@ -1,17 +1,17 @@
 """What the trainer logs about RIB itself: the IBB refresh diagnostics (β used, mean max
 phi, mean H(Q(·|a)), both terms, the IBB/task gradient ratio on the feature), the per-block keep
 fraction of the DCS masks in training and in eval, how the eval mask varies over tokens vs channels,
-the τ schedule, and the ``rib.png`` plot.
+and the ``rib.png`` plot. (The τ schedule, behaviour rather than logging, is in ``tau_schedule.py``.)
 
 Keep-fraction logging uses the ``DCSAttention`` interface: the flag ``track_keep_fraction`` (set only
 around the steps that log) and the detached 0-d tensor ``last_keep_fraction`` of each module.
 """
-import math
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, Optional, Tuple
 
 import torch
 
-TAU_SCHEDULES = ("constant", "linear", "cosine", "exp")
+from .model import dcs_modules
+from .tau_schedule import TAU_SCHEDULES, set_tau, tau_at  # noqa: F401 (their old home)
 
 
 # ------------------------------------------------------------------------------------------- IBB
@@ -38,13 +38,6 @@ def grad_ratio(task_loss: torch.Tensor, ibb_weighted: torch.Tensor, feature: tor
 
 
 # ------------------------------------------------------------------------------------------- DCS mask
-def dcs_modules(model: torch.nn.Module) -> List[torch.nn.Module]:
-    """The DCSAttention modules of ``model`` in module order (blocks, then the JPM block)."""
-    from ..nn.dcs_attention import DCSAttention
-
-    return [m for m in model.modules() if isinstance(m, DCSAttention)]
-
-
 def set_tracking(model: torch.nn.Module, on: bool) -> None:
     for m in dcs_modules(model):
         m.track_keep_fraction = on
@@ -178,26 +171,6 @@ def nuisance_token_stats(model: torch.nn.Module, images: torch.Tensor, occluder:
     return out
 
 
-def tau_at(epoch: int, epochs: int, tau_start: float, tau_end: Optional[float], schedule: str) -> float:
-    """τ for 0-based ``epoch`` of ``epochs``: from ``tau_start`` at the first epoch to ``tau_end`` at the
-    last, linearly, along a half cosine, or geometrically (``exp``); ``constant`` keeps ``tau_start``."""
-    if schedule not in TAU_SCHEDULES:
-        raise ValueError(f"model.tau_schedule must be one of {TAU_SCHEDULES}, got {schedule!r}")
-    if schedule == "constant" or tau_end is None or epochs <= 1:
-        return float(tau_start)
-    p = min(max(epoch / (epochs - 1), 0.0), 1.0)
-    if schedule == "linear":
-        return tau_start + (tau_end - tau_start) * p
-    if schedule == "cosine":
-        return tau_end + (tau_start - tau_end) * 0.5 * (1 + math.cos(math.pi * p))
-    return tau_start * (tau_end / tau_start) ** p
-
-
-def set_tau(model: torch.nn.Module, tau: float) -> None:
-    for m in dcs_modules(model):
-        m.tau = float(tau)
-
-
 # ------------------------------------------------------------------------------------------- plot
 def plot_rib(metrics: Dict, out_dir: str) -> Optional[str]:
     """``rib.png``: β and the assignment diagnostics per refresh, the prediction term against log K,
@@ -212,7 +185,7 @@ def plot_rib(metrics: Dict, out_dir: str) -> Optional[str]:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from .reporting import _save, legend_outside
+    from .reporting import save_figure, legend_outside
 
     def series(key):
         pts = [(r["epoch"], r[key]) for r in epochs if r.get(key) is not None]
@@ -268,4 +241,4 @@ def plot_rib(metrics: Dict, out_dir: str) -> Optional[str]:
     for a in axes.flat:
         a.set_xlabel("epoch")
         a.xaxis.set_major_locator(MaxNLocator(integer=True))
-    return _save(fig, out_dir, "rib.png")
+    return save_figure(fig, out_dir, "rib.png")

@@ -15,6 +15,7 @@ import time
 from typing import Dict, List, Optional
 
 from . import checkpoint as ckpt_io
+from . import distributed as du
 
 try:
     import fcntl
@@ -299,3 +300,24 @@ class RunFolder:
             for name in names:
                 os.remove(os.path.join(self.path, name))
             os.rmdir(self.path)
+
+
+def open_run_folder(cfg: Dict, resume: Optional[str], eval_only: bool, checkpoint: Optional[str] = None):
+    """(RunFolder or None on ranks > 0, run dir, resume path) for a start: planned and locked on rank 0,
+    the outcome (or its error) broadcast so every rank stops together."""
+    outcome = None
+    folder = None
+    if du.is_main():
+        try:
+            planned = plan(cfg, resume=resume, eval_only=eval_only, checkpoint=checkpoint)
+            folder = RunFolder(planned["run_dir"], lock=not eval_only,
+                               must_be_new=not eval_only and not planned["resume_path"])
+            outcome = ("ok", planned)
+        except RunFolderError as e:
+            outcome = ("error", str(e))
+        except OSError as e:  # e.g. a folder that cannot be created
+            outcome = ("error", f"run folder: {e}")
+    outcome = du.broadcast_object(outcome)
+    if outcome[0] == "error":
+        raise RunFolderError(outcome[1])
+    return folder, outcome[1]["run_dir"], outcome[1]["resume_path"]

@@ -1,4 +1,6 @@
-"""The training / evaluation loops of train.py (docs/training.md): TransReID recipe + η·IBB, DDP, checkpoints."""
+"""The training loop of train.py (docs/training.md): TransReID recipe + η·IBB, DDP. ``Trainer`` holds the set-up
+and the epoch loop; its checkpoint state, IBB schedule, evaluation and early stops are the mixins of
+``checkpoint_state.py``, ``ibb_schedule.py``, ``run_evaluation.py`` and ``stopping.py``."""
 import contextlib
 import hashlib
 import math
@@ -9,16 +11,25 @@ from typing import Dict, List, Optional
 
 import torch
 
-from ..reid.datasets import CorruptImageError
+from ..reid.dataset_types import CorruptImageError
 from . import checkpoint as ckpt_io
-from . import components
+from . import data as data_mod
 from . import distributed as du
+from . import ibb_terms
+from . import losses
+from . import model as model_mod
 from . import resume as resume_rules
 from . import rib_logging
 from . import run_folder as rf
+from . import tau_schedule
+from .checkpoint_state import CheckpointState
+from .ibb_schedule import IBBSchedule
+from .run_evaluation import RunEvaluation
+from .run_folder import open_run_folder
+from .stopping import StopHandling
 from .config import DEFAULTS, dump
 from .reporting import (Metrics, Progress, RunClock, TaskProgress, open_tensorboard, plot_curves, require_tensorboard,
-                        results_table, setup_logging)
+                        setup_logging)
 from .scheduler import WarmupCosineLR
 from .validate import check_training_set
 
@@ -30,16 +41,6 @@ def _epoch_seed(seed: int, epoch: int, rank: int, salt: int = 0) -> int:
     return int.from_bytes(h[:4], "little") & 0x7FFFFFFF
 
 
-def _first_line(text: str) -> str:
-    return text.strip().splitlines()[0] if text.strip() else text
-
-
-def _image_path(message: str) -> Optional[str]:
-    """The path in a ``cannot read image <path>: ...`` message (a worker's error keeps only its text)."""
-    import re
-
-    m = re.search(r"cannot read image (.+?)(?:: |\n|$)", message)
-    return m.group(1) if m and os.path.exists(m.group(1)) else None
 
 
 def param_digest(model: torch.nn.Module) -> str:
@@ -52,27 +53,6 @@ def param_digest(model: torch.nn.Module) -> str:
         h.update(str(tuple(t.shape)).encode())
         h.update(t.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
     return h.hexdigest()
-
-
-def open_run_folder(cfg: Dict, resume: Optional[str], eval_only: bool, checkpoint: Optional[str] = None):
-    """(RunFolder or None on ranks > 0, run dir, resume path) for a start: planned and locked on rank 0,
-    the outcome (or its error) broadcast so every rank stops together."""
-    outcome = None
-    folder = None
-    if du.is_main():
-        try:
-            plan = rf.plan(cfg, resume=resume, eval_only=eval_only, checkpoint=checkpoint)
-            folder = rf.RunFolder(plan["run_dir"], lock=not eval_only,
-                                  must_be_new=not eval_only and not plan["resume_path"])
-            outcome = ("ok", plan)
-        except rf.RunFolderError as e:
-            outcome = ("error", str(e))
-        except OSError as e:  # e.g. a folder that cannot be created
-            outcome = ("error", f"run folder: {e}")
-    outcome = du.broadcast_object(outcome)
-    if outcome[0] == "error":
-        raise rf.RunFolderError(outcome[1])
-    return folder, outcome[1]["run_dir"], outcome[1]["resume_path"]
 
 
 def param_groups(model: torch.nn.Module, base_lr: float, weight_decay: float, bias_lr_factor: float,
@@ -107,7 +87,7 @@ def param_groups(model: torch.nn.Module, base_lr: float, weight_decay: float, bi
     return groups
 
 
-class Trainer:
+class Trainer(CheckpointState, IBBSchedule, RunEvaluation, StopHandling):
     def __init__(self, cfg: Dict, *, resume: Optional[str] = None, stop_after: Optional[int] = None,
                  eval_only: bool = False, checkpoint: Optional[str] = None, allow_changes=(),
                  sigint_at: Optional[tuple] = None):
@@ -158,17 +138,17 @@ class Trainer:
         if s["num_threads"]:
             torch.set_num_threads(int(s["num_threads"]))
         ckpt_io.seed_everything(s["seed"])  # same model initialisation on every rank
-        self.data = components.build_data(cfg, self.rank, self.world, train=not self.eval_only)
+        self.data = data_mod.build_data(cfg, self.rank, self.world, train=not self.eval_only)
         if not self.eval_only:  # e.g. more IBB clusters than training images (evaluation fits none)
             check_training_set(cfg, len(self.data.train), self.data.num_classes)
         self.log.info("dataset %s: %d train images of %d ids / %d cameras, %d query, %d gallery (folder %s)",
                       cfg["data"]["dataset"], len(self.data.train), self.data.num_classes, self.data.num_cams,
                       len(self.data.query), len(self.data.gallery), os.path.abspath(self.data.root) if self.data.root
                       else "-")
-        self.model = components.build_model(cfg, self.data).to(self.device)
+        self.model = model_mod.build_model(cfg, self.data).to(self.device)
         self.log.info("model %s (attn %s): %.2fM parameters", cfg["model"]["name"], cfg["model"]["attn_impl"],
                       sum(p.numel() for p in self.model.parameters()) / 1e6)
-        self.ibb = components.build_ibb(cfg, self.data, self.model)
+        self.ibb = ibb_terms.build_ibb(cfg, self.data, self.model)
         if self.ibb is not None:
             self.ibb.to(self.device)
 
@@ -217,7 +197,7 @@ class Trainer:
     def _setup_training(self, s: Dict) -> None:
         """PK batches per epoch, optimizer, schedule and losses (not built by --eval-only)."""
         cfg = self.cfg
-        self.iters_per_epoch = len(components.epoch_indices(self.data, cfg, s["seed"], 0, self.rank, self.world)) \
+        self.iters_per_epoch = len(data_mod.epoch_indices(self.data, cfg, s["seed"], 0, self.rank, self.world)) \
             // self.local_batch
         if s["max_iters_per_epoch"]:
             self.iters_per_epoch = min(self.iters_per_epoch, int(s["max_iters_per_epoch"]))
@@ -229,7 +209,7 @@ class Trainer:
             self.optimizer, total_iters=s["epochs"] * self.iters_per_epoch,
             warmup_iters=min(s["epochs"], s["warmup_epochs"]) * self.iters_per_epoch,
             warmup_factor=s["warmup_factor"], min_factor=s["min_lr_factor"])
-        self.id_loss, self.tri_loss = components.build_losses(cfg, self.data.num_classes)
+        self.id_loss, self.tri_loss = losses.build_losses(cfg, self.data.num_classes)
 
     @property
     def local_batch(self) -> int:
@@ -251,149 +231,7 @@ class Trainer:
             return torch.autocast("cuda", dtype=self.amp_dtype)
         return contextlib.nullcontext()
 
-    # ------------------------------------------------------------------ checkpoints
-    def _rank_state(self, it: int) -> Dict:
-        """What differs between ranks: the RNG states and, mid-epoch, the epoch's partial loss sums."""
-        partial = None
-        if it and self._partial is not None:
-            p = self._partial
-            partial = {"sums": {k: v.detach().cpu() for k, v in p["sums"].items()}, "counts": dict(p["counts"]),
-                       "n_images": p["n_images"], "time_s": time.time() - p["t0"], "refresh_s": p["refresh_s"],
-                       "refresh_record": p["refresh_record"]}
-        ibb_extra = self.ibb.get_extra_state() if self.ibb is not None else None  # per-rank batch-β average
-        memory = [[f.cpu(), y.cpu()] for f, y in self._feat_memory]  # ibb.refresh_features=train_memory
-        return {"rng": ckpt_io.rng_state(), "epoch_partial": partial, "ibb_extra": ibb_extra,
-                "ibb_feat_memory": memory}
-
-    def _state(self, epoch: int, it: int, ranks: List[Dict]) -> Dict:
-        """The checkpoint (weights-only format, ``checkpoint.FORMAT``) of the state before (epoch, it);
-        ``ranks``: every rank's :meth:`_rank_state` (rank 0's also at the top level)."""
-        return ckpt_io.training_state(
-            model=self.model.state_dict(), optimizer=self.optimizer.state_dict(),
-            scheduler=self.scheduler.state_dict(), scaler=self.scaler.state_dict(),
-            ibb=self.ibb.state_dict() if self.ibb is not None else None,
-            input_clusters_ready=self.input_clusters_ready,
-            ibb_feat_memory=ranks[0]["ibb_feat_memory"],  # exact resume (each rank's in ``ranks``)
-            rng=ranks[0]["rng"], epoch=epoch, iter=it,
-            epoch_partial=ranks[0]["epoch_partial"], ranks=ranks if len(ranks) > 1 else None,
-            metrics=self.metrics.data, config=self.cfg, world_size=self.world)
-
-    def save(self, epoch: int, it: int = 0, name: str = "last.pth") -> Optional[str]:
-        """Checkpoint of the state *before* (epoch, it): resuming continues from there. Called on
-        every rank (the ranks' RNG states are gathered); rank 0 writes."""
-        ranks = du.all_gather_object(self._rank_state(it))
-        if not self.main:
-            return None
-        path = ckpt_io.save_atomic(self._state(epoch, it, ranks), os.path.join(self.run_dir, name))
-        self.log.info("checkpoint %s (epoch %d, iter %d)", path, epoch, it)
-        return path
-
-    def save_final(self, epoch: int) -> Optional[str]:
-        """``final.pth``: the model, its config and sizes only (``engine/model_file.py``; no optimizer)."""
-        if not self.main:
-            return None
-        from .model_file import model_file_state
-
-        m = self.cfg["model"]
-        state = model_file_state(self.model, self.cfg, self.data.num_classes,
-                                 self.data.num_cams if m["sie_camera"] else 0,
-                                 self.data.num_views if m["sie_view"] else 0, epoch)
-        path = ckpt_io.save_atomic(state, os.path.join(self.run_dir, "final.pth"))
-        self.log.info("model file %s (epoch %d)", path, epoch)
-        return path
-
-    def _load(self, state: Dict, path: str) -> None:
-        """Continue from a training checkpoint (already read and checked against the config)."""
-        try:
-            self.model.load_state_dict(ckpt_io.model_state_from(state))
-            fresh_groups = [{k: v for k, v in g.items() if k != "params"} for g in self.optimizer.param_groups]
-            self.optimizer.load_state_dict(state["optimizer"])
-            changed = set(self.config_changes)
-            if changed & resume_rules.OPTIMIZER_KEYS:  # allowed changes: the new lr / wd / momentum
-                for g, fresh in zip(self.optimizer.param_groups, fresh_groups):
-                    g.update(fresh)
-            if changed & (resume_rules.SCHEDULE_KEYS | resume_rules.OPTIMIZER_KEYS):
-                self.scheduler.last_iter = int(state["scheduler"]["last_iter"])  # the new schedule, same step
-                self.scheduler._apply()
-            else:
-                self.scheduler.load_state_dict(state["scheduler"])
-            self.scaler.load_state_dict(state["scaler"])
-            if self.ibb is not None and state.get("ibb") is not None:
-                self.ibb.load_state_dict(state["ibb"])
-                self.input_clusters_ready = bool(state.get("input_clusters_ready"))
-        except (RuntimeError, ValueError, KeyError) as e:
-            raise ckpt_io.CheckpointError(path, f"does not fit the model/optimizer this config builds: {e}",
-                                          "--resume") from None
-        ranks = state.get("ranks")
-        mine = ranks[self.rank] if ranks and len(ranks) == self.world else state
-        ckpt_io.set_rng_state(mine["rng"])
-        if self.ibb is not None and mine.get("ibb_extra") is not None:
-            self.ibb.set_extra_state(mine["ibb_extra"])
-        if self.ibb is not None:
-            self._feat_memory = [(f.to(self.device), y.to(self.device)) for f, y in mine.get("ibb_feat_memory") or []]
-        self.start_epoch, self.start_iter = int(state["epoch"]), int(state["iter"])
-        self._resume_partial = mine.get("epoch_partial") if self.start_iter else None
-        self.metrics.data = state["metrics"]
-        if self.config_changes:
-            record = {"epoch": self.start_epoch, "iter": self.start_iter,
-                      "changes": {k: {"checkpoint": a, "now": b} for k, (a, b) in self.config_changes.items()}}
-            self.metrics.data.setdefault("config_changes", []).append(record)
-            self.log.warning("resuming with changed config (--allow-changes): %s", "; ".join(
-                f"{k}: {a!r} -> {b!r}" for k, (a, b) in self.config_changes.items()))
-        self.metrics.write()
-        if state.get("world_size", 1) != self.world:
-            self.log.warning("resuming a %d-process run with %d processes: the data order differs",
-                             state.get("world_size", 1), self.world)
-        self.log.info("resumed from %s at epoch %d iter %d", path, self.start_epoch, self.start_iter)
-
-    # ------------------------------------------------------------------ IBB
-    def ibb_active(self, epoch: int) -> bool:
-        return self.ibb is not None and epoch >= self.cfg["ibb"]["ibb_start_epoch"]
-
-    def _maybe_refresh_ibb(self, epoch: int) -> Optional[float]:
-        c = self.cfg["ibb"]
-        if not self.ibb_active(epoch) or (epoch - c["ibb_start_epoch"]) % c["ibb_refresh"]:
-            return None
-        t0 = time.time()
-        if not self.input_clusters_ready:
-            images = components.input_cluster_images(self.data, self.cfg, self.cfg["solver"]["seed"],
-                                                     self.rank, self.world)
-            self.ibb.set_input_clusters(images.to(self.device))
-            self.input_clusters_ready = True
-        if c["refresh_features"] == "train_memory" and self._feat_memory:
-            feats = torch.cat([f for f, _ in self._feat_memory])
-            labels = torch.cat([y for _, y in self._feat_memory])
-        else:  # eval_pass, or no training batches seen yet (first epoch, or just resumed)
-            loader = self.data.train_eval_loader(self.cfg, self.rank, self.world)
-            with self.task_progress(f"IBB refresh at epoch {epoch + 1}: training-set features",
-                                    len(loader.dataset)) as bar:
-                feats, labels = components.extract_global_features(
-                    self.model, loader, self.device, self._autocast,
-                    {**self.cfg["model"], "ibb_after_neck": c["ibb_feature"] == "after"}, progress=bar)
-        if c.get("control") == "shuffled_q":  # the control: Q from labels shuffled across the features
-            labels = components.shuffled_labels(labels, self.cfg["solver"]["seed"], epoch, self.rank)
-        self.ibb.refresh(feats, labels)
-        self._want_grad_ratio = True
-        dt = time.time() - t0
-        self.log.info("IBB refresh at epoch %d: %d features on this rank, %.1fs", epoch + 1, len(labels), dt)
-        return dt
-
     # ------------------------------------------------------------------ training
-    def _install_sigint(self):
-        def handler(signum, frame):
-            if self._interrupted:  # second Ctrl-C: give up at once
-                signal.signal(signal.SIGINT, signal.default_int_handler)
-                raise KeyboardInterrupt
-            self._interrupted = True
-            self.log.warning("interrupt: saving a checkpoint after this iteration (Ctrl-C again to abort)")
-        return signal.signal(signal.SIGINT, handler)
-
-    def _stop_requested(self) -> bool:
-        flag = torch.tensor([1.0 if self._interrupted else 0.0])
-        if self.world > 1:
-            flag = du.all_reduce_mean(flag.to(self.device)).cpu()
-        return bool(flag.item() > 0)
-
     def compute_loss(self, out: Dict, pids: torch.Tensor, epoch: int, images: torch.Tensor):
         """TransReID's mix: 0.5·global + 0.5·mean(JPM local) for ID and triplet; + η·IBB (or, with
         ``ibb.control = prototype``, the prototype control scaled to η·IBB's gradient norm on the feature)."""
@@ -410,11 +248,11 @@ class Trainer:
         if self.ibb is not None and self.cfg["ibb"]["refresh_features"] == "train_memory":
             self._feat_memory.append((feat.detach().float(), pids))
         if self.ibb_active(epoch):
-            ibb, t1, t2 = components.ibb_terms(self.ibb, feat.float(), pids, images)
+            ibb, t1, t2 = ibb_terms.ibb_terms(self.ibb, feat.float(), pids, images)
             applied = l["eta"] * ibb
             if self.cfg["ibb"].get("control") == "prototype":  # the non-IB control replaces the IBB's gradient
-                ctrl = components.prototype_loss(self.ibb, feat, pids)
-                scale = components.matched_scale(applied, ctrl, feat) if feat.requires_grad \
+                ctrl = ibb_terms.prototype_loss(self.ibb, feat, pids)
+                scale = ibb_terms.matched_scale(applied, ctrl, feat) if feat.requires_grad \
                     else torch.full((), float(l["eta"]), device=ctrl.device)
                 applied = scale * ctrl
                 terms.update(control_loss=ctrl.detach(), control_scale=scale)
@@ -431,7 +269,7 @@ class Trainer:
     def train_step(self, batch, epoch: int, with_keep_fraction: bool = True):
         """One optimiser step; returns the detached loss terms (tensors) and, if asked, the fraction of
         kept DCS channels (a host sync on GPU)."""
-        images, pids, camids, viewids = components.unpack(batch, self.device)
+        images, pids, camids, viewids = data_mod.unpack(batch, self.device)
         self._last_batch = (images, camids, viewids)
         self.net.train()
         track = with_keep_fraction and self.cfg["output"]["keep_fraction_log"]
@@ -453,28 +291,6 @@ class Trainer:
             terms.update(rib_logging.block_keep_fractions(self.model, "keep_fraction"))
             rib_logging.set_tracking(self.model, False)
         return terms
-
-    def _stop_on_bad_image(self, exc: BaseException, epoch: int, it: int):
-        """An image that cannot be read (changed on disk after the dataset's image check) found while
-        training: its verdict goes to the image-check cache (so ``--skip-bad-images`` leaves it out on
-        resume), ``last.pth`` gets the state before iteration ``it`` of ``epoch`` (the RNG states are
-        those after the last step: a failed fetch restores them), and the error names the file."""
-        from ..reid.image_check import record_bad_image
-
-        path = _image_path(str(exc))
-        if path:
-            record_bad_image(path, _first_line(str(exc)))
-        last = os.path.join(self.run_dir, "last.pth")
-        saved = self.world == 1  # under DDP the other ranks would wait in the checkpoint's gather
-        if saved:
-            self.save(epoch, it, "last.pth")
-        head = f"cannot read image {path}" if path else _first_line(str(exc))
-        raise CorruptImageError(
-            f"{head} (found in training at epoch {epoch + 1}, iteration {it + 1}; it changed after the dataset's "
-            "image check). " + (f"{last} holds the state before that iteration: replace the file and continue with "
-                                f"--resume {last}, or leave it out with --resume {last} --skip-bad-images"
-                                if saved else "Replace the file, or pass --skip-bad-images, and resume from the last "
-                                              "checkpoint")) from None
 
     def _batches(self, loader, epoch: int, start_iter: int, prog):
         """``loader``'s batches; an unreadable image ends the run through :meth:`_stop_on_bad_image`."""
@@ -499,8 +315,8 @@ class Trainer:
         partial = getattr(self, "_resume_partial", None) if start_iter else None
         self._resume_partial = None
         m = cfg["model"]
-        tau = rib_logging.tau_at(epoch, cfg["solver"]["epochs"], m["tau"], m["tau_end"], m["tau_schedule"])
-        rib_logging.set_tau(self.model, tau)
+        tau = tau_schedule.tau_at(epoch, cfg["solver"]["epochs"], m["tau"], m["tau_end"], m["tau_schedule"])
+        tau_schedule.set_tau(self.model, tau)
         if start_iter == 0:
             ckpt_io.seed_everything(_epoch_seed(cfg["solver"]["seed"], epoch, self.rank))
             try:
@@ -512,7 +328,7 @@ class Trainer:
         else:
             refresh_s = partial["refresh_s"] if partial else None
             refresh_record = (partial.get("refresh_record") or {}) if partial else {}
-        indices = components.epoch_indices(self.data, cfg, cfg["solver"]["seed"], epoch, self.rank, self.world,
+        indices = data_mod.epoch_indices(self.data, cfg, cfg["solver"]["seed"], epoch, self.rank, self.world,
                                            min_len=self.iters_per_epoch * self.local_batch)
         indices = indices[: self.iters_per_epoch * self.local_batch][start_iter * self.local_batch:]
         loader = self.data.train_loader(cfg, indices, self.local_batch,
@@ -573,7 +389,7 @@ class Trainer:
             if cfg["output"]["keep_fraction_log"] and self._last_batch is not None:
                 imgs, cams, views = self._last_batch
                 record.update(rib_logging.eval_keep_fractions(
-                    self.model, imgs, **components._labels(cfg["model"], cams, views)))
+                    self.model, imgs, **model_mod.model_inputs(cfg["model"], cams, views)))
         local = torch.stack([sums[k] / counts[k] for k in sorted(sums)])
         if self.world > 1:  # the same keys on every rank: mean over ranks
             local = du.all_reduce_mean(local)
@@ -637,100 +453,11 @@ class Trainer:
         finally:
             signal.signal(signal.SIGINT, old_handler)
 
-    def _stopped_before_final_eval(self, when: str) -> None:
-        """A Ctrl-C after the last training step: everything is saved, the final evaluation is left to
-        ``--resume`` (a finished run's resume only evaluates); the exit status says it was interrupted."""
-        self.interrupted = True
-        self.log.warning("stopped by interrupt %s; training is complete (last.pth, final.pth saved): "
-                         "--resume %s runs the final evaluation", when, os.path.join(self.run_dir, "last.pth"))
-        return None
-
     def _write_digest(self) -> None:
         with open(os.path.join(self.run_dir, f"params_rank{self.rank}.sha256"), "w") as f:
             f.write(param_digest(self.model) + "\n")
             if self.ibb is not None:
                 f.write(param_digest(self.ibb) + "\n")
-
-    # ------------------------------------------------------------------ evaluation
-    def evaluate(self, epoch: int, final: bool = False) -> Optional[Dict]:
-        """Retrieval metrics on query/gallery (rank 0 only; the others wait)."""
-        result = None
-        if self.main:
-            t0 = time.time()
-            e = self.cfg["eval"]
-            res = components.evaluate(self.model, self.data, self.cfg, self.device, self._autocast,
-                                      progress=self.task_progress)
-            result = {"epoch": epoch, **res, "time_s": time.time() - t0}
-            self.log.info("eval epoch %d: mAP %.2f%% Rank-1 %.2f%% Rank-5 %.2f%% Rank-10 %.2f%% mINP %.2f%% (%.1fs)",
-                          epoch, 100 * res["mAP"], 100 * res["rank1"], 100 * res["rank5"], 100 * res["rank10"],
-                          100 * res["mINP"], result["time_s"])
-            self.metrics.add_eval(result)
-            if final:
-                final_rec = dict(res)
-                if rib_logging.dcs_modules(self.model) and self.cfg["output"]["keep_fraction_log"]:
-                    # per-block eval masks on a fixed batch (the first query images), so a resumed run
-                    # that only evaluates records what the uninterrupted one does
-                    imgs, _, cams, views = components.unpack(
-                        next(iter(self.data.test_loader(self.cfg, self.data.query[: self.local_batch]))), self.device)
-                    final_rec.update(rib_logging.eval_keep_fractions(
-                        self.model, imgs, **components._labels(self.cfg["model"], cams, views)))
-                if "eval_keep_fraction" in final_rec:
-                    final_rec["keep_fraction"] = final_rec["eval_keep_fraction"]
-                elif self.model_keep_fraction_eval() is not None:
-                    final_rec["keep_fraction"] = self.model_keep_fraction_eval()
-                if e["occlusion"]:
-                    occ = components.occlusion_table(self.model, self.data, self.cfg, self.device, self._autocast,
-                                                     progress=self.task_progress)
-                    final_rec["occlusion"] = occ
-                    self.log.info("\n" + results_table(
-                        [{"name": f"occlusion {r['ratio']:.0%}", **r} for r in occ], "occlusion stress test"))
-                self.metrics.set("final", final_rec)
-                name = f"{self.cfg['_meta']['config_name']} ({self.cfg['model']['name']}, attn {self.cfg['model']['attn_impl']}" \
-                       + (", IBB" if self.ibb is not None else "") + ")"
-                table = results_table([{"name": name, **res}], f"final evaluation, epoch {epoch}")
-                if not self.eval_only:  # --eval-only writes its own eval-<timestamp>.json, nothing else
-                    plot_curves(self.metrics.data, self.run_dir)
-                    with open(os.path.join(self.run_dir, "results.md"), "w") as f:
-                        f.write(table + "\n")
-                print("\n" + table + "\n", flush=True)
-                self.log.info("run folder: %s", self.run_dir)
-        du.barrier()
-        return result
-
-    def model_keep_fraction_eval(self) -> Optional[float]:
-        kf = self.model.keep_fraction() if hasattr(self.model, "keep_fraction") else None
-        return None if kf is None else float(kf)
-
-    def evaluate_checkpoint(self, checkpoint: Optional[str], model_file=None) -> Optional[Dict]:
-        """Evaluate ``checkpoint``: the model its own stored config describes, with this run's
-        eval-time choices. The result goes to ``eval-<timestamp>.json`` in the run folder
-        (``metrics.json`` and the rest of a run folder are never rewritten)."""
-        epoch = 0
-        if checkpoint:
-            from .model_file import EVAL_TIME_MODEL_KEYS, eval_config, read_model_file
-            from ..inference import build_model_from_file
-
-            mf = model_file or read_model_file(checkpoint)
-            cfg = eval_config(mf.config, self.cfg, [f"model.{k}" for k in EVAL_TIME_MODEL_KEYS])
-            self.model = build_model_from_file(mf, cfg, checkpoint).to(self.device)
-            epoch = mf.epoch
-        elif self.cfg["model"]["pretrained"]:
-            self.log.info("--eval-only without --checkpoint: evaluating the model with the --pretrained weights %s",
-                          self.cfg["model"]["pretrained"])
-        else:
-            self.log.warning("--eval-only without --checkpoint or --pretrained: evaluating the freshly initialised "
-                             "model")
-        result = self.evaluate(epoch, final=True)
-        if self.main:
-            out = {"checkpoint": os.path.abspath(checkpoint) if checkpoint else None,
-                   "final": self.metrics.data.get("final"), "config": self.cfg}
-            self.eval_path = os.path.join(self.run_dir, f"eval-{self.eval_stamp}.json")
-            n = 1
-            while os.path.exists(self.eval_path):  # two evaluations within a second
-                self.eval_path, n = os.path.join(self.run_dir, f"eval-{self.eval_stamp}-{n}.json"), n + 1
-            Metrics(self.eval_path, out).write()
-            self.log.info("evaluation written to %s", self.eval_path)
-        return result
 
     def close(self) -> None:
         if self.folder is not None:

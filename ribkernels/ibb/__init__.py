@@ -12,11 +12,15 @@ Importing this package loads nothing: the extension is loaded by the first op th
 * :func:`kmeans_step`, :func:`kmeans` — the cluster refresh.
 * :func:`extension_status` — where the extension came from and which devices it serves.
 """
-from ._ext import status as extension_status
+from .. import _extension
+from .._extension import status as extension_status
+from . import _registrations
 from .kmeans import KMeansResult, KMeansStep, kmeans, kmeans_step
 from .loss import ibb_loss, ibb_loss_batch_beta
 from .soft_assign import soft_assign
 from .soft_counts import soft_counts
+
+_extension.on_load(_registrations.register)  # the IBB ops' autograd and fake kernels
 
 __all__ = ["ibb_loss", "ibb_loss_batch_beta", "soft_assign", "soft_counts", "kmeans", "kmeans_step", "KMeansStep",
            "KMeansResult", "extension_status"]

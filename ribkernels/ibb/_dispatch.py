@@ -5,7 +5,7 @@ import contextlib
 
 import torch
 
-from . import _ext
+from .. import _extension as _ext
 
 IMPLS = ("auto", "ext", "eager")
 

@@ -20,9 +20,9 @@ from typing import Dict, Optional
 import torch
 import torch.nn.functional as F
 
-from ._progress import StepProgress, check_mode
+from .progress import StepProgress, check_mode
 from .checks import check_features_centroids, check_finite
-from .kmeans import _all_reduce, _group
+from .._distributed import all_reduce, resolve_group
 
 DEFAULT_TARGET_ENTROPY = math.log(4.0)
 
@@ -37,7 +37,7 @@ def _sq_dists(features: torch.Tensor, centroids: torch.Tensor, normalize: bool) 
 def _mean_entropy(d2: torch.Tensor, beta: float, group) -> float:
     logp = torch.log_softmax(-beta * d2, dim=1)
     sums = torch.stack([-(logp.exp() * logp).sum(), torch.tensor(float(d2.shape[0]), dtype=d2.dtype)])
-    _all_reduce(sums, group)
+    all_reduce(sums, group)
     return float(sums[0] / sums[1].clamp_min(1))
 
 
@@ -63,12 +63,12 @@ def calibrate_beta(features: torch.Tensor, centroids: torch.Tensor, *,
         raise ValueError(f"target_entropy must lie in (0, log A = {math.log(A):.4g}) nats, got {target_entropy!r}")
     if max_rows is not None and features.shape[0] > max_rows:
         features = features[:: math.ceil(features.shape[0] / max_rows)]
-    group = _group(None, None)
+    group = resolve_group(None, None)
     d2 = _sq_dists(features, centroids, normalize)
     scale = d2.sum().reshape(1)
     count = torch.tensor([float(d2.numel())], dtype=d2.dtype, device=d2.device)
-    _all_reduce(scale, group)
-    _all_reduce(count, group)
+    all_reduce(scale, group)
+    all_reduce(count, group)
     scale = float(scale / count)  # the mean shifted squared distance: β's natural unit is 1 / scale
     if not scale > 0:  # every feature at the same distance from every centroid: any β gives log A
         return 1.0
@@ -124,7 +124,7 @@ def calibrate_beta_batch(features: torch.Tensor, centroids: torch.Tensor, *,
     from ._dispatch import no_autocast, use_extension
 
     if use_extension(impl, features.device):
-        from . import _ext
+        from .. import _extension as _ext
         from .checks import compute_dtype
 
         dtype = compute_dtype(features, centroids)

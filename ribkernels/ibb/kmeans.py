@@ -10,11 +10,13 @@ from typing import List, NamedTuple, Optional
 import torch
 import torch.nn.functional as F
 
-from . import _ext
-from ._progress import StepProgress, check_mode
+from .. import _extension as _ext
+from .progress import StepProgress, check_mode
 from ._dispatch import no_autocast, use_extension
 from .checks import check_features_centroids, check_finite, check_floating_matrix, compute_dtype
 from .reference import kmeans_step_eager
+
+from .._distributed import all_reduce, resolve_group
 
 INITS = ("k-means++", "random")
 
@@ -61,25 +63,9 @@ def check_magnitude(name: str, x: torch.Tensor) -> None:
                          f"({name}: shape {tuple(x.shape)})")
 
 
-def _group(distributed: Optional[bool], process_group):
-    """The process group to all-reduce over, or None for a single-process run."""
-    import torch.distributed as dist
-
-    ready = dist.is_available() and dist.is_initialized()
-    if distributed is False or (distributed is None and not ready):
-        return None
-    if not ready:
-        raise RuntimeError("distributed=True but torch.distributed is not initialised")
-    group = process_group if process_group is not None else dist.group.WORLD
-    return group if dist.get_world_size(group) > 1 else None
-
-
-def _all_reduce(t: torch.Tensor, group) -> torch.Tensor:
-    if group is not None:
-        import torch.distributed as dist
-
-        dist.all_reduce(t, group=group)
-    return t
+# The shared helpers under their old private names (kept for callers of one release).
+_group = resolve_group
+_all_reduce = all_reduce
 
 
 def _all_gather_rows(x: torch.Tensor, group) -> torch.Tensor:
@@ -179,7 +165,7 @@ def kmeans(x: torch.Tensor, k: int, iters: int = 20, seed: int = 0, *, init="k-m
     elif init not in INITS:
         raise ValueError(f"init must be one of {INITS} or a [k, D] tensor, got {init!r}")
     check_finite("x", x)
-    group = _group(distributed, process_group)
+    group = resolve_group(distributed, process_group)
     x = x.to(compute_dtype(x))
     check_magnitude("x", x)
     if normalize:
@@ -205,9 +191,9 @@ def kmeans(x: torch.Tensor, k: int, iters: int = 20, seed: int = 0, *, init="k-m
     prog = StepProgress(iters + 1, f"IBB k-means ({k} clusters, {union_rows} rows)", progress)
     for it in range(iters + 1):
         assign, sums, counts, min_dist = kmeans_step(x, centroids, impl=impl)
-        _all_reduce(sums, group)
-        _all_reduce(counts, group)
-        obj = float(_all_reduce(min_dist.sum().reshape(1), group))
+        all_reduce(sums, group)
+        all_reduce(counts, group)
+        obj = float(all_reduce(min_dist.sum().reshape(1), group))
         objective.append(obj)
         stop = it == iters or (it > 0 and not reseeded[-1] and objective[-2] - obj <= tol * abs(objective[-2]))
         if prog.mode != "off":  # (the count of empty clusters is a sync on CUDA)

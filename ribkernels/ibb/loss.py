@@ -5,7 +5,7 @@ from typing import Optional, Tuple, Union
 
 import torch
 
-from . import _ext
+from .. import _extension as _ext
 from ._dispatch import no_autocast, use_extension
 from .checks import (check_beta_arg, check_features_centroids, check_finite, check_label_range,
                      check_log_q, check_same_device, check_tensor, compute_dtype, describe)

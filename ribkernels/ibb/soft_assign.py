@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from . import _ext
+from .. import _extension as _ext
 from ._dispatch import no_autocast, use_extension
 from .checks import check_beta, check_features_centroids, compute_dtype
 from .reference import soft_assign_eager

@@ -370,7 +370,7 @@ def _load_resnet(model: nn.Module, sd: Dict[str, torch.Tensor], path: str, desc:
     return [f"backbone.{k}" for k in missing], list(unexpected), len(sd) - len(unexpected), []
 
 
-def _parse_spec(path) -> Tuple[Optional[str], str]:
+def parse_spec(path) -> Tuple[Optional[str], str]:
     """``"timm:<name>:<file>"`` -> (name, file); anything else -> (None, path)."""
     if isinstance(path, str) and path.startswith("timm:"):
         name, sep, file = path[len("timm:"):].partition(":")
@@ -394,7 +394,7 @@ def load_pretrained(model: nn.Module, path: str, *, timm_name: Optional[str] = N
     from .rib_ca import ResNetReID
     from .transreid import TransReID
 
-    spec_name, path = _parse_spec(path)
+    spec_name, path = parse_spec(path)
     timm_name = timm_name or spec_name
     if not isinstance(model, (TransReID, ResNetReID)):
         raise TypeError(f"load_pretrained: model must be a TransReID or ResNetReID, got {type(model).__name__}")

@@ -13,8 +13,8 @@ from ..ibb import ibb_loss, ibb_loss_batch_beta, kmeans, soft_assign, soft_count
 from ..ibb.calibrate import DEFAULT_TARGET_ENTROPY, assignment_stats, calibrate_beta
 from ..ibb.checks import (check_beta, check_features_centroids, check_finite, check_label_range, check_labels,
                           check_tensor, describe)
-from ..ibb._progress import check_mode
-from ..ibb.kmeans import _all_reduce, _group
+from ..ibb.progress import check_mode
+from .._distributed import all_reduce, resolve_group
 
 logger = logging.getLogger("ribkernels.ibb")
 
@@ -165,7 +165,7 @@ class IBBLoss(nn.Module):
         beta = self._choose_beta(features, centroids, self.normalize)
         counts = soft_counts(features, labels, centroids, num_classes=self.num_classes,
                              beta=beta, normalize=self.normalize, impl=self.impl)
-        _all_reduce(counts, _group(None, None))
+        all_reduce(counts, resolve_group(None, None))
         q = counts / counts.sum(1, keepdim=True).clamp_min(torch.finfo(counts.dtype).tiny)
         if self.q_smoothing:
             q = (1.0 - self.q_smoothing) * q + self.q_smoothing / self.num_classes

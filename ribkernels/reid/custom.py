@@ -19,7 +19,9 @@ import difflib
 import os
 from typing import Dict, List, Optional, Sequence, Tuple
 
-from .datasets import IMG_EXTENSIONS, DatasetLayoutError, Item, ReIDData, _check_args, _finish, register_dataset
+from .dataset_check import assemble_dataset, check_image_options
+from .dataset_types import IMG_EXTENSIONS, DatasetLayoutError, Item, ReIDData
+from .registry import register_dataset
 
 __all__ = ["load_csv_dataset", "load_folder_dataset", "CSV_COLUMNS", "SPLITS"]
 
@@ -83,7 +85,7 @@ def _assemble(name: str, root: str, rows: List[Row], layout: str, verify: str, s
     if unknown:
         raise fail(f"{len(unknown)} query person id(s) never appear in the gallery, so those queries cannot be "
                    f"evaluated: {unknown[:MAX_LISTED]}{' ...' if len(unknown) > MAX_LISTED else ''}")
-    return _finish(name, root, splits["train"], splits["query"], splits["gallery"], verify, skip)
+    return assemble_dataset(name, root, splits["train"], splits["query"], splits["gallery"], verify, skip)
 
 
 # ----------------------------------------------------------------------------------------------------- CSV
@@ -135,7 +137,7 @@ def load_csv_dataset(root: str, *, verify: str = "full", skip_bad_images: Option
                      on_corrupt: Optional[str] = None) -> ReIDData:
     """``root``: a CSV file with the columns path, pid, camid, split, or a folder holding
     ``train.csv``, ``query.csv``, ``gallery.csv`` (columns path, pid, camid). See the module docstring."""
-    skip = _check_args(verify, on_corrupt, skip_bad_images)
+    skip = check_image_options(verify, on_corrupt, skip_bad_images)
     root = os.fspath(root)
     if os.path.isfile(root):
         rows = _read_csv(root, None, root)
@@ -163,7 +165,7 @@ _FOLDER_LAYOUT = ("  DIR/train/<pid>/<camid>/<image>   (also DIR/query/..., DIR/
 def load_folder_dataset(root: str, *, verify: str = "full", skip_bad_images: Optional[bool] = None,
                         on_corrupt: Optional[str] = None) -> ReIDData:
     """Images in ``root/{train,query,gallery}/<pid>/<camid>/<image>`` (see the module docstring)."""
-    skip = _check_args(verify, on_corrupt, skip_bad_images)
+    skip = check_image_options(verify, on_corrupt, skip_bad_images)
     root = os.path.abspath(os.fspath(root))
     if not os.path.isdir(root):
         raise DatasetLayoutError(f"folder dataset: {root!r} is not a folder\nExpected:\n{_FOLDER_LAYOUT}")

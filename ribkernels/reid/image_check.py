@@ -18,6 +18,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Dict, Iterable, List, Optional, Tuple
 
+from .. import _env
+
 __all__ = ["ImageCheckResult", "check_images", "decode_error", "cache_path_for", "CACHE_NAME", "record_bad_image"]
 
 CACHE_NAME = ".ribkernels-image-check.json"
@@ -59,7 +61,7 @@ class ImageCheckResult:
 
 
 def _cache_base() -> str:
-    return os.environ.get("RIBKERNELS_CACHE", os.path.join(os.path.expanduser("~"), ".cache", "ribkernels"))
+    return _env.cache_dir()
 
 
 def _writable_dir(d: str) -> bool:

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
-from .data import read_image
+from .image_dataset import read_image
 from .evaluation import evaluate
 
 __all__ = ["add_occluder", "occlusion_stress_test", "format_occlusion_table", "feature_extractor", "BODY_BOX"]
@@ -75,28 +75,28 @@ def add_occluder(img: Image.Image, fraction: float, *, seed: int = 0, mode: str 
 def _training_like(img: Image.Image, fraction: float, rng: np.random.Generator, mode: str,
                    box: Tuple[float, float, float, float]) -> Image.Image:
     """``add_occluder``'s ``"scene"`` and ``"confuser"`` modes (``img`` is already a copy)."""
-    from .synthetic import _draw_person, _footprint, _hsv, _identity, _shift
+    from .synthetic import draw_person, footprint, hsv_color, random_identity, shift_array
 
     w, h = img.size
     bx0, by0, bx1, by1 = box
     bw, bh = bx1 - bx0, by1 - by0
     if mode == "confuser":
-        other = _identity(rng)
-        mask, pix = _footprint(lambda c, r: _draw_person(c, other, r), img.size, rng)
+        other = random_identity(rng)
+        mask, pix = footprint(lambda c, r: draw_person(c, other, r), img.size, rng)
         inside = np.zeros((h, w), bool)
         inside[int(round(by0)):int(round(by1)), int(round(bx0)):int(round(bx1))] = True
         area = max(int(inside.sum()), 1)
-        dx = min(range(-w, w + 1), key=lambda d: (abs((_shift(mask, 0, d) & inside).sum() / area - fraction), abs(d)))
-        m = _shift(mask, 0, dx)
+        dx = min(range(-w, w + 1), key=lambda d: (abs((shift_array(mask, 0, d) & inside).sum() / area - fraction), abs(d)))
+        m = shift_array(mask, 0, dx)
         a = np.asarray(img).copy()
-        a[m] = _shift(pix, 0, dx)[m]
+        a[m] = shift_array(pix, 0, dx)[m]
         return Image.fromarray(a)
     d = ImageDraw.Draw(img)
-    col, kind = _hsv(rng), int(rng.integers(3))
+    col, kind = hsv_color(rng), int(rng.integers(3))
     if kind == 0:  # vehicle / bench band from below, with its stripe
         y = int(round(by1 - fraction * bh))
         d.rectangle([0, y, w, h], fill=col)
-        d.rectangle([0, y, w, y + 3], fill=_hsv(rng))
+        d.rectangle([0, y, w, y + 3], fill=hsv_color(rng))
     elif kind == 1:  # pole: a full-height band
         pw = fraction * bw
         x0 = bx0 + rng.uniform(0, bw - pw)

@@ -31,7 +31,7 @@ def _pids_of(data_source) -> List[int]:
 
 class RandomIdentitySampler(Sampler[int]):
     """Yields dataset indices, P×K per batch (``batch_size = P*K``). ``data_source``: an
-    :class:`~ribkernels.reid.data.ImageDataset` or a list of (path, pid, camid). ``seed`` defaults to
+    :class:`~ribkernels.reid.image_dataset.ImageDataset` or a list of (path, pid, camid). ``seed`` defaults to
     torch's initial seed; call :meth:`set_epoch` (or just iterate again) for a new epoch."""
 
     def __init__(self, data_source, batch_size: int, num_instances: int, seed: Optional[int] = None):

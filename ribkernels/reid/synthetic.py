@@ -6,7 +6,7 @@ illumination (colour cast, gain, gamma, contrast), blur, noise and JPEG quality,
 colours; every image gets random background clutter and, with some probability, a random occluder
 (a vehicle/bench band from below, a pole, or a passer-by block). Backgrounds never depend on the
 identity, so identity has to be read from the person. Sizes default small enough that a small model
-trains on a CPU in minutes. See ``SYNTHETIC.md`` for how hard it is.
+trains on a CPU in minutes. See ``docs/synthetic.md`` for how hard it is.
 
     root = make_synthetic_market()             # ~/.cache/ribkernels/synthetic_market/<config>/
     data = build_dataset("synthetic")          # generated on first use, then read by the Market loader
@@ -25,7 +25,10 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
-from .datasets import ReIDData, load_market1501, register_dataset
+from .. import _env
+from .dataset_types import ReIDData
+from .loaders import load_market1501
+from .registry import register_dataset
 
 __all__ = ["SyntheticConfig", "make_synthetic_market", "load_synthetic", "default_cache_dir", "render_identity_image",
            "check_options", "load_metadata", "load_ground_truth", "OCCLUDER_KINDS"]
@@ -106,8 +109,7 @@ def check_options(cfg: "SyntheticConfig") -> None:
 
 
 def default_cache_dir() -> str:
-    base = os.environ.get("RIBKERNELS_CACHE", os.path.join(os.path.expanduser("~"), ".cache", "ribkernels"))
-    return os.path.join(base, "synthetic_market")
+    return os.path.join(_env.cache_dir(), "synthetic_market")
 
 
 # ------------------------------------------------------------------------------------------- appearance
@@ -117,24 +119,27 @@ _SKIN = [(255, 224, 196), (234, 192, 160), (198, 145, 110), (160, 110, 80), (120
 _HAIR = [(20, 15, 10), (60, 40, 25), (110, 75, 40), (200, 170, 110), (150, 150, 150), (140, 50, 30)]
 
 
-def _hsv(rng: np.random.Generator, sat=(0.15, 0.95), val=(0.15, 0.95)) -> Tuple[int, int, int]:
+def hsv_color(rng: np.random.Generator, sat=(0.15, 0.95), val=(0.15, 0.95)) -> Tuple[int, int, int]:
+    """A random RGB colour (uniform hue, saturation and value in the given ranges)."""
     r, g, b = colorsys.hsv_to_rgb(rng.uniform(), rng.uniform(*sat), rng.uniform(*val))
     return int(r * 255), int(g * 255), int(b * 255)
 
 
-def _identity(rng: np.random.Generator) -> Dict:
+def random_identity(rng: np.random.Generator) -> Dict:
+    """A random person's appearance (skin, hair, hat, clothes and their patterns, shoes): what
+    :func:`draw_person` draws."""
     return {
         "skin": _SKIN[rng.integers(len(_SKIN))],
         "hair": _HAIR[rng.integers(len(_HAIR))],
         "long_hair": bool(rng.uniform() < 0.35),
-        "hat": _hsv(rng) if rng.uniform() < 0.2 else None,
-        "upper": _hsv(rng), "upper2": _hsv(rng), "upper_pat": _PATTERNS[rng.integers(len(_PATTERNS))],
+        "hat": hsv_color(rng) if rng.uniform() < 0.2 else None,
+        "upper": hsv_color(rng), "upper2": hsv_color(rng), "upper_pat": _PATTERNS[rng.integers(len(_PATTERNS))],
         "upper_period": int(rng.integers(4, 11)), "long_sleeves": bool(rng.uniform() < 0.6),
-        "lower": _hsv(rng, sat=(0.05, 0.8), val=(0.1, 0.85)), "lower2": _hsv(rng),
+        "lower": hsv_color(rng, sat=(0.05, 0.8), val=(0.1, 0.85)), "lower2": hsv_color(rng),
         "lower_pat": ("solid", "solid", "solid", "hstripes", "checks")[rng.integers(5)],
         "lower_kind": ("trousers", "trousers", "shorts", "skirt")[rng.integers(4)],
-        "shoes": _hsv(rng, sat=(0.0, 0.5), val=(0.05, 0.9)),
-        "bag": ("none", "none", "backpack", "handbag")[rng.integers(4)], "bag_col": _hsv(rng),
+        "shoes": hsv_color(rng, sat=(0.0, 0.5), val=(0.05, 0.9)),
+        "bag": ("none", "none", "backpack", "handbag")[rng.integers(4)], "bag_col": hsv_color(rng),
         "height": float(rng.uniform(0.80, 0.94)), "build": float(rng.uniform(0.82, 1.2)),
     }
 
@@ -153,7 +158,7 @@ def _camera(rng: np.random.Generator) -> Dict:
         "gain": rng.uniform(0.7, 1.3, size=3), "gamma": float(rng.uniform(0.75, 1.35)),
         "contrast": float(rng.uniform(0.7, 1.15)), "offset": float(rng.uniform(-0.08, 0.1)),
         "blur": float(rng.choice([0.0, 0.4, 0.8, 1.2])), "noise": float(rng.uniform(0.01, 0.05)),
-        "quality": int(rng.integers(70, 96)), "wall": _hsv(rng, sat=(0.0, 0.5)), "floor": _hsv(rng, sat=(0.0, 0.4)),
+        "quality": int(rng.integers(70, 96)), "wall": hsv_color(rng, sat=(0.0, 0.5)), "floor": hsv_color(rng, sat=(0.0, 0.4)),
         "horizon": float(rng.uniform(0.45, 0.8)),
     }
 
@@ -188,7 +193,7 @@ def _background(rng, cam: Dict, h: int, w: int) -> Image.Image:
     for _ in range(int(rng.integers(3, 9))):  # clutter: not tied to the identity
         x0, y0 = int(rng.integers(-10, w)), int(rng.integers(-10, h))
         x1, y1 = x0 + int(rng.integers(4, w // 2)), y0 + int(rng.integers(4, h // 2))
-        col = _hsv(rng)
+        col = hsv_color(rng)
         kind = rng.integers(3)
         if kind == 0:
             d.rectangle([x0, y0, x1, y1], fill=col)
@@ -199,7 +204,8 @@ def _background(rng, cam: Dict, h: int, w: int) -> Image.Image:
     return img
 
 
-def _draw_person(img: Image.Image, p: Dict, rng: np.random.Generator) -> None:
+def draw_person(img: Image.Image, p: Dict, rng: np.random.Generator) -> None:
+    """Draw the person of appearance ``p`` (:func:`random_identity`) on ``img``, in place."""
     w, h = img.size
     scale = rng.uniform(0.93, 1.05)
     ph = p["height"] * h * scale
@@ -275,12 +281,12 @@ def _occlude(img: Image.Image, rng: np.random.Generator) -> int:
     """Draw one random occluder on ``img``; returns its kind (index into ``OCCLUDER_KINDS``)."""
     w, h = img.size
     d = ImageDraw.Draw(img)
-    col = _hsv(rng)
+    col = hsv_color(rng)
     kind = rng.integers(3)
     if kind == 0:  # vehicle / bench from below
         y = int(h * rng.uniform(0.55, 0.8))
         d.rectangle([0, y, w, h], fill=col)
-        d.rectangle([0, y, w, y + 3], fill=_hsv(rng))
+        d.rectangle([0, y, w, y + 3], fill=hsv_color(rng))
     elif kind == 1:  # pole
         x = int(rng.integers(w // 5, 4 * w // 5))
         d.rectangle([x, 0, x + int(rng.integers(6, 16)), h], fill=col)
@@ -305,7 +311,7 @@ def render_identity_image(person: Dict, cam: Dict, rng: np.random.Generator, hei
     """One image of ``person`` seen by ``cam``: background clutter, the person, maybe an occluder,
     then the camera's illumination, blur and noise."""
     img = _background(rng, cam, height, width)
-    _draw_person(img, person, rng)
+    draw_person(img, person, rng)
     if rng.uniform() < occluder_prob:
         _occlude(img, rng)
     return _camera_look(img, cam, rng)
@@ -319,7 +325,7 @@ def _clone(rng: np.random.Generator) -> np.random.Generator:
     return r
 
 
-def _footprint(draw, size: Tuple[int, int], rng: np.random.Generator) -> Tuple[np.ndarray, np.ndarray]:
+def footprint(draw, size: Tuple[int, int], rng: np.random.Generator) -> Tuple[np.ndarray, np.ndarray]:
     """The pixels ``draw(img, rng)`` paints: (mask [h, w] bool, their colours [h, w, 3] uint8, 0 elsewhere),
     found by drawing on a black and a white canvas with copies of ``rng`` (``rng`` is not advanced)."""
     hit, black = None, None
@@ -334,7 +340,7 @@ def _footprint(draw, size: Tuple[int, int], rng: np.random.Generator) -> Tuple[n
     return hit, np.where(hit[..., None], black, 0).astype(np.uint8)
 
 
-def _shift(a: np.ndarray, dy: int, dx: int) -> np.ndarray:
+def shift_array(a: np.ndarray, dy: int, dx: int) -> np.ndarray:
     """``a`` moved by (dy, dx) pixels along its first two axes, zero-filled."""
     out = np.zeros_like(a)
     h, w = a.shape[:2]
@@ -347,7 +353,7 @@ def _shift(a: np.ndarray, dy: int, dx: int) -> np.ndarray:
 def _home_scene(rng: np.random.Generator) -> Dict:
     """A training identity's fixed home scene: wall/floor colours, horizon, a clutter layout (its seed)
     and a camera colour cast (gain, offset)."""
-    return {"wall": _hsv(rng, sat=(0.0, 0.5)), "floor": _hsv(rng, sat=(0.0, 0.4)), "horizon": float(rng.uniform(0.45, 0.8)),
+    return {"wall": hsv_color(rng, sat=(0.0, 0.5)), "floor": hsv_color(rng, sat=(0.0, 0.4)), "horizon": float(rng.uniform(0.45, 0.8)),
             "gain": rng.uniform(0.7, 1.3, size=3), "offset": float(rng.uniform(-0.08, 0.1)),
             "clutter_seed": int(rng.integers(2 ** 31))}
 
@@ -358,21 +364,21 @@ def _add_confuser(img: Image.Image, target: np.ndarray, other: Dict, rng: np.ran
     that it covers a share of the target's pixels (``target`` [h, w] bool) drawn in ``coverage``, the
     closest reachable. Returns (the confuser's pixels [h, w] bool, the share of the target it covers)."""
     w, h = img.size
-    mask, pix = _footprint(lambda c, r: _draw_person(c, other, r), img.size, rng)
-    _draw_person(Image.new("RGB", img.size), other, rng)  # advance rng as the drawing did
+    mask, pix = footprint(lambda c, r: draw_person(c, other, r), img.size, rng)
+    draw_person(Image.new("RGB", img.size), other, rng)  # advance rng as the drawing did
     lo, hi = float(coverage[0]), float(coverage[1])
     want = float(rng.uniform(lo, hi))
     dy = int(rng.integers(-h // 16, h // 16 + 1))
     area = max(int(target.sum()), 1)
     best, best_err = 0, None
     for dx in range(-w, w + 1):
-        cov = float((_shift(mask, dy, dx) & target).sum()) / area
+        cov = float((shift_array(mask, dy, dx) & target).sum()) / area
         err = abs(cov - want) if lo <= cov <= hi else 1.0 + abs(cov - want)
         if best_err is None or err < best_err:
             best, best_err = dx, err
-    m = _shift(mask, dy, best)
+    m = shift_array(mask, dy, best)
     a = np.asarray(img).copy()
-    a[m] = _shift(pix, dy, best)[m]
+    a[m] = shift_array(pix, dy, best)[m]
     img.paste(Image.fromarray(a))
     return m, float((m & target).sum()) / area
 
@@ -398,8 +404,8 @@ def _render(person: Dict, cam: Dict, rng: np.random.Generator, cfg: "SyntheticCo
         img = _background(rng, cam, h, w)
         look = cam
     masks = cfg.ground_truth or cfg.confuser_prob > 0
-    body = _footprint(lambda c, r: _draw_person(c, person, r), img.size, rng)[0] if masks else None
-    _draw_person(img, person, rng)
+    body = footprint(lambda c, r: draw_person(c, person, r), img.size, rng)[0] if masks else None
+    draw_person(img, person, rng)
     nuisance = np.zeros((h, w), bool) if masks else None
     if cfg.confuser_prob > 0 and confusers and rng.uniform() < cfg.confuser_prob:
         pid, other = confusers[int(rng.integers(len(confusers)))]
@@ -408,7 +414,7 @@ def _render(person: Dict, cam: Dict, rng: np.random.Generator, cfg: "SyntheticCo
         info.update(confuser_pid=int(pid), confuser_coverage=cov)
     if rng.uniform() < cfg.occluder_prob:
         if masks:
-            nuisance |= _footprint(_occlude, img.size, rng)[0]
+            nuisance |= footprint(_occlude, img.size, rng)[0]
         info["occluder"] = OCCLUDER_KINDS[_occlude(img, rng)]
     if cfg.ground_truth:
         info["_shares"] = (_patch_shares(nuisance, cfg.patch_size), _patch_shares(~body & ~nuisance, cfg.patch_size))
@@ -421,7 +427,7 @@ def _draw_people(rng: np.random.Generator, n: int, people: List[Dict]) -> List[D
     """``n`` new identities, each rejected (mostly) when too close to one in ``people`` or drawn before."""
     new: List[Dict] = []
     while len(new) < n:
-        cand = _identity(rng)
+        cand = random_identity(rng)
         if not _too_close(cand, people + new) or rng.uniform() < 0.02:
             new.append(cand)
     return new
@@ -445,7 +451,7 @@ def _generate(cfg: SyntheticConfig, out: str) -> None:
         tr_rng = te_rng = rng
         people = []
         while len(people) < n_ids:
-            cand = _identity(rng)
+            cand = random_identity(rng)
             if not _too_close(cand, people) or rng.uniform() < 0.02:
                 people.append(cand)
         # non-contiguous pids, as in Market; 0 (distractor) and -1 (junk) are reserved
@@ -500,7 +506,7 @@ def _generate(cfg: SyntheticConfig, out: str) -> None:
                  *_render(people[i], cams[c], te_rng, cfg, confusers=others(test_conf, int(pids[i]))))
     for k in range(cfg.num_distractors):  # pid 0: a random person nobody queries for
         c = int(te_rng.integers(cfg.num_cams))
-        save("bounding_box_test", 0, c, *_render(_identity(te_rng), cams[c], te_rng, cfg, confusers=test_conf))
+        save("bounding_box_test", 0, c, *_render(random_identity(te_rng), cams[c], te_rng, cfg, confusers=test_conf))
     for k in range(cfg.num_junk):  # pid -1: a background-only crop (a detector false alarm)
         c = int(te_rng.integers(cfg.num_cams))
         save("bounding_box_test", -1, c, _camera_look(_background(te_rng, cams[c], cfg.height, cfg.width), cams[c], te_rng))
@@ -590,3 +596,6 @@ SIZE_KEYS = tuple(f.name for f in fields(SyntheticConfig) if f.name != "seed")
 # What data.dataset_kwargs may hold for this loader (it takes **sizes): checked with the config.
 load_synthetic.accepted_kwargs = ("seed",) + SIZE_KEYS
 register_dataset("synthetic", load_synthetic)
+
+# the drawing helpers' old private names (tests and notebooks reached for them), kept for one release
+_draw_person, _footprint, _hsv, _identity, _shift = draw_person, footprint, hsv_color, random_identity, shift_array

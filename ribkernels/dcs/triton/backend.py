@@ -78,7 +78,7 @@ def dcs_attention_triton(q, k, v, mask_logits, *, tau: float, training: bool, se
     In eval mode under ``torch.compile`` / ``torch.export`` tracing the op decomposes to the SDPA
     composite (``M = 1[θ > 0]``, no RNG), which the exporters accept."""
     if not training and torch.compiler.is_compiling():
-        from ..reference import dcs_attention_sdpa
+        from ..backends import dcs_attention_sdpa
 
         return dcs_attention_sdpa(q, k, v, mask_logits, tau=tau, training=False, seed=None, noise=None,
                                   scale=scale)

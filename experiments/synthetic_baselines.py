@@ -1,6 +1,6 @@
-"""How hard is the synthetic dataset? Reference numbers for ``SYNTHETIC.md``.
+"""How hard is the synthetic dataset? Reference numbers for ``docs/synthetic.md``.
 
-    python -m ribkernels.reid.synthetic_baselines [--root DIR] [--seed 0] [--train-epochs 40]
+    python -m experiments.synthetic_baselines [--root DIR] [--seed 0] [--train-epochs 40]
 
 * raw pixels (64×32, L2-normalised),
 * a randomly initialised timm ResNet-18 (global-pooled features at 128×64), three init seeds,
@@ -16,8 +16,8 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from . import (CrossEntropyLabelSmooth, ImageDataset, RandomIdentitySampler, TripletLoss, build_dataset,
-               build_transforms, evaluate)
+from ribkernels.reid import (CrossEntropyLabelSmooth, ImageDataset, RandomIdentitySampler, TripletLoss, build_dataset,
+                             build_transforms, evaluate)
 
 
 def _features(model, items, transform, batch=64):
