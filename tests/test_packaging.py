@@ -35,7 +35,8 @@ def test_sdist_carries_the_extension_sources_headers_and_package(tmp_path):
     with tarfile.open(tmp_path / "dist" / archive) as tar:
         names = {n.split("/", 1)[1] for n in tar.getnames() if "/" in n}
     needed = (_tree_files(src, "csrc", (".h", ".cuh", ".cpp", ".cu")) + _tree_files(src, "ribkernels", (".py",))
-              + _tree_files(src, "configs", (".yaml",)) + ["setup.py", "train.py", "requirements.txt", "README.md"])
+              + _tree_files(src, "configs", (".yaml",)) + _tree_files(src, "docs", (".md",))
+              + ["setup.py", "train.py", "requirements.txt", "README.md", "LICENSE", "CITATION.cff"])
     assert any(n.endswith(".h") for n in needed) and "ribkernels/cli/search.py" in needed  # the walk found them
     assert sorted(set(needed) - names) == []
     assert [n for n in names if n.endswith((".so", ".pyc"))] == []
