@@ -16,6 +16,11 @@ from .reference import ibb_eager
 REDUCTIONS = ("mean", "sum", "none")
 
 
+def _operands(features, centroids, log_q, labels, dtype):
+    """The ops' operands in the compute dtype: features (with grad), the detached centroids and log Q, int64 labels."""
+    return features.to(dtype), centroids.detach().to(dtype), log_q.detach().to(dtype), labels.long()
+
+
 def ibb_loss(features: torch.Tensor, labels: torch.Tensor, centroids: torch.Tensor,
              log_q: torch.Tensor, *, beta: Union[float, torch.Tensor] = 1.0, input_entropy: Optional[torch.Tensor] = None,
              normalize: bool = True, reduction: str = "mean", impl: str = "auto",
@@ -70,10 +75,7 @@ def ibb_loss(features: torch.Tensor, labels: torch.Tensor, centroids: torch.Tens
 
     dtype = compute_dtype(features, centroids, log_q)
     with no_autocast(features.device):
-        f = features.to(dtype)
-        c = centroids.detach().to(dtype)
-        lq = log_q.detach().to(dtype)
-        y = labels.long()
+        f, c, lq, y = _operands(features, centroids, log_q, labels, dtype)
         b = beta.detach().to(dtype) if isinstance(beta, torch.Tensor) else float(beta)
         if ext and isinstance(b, torch.Tensor):
             per_sample = _ext.ops().ibb_forward.beta_tensor(f, y, c, lq, b, bool(normalize),
@@ -132,10 +134,7 @@ def ibb_loss_batch_beta(features: torch.Tensor, labels: torch.Tensor, centroids:
 
     dtype = compute_dtype(features, centroids, log_q)
     with no_autocast(features.device):
-        f = features.to(dtype)
-        c = centroids.detach().to(dtype)
-        lq = log_q.detach().to(dtype)
-        y = labels.long()
+        f, c, lq, y = _operands(features, centroids, log_q, labels, dtype)
         ema = None if log_beta_ema is None else log_beta_ema.detach().to(dtype)
         if ext:
             loss, _, _, beta, ema = _ext.ops().ibb_forward_fit(
