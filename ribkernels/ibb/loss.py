@@ -17,7 +17,8 @@ REDUCTIONS = ("mean", "sum", "none")
 
 
 def _operands(features, centroids, log_q, labels, dtype):
-    """The ops' operands in the compute dtype: features (with grad), the detached centroids and log Q, int64 labels."""
+    """The ops' operands in the compute dtype: features (with grad), the detached centroids and log Q,
+    int64 labels."""
     return features.to(dtype), centroids.detach().to(dtype), log_q.detach().to(dtype), labels.long()
 
 
