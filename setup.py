@@ -174,7 +174,7 @@ setup(
     install_requires=["torch>=2.4", "triton>=3.0; platform_system == 'Linux' and platform_machine == 'x86_64'",
                       "timm>=1.0", "torchvision", "numpy", "pillow", "pyyaml", "matplotlib", "tqdm",
                       "ninja"],  # the JIT build of ribkernels._C (isolated installs) needs it
-    extras_require={"test": ["pytest", "pytest-benchmark", "ninja"],
+    extras_require={"test": ["pytest", "pytest-benchmark"],
                     "export": ["onnx", "onnxscript", "onnxruntime"],   # `ribkernels export --format onnx`
                     "tensorboard": ["tensorboard"]},                   # train.py --tensorboard
     entry_points={"console_scripts": ["ribkernels = ribkernels.cli:main"]},

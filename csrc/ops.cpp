@@ -1,6 +1,7 @@
 // Registers the ops of ribkernels._C under torch.ops.ribkernels. One op name serves CPU and CUDA
 // (the same host functions; they launch the kernels of the device their inputs live on).
-// Autograd and fake (meta) kernels are registered from Python: ribkernels/ibb/_ext.py.
+// Autograd and fake (meta) kernels are registered from Python: ribkernels/ibb/_registrations.py
+// (run by ribkernels/_extension.py once the library is loaded).
 #include <Python.h>
 #include <torch/library.h>
 

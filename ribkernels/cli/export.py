@@ -47,16 +47,15 @@ def add_arguments(parser) -> None:
 def export_model(loaded):
     """The eval model as exported: camera ids folded in, DCS on sdpa (per-channel eval masks folded
     into the weights: plain attention), eval mode, CPU."""
+    from ..engine.model import dcs_modules
     from ..inference import without_camera_ids
     from ..nn.dcs_attention import fold_eval_masks
 
     model = without_camera_ids(loaded.model).cpu().eval()
-    dcs = [m for m in model.modules() if type(m).__name__ == "DCSAttention"]
-    if model is loaded.model and any(m.mask_mode != "token" for m in dcs):
+    if model is loaded.model and any(m.mask_mode != "token" for m in dcs_modules(model)):
         model = copy.deepcopy(model)  # the masks are folded on a copy: loaded.model keeps its θ
-    for m in model.modules():
-        if type(m).__name__ == "DCSAttention":
-            m.impl = "sdpa"
+    for m in dcs_modules(model):
+        m.impl = "sdpa"
     fold_eval_masks(model)
     return model
 

@@ -6,7 +6,6 @@ regenerates u once per 4 elements for dθ). The op's autograd formula and fake (
 registered here, so ``torch.compile`` sees one node per direction. Without the extension (or on CUDA)
 the same contract runs in PyTorch (``mask.seeded_mask``).
 """
-import sys
 from typing import Optional, Tuple, Union
 
 import torch

@@ -10,12 +10,6 @@ from .ibb_terms import (PROTOTYPE_SCALE, build_ibb, control_prototypes, ibb_term
 from .losses import TripletLossOnly, build_losses
 from .model import build_model, build_model_from_file, model_inputs
 
-# the old private names, for code that reached into this module
-_labels = model_inputs
-_seed = derived_seed
-_rank_result = rank_result
-_Triplet = TripletLossOnly
-
 __all__ = ["DataBundle", "build_data", "derived_seed", "epoch_indices", "unpack", "evaluate", "occlusion_table",
            "rank_result", "extract_features", "extract_global_features", "global_features", "PROTOTYPE_SCALE",
            "build_ibb", "control_prototypes", "ibb_terms", "input_cluster_images", "matched_scale",

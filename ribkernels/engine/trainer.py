@@ -62,7 +62,7 @@ def param_groups(model: torch.nn.Module, base_lr: float, weight_decay: float, bi
     ``mask_logits_weight_decay`` set, the DCS mask logits (``DCSAttention.mask_logits``, weight and bias)
     leave those groups for their own two with that decay and the same learning rates; None (the
     default) keeps them in the weight/bias groups."""
-    from .rib_logging import dcs_modules
+    from .model import dcs_modules
 
     mask_ids = set()
     if mask_logits_weight_decay is not None:

@@ -1,5 +1,5 @@
 """Autograd formulas and fake (meta) kernels of the ``torch.ops.ribkernels`` ops, registered once
-the extension is loaded (see ``_ext.py``). Gradients flow to ``features`` only: centroids, log Q,
+the extension is loaded (see ``ribkernels._extension``). Gradients flow to ``features`` only: centroids, log Q,
 labels and beta (a float or a 0-d tensor) are constants of the bound."""
 import torch
 

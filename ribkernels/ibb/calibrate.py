@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from .progress import StepProgress, check_mode
-from .checks import check_features_centroids, check_finite
+from .checks import check_batch_fit, check_features_centroids, check_finite, compute_dtype
 from .._distributed import all_reduce, resolve_group
 
 DEFAULT_TARGET_ENTROPY = math.log(4.0)
@@ -114,18 +114,11 @@ def calibrate_beta_batch(features: torch.Tensor, centroids: torch.Tensor, *,
     device (one op: a GEMM and ~2 log2(grid) passes over the n x A distances on CPU, the whole
     grid on CUDA), else :func:`calibrate_beta_batch_eager`; ``"ext"`` / ``"eager"`` force one."""
     check_features_centroids(features, centroids)
-    if centroids.shape[0] < 2:
-        raise ValueError(f"calibrate_beta_batch needs at least 2 centroids, got {centroids.shape[0]}")
-    if isinstance(target_entropy, bool) or not isinstance(target_entropy, (int, float)) \
-            or not 0.0 < target_entropy < float("inf"):
-        raise ValueError(f"target_entropy must be a positive number of nats, got {target_entropy!r}")
-    if isinstance(grid, bool) or not isinstance(grid, int) or not 2 <= grid <= 1024:
-        raise ValueError(f"grid must be an int in [2, 1024], got {grid!r}")
+    check_batch_fit("calibrate_beta_batch", centroids, target_entropy, grid)
     from ._dispatch import no_autocast, use_extension
 
     if use_extension(impl, features.device):
         from .. import _extension as _ext
-        from .checks import compute_dtype
 
         dtype = compute_dtype(features, centroids)
         with no_autocast(features.device):
@@ -144,7 +137,7 @@ def calibrate_beta_batch_eager(features: torch.Tensor, centroids: torch.Tensor, 
     grid point is evaluated as one [grid, n, A] tensor. Returns a 0-d tensor (float32, or float64
     for float64 inputs)."""
     check_features_centroids(features, centroids)
-    dtype = torch.float64 if torch.float64 in (features.dtype, centroids.dtype) else torch.float32
+    dtype = compute_dtype(features, centroids)
     d2 = _sq_dists(features, centroids, normalize).to(dtype)
     scale = d2.mean().clamp_min(torch.finfo(dtype).tiny)
     lo = torch.log(1e-4 / scale)

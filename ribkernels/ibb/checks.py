@@ -84,6 +84,18 @@ def check_log_q(log_q, centroids, features) -> None:
                          f"centroids) and K >= 1, got {describe(log_q)}")
 
 
+def check_batch_fit(what: str, centroids: torch.Tensor, target_entropy, grid) -> None:
+    """The arguments of a per-batch β fit: >= 2 centroids, a positive finite ``target_entropy`` (nats),
+    an int ``grid`` in [2, 1024]. ``what`` names the caller in the messages."""
+    if centroids.shape[0] < 2:
+        raise ValueError(f"{what} needs at least 2 centroids, got {describe(centroids)}")
+    if isinstance(target_entropy, bool) or not isinstance(target_entropy, (int, float)) \
+            or not 0.0 < target_entropy < float("inf"):
+        raise ValueError(f"target_entropy must be a positive number of nats, got {target_entropy!r}")
+    if isinstance(grid, bool) or not isinstance(grid, int) or not 2 <= grid <= 1024:
+        raise ValueError(f"grid must be an int in [2, 1024], got {grid!r}")
+
+
 def check_beta(beta) -> None:
     if isinstance(beta, bool) or not isinstance(beta, (int, float)) or not (0 < beta < float("inf")):
         raise ValueError(f"beta must be a positive finite number, got {beta!r}")

@@ -63,11 +63,6 @@ def check_magnitude(name: str, x: torch.Tensor) -> None:
                          f"({name}: shape {tuple(x.shape)})")
 
 
-# The shared helpers under their old private names (kept for callers of one release).
-_group = resolve_group
-_all_reduce = all_reduce
-
-
 def _all_gather_rows(x: torch.Tensor, group) -> torch.Tensor:
     """Concatenation of every rank's ``x`` (rows may differ per rank), in rank order."""
     if group is None:

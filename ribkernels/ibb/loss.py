@@ -7,7 +7,7 @@ import torch
 
 from .. import _extension as _ext
 from ._dispatch import no_autocast, use_extension
-from .checks import (check_beta_arg, check_features_centroids, check_finite, check_label_range,
+from .checks import (check_batch_fit, check_beta_arg, check_features_centroids, check_finite, check_label_range,
                      check_log_q, check_same_device, check_tensor, compute_dtype, describe)
 from .checks import check_labels as check_labels_meta
 from .calibrate import DEFAULT_TARGET_ENTROPY, calibrate_beta_batch_eager
@@ -115,15 +115,9 @@ def ibb_loss_batch_beta(features: torch.Tensor, labels: torch.Tensor, centroids:
     check_features_centroids(features, centroids)
     check_log_q(log_q, centroids, features)
     check_labels_meta(labels, features.shape[0], features)
-    if centroids.shape[0] < 2:
-        raise ValueError(f"a batch-fitted beta needs at least 2 centroids, got {describe(centroids)}")
-    if isinstance(target_entropy, bool) or not isinstance(target_entropy, (int, float)) \
-            or not 0.0 < target_entropy < float("inf"):
-        raise ValueError(f"target_entropy must be a positive number of nats, got {target_entropy!r}")
+    check_batch_fit("a batch-fitted beta", centroids, target_entropy, grid)
     if isinstance(momentum, bool) or not isinstance(momentum, (int, float)) or not 0.0 <= momentum < 1.0:
         raise ValueError(f"momentum must lie in [0, 1), got {momentum!r}")
-    if isinstance(grid, bool) or not isinstance(grid, int) or not 2 <= grid <= 1024:
-        raise ValueError(f"grid must be an int in [2, 1024], got {grid!r}")
     if log_beta_ema is not None:
         check_tensor("log_beta_ema", log_beta_ema)
         if not log_beta_ema.is_floating_point() or log_beta_ema.dim() != 0:

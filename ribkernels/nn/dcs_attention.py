@@ -33,7 +33,7 @@ class DCSAttention(nn.Module):
     (``mask_per="step"``), shared by every token, so it multiplies q alone and attention is plain
     SDPA (see :mod:`ribkernels.dcs.channel_shared`; the gradient to θ is the two-sided form's). A
     per-step mask scales the q rows of the qkv weight and bias; a per-image mask scales q. In eval
-    ``1[θ > 0]`` is folded into the qkv weight once and cached (refreshed when θ changes, or the
+    ``1[θ > 0]`` is folded into the qkv weight (cached on the CPU, refreshed when θ changes, or the
     qkv weight or bias change in place or are replaced; their edits through ``.data`` are not seen:
     call :meth:`clear_fold_cache`). impl must be "auto"/"sdpa" (SDPA) or "eager". With qk_norm the mask
     scales q after its norm instead of the weights.
@@ -104,7 +104,7 @@ class DCSAttention(nn.Module):
             self.mask_logits = nn.Parameter(torch.full((num_heads, self.head_dim), float(init_logit)))
         # See track_keep_fraction in the class docstring.
         self.last_keep_fraction: Optional[torch.Tensor] = None
-        self._fold_cache: Optional[Tuple] = None  # channel_shared eval: (key, weight, bias)
+        self._fold_cache: Optional[Tuple] = None  # channel_shared eval on CPU: (key, weight, bias, θ)
 
     def extra_repr(self) -> str:
         per = f", mask_per={self.mask_per}" if self.mask_mode == "channel_shared" else ""
@@ -147,10 +147,12 @@ class DCSAttention(nn.Module):
         self._fold_cache = None
 
     def _folded_qkv(self) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
-        """The qkv weight and bias with ``1[θ > 0]`` folded into the q rows (eval), cached."""
+        """The qkv weight and bias with ``1[θ > 0]`` folded into the q rows (eval); cached on the CPU.
+        Off the CPU the fold is recomputed each call: checking the cache against θ's values
+        (``torch.equal``) would wait for the device, which costs more than the fold."""
         w, b, theta = self.qkv.weight, self.qkv.bias, self.mask_logits
         needs_grad = torch.is_grad_enabled() and (w.requires_grad or (b is not None and b.requires_grad))
-        if checks.is_tracing() or needs_grad:
+        if checks.is_tracing() or needs_grad or theta.device.type != "cpu":
             if checks.want_nan_check(self.check_nan, theta):
                 checks.check_no_nan("mask_logits", theta)
             return cs.fold_eval_mask(w, b, theta)

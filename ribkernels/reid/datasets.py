@@ -21,12 +21,6 @@ from .dataset_types import IMG_EXTENSIONS, CorruptImageError, DatasetLayoutError
 from .loaders import load_dukemtmc, load_market1501, load_msmt17, load_occluded_duke
 from .registry import ALIASES, BUILTIN_DATASETS, DATASETS, build_dataset, register_dataset
 
-# the old private names, for code that reached into this module (kept for one release)
-_check_args = check_image_options
-_finish = assemble_dataset
-_relabel = relabel
-_ALIASES = ALIASES
-
 __all__ = ["ReIDData", "DatasetLayoutError", "CorruptImageError", "build_dataset", "register_dataset",
            "DATASETS", "load_market1501", "load_dukemtmc", "load_occluded_duke", "load_msmt17",
            "check_dataset", "IMG_EXTENSIONS"]

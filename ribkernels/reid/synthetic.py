@@ -74,8 +74,8 @@ class SyntheticConfig:
         return f"seed{self.seed}-{hashlib.sha1(blob.encode()).hexdigest()[:10]}"
 
 
-_OPTION_DEFAULTS = {"home_scene_frac": 0.0, "confuser_prob": 0.0, "confuser_coverage": (0.2, 0.4),
-                    "ground_truth": False, "patch_size": 16, "split_streams": False}
+_OPTION_NAMES = ("home_scene_frac", "confuser_prob", "confuser_coverage", "ground_truth", "patch_size", "split_streams")
+_OPTION_DEFAULTS = {f.name: f.default for f in fields(SyntheticConfig) if f.name in _OPTION_NAMES}
 GROUND_TRUTH = "ground_truth.npz"
 METADATA = "metadata.json"
 
@@ -449,11 +449,7 @@ def _generate(cfg: SyntheticConfig, out: str) -> None:
         train_ids, test_ids = list(range(cfg.num_train_ids)), list(range(cfg.num_train_ids, n_ids))
     else:
         tr_rng = te_rng = rng
-        people = []
-        while len(people) < n_ids:
-            cand = random_identity(rng)
-            if not _too_close(cand, people) or rng.uniform() < 0.02:
-                people.append(cand)
+        people = _draw_people(rng, n_ids, [])
         # non-contiguous pids, as in Market; 0 (distractor) and -1 (junk) are reserved
         pids = np.sort(rng.choice(np.arange(1, 3 * n_ids + 1), size=n_ids, replace=False))
         order = rng.permutation(n_ids)
@@ -597,5 +593,5 @@ SIZE_KEYS = tuple(f.name for f in fields(SyntheticConfig) if f.name != "seed")
 load_synthetic.accepted_kwargs = ("seed",) + SIZE_KEYS
 register_dataset("synthetic", load_synthetic)
 
-# the drawing helpers' old private names (tests and notebooks reached for them), kept for one release
-_draw_person, _footprint, _hsv, _identity, _shift = draw_person, footprint, hsv_color, random_identity, shift_array
+# the drawing helpers' old private names that tests still reach for
+_footprint, _shift = footprint, shift_array

@@ -37,7 +37,6 @@ if INTERPRET:  # triton 3.6's interpreter under NumPy >= 2.4 (interpreter_compat
 SEED_RANGE = (0, 2**63)
 PREPASS_ELEMS = 4096  # mask elements per pre-pass program (4 warps: 32 per thread, 8 Philox calls)
 RETIRED_BACKWARD_PATHS = ("fused", "split", "auto")  # accepted, ignored (one backward now)
-BACKWARD_PATHS = ("fused", "split")  # the retired paths' names, kept for callers that iterate them
 
 Config = Tuple[int, int, int, int]  # (BLOCK_M, BLOCK_N, num_warps, num_stages)
 
