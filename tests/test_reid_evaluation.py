@@ -63,6 +63,42 @@ def test_matches_brute_force(shape, integer_dist):
         assert r.mINP == pytest.approx(ref[2], abs=1e-12)
 
 
+def brute_force_per_query(distmat, q_pids, g_pids, q_camids, g_camids):
+    """Reference per query (float64): indices of the valid queries, their AP and the 0-based rank of
+    their first true match, by a full stable argsort."""
+    valid, aps, first = [], [], []
+    for i in range(distmat.shape[0]):
+        order = np.argsort(distmat[i], kind="stable")
+        remove = ((g_pids[order] == q_pids[i]) & (g_camids[order] == q_camids[i])) | (g_pids[order] == -1)
+        raw = (g_pids[order] == q_pids[i])[~remove].astype(np.float64)
+        if not raw.any():
+            continue
+        pos = np.where(raw == 1)[0]
+        valid.append(i)
+        aps.append(float(np.mean((np.arange(len(pos)) + 1.0) / (pos + 1.0))))
+        first.append(int(pos[0]))
+    return np.array(valid, np.int64), np.array(aps), np.array(first, np.int64)
+
+
+@pytest.mark.parametrize("integer_dist", [False, True])
+def test_per_query_ap_and_rank1_hits_match_brute_force_and_average_to_the_means(integer_dist):
+    rng = np.random.default_rng(7 + integer_dist)
+    d, qp, gp, qc, gc = random_case(rng, 41, 173, n_ids=25, n_cams=3, integer_dist=integer_dist)
+    qp[::5] = 1000  # identities absent from the gallery: skipped queries
+    r = evaluate_rank(d, qp, gp, qc, gc, max_rank=10, chunk_rows=6)
+    valid, aps, first = brute_force_per_query(d, qp, gp, qc, gc)
+    assert 0 < len(valid) < len(qp)  # some queries skipped, so the per-query order is exercised
+    np.testing.assert_array_equal(np.flatnonzero(r.valid), valid)
+    np.testing.assert_allclose(r.all_AP, aps, rtol=0, atol=1e-12)
+    np.testing.assert_array_equal(r.all_first_rank, first)
+    np.testing.assert_array_equal(r.all_rank1_hit, first == 0)
+    assert r.all_AP.mean() == pytest.approx(r.mAP, abs=1e-15)
+    assert r.all_rank1_hit.mean() == pytest.approx(r.cmc[0], abs=1e-15)
+    feats = evaluate(rng.standard_normal((41, 8)), rng.standard_normal((173, 8)), qp, gp, qc, gc, max_rank=10)
+    assert feats.all_AP.shape == feats.all_first_rank.shape == (feats.num_valid_queries,)
+    assert feats.all_AP.mean() == pytest.approx(feats.mAP, abs=1e-15)
+
+
 def test_hand_made_cases():
     # gallery: idx 0 pid1 cam0 (same cam as query 0: removed), 1 pid2 cam1, 2 pid1 cam1, 3 pid0 (distractor), 4 pid1 cam2
     g_pids = np.array([1, 2, 1, 0, 1])

@@ -35,7 +35,9 @@ METRICS = ("euclidean", "sqeuclidean", "cosine")
 @dataclass
 class RankResult:
     """Result of :func:`evaluate_rank`. ``cmc``: float64 [max_rank] fractions; ``mAP``, ``mINP``:
-    fractions in [0, 1]; ``all_AP`` / ``all_INP``: per valid query; ``valid``: bool [num_q]."""
+    fractions in [0, 1]; ``all_AP`` / ``all_INP``: float64 [num_valid_queries], per valid query in query
+    order (their means are ``mAP`` / ``mINP``); ``all_first_rank``: int64 [num_valid_queries], the 0-based
+    rank of each valid query's first true match; ``valid``: bool [num_q]."""
 
     cmc: np.ndarray
     mAP: float
@@ -44,10 +46,16 @@ class RankResult:
     all_AP: np.ndarray = field(repr=False, default_factory=lambda: np.zeros(0))
     all_INP: np.ndarray = field(repr=False, default_factory=lambda: np.zeros(0))
     valid: np.ndarray = field(repr=False, default_factory=lambda: np.zeros(0, bool))
+    all_first_rank: np.ndarray = field(repr=False, default_factory=lambda: np.zeros(0, np.int64))
 
     @property
     def rank1(self) -> float:
         return float(self.cmc[0])
+
+    @property
+    def all_rank1_hit(self) -> np.ndarray:
+        """bool [num_valid_queries]: whether each valid query's first match is at rank 1 (mean: ``cmc[0]``)."""
+        return self.all_first_rank == 0
 
     def summary(self, ranks: Sequence[int] = (1, 5, 10)) -> str:
         parts = [f"mAP {100 * self.mAP:.1f}%", f"mINP {100 * self.mINP:.1f}%"]
@@ -162,11 +170,13 @@ class _Accumulator:
         if nv == 0:
             warnings.warn("evaluate_rank: no query has a true match in the gallery (after removing "
                           "same-pid same-camera images); returning zeros", RuntimeWarning, stacklevel=3)
-            return RankResult(np.zeros(self.max_rank), 0.0, 0.0, 0, np.zeros(0), np.zeros(0), valid)
+            return RankResult(np.zeros(self.max_rank), 0.0, 0.0, 0, np.zeros(0), np.zeros(0), valid,
+                              np.zeros(0, np.int64))
         hits = np.bincount(np.minimum(self.first[valid], self.max_rank), minlength=self.max_rank + 1)
         cmc = np.cumsum(hits[: self.max_rank]) / nv
         ap, inp = self.ap[valid], self.inp[valid]
-        return RankResult(cmc.astype(np.float64), float(ap.mean()), float(inp.mean()), nv, ap, inp, valid)
+        return RankResult(cmc.astype(np.float64), float(ap.mean()), float(inp.mean()), nv, ap, inp, valid,
+                          self.first[valid])
 
 
 def _check_ids(q_pids, g_pids, q_camids, g_camids, nq: int, ng: int):
