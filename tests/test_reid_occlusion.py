@@ -73,6 +73,13 @@ def test_stress_test_end_to_end(tmp_path):
     assert rows[0]["mAP"] > rows[1]["mAP"] > rows[2]["mAP"]
     table = format_occlusion_table(rows)
     assert table.count("\n") == 4 and "80% (bottom)" in table
+    assert "rank_result" not in rows[0]
+    per_query = occlusion_stress_test(extract, query, gallery, levels=(0.0, 0.8), seed=3, per_query=True)
+    for row, same in zip(per_query, (rows[0], rows[2])):
+        assert row["mAP"] == same["mAP"]
+        res = row.pop("rank_result")
+        assert res.all_AP.mean() == pytest.approx(row["mAP"], abs=1e-15)
+        assert res.all_rank1_hit.mean() == pytest.approx(row["rank1"], abs=1e-15)
 
 
 def test_stress_test_on_synthetic(tmp_path):

@@ -1,6 +1,7 @@
 """Unit tests of the training engine's pieces (no model, no data): config resolution, the LR
 schedule, atomic checkpoints, per-epoch PK index lists, the parameter digest and the run table."""
 import glob
+import json
 import math
 import os
 
@@ -180,6 +181,20 @@ def test_metrics_json_plots_and_table(tmp_path):
     assert sorted(os.path.basename(p) for p in written) == ["eval.png", "ibb.png", "losses.png"]
     table = results_table([{"name": "x", **data["final"]}])
     assert "| x | 50.0 | 70.0 | 80.0 | 90.0 | 20.0 |" in table
+
+
+def test_metrics_json_keeps_lists_of_numbers_on_one_line_and_strings_untouched(tmp_path):
+    from ribkernels.engine.reporting import json_text
+
+    data = {"per_query": {"query_pids": [3, 3, 7], "AP": [0.5, 1e-05, -2.25, None], "rank1": [1, 0, 1]},
+            "nested": [[1, 2], [3]], "names": ["[1,2]", "a\nb"], "text": "[1,\n2]", "empty": [], "rows": [{"x": 1}]}
+    text = json_text(data)
+    assert json.loads(text) == data
+    assert '"AP": [0.5, 1e-05, -2.25, null]' in text and '"rank1": [1, 0, 1]' in text and "[1, 2]" in text
+    assert '"[1,2]"' in text and '"[1,\\n2]"' in text  # lists inside strings keep their spelling
+    m = Metrics(str(tmp_path / "metrics.json"))
+    m.set("final", data)
+    assert json.load(open(tmp_path / "metrics.json"))["final"] == data
 
 
 def test_exponent_numbers_from_flags_are_numbers():

@@ -98,6 +98,22 @@ def test_eval_only_with_occlusion_table(data_root, tmp_path):
     assert fin_eval["mAP"] == pytest.approx(fin_train["mAP"], abs=1e-6)
     assert [r["ratio"] for r in fin_eval["occlusion"]] == [0.0, 0.3]
     assert fin_eval["occlusion"][0]["mAP"] == pytest.approx(fin_eval["mAP"], abs=1e-6)
+    # per-query AP and rank-1 hits, at the final evaluation only, averaging to the reported means
+    for fin in (fin_train, fin_eval):
+        per_query = fin["per_query"]
+        n = fin["num_valid_queries"]
+        assert len(per_query["query_pids"]) == len(per_query["AP"]) == len(per_query["rank1"]) == n > 1
+        assert sum(per_query["AP"]) / n == pytest.approx(fin["mAP"], abs=5e-6)
+        assert sum(per_query["rank1"]) / n == pytest.approx(fin["rank1"], abs=1e-12)
+    assert all("per_query" not in r for r in _metrics(run)["evals"])
+    assert "occlusion" not in fin_train["per_query"]
+    levels = fin_eval["per_query"]["occlusion"]
+    assert list(levels) == ["0.0", "0.3"] and all("query_pids" not in v for v in levels.values())
+    for row in fin_eval["occlusion"]:
+        level = levels[str(row["ratio"])]
+        assert "per_query" not in row
+        assert sum(level["AP"]) / len(level["AP"]) == pytest.approx(row["mAP"], abs=5e-6)
+        assert sum(level["rank1"]) / len(level["rank1"]) == pytest.approx(row["rank1"], abs=1e-12)
 
 
 def test_ctrl_c_saves_a_resumable_checkpoint(data_root, tmp_path):

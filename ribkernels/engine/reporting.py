@@ -3,6 +3,7 @@ import json
 import logging
 import math
 import os
+import re
 import sys
 import time
 from typing import Dict, Iterable, List, Optional
@@ -42,6 +43,18 @@ def _clean(v):
     if isinstance(v, (list, tuple)):
         return [_clean(x) for x in v]
     return v
+
+
+_NUMBER = r"(?:-?[0-9][0-9.eE+-]*|null|NaN|-?Infinity)"
+# as json.dumps(indent=...) writes a list of numbers: one per line (a string never holds a raw newline)
+_NUMBER_LIST = re.compile(r"\[\n\s*" + _NUMBER + r"(?:,\n\s*" + _NUMBER + r")*\n\s*\]")
+
+
+def json_text(data) -> str:
+    """``data`` as indented JSON with every list of numbers on one line (per-query lists, of hundreds or
+    thousands of values, would otherwise take a line each)."""
+    return _NUMBER_LIST.sub(lambda m: "[" + ", ".join(v.strip() for v in m.group(0)[1:-1].split(",")) + "]",
+                            json.dumps(data, indent=1))
 
 
 class Metrics:
@@ -87,7 +100,7 @@ class Metrics:
             return
         tmp = self.path + ".tmp"
         with open(tmp, "w") as f:
-            json.dump(self.data, f, indent=1)
+            f.write(json_text(self.data))
         os.replace(tmp, self.path)
 
 

@@ -16,13 +16,16 @@ class RunEvaluation:
     """Mixin of :class:`~ribkernels.engine.trainer.Trainer`: evaluation."""
 
     def evaluate(self, epoch: int, final: bool = False) -> Optional[Dict]:
-        """Retrieval metrics on query/gallery (rank 0 only; the others wait)."""
+        """Retrieval metrics on query/gallery (rank 0 only; the others wait). The final evaluation also
+        records each query's AP and rank-1 hit (clean, and occluded when ``eval.occlusion``) in
+        ``final["per_query"]``, for contrasts paired per query (experiments/paired.py)."""
         result = None
         if self.main:
             t0 = time.time()
             e = self.cfg["eval"]
             res = evaluation.evaluate(self.model, self.data, self.cfg, self.device, self._autocast,
-                                      progress=self.task_progress)
+                                      progress=self.task_progress, per_query=final)
+            per_query = res.pop("per_query", None)
             result = {"epoch": epoch, **res, "time_s": time.time() - t0}
             self.log.info("eval epoch %d: mAP %.2f%% Rank-1 %.2f%% Rank-5 %.2f%% Rank-10 %.2f%% mINP %.2f%% (%.1fs)",
                           epoch, 100 * res["mAP"], 100 * res["rank1"], 100 * res["rank5"], 100 * res["rank10"],
@@ -43,10 +46,12 @@ class RunEvaluation:
                     final_rec["keep_fraction"] = self.model_keep_fraction_eval()
                 if e["occlusion"]:
                     occ = evaluation.occlusion_table(self.model, self.data, self.cfg, self.device, self._autocast,
-                                                     progress=self.task_progress)
+                                                     progress=self.task_progress, per_query=True)
+                    per_query["occlusion"] = evaluation.occlusion_per_query(occ, per_query["query_pids"])
                     final_rec["occlusion"] = occ
                     self.log.info("\n" + results_table(
                         [{"name": f"occlusion {r['ratio']:.0%}", **r} for r in occ], "occlusion stress test"))
+                final_rec["per_query"] = per_query
                 self.metrics.set("final", final_rec)
                 name = f"{self.cfg['_meta']['config_name']} ({self.cfg['model']['name']}, attn {self.cfg['model']['attn_impl']}" \
                        + (", IBB" if self.ibb is not None else "") + ")"

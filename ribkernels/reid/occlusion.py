@@ -154,10 +154,12 @@ def _extract_items(extract, items, occlude: Optional[Tuple[float, str, int]] = N
 
 def occlusion_stress_test(extract: Callable, query: Sequence[Tuple[str, int, int]], gallery: Sequence[Tuple[str, int, int]],
                           levels: Sequence[float] = (0.0, 0.2, 0.4, 0.6, 0.8), *, mode: str = "bottom", seed: int = 0,
-                          metric: str = "euclidean", max_rank: int = 50) -> List[Dict]:
+                          metric: str = "euclidean", max_rank: int = 50, per_query: bool = False) -> List[Dict]:
     """mAP / Rank-1 / Rank-5 / mINP with query images occluded at each level (fraction of the body
     box) against the clean gallery. Gallery features are extracted once. Occluders are the same
-    for every model given the same ``seed`` (fair comparisons). Returns one dict per level."""
+    for every model given the same ``seed`` (fair comparisons). Returns one dict per level; with
+    ``per_query`` each also holds its :class:`~ribkernels.reid.evaluation.RankResult` (``"rank_result"``:
+    per-query AP and first-match ranks)."""
     query, gallery = list(query), list(gallery)
     gf = _extract_items(extract, gallery)
     q_pids = np.array([p for _, p, _ in query]); q_cams = np.array([c for _, _, c in query])
@@ -168,7 +170,7 @@ def occlusion_stress_test(extract: Callable, query: Sequence[Tuple[str, int, int
         r = evaluate(qf, gf, q_pids, g_pids, q_cams, g_cams, metric=metric, max_rank=max_rank)
         rows.append({"occlusion": float(lv), "mode": mode, "mAP": r.mAP, "rank1": float(r.cmc[0]),
                      "rank5": float(r.cmc[min(4, len(r.cmc) - 1)]), "rank10": float(r.cmc[min(9, len(r.cmc) - 1)]),
-                     "mINP": r.mINP, "valid_queries": r.num_valid_queries})
+                     "mINP": r.mINP, "valid_queries": r.num_valid_queries, **({"rank_result": r} if per_query else {})})
     return rows
 
 
