@@ -1,10 +1,13 @@
 """Paired-by-seed contrasts for the experiment scripts: runs that differ in one setting but share the
 seed (initialisation, data order, the epochs before the difference switches on) pair, and their
-difference has a much smaller spread than two unpaired means."""
+difference has a much smaller spread than two unpaired means. Runs evaluated on the same query list
+also pair query by query (:func:`per_query_contrast`, bootstrapped over identities)."""
 from __future__ import annotations
 
 import math
-from typing import Dict, List, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
 
 
 def paired_contrast(a: Sequence[Dict], b: Sequence[Dict], key: str = "mAP") -> Dict:
@@ -39,3 +42,94 @@ def format_contrast(c: Dict, unit: str = "") -> str:
         return "— (no paired seeds)"
     return (f"{c['mean']:+.2f}{unit} ± {c['se']:.2f} (paired se, n = {c['n']}, {c['positive']}/{c['n']} > 0; "
             f"unpaired se {c['unpaired_se']:.2f})")
+
+
+# ------------------------------------------------------------------------------ paired per query
+# A run's final evaluation stores each valid query's AP and rank-1 hit (metrics.json
+# ``final["per_query"]``: ``query_pids``, ``AP``, ``rank1``; ``occlusion``: the same per occlusion level,
+# keyed by ``str(ratio)``, its ``query_pids`` left out when they are the clean ones). Two runs evaluated
+# on the same query list pair query by query. Queries of one identity are not independent (same person,
+# same gallery matches), so the bootstrap resamples identities, each with all its queries.
+
+def per_query_of(final: Dict, occlusion: Optional[float] = None) -> Dict:
+    """``{"query_pids", "AP", "rank1"}`` of a metrics.json ``final`` record: the clean evaluation, or the
+    occlusion level ``occlusion`` (a ratio, e.g. 0.4). Raises KeyError naming what is missing."""
+    pq = (final or {}).get("per_query")
+    if not pq:
+        raise KeyError("final['per_query']: this run's metrics.json has no per-query AP (made before it was recorded)")
+    if occlusion is None:
+        return pq
+    level = (pq.get("occlusion") or {}).get(str(float(occlusion)))
+    if level is None:
+        raise KeyError(f"final['per_query']['occlusion'][{str(float(occlusion))!r}]: no per-query AP at occlusion "
+                       f"{occlusion}; levels recorded: {sorted((pq.get('occlusion') or {}))}")
+    return {"query_pids": level.get("query_pids", pq["query_pids"]), **{k: level[k] for k in ("AP", "rank1")}}
+
+
+def _paired_values(a: Dict, b: Dict, key: str, where: str) -> Tuple[np.ndarray, np.ndarray]:
+    """(query pids [n], a - b [n]) of two per-query records; refuses different query lists."""
+    for name, rec in (("a", a), ("b", b)):
+        if key not in rec or "query_pids" not in rec:
+            raise KeyError(f"{where}: run {name} has no per-query {key!r} (keys: {sorted(rec)})")
+        if len(rec[key]) != len(rec["query_pids"]):
+            raise ValueError(f"{where}: run {name} has {len(rec[key])} per-query {key!r} values for "
+                             f"{len(rec['query_pids'])} query ids")
+    pa, pb = np.asarray(a["query_pids"], np.int64), np.asarray(b["query_pids"], np.int64)
+    if len(pa) == 0:
+        raise ValueError(f"{where}: run a has no valid query")
+    if pa.shape != pb.shape or not np.array_equal(pa, pb):
+        first = next((i for i, (x, y) in enumerate(zip(pa, pb)) if x != y), min(len(pa), len(pb)))
+        raise ValueError(f"{where}: the two runs' query ids differ ({len(pa)} vs {len(pb)} valid queries, first "
+                         f"difference at query {first}); a per-query contrast needs both runs evaluated on the same "
+                         "query list")
+    return pa, np.asarray(a[key], np.float64) - np.asarray(b[key], np.float64)
+
+
+def per_query_contrast(pairs: Sequence[Tuple[Dict, Dict]], key: str = "AP", *, n_boot: int = 2000, seed: int = 0,
+                       ci: float = 0.95) -> Dict:
+    """``a - b`` on the per-query ``key`` (``"AP"`` or ``"rank1"``) of runs paired query by query, one
+    ``(a, b)`` pair of per-query records (:func:`per_query_of`) per training seed.
+
+    Each seed's effect is the mean over its queries of ``a - b``; the pooled effect (``mean``) is the
+    mean of the seeds' effects (``per_seed``). Its confidence interval (``ci``: percentile, level
+    ``ci_level``) and ``se`` (sd of the draws) come from ``n_boot`` bootstrap draws of identities with
+    replacement, seeded by ``seed``: one draw shared by every seed when all seeds have the same query
+    list (``joint``; the test set is then the one source of sampling error), else one per seed. It
+    covers the query sample, not the training seeds: with several seeds see also the paired-by-seed
+    standard error. Also ``n_seeds``, ``n_queries`` and ``n_identities`` (per seed when they differ:
+    the first seed's)."""
+    if isinstance(n_boot, bool) or not isinstance(n_boot, int) or n_boot < 1:
+        raise ValueError(f"n_boot: expected an int >= 1 (bootstrap draws), got {n_boot!r}")
+    if not 0.0 < ci < 1.0:
+        raise ValueError(f"ci: expected a confidence level in (0, 1), got {ci!r}")
+    if key not in ("AP", "rank1"):
+        raise ValueError(f"key: expected 'AP' or 'rank1', got {key!r}")
+    if not pairs:
+        raise ValueError("pairs: expected at least one (a, b) pair of per-query records, got none")
+    paired = [_paired_values(a, b, key, f"pair {i} ({key})") for i, (a, b) in enumerate(pairs)]
+    joint = all(np.array_equal(paired[0][0], p) for p, _ in paired[1:])
+    rng = np.random.default_rng(seed)
+    draws = np.zeros(n_boot)
+    weights = None
+    for pids, diff in paired:
+        ids, cluster = np.unique(pids, return_inverse=True)
+        sums = np.bincount(cluster, weights=diff, minlength=len(ids))
+        counts = np.bincount(cluster, minlength=len(ids)).astype(np.float64)
+        if weights is None or not joint:
+            picks = rng.integers(len(ids), size=(n_boot, len(ids))) + len(ids) * np.arange(n_boot)[:, None]
+            # weights[r, i]: how many times draw r took identity i
+            weights = np.bincount(picks.ravel(), minlength=n_boot * len(ids)).reshape(n_boot, len(ids)).astype(np.float64)
+        draws += (weights @ sums) / (weights @ counts)
+    draws /= len(paired)
+    per_seed = [float(d.mean()) for _, d in paired]
+    lo, hi = np.quantile(draws, [(1.0 - ci) / 2, (1.0 + ci) / 2])
+    return {"mean": float(np.mean(per_seed)), "per_seed": per_seed, "ci": (float(lo), float(hi)), "ci_level": ci,
+            "se": float(draws.std(ddof=1)) if n_boot > 1 else float("nan"), "n_boot": n_boot, "seed": seed,
+            "joint": joint, "n_seeds": len(paired), "n_queries": len(paired[0][0]),
+            "n_identities": len(np.unique(paired[0][0]))}
+
+
+def format_per_query_contrast(c: Dict, scale: float = 100.0) -> str:
+    """``+1.23 [-0.40, +2.85]`` (the pooled per-query effect times ``scale`` and its bootstrap CI)."""
+    lo, hi = c["ci"]
+    return f"{scale * c['mean']:+.2f} [{scale * lo:+.2f}, {scale * hi:+.2f}]"

@@ -1,7 +1,7 @@
 """Markdown tables of the committed results under experiments/results/ (what the READMEs quote), with
 the ablation's variants compared **paired by seed**.
 
-    python -m experiments.summarize
+    python -m experiments.summarize [--runs runs] [--n-boot 2000] [--boot-seed 0]
 
 Runs of the ablation that share a seed share the initialisation, the data order and (before the IBB
 switches on) the first epochs, so a contrast between two variants is taken seed by seed: the paired
@@ -12,11 +12,21 @@ two means, ``sqrt(var(a) / n_a + var(b) / n_b)`` (what reading the variants' mea
 The ablation is a 2 x 2 design (DCS on/off x IBB on/off). A factor's effect pooled over the other
 factor has two pairs per seed; it is reported over the pairs (``n = 2 x seeds``) and, more
 conservatively, over the seeds with each seed's two pairs averaged (``n = seeds``).
+
+Where run folders ``runs/<experiment>/<arm>_seed<k>/metrics.json`` hold per-query AP (runs made since
+the final evaluation records it), the arms of each experiment are also contrasted query by query on
+the same query list, with a bootstrap over identities (experiments/paired.py ``per_query_contrast``).
 """
+import argparse
+import json
 import math
+import os
+import re
+import sys
 from typing import Dict, List, Optional, Sequence, Tuple
 
-from .common import load_json
+from .common import ROOT, load_json
+from .paired import format_per_query_contrast, per_query_contrast, per_query_of
 
 # (DCS, IBB) of each ablation variant
 FACTORS = {"baseline": (False, False), "dcs_only": (True, False), "ibb_only": (False, True), "rib_dcs": (True, True)}
@@ -304,7 +314,102 @@ def print_ib_floor(ib: Dict) -> None:
           f"is lower than this one). IBB term 1 over the epochs: {', '.join(_f(x, 4) for x in t1)}.\n")
 
 
-def main() -> None:
+RUN_FOLDER = re.compile(r"^(?P<arm>.+)_seed(?P<seed>\d+)$")
+
+
+def per_query_runs(runs_root: str) -> Tuple[Dict[str, Dict[str, Dict[int, Dict]]], int]:
+    """``({experiment: {arm: {seed: final record}}}, folders without per-query AP)`` of the finished run
+    folders ``runs_root/<experiment>/<arm>_seed<k>/metrics.json`` whose final record has per-query AP."""
+    found: Dict[str, Dict[str, Dict[int, Dict]]] = {}
+    without = 0
+    if not os.path.isdir(runs_root):
+        return found, without
+    for experiment in sorted(os.listdir(runs_root)):
+        folder = os.path.join(runs_root, experiment)
+        if not os.path.isdir(folder):
+            continue
+        for name in sorted(os.listdir(folder)):
+            match, path = RUN_FOLDER.match(name), os.path.join(folder, name, "metrics.json")
+            if not match or not os.path.isfile(path):
+                continue
+            with open(path) as f:
+                final = json.load(f).get("final")
+            if not final:
+                continue
+            if not final.get("per_query"):
+                without += 1
+                continue
+            found.setdefault(experiment, {}).setdefault(match["arm"], {})[int(match["seed"])] = final
+    return found, without
+
+
+def _arm_order(arms) -> List[str]:
+    """The ablation's variants in their usual order, then any other arm alphabetically."""
+    return [a for a in FACTORS if a in arms] + sorted(a for a in arms if a not in FACTORS)
+
+
+def per_query_table(by_arm: Dict[str, Dict[int, Dict]], n_boot: int, seed: int) -> List[str]:
+    """Markdown rows: every later arm minus every earlier one (:func:`_arm_order`), on the seeds both
+    have, clean and at every occlusion level both recorded, paired per query."""
+    lines = []
+    arms = _arm_order(by_arm)
+    for j, a in enumerate(arms):
+        for b in arms[:j]:
+            seeds = sorted(set(by_arm[a]) & set(by_arm[b]))
+            if not seeds:
+                continue
+            levels = [None] + sorted(set.intersection(*[
+                {float(k) for k in (by_arm[arm][s]["per_query"].get("occlusion") or {})}
+                for arm in (a, b) for s in seeds]))
+            for level in levels:
+                label = f"{a} − {b}" + ("" if level is None else f", {100 * level:.0f}% occluded")
+                pairs = [(per_query_of(by_arm[a][s], level), per_query_of(by_arm[b][s], level)) for s in seeds]
+                try:
+                    c = {key: per_query_contrast(pairs, key, n_boot=n_boot, seed=seed) for key in ("AP", "rank1")}
+                except ValueError as exc:
+                    lines.append(f"| {label} | {', '.join(map(str, seeds))} | not paired: {exc} | | | |")
+                    continue
+                ap = c["AP"]
+                lines.append(f"| {label} | {', '.join(map(str, seeds))} | **{format_per_query_contrast(ap)}** | "
+                             f"{' '.join(f'{100 * d:+.2f}' for d in ap['per_seed'])} | "
+                             f"{format_per_query_contrast(c['rank1'])} | {ap['n_queries']} / {ap['n_identities']} |")
+    return lines
+
+
+def print_per_query(runs_root: str, n_boot: int = 2000, seed: int = 0) -> None:
+    """Contrasts paired per query, from run folders whose metrics.json has per-query AP (or a line
+    saying there are none)."""
+    found, without = per_query_runs(runs_root)
+    shown = os.path.relpath(runs_root, ROOT)
+    if shown.startswith(os.pardir):
+        shown = runs_root
+    if not any(len(arms) > 1 for arms in found.values()):
+        print(f"contrasts paired per query: no two arms of one experiment under {shown}/<experiment>/<arm>_seed<k>/ "
+              f"have per-query AP in their metrics.json ({without} finished run folder(s) there predate it); the "
+              "contrasts above are paired by seed only\n")
+        return
+    for experiment, by_arm in found.items():
+        if len(by_arm) < 2:
+            continue
+        print(f"{experiment}: contrasts paired per query ({shown}/{experiment}; points of mAP / Rank-1; per-query "
+              f"mean of a − b, averaged over seeds; [95% CI]: {n_boot} bootstrap draws of identities, seed {seed}, "
+              "the query sample's uncertainty only)\n")
+        print("| contrast | seeds | mAP: per-query paired mean [95% CI] | mAP: each seed | "
+              "Rank-1: paired mean [95% CI] | queries / identities |\n|---|---|---|---|---|---|")
+        for line in per_query_table(by_arm, n_boot, seed):
+            print(line)
+        print()
+
+
+def main(argv: Sequence[str] = ()) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--runs", default=os.path.join(ROOT, "runs"),
+                   help="run folders <experiment>/<arm>_seed<k>/ for the contrasts paired per query (default: runs/)")
+    p.add_argument("--n-boot", type=int, default=2000, help="bootstrap draws of identities (default 2000)")
+    p.add_argument("--boot-seed", type=int, default=0, help="the bootstrap's random seed (default 0)")
+    args = p.parse_args(list(argv))
+    if args.n_boot < 1:
+        p.error(f"--n-boot: expected an int >= 1 (bootstrap draws), got {args.n_boot}")
     demo_b = load_json("demo_baseline.json")
     if demo_b:
         print(f"demo baseline: mAP {_f(demo_b['mAP'])} ± {_f(demo_b['mAP_se'])}, Rank-1 {_f(demo_b['rank1'])} ± "
@@ -398,7 +503,8 @@ def main() -> None:
         print()
     if abl:
         print_claims(abl, occ, ib_main, em)
+    print_per_query(args.runs, args.n_boot, args.boot_seed)
 
 
 if __name__ == "__main__":
-    main()
+    main(sys.argv[1:])

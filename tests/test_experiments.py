@@ -221,3 +221,119 @@ def test_a_run_made_before_a_config_key_existed_is_still_reused(tmp_path):
     (tmp_path / "old" / "config.yaml").write_text(yaml.safe_dump(cfg))
     assert common.finished_run(run, args) is not None  # the missing key counts as its default
     assert common.finished_run(run, args + ["--set", "solver.mask_logits_weight_decay=0"]) is None
+
+
+# ------------------------------------------------------------------- contrasts paired per query (paired.py)
+def _per_query(pids, ap, rank1=None):
+    return {"query_pids": [int(p) for p in pids], "AP": [float(x) for x in ap],
+            "rank1": [int(h) for h in (rank1 if rank1 is not None else [1] * len(ap))]}
+
+
+def _clustered_runs(seed=0, n_ids=60, per_id=3):
+    """Two runs on one query list: run b's AP differs from a's by an identity's own amount."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    pids = np.repeat(np.arange(100, 100 + n_ids), per_id)
+    ap_a = rng.uniform(0.2, 0.9, len(pids))
+    by_identity = rng.normal(0.0, 0.05, n_ids)
+    ap_b = ap_a - np.repeat(by_identity, per_id)
+    return _per_query(pids, ap_a), _per_query(pids, ap_b), by_identity
+
+
+def test_per_query_contrast_of_identical_runs_is_zero_and_of_a_shift_is_that_shift():
+    from experiments.paired import per_query_contrast
+
+    a, _, _ = _clustered_runs()
+    same = per_query_contrast([(a, a)], n_boot=200)
+    assert same["mean"] == 0.0 and same["ci"] == (0.0, 0.0) and same["per_seed"] == [0.0]
+    shifted = dict(a, AP=[x - 0.03 for x in a["AP"]], rank1=[0] * len(a["AP"]))
+    c = per_query_contrast([(a, shifted)], n_boot=200)
+    assert c["mean"] == pytest.approx(0.03, abs=1e-12)
+    assert c["ci"][0] == pytest.approx(0.03, abs=1e-12) and c["ci"][1] == pytest.approx(0.03, abs=1e-12)
+    assert per_query_contrast([(a, shifted)], "rank1", n_boot=50)["mean"] == 1.0
+    assert (c["n_queries"], c["n_identities"], c["n_seeds"]) == (180, 60, 1)
+
+
+def test_per_query_bootstrap_resamples_identities_and_pools_seeds():
+    import numpy as np
+
+    from experiments.paired import per_query_contrast
+
+    a, b, by_identity = _clustered_runs()
+    c = per_query_contrast([(a, b)], n_boot=4000, seed=1)
+    assert c["mean"] == pytest.approx(by_identity.mean(), abs=1e-12)
+    assert c["ci"][0] < c["mean"] < c["ci"][1]
+    # every query of an identity moves together: the spread is that of 60 identity means, not of 180 queries
+    n = len(by_identity)
+    expected_se = by_identity.std(ddof=0) / np.sqrt(n)
+    assert c["se"] == pytest.approx(expected_se, rel=0.08)
+    assert c == per_query_contrast([(a, b)], n_boot=4000, seed=1)  # seeded
+    assert c["ci"] != per_query_contrast([(a, b)], n_boot=4000, seed=2)["ci"]
+    # two seeds on the same query list: the mean of the seeds' effects, identities drawn jointly
+    shifted = dict(b, AP=[x - 0.02 for x in b["AP"]])
+    pooled = per_query_contrast([(a, b), (a, shifted)], n_boot=500)
+    assert pooled["joint"] and pooled["n_seeds"] == 2
+    assert pooled["per_seed"] == pytest.approx([by_identity.mean(), by_identity.mean() + 0.02], abs=1e-12)
+    assert pooled["mean"] == pytest.approx(by_identity.mean() + 0.01, abs=1e-12)
+    # joint draws: the pooled interval is the one-seed interval moved by the mean shift
+    one = per_query_contrast([(a, b)], n_boot=500)
+    assert pooled["ci"] == pytest.approx((one["ci"][0] + 0.01, one["ci"][1] + 0.01), abs=1e-12)
+    other_queries, _, _ = _clustered_runs(seed=3, n_ids=40)
+    assert not per_query_contrast([(a, b), (other_queries, other_queries)], n_boot=100)["joint"]
+
+
+def test_per_query_contrast_refuses_different_query_lists_and_bad_arguments():
+    from experiments.paired import per_query_contrast, per_query_of
+
+    a, b, _ = _clustered_runs()
+    reordered = dict(b, query_pids=list(reversed(b["query_pids"])))
+    with pytest.raises(ValueError, match="query ids differ"):
+        per_query_contrast([(a, reordered)])
+    with pytest.raises(ValueError, match="query ids differ"):
+        per_query_contrast([(a, _per_query(a["query_pids"][:-1], a["AP"][:-1]))])
+    with pytest.raises(ValueError, match="n_boot"):
+        per_query_contrast([(a, b)], n_boot=0)
+    with pytest.raises(ValueError, match="ci"):
+        per_query_contrast([(a, b)], ci=95)
+    with pytest.raises(ValueError, match="key"):
+        per_query_contrast([(a, b)], key="mAP")
+    with pytest.raises(ValueError, match="pairs"):
+        per_query_contrast([])
+    with pytest.raises(KeyError, match="no per-query AP"):
+        per_query_of({"mAP": 0.5})
+    final = {"per_query": dict(a, occlusion={"0.4": {"AP": b["AP"], "rank1": b["rank1"]}})}
+    assert per_query_of(final, 0.4) == {"query_pids": a["query_pids"], "AP": b["AP"], "rank1": b["rank1"]}
+    with pytest.raises(KeyError, match="0.6"):
+        per_query_of(final, 0.6)
+
+
+def _run_folder(root, experiment, arm, seed, final):
+    folder = root / experiment / f"{arm}_seed{seed}"
+    folder.mkdir(parents=True)
+    (folder / "metrics.json").write_text(json.dumps({"epochs": [], "evals": [], "final": final}))
+
+
+def test_summarize_pairs_run_folders_per_query_and_says_when_none_can_be(tmp_path, capsys):
+    from experiments import summarize
+
+    a, b, by_identity = _clustered_runs()
+    old = {"mAP": 0.5, "rank1": 0.6}  # a metrics.json from before per-query AP: still read, not paired
+    _run_folder(tmp_path, "ablation", "baseline", 1, old)
+    summarize.print_per_query(str(tmp_path), n_boot=50)
+    assert "no two arms of one experiment" in capsys.readouterr().out
+    for seed in (1, 2):
+        occ = {"0.4": {"AP": [x / 2 for x in a["AP"]], "rank1": a["rank1"]}}
+        _run_folder(tmp_path, "ablation", "rib_dcs", seed, {"mAP": 0.6, "per_query": dict(a, occlusion=occ)})
+    _run_folder(tmp_path, "ablation", "baseline", 2, {"mAP": 0.5, "per_query": b})
+    found, without = summarize.per_query_runs(str(tmp_path))
+    assert without == 1 and sorted(found["ablation"]) == ["baseline", "rib_dcs"]
+    assert sorted(found["ablation"]["rib_dcs"]) == [1, 2] and sorted(found["ablation"]["baseline"]) == [2]
+    summarize.print_per_query(str(tmp_path), n_boot=50)
+    out = capsys.readouterr().out
+    row = next(line for line in out.splitlines() if line.startswith("| rib_dcs − baseline | 2 |"))
+    assert f"**{100 * by_identity.mean():+.2f} [" in row and "| 180 / 60 |" in row
+    assert "occluded" not in out  # the baseline recorded no occlusion level: nothing to pair there
+    _run_folder(tmp_path, "ablation", "dcs_only", 2, {"mAP": 0.5, "per_query": _per_query([1, 2], [0.5, 0.5])})
+    summarize.print_per_query(str(tmp_path), n_boot=50)
+    assert "| dcs_only − baseline | 2 | not paired: " in capsys.readouterr().out
