@@ -86,12 +86,12 @@ def _paired_values(a: Dict, b: Dict, key: str, where: str) -> Tuple[np.ndarray, 
 
 
 def per_query_contrast(pairs: Sequence[Tuple[Dict, Dict]], key: str = "AP", *, n_boot: int = 2000, seed: int = 0,
-                       ci: float = 0.95) -> Dict:
+                       ci_level: float = 0.95) -> Dict:
     """``a - b`` on the per-query ``key`` (``"AP"`` or ``"rank1"``) of runs paired query by query, one
     ``(a, b)`` pair of per-query records (:func:`per_query_of`) per training seed.
 
     Each seed's effect is the mean over its queries of ``a - b``; the pooled effect (``mean``) is the
-    mean of the seeds' effects (``per_seed``). Its confidence interval (``ci``: percentile, level
+    mean of the seeds' effects (``per_seed``). Its percentile confidence interval (``ci``, at level
     ``ci_level``) and ``se`` (sd of the draws) come from ``n_boot`` bootstrap draws of identities with
     replacement, seeded by ``seed``: one draw shared by every seed when all seeds have the same query
     list (``joint``; the test set is then the one source of sampling error), else one per seed. It
@@ -100,8 +100,8 @@ def per_query_contrast(pairs: Sequence[Tuple[Dict, Dict]], key: str = "AP", *, n
     the first seed's)."""
     if isinstance(n_boot, bool) or not isinstance(n_boot, int) or n_boot < 1:
         raise ValueError(f"n_boot: expected an int >= 1 (bootstrap draws), got {n_boot!r}")
-    if not 0.0 < ci < 1.0:
-        raise ValueError(f"ci: expected a confidence level in (0, 1), got {ci!r}")
+    if not 0.0 < ci_level < 1.0:
+        raise ValueError(f"ci_level: expected a confidence level in (0, 1), got {ci_level!r}")
     if key not in ("AP", "rank1"):
         raise ValueError(f"key: expected 'AP' or 'rank1', got {key!r}")
     if not pairs:
@@ -118,12 +118,13 @@ def per_query_contrast(pairs: Sequence[Tuple[Dict, Dict]], key: str = "AP", *, n
         if weights is None or not joint:
             picks = rng.integers(len(ids), size=(n_boot, len(ids))) + len(ids) * np.arange(n_boot)[:, None]
             # weights[r, i]: how many times draw r took identity i
-            weights = np.bincount(picks.ravel(), minlength=n_boot * len(ids)).reshape(n_boot, len(ids)).astype(np.float64)
+            weights = np.bincount(picks.ravel(), minlength=n_boot * len(ids)).reshape(n_boot, len(ids))
+            weights = weights.astype(np.float64)
         draws += (weights @ sums) / (weights @ counts)
     draws /= len(paired)
     per_seed = [float(d.mean()) for _, d in paired]
-    lo, hi = np.quantile(draws, [(1.0 - ci) / 2, (1.0 + ci) / 2])
-    return {"mean": float(np.mean(per_seed)), "per_seed": per_seed, "ci": (float(lo), float(hi)), "ci_level": ci,
+    lo, hi = np.quantile(draws, [(1.0 - ci_level) / 2, (1.0 + ci_level) / 2])
+    return {"mean": float(np.mean(per_seed)), "per_seed": per_seed, "ci": (float(lo), float(hi)), "ci_level": ci_level,
             "se": float(draws.std(ddof=1)) if n_boot > 1 else float("nan"), "n_boot": n_boot, "seed": seed,
             "joint": joint, "n_seeds": len(paired), "n_queries": len(paired[0][0]),
             "n_identities": len(np.unique(paired[0][0]))}

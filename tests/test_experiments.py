@@ -294,8 +294,8 @@ def test_per_query_contrast_refuses_different_query_lists_and_bad_arguments():
         per_query_contrast([(a, _per_query(a["query_pids"][:-1], a["AP"][:-1]))])
     with pytest.raises(ValueError, match="n_boot"):
         per_query_contrast([(a, b)], n_boot=0)
-    with pytest.raises(ValueError, match="ci"):
-        per_query_contrast([(a, b)], ci=95)
+    with pytest.raises(ValueError, match="ci_level"):
+        per_query_contrast([(a, b)], ci_level=95)
     with pytest.raises(ValueError, match="key"):
         per_query_contrast([(a, b)], key="mAP")
     with pytest.raises(ValueError, match="pairs"):
