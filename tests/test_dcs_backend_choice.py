@@ -1,63 +1,16 @@
-"""``dcs_attention(impl="auto")``'s measured choice: keys, the fake-clock timing, the JSON cache and the
-paths that must never time (tracing, deterministic mode, the env switch). CPU, small shapes."""
+"""``dcs_attention(impl="auto")``'s measured choice: keys, the fake-clock timing (rounds, budget) and
+the JSON cache. CPU, small shapes. The paths that must never time: test_dcs_backend_choice_paths.py."""
 import json
 
 import pytest
 import torch
 
 import ribkernels as rk
+from backend_choice_common import cache_file, fresh, inputs, with_costs  # noqa: F401 (fresh: a fixture)
 from ribkernels.dcs import attention, backend_choice
 
-SHAPE = (1, 2, 13, 8)
 
-
-class FakeClock:
-    def __init__(self):
-        self.t = 100.0
-
-    def __call__(self):
-        return self.t
-
-
-@pytest.fixture
-def fresh(monkeypatch, tmp_path):
-    """Measured choice on, an empty cache dir, nothing in memory, a fake clock."""
-    monkeypatch.setenv(backend_choice.ENV_VAR, "1")
-    monkeypatch.setenv("RIBKERNELS_CACHE", str(tmp_path / "cache"))
-    clock = FakeClock()
-    monkeypatch.setattr(backend_choice, "clock", clock)
-    backend_choice.reset()
-    yield clock
-    backend_choice.reset()
-
-
-def with_costs(monkeypatch, clock, costs_ms):
-    """Make each backend in ``costs_ms`` cost that many fake ms per call (it still computes for real);
-    returns the per-backend call counter."""
-    calls = {name: 0 for name in costs_ms}
-    for name, ms in costs_ms.items():
-        real = attention.BACKENDS[name]
-
-        def run(*args, _real=real.run, _name=name, _ms=ms, **kwargs):
-            calls[_name] += 1
-            clock.t += _ms / 1e3
-            return _real(*args, **kwargs)
-
-        monkeypatch.setitem(attention.BACKENDS, name, attention.Backend(real.why_not, run))
-    return calls
-
-
-def inputs(shape=SHAPE, theta_shape=None, grad=True, dtype=torch.float32):
-    q, k, v = (torch.randn(shape, dtype=dtype, requires_grad=grad) for _ in range(3))
-    theta = torch.randn(theta_shape or shape, dtype=dtype, requires_grad=grad)
-    return q, k, v, theta
-
-
-def cache_file(tmp_path):
-    return tmp_path / "cache" / backend_choice.CACHE_FILE_NAME
-
-
-# ----------------------------------------------------------------------------------------- keys
+# -------------------------------------------------------------------------------------------- keys
 
 def test_bucket_ladder_rounds_up_by_at_most_one_and_a_half():
     assert [backend_choice.bucket(n) for n in (1, 16, 17, 25, 33, 197, 211, 256, 257, 1024, 1025)] == \
@@ -91,7 +44,7 @@ def test_key_spells_device_dtype_bucket_theta_mode_training_and_grad():
                                    grad=True) == backend_choice.make_key(q, theta, None, training=False, grad=True)
 
 
-# ------------------------------------------------------------------------------ the measurement
+# --------------------------------------------------------------------------------- the measurement
 
 @pytest.mark.parametrize("costs,winner", [({"sdpa": 5.0, "eager": 3.0}, "eager"),
                                           ({"sdpa": 2.0, "eager": 3.0}, "sdpa")])
@@ -185,7 +138,41 @@ def test_measure_interleaves_and_chooses_by_per_round_ratios(fresh):
     assert backend_choice.measure(even, lambda: None, warmup=0, reps=3).choice == "y"  # ties: the first
 
 
-# ------------------------------------------------------------------------------------ the file
+def test_close_leaders_get_more_rounds_until_max_reps(fresh):
+    counts = {"a": 0, "b": 0, "c": 0}
+
+    def candidate(name, ms):
+        def run():
+            counts[name] += 1
+            fresh.t += ms / 1e3
+        return run
+
+    timings = backend_choice.measure({"a": candidate("a", 10.0), "b": candidate("b", 10.5),
+                                      "c": candidate("c", 30.0)}, lambda: None, warmup=1, reps=5, max_reps=9,
+                                     budget_s=10.0).timings_ms
+    assert counts == {"a": 1 + 9, "b": 1 + 9, "c": 1 + 5}  # c is out of the race after the first rounds
+    assert timings == pytest.approx({"a": 10.0, "b": 10.5, "c": 30.0})
+    counts.update(a=0, b=0, c=0)
+    backend_choice.measure({"a": candidate("a", 10.0), "b": candidate("b", 10.5)}, lambda: None, warmup=1,
+                           reps=5, max_reps=50, budget_s=0.2)  # the extra rounds stop at the time budget
+    assert counts["a"] == counts["b"] == 1 + 5 + 10  # 10 extra rounds of 20.5 fake ms pass 200 ms
+
+
+def test_slow_inputs_get_fewer_rounds_but_at_least_min_reps(fresh):
+    counts = {"a": 0, "b": 0}
+
+    def candidate(name, ms):
+        def run():
+            counts[name] += 1
+            fresh.t += ms / 1e3
+        return run
+
+    got = backend_choice.measure({"a": candidate("a", 700.0), "b": candidate("b", 1400.0)}, lambda: None,
+                                 warmup=1, reps=5, budget_s=2.0)
+    assert counts == {"a": 1 + backend_choice.MIN_REPS, "b": 1 + backend_choice.MIN_REPS} and got.choice == "a"
+
+
+# ---------------------------------------------------------------------------------------- the file
 
 def test_cache_file_is_used_by_a_fresh_process(fresh, monkeypatch):
     q, k, v, theta = inputs()
@@ -260,172 +247,3 @@ def test_a_cached_choice_that_cannot_run_the_input_is_measured_again(fresh, monk
     rk.dcs_attention(q, k, v, theta, seed=0)  # the Triton interpreter is never auto's choice on CPU
     assert calls == {"sdpa": backend_choice.WARMUP + backend_choice.REPS + 1,
                      "eager": backend_choice.WARMUP + backend_choice.REPS}
-
-
-# --------------------------------------------------------------------- paths that never time
-
-def test_env_var_zero_uses_the_static_rule_and_no_cache(fresh, monkeypatch, tmp_path):
-    monkeypatch.setenv(backend_choice.ENV_VAR, "0")
-    calls = with_costs(monkeypatch, fresh, {"sdpa": 9.0, "eager": 1.0})
-    q, k, v, theta = inputs()
-    rk.dcs_attention(q, k, v, theta, seed=0)
-    assert calls == {"sdpa": 1, "eager": 0} and not cache_file(tmp_path).exists()
-    rep = rk.available_backends(q, k, v, theta, report=True, measure=True)
-    assert (rep.choice, rep.source) == ("sdpa", f"static rule ({backend_choice.ENV_VAR}=0)")
-    monkeypatch.setenv(backend_choice.ENV_VAR, "maybe")
-    with pytest.raises(ValueError, match="RIBKERNELS_DCS_AUTOTUNE_BACKEND must be 0 .* got 'maybe'"):
-        rk.dcs_attention(q, k, v, theta, seed=0)
-
-
-def test_deterministic_mode_never_times_but_uses_a_cached_winner(fresh, monkeypatch):
-    calls = with_costs(monkeypatch, fresh, {"sdpa": 9.0, "eager": 1.0})
-    q, k, v, theta = inputs()
-    q2, k2, v2, theta2 = inputs((1, 4, 40, 8))
-    rk.dcs_attention(q2, k2, v2, theta2, seed=0)  # measured: eager wins this key
-    before = dict(calls)
-    was = torch.are_deterministic_algorithms_enabled()
-    torch.use_deterministic_algorithms(True)
-    try:
-        rk.dcs_attention(q, k, v, theta, seed=0)  # new key: static rule, no timing
-        assert calls == {"sdpa": before["sdpa"] + 1, "eager": before["eager"]}
-        rep = rk.available_backends(q, k, v, theta, report=True, measure=True)
-        assert rep.source == "static rule (torch.use_deterministic_algorithms(True))"
-        rk.dcs_attention(q2, k2, v2, theta2, seed=0)  # cached key: its winner
-        assert calls == {"sdpa": before["sdpa"] + 1, "eager": before["eager"] + 1}
-    finally:
-        torch.use_deterministic_algorithms(was)
-
-
-@pytest.mark.parametrize("dynamic", [False, True])
-def test_compile_uses_the_cached_winner_or_the_static_rule_and_never_times(fresh, monkeypatch, dynamic):
-    torch._dynamo.reset()
-    calls = with_costs(monkeypatch, fresh, {"sdpa": 9.0, "eager": 1.0})
-    fn = torch.compile(lambda *a: rk.dcs_attention(*a, seed=3), fullgraph=True, backend="aot_eager",
-                       dynamic=dynamic)
-    q, k, v, theta = inputs()
-    out = fn(q, k, v, theta)  # nothing cached: the static rule (sdpa), traced once
-    assert calls == {"sdpa": 1, "eager": 0}
-    torch.testing.assert_close(out, rk.dcs_attention(q, k, v, theta, seed=3, impl="sdpa"))
-    q2, k2, v2, theta2 = inputs((1, 4, 40, 8))
-    rk.dcs_attention(q2, k2, v2, theta2, seed=0)  # eager call measures this key: eager wins
-    before = dict(calls)
-    out2 = fn(q2, k2, v2, theta2)  # traced again (new bucket): the cached winner, no timing
-    assert calls == {"sdpa": before["sdpa"], "eager": before["eager"] + 1}
-    torch.testing.assert_close(out2, rk.dcs_attention(q2, k2, v2, theta2, seed=3, impl="eager"))
-    torch._dynamo.reset()
-
-
-# ------------------------------------------------------------------------------ explicit names
-
-def test_forced_sdpa_kernel_names_run_and_bad_names_list_them():
-    q, k, v, theta = inputs(grad=False)
-    torch.testing.assert_close(rk.dcs_attention(q, k, v, theta, seed=2, impl="sdpa:math"),
-                               rk.dcs_attention(q, k, v, theta, seed=2, impl="sdpa"))
-    with pytest.raises(ValueError, match=r"impl must be one of \[.*'sdpa:cudnn'.*got 'sdpa:fast'"):
-        rk.dcs_attention(q, k, v, theta, impl="sdpa:fast")
-
-
-def test_cuda_candidates_split_sdpa_per_kernel(monkeypatch):
-    q, k, v, theta = inputs(grad=False)
-    assert attention.auto_candidates(q, k, v, theta, None) == ["sdpa", "eager"]
-    meta = torch.empty(1, 2, 13, 8, device="meta")  # a device that is not CPU: what CUDA would list
-    monkeypatch.setattr(torch.Tensor, "is_cuda", property(lambda self: self.device.type == "meta"))
-    monkeypatch.setitem(attention.BACKENDS, "triton", attention.Backend(lambda *a: [], None))
-    names = attention.auto_candidates(meta, meta, meta, meta, None)
-    assert names[0] == "triton" and names[-1] == "eager"
-    assert set(names[1:-1]) <= set(attention.SDPA_KERNELS) and "sdpa:flash" in names and "sdpa" not in names
-
-
-def test_patched_vit_with_auto_compiles_fullgraph_and_exports_after_a_measured_step(fresh):
-    timm = pytest.importorskip("timm")
-    torch._dynamo.reset()
-    torch.manual_seed(0)
-    model = timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=(32, 32), num_classes=3,
-                              depth=2, embed_dim=64, num_heads=4)
-    rk.patch_vit(model, mask_mode="token")  # impl="auto"
-    x = torch.randn(2, 3, 32, 32)
-    model(x).sum().backward()  # eager training step: measures the training key
-    assert len(backend_choice._MEMORY) == 1
-    compiled = torch.compile(model, fullgraph=True, backend="aot_eager")
-    torch.manual_seed(4)
-    got = compiled(x)
-    torch.manual_seed(4)
-    torch.testing.assert_close(got, model(x), rtol=1e-5, atol=1e-5)
-    model.eval()
-    exported = torch.export.export(model, (x,))  # eval key: nothing cached, the static rule, no timing
-    torch.testing.assert_close(exported.module()(x), model(x), rtol=1e-5, atol=1e-5)
-    assert len(backend_choice._MEMORY) == 2  # the eager eval call above measured its key
-    torch._dynamo.reset()
-
-
-def test_close_leaders_get_more_rounds_until_max_reps(fresh):
-    counts = {"a": 0, "b": 0, "c": 0}
-
-    def candidate(name, ms):
-        def run():
-            counts[name] += 1
-            fresh.t += ms / 1e3
-        return run
-
-    timings = backend_choice.measure({"a": candidate("a", 10.0), "b": candidate("b", 10.5),
-                                      "c": candidate("c", 30.0)}, lambda: None, warmup=1, reps=5, max_reps=9,
-                                     budget_s=10.0).timings_ms
-    assert counts == {"a": 1 + 9, "b": 1 + 9, "c": 1 + 5}  # c is out of the race after the first rounds
-    assert timings == pytest.approx({"a": 10.0, "b": 10.5, "c": 30.0})
-    counts.update(a=0, b=0, c=0)
-    backend_choice.measure({"a": candidate("a", 10.0), "b": candidate("b", 10.5)}, lambda: None, warmup=1,
-                           reps=5, max_reps=50, budget_s=0.2)  # the extra rounds stop at the time budget
-    assert counts["a"] == counts["b"] == 1 + 5 + 10  # 10 extra rounds of 20.5 fake ms pass 200 ms
-
-
-def test_slow_inputs_get_fewer_rounds_but_at_least_min_reps(fresh):
-    counts = {"a": 0, "b": 0}
-
-    def candidate(name, ms):
-        def run():
-            counts[name] += 1
-            fresh.t += ms / 1e3
-        return run
-
-    got = backend_choice.measure({"a": candidate("a", 700.0), "b": candidate("b", 1400.0)}, lambda: None,
-                                 warmup=1, reps=5, budget_s=2.0)
-    assert counts == {"a": 1 + backend_choice.MIN_REPS, "b": 1 + backend_choice.MIN_REPS} and got.choice == "a"
-
-
-def test_graph_capture_and_a_forced_sdpa_kernel_under_compile(fresh, monkeypatch):
-    q, k, v, theta = inputs(grad=False)
-    monkeypatch.setattr(backend_choice, "capturing", lambda t: True)
-    assert backend_choice.why_no_timing(q) == "CUDA graph capture"
-    calls = with_costs(monkeypatch, fresh, {"sdpa": 9.0, "eager": 1.0})
-    rk.dcs_attention(q, k, v, theta, seed=0)
-    assert calls == {"sdpa": 1, "eager": 0}  # static rule, no timing while "capturing"
-    torch._dynamo.reset()
-    fn = torch.compile(lambda *a: rk.dcs_attention(*a, seed=1, impl="sdpa:math"), fullgraph=True,
-                       backend="aot_eager")
-    torch.testing.assert_close(fn(q, k, v, theta), rk.dcs_attention(q, k, v, theta, seed=1, impl="sdpa"))
-    torch._dynamo.reset()
-
-
-@pytest.mark.gpu
-def test_cuda_times_triton_and_each_sdpa_kernel_and_returns_the_explicit_result(monkeypatch, tmp_path):
-    """Real clock, real kernels: the choice is whatever is fastest here; the result must equal the explicit
-    impl's for the same seed, and the CUDA and CPU RNG streams must be as if no timing had run."""
-    monkeypatch.setenv(backend_choice.ENV_VAR, "1")
-    monkeypatch.setenv("RIBKERNELS_CACHE", str(tmp_path / "cache"))
-    backend_choice.reset()
-    try:
-        q, k, v, theta = (t.detach().cuda().half().requires_grad_() for t in inputs((2, 4, 211, 64)))
-        torch.manual_seed(3)
-        got = rk.dcs_attention(q, k, v, theta)
-        states = torch.get_rng_state(), torch.cuda.get_rng_state()
-        assert all(t.grad is None for t in (q, k, v, theta))
-        rep = rk.available_backends(q, k, v, theta, report=True)
-        assert rep.source == "measured" and rep.choice in rep.timings_ms
-        assert set(rep.timings_ms) | set(rep.failed) == set(attention.auto_candidates(q, k, v, theta, None))
-        assert "triton" in rep.timings_ms and "eager" in rep.timings_ms, rep
-        torch.manual_seed(3)
-        want = rk.dcs_attention(q, k, v, theta, impl=rep.choice)
-        assert torch.equal(states[0], torch.get_rng_state()) and torch.equal(states[1], torch.cuda.get_rng_state())
-        torch.testing.assert_close(got, want, rtol=0, atol=0)
-    finally:
-        backend_choice.reset()

@@ -18,6 +18,7 @@ import torch
 from . import backend_choice, checks
 from .philox import check_offset, check_seed
 from .backends import dcs_attention_eager, dcs_attention_sdpa
+from .triton import backend as triton_backend  # imports Triton only when its functions run
 
 
 class Backend(NamedTuple):
@@ -29,22 +30,8 @@ def _always(*args) -> List[str]:
     return []
 
 
-def _triton_why_not(q, k, v, mask_logits, noise) -> List[str]:
-    try:
-        from .triton import backend
-    except Exception as exc:  # triton missing or broken: say so, never crash the dispatch
-        return [f"the Triton backend cannot be imported ({type(exc).__name__}: {exc})"]
-    return backend.why_not(q, k, v, mask_logits, noise)
-
-
-def _triton_run(q, k, v, mask_logits, **kwargs):
-    from .triton.backend import dcs_attention_triton
-
-    return dcs_attention_triton(q, k, v, mask_logits, **kwargs)
-
-
 BACKENDS: Dict[str, Backend] = {
-    "triton": Backend(_triton_why_not, _triton_run),
+    "triton": Backend(triton_backend.why_not, triton_backend.dcs_attention_triton),
     "sdpa": Backend(_always, dcs_attention_sdpa),
     "eager": Backend(_always, dcs_attention_eager),
 }
@@ -269,7 +256,8 @@ def dcs_attention(
     integer in ``[0, 2**63)``) and ``offset`` (``>= 0``, in Philox calls), noise contract v2: the same
     mask in every backend, ``M = 1[u > sigmoid(−θ)]`` (seed may be a 0-d int64 tensor); else a seed
     tensor drawn from torch's global generator (Triton; the C++ CPU pre-pass) or ``torch.rand`` noise
-    (PyTorch backends without it), so ``torch.manual_seed`` makes runs reproducible. training=False uses ``M = 1[θ > 0]`` (no noise, no gradient to θ).
+    (PyTorch backends without it), so ``torch.manual_seed`` makes runs reproducible.
+    training=False uses ``M = 1[θ > 0]`` (no noise, no gradient to θ).
     scale defaults to ``D ** -0.5``. impl: ``"auto" | "triton" | "sdpa" | "eager"``, or
     ``"sdpa:flash" | "sdpa:cudnn" | "sdpa:efficient" | "sdpa:math"`` (sdpa with that SDPA kernel
     forced). ``"auto"``: the backend measured fastest for this input's key on its first call (see

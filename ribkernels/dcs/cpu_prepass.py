@@ -79,10 +79,11 @@ def masked_qk_seeded(q: torch.Tensor, k: torch.Tensor, mask_logits: torch.Tensor
             seed = draw_seed_tensor()
         elif not isinstance(seed, torch.Tensor):
             seed = torch.tensor(seed, dtype=torch.int64)
-        theta = mask_logits.to(torch.float32).expand(q.shape)
-        if theta.stride(-1) not in (0, 1):
-            theta = theta.contiguous()
-        qm, km, _, nan_count = torch.ops.ribkernels.dcs_mask_apply(q, k, theta, seed.cpu(), int(offset), float(tau))
+        mask_logits_f32 = mask_logits.to(torch.float32).expand(q.shape)
+        if mask_logits_f32.stride(-1) not in (0, 1):
+            mask_logits_f32 = mask_logits_f32.contiguous()
+        qm, km, _, nan_count = torch.ops.ribkernels.dcs_mask_apply(q, k, mask_logits_f32, seed.cpu(), int(offset),
+                                                                   float(tau))
         return qm, km, nan_count
     if seed is None:
         acc = torch.promote_types(q.dtype, torch.float32)

@@ -174,18 +174,18 @@ class DCSAttention(nn.Module):
     def _channel_shared(self, x: torch.Tensor, seed, offset, noise) -> torch.Tensor:
         """Attention output ``[B, H, N, D]`` of mask_mode="channel_shared"."""
         B, N, _ = x.shape
-        theta = self.mask_logits
-        cs.check_shared_logits(theta, self.num_heads, self.head_dim)
+        mask_logits = self.mask_logits
+        cs.check_shared_logits(mask_logits, self.num_heads, self.head_dim)
         fold = isinstance(self.q_norm, nn.Identity)  # the mask commutes with the projection, not a norm
         if not self.training and fold:
             q, k, v = self._split_heads(F.linear(x, *self._folded_qkv()), B, N)
         elif self.mask_per == "step" and fold:
-            mask = cs.channel_shared_mask(theta, B, tau=self.tau, mask_per="step", seed=seed, offset=offset,
+            mask = cs.channel_shared_mask(mask_logits, B, tau=self.tau, mask_per="step", seed=seed, offset=offset,
                                           noise=noise, check_nan=self.check_nan)
             q, k, v = self._split_heads(F.linear(x, *cs.masked_qkv_params(self.qkv.weight, self.qkv.bias, mask)), B, N)
         else:
             q, k, v = self._split_heads(self.qkv(x), B, N)
-            mask = cs.channel_shared_mask(theta, B, tau=self.tau, training=self.training, mask_per=self.mask_per,
+            mask = cs.channel_shared_mask(mask_logits, B, tau=self.tau, training=self.training, mask_per=self.mask_per,
                                           seed=seed, offset=offset, noise=noise, check_nan=self.check_nan)
             q = q * mask.to(q.dtype)
         return cs.attend(q, k, v, self.scale, "eager" if self.impl == "eager" else "sdpa")
@@ -234,17 +234,17 @@ class DCSAttention(nn.Module):
             raise ValueError(f"DCSAttention: x must be a 3-D tensor [B, N, C] (batch, tokens, channels), got "
                              f"{tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__}")
         B, N, C = x.shape
-        theta = None if self.mask_mode == "channel_shared" else self.compute_mask_logits(x)
+        mask_logits = None if self.mask_mode == "channel_shared" else self.compute_mask_logits(x)
         if self.track_keep_fraction:
             with torch.no_grad():
-                t = self.compute_mask_logits(x) if theta is None else theta
+                t = self.compute_mask_logits(x) if mask_logits is None else mask_logits
                 kept = torch.sigmoid(t.float()) if self.training else (t > 0).float()
                 self.last_keep_fraction = kept.mean()
-        if theta is None:
+        if mask_logits is None:
             x = self._channel_shared(x, seed, offset, noise)
         else:
             q, k, v = self._split_heads(self.qkv(x), B, N)
-            x = dcs_attention(q, k, v, theta, tau=self.tau, training=self.training,
+            x = dcs_attention(q, k, v, mask_logits, tau=self.tau, training=self.training,
                               scale=self.scale, impl=self.impl, check_nan=self.check_nan, seed=seed, offset=offset,
                               noise=noise)
         x = x.transpose(1, 2).reshape(B, N, C)

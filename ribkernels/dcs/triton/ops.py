@@ -1,20 +1,26 @@
 """``torch.library`` custom ops of the fused DCS-Attention, with fake (meta) implementations and
 autograd, so ``torch.compile`` traces a model that uses them as single nodes.
+``backend.dcs_attention_triton`` (what ``impl="triton"`` runs) calls ``dcs_attention_fwd``; its
+autograd calls ``dcs_attention_bwd``. Tensors keep the public API's names (``mask_logits``, ...) down
+to the calls into the launcher (``launch.py``).
 
-* ``ribkernels::dcs_attention_fwd(q, k, v, theta, noise?, rng, tau, scale, training, save_dsoft=False)
-  -> (out [B,H,N,D] q's dtype, lse [B,H,N] float32, mask [B,H,N,D] 0/1 in q's dtype, dsoft)``: the mask
-  pre-pass (mask, q⊙M, k⊙M in one pass; with ``save_dsoft`` in training also dsoft = soft·(1 − soft)/τ
-  ``[B,H,N,D]`` in ``launch.dsoft_dtype``, else an empty tensor), then the forward kernel on q⊙M, k⊙M
-  (freed when it returns). ``rng`` is the int64 ``[seed, offset]`` device tensor (read only in Philox mode).
-* ``ribkernels::dcs_attention_bwd(dout, q, k, v, theta, noise?, rng, out, lse, mask, tau, scale,
-  training, need_dtheta, dsoft?) -> (dq, dk, dv, dtheta)``; dtheta has θ's shape and dtype, or shape ``()``
-  when not needed (eval, or θ without grad).
+* ``ribkernels::dcs_attention_fwd(q, k, v, mask_logits, noise?, rng, tau, scale, training,
+  save_dsoft=False) -> (out [B,H,N,D] q's dtype, lse [B,H,N] float32, mask [B,H,N,D] 0/1 in q's dtype,
+  dsoft)``: the mask pre-pass (mask, q⊙M, k⊙M in one pass; with ``save_dsoft`` in training also dsoft
+  = soft·(1 − soft)/τ ``[B,H,N,D]`` in ``launch.dsoft_dtype``, else an empty tensor), then the forward
+  kernel on q⊙M, k⊙M (freed when it returns). ``rng`` is the int64 ``[seed, offset]`` device tensor
+  (read only in Philox mode).
+* ``ribkernels::dcs_attention_bwd(dout, q, k, v, mask_logits, noise?, rng, out, lse, mask, tau, scale,
+  training, need_dmask_logits, dsoft?) -> (dq, dk, dv, dmask_logits)``; dmask_logits has mask_logits'
+  shape and dtype, or shape ``()`` when not needed (eval, or mask_logits without grad).
 
+There is one backward (one program per head, deterministic: ``launch.backward``); nothing selects it.
 The mask made by the forward is saved for the backward (which applies it to raw q, k tiles: dθ needs
 them): Philox runs once per forward (pre-pass), which also saves dθ's factor when θ needs a gradient;
 called without it (``launch.backward``), the backward's dθ epilogue regenerates it. Never inside the
 attention loops.
 """
+import warnings
 from typing import Optional, Tuple
 
 import torch
@@ -24,21 +30,21 @@ from . import launch
 
 
 @torch.library.custom_op("ribkernels::dcs_attention_fwd", mutates_args=())
-def dcs_attention_fwd(q: Tensor, k: Tensor, v: Tensor, theta: Tensor, noise: Optional[Tensor], rng: Tensor,
+def dcs_attention_fwd(q: Tensor, k: Tensor, v: Tensor, mask_logits: Tensor, noise: Optional[Tensor], rng: Tensor,
                       tau: float, scale: float, training: bool,
                       save_dsoft: bool = False) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
     mode = launch.mode_of(training, noise)
     if save_dsoft and training:
-        mask, qm, km, dsoft = launch.masked_qk_prepass(q, k, theta, noise, rng, mode, tau=tau)
+        mask, qm, km, dsoft = launch.masked_qk_prepass(q, k, mask_logits, noise, rng, mode, tau=tau)
     else:
-        mask, qm, km = launch.masked_qk_prepass(q, k, theta, noise, rng, mode)
+        mask, qm, km = launch.masked_qk_prepass(q, k, mask_logits, noise, rng, mode)
         dsoft = q.new_empty((0,), dtype=launch.dsoft_dtype(q.dtype))
     out, lse = launch.forward(qm, km, v, scale=scale)
     return out, lse, mask, dsoft
 
 
 @dcs_attention_fwd.register_fake
-def _(q, k, v, theta, noise, rng, tau, scale, training, save_dsoft=False):
+def _(q, k, v, mask_logits, noise, rng, tau, scale, training, save_dsoft=False):
     B, H, N, D = q.shape
     ds_shape = (B, H, N, D) if (save_dsoft and training) else (0,)
     return (q.new_empty((B, H, N, D)), q.new_empty((B, H, N), dtype=torch.float32),
@@ -46,42 +52,42 @@ def _(q, k, v, theta, noise, rng, tau, scale, training, save_dsoft=False):
 
 
 @torch.library.custom_op("ribkernels::dcs_attention_bwd", mutates_args=())
-def dcs_attention_bwd(dout: Tensor, q: Tensor, k: Tensor, v: Tensor, theta: Tensor, noise: Optional[Tensor],
+def dcs_attention_bwd(dout: Tensor, q: Tensor, k: Tensor, v: Tensor, mask_logits: Tensor, noise: Optional[Tensor],
                       rng: Tensor, out: Tensor, lse: Tensor, mask: Tensor, tau: float, scale: float,
-                      training: bool, need_dtheta: bool,
+                      training: bool, need_dmask_logits: bool,
                       dsoft: Optional[Tensor] = None) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
     mode = launch.mode_of(training, noise)
-    need = bool(need_dtheta and training)
+    need = bool(need_dmask_logits and training)
     saved = dsoft if (dsoft is not None and dsoft.numel() > 0) else None
-    dq, dk, dv, dtheta = launch.backward(dout, q, k, v, mask, out, lse, theta, noise, rng, scale=scale,
-                                         tau=tau, mode=mode, need_dtheta=need, dsoft=saved)
-    return dq, dk, dv, (dtheta if need else theta.new_zeros(()))
+    dq, dk, dv, dmask_logits = launch.backward(dout, q, k, v, mask, out, lse, mask_logits, noise, rng, scale=scale,
+                                               tau=tau, mode=mode, need_dtheta=need, dsoft=saved)
+    return dq, dk, dv, (dmask_logits if need else mask_logits.new_zeros(()))
 
 
 @dcs_attention_bwd.register_fake
-def _(dout, q, k, v, theta, noise, rng, out, lse, mask, tau, scale, training, need_dtheta, dsoft=None):
+def _(dout, q, k, v, mask_logits, noise, rng, out, lse, mask, tau, scale, training, need_dmask_logits, dsoft=None):
     B, H, N, D = q.shape
     dq, dk, dv = (q.new_empty((B, H, N, D)) for _ in range(3))
-    dtheta = theta.new_empty(theta.shape) if (need_dtheta and training) else theta.new_empty(())
-    return dq, dk, dv, dtheta
+    shape = mask_logits.shape if (need_dmask_logits and training) else ()
+    return dq, dk, dv, mask_logits.new_empty(shape)
 
 
 def _setup_context(ctx, inputs, output):
-    q, k, v, theta, noise, rng, tau, scale, training = inputs[:9]
+    q, k, v, mask_logits, noise, rng, tau, scale, training = inputs[:9]
     out, lse, mask, dsoft = output
-    ctx.save_for_backward(q, k, v, theta, noise, rng, out, lse, mask, dsoft)
+    ctx.save_for_backward(q, k, v, mask_logits, noise, rng, out, lse, mask, dsoft)
     ctx.tau, ctx.scale, ctx.training = tau, scale, training
     ctx.mark_non_differentiable(lse, mask, dsoft)
 
 
 def _backward(ctx, dout, dlse, dmask, ddsoft):
-    q, k, v, theta, noise, rng, out, lse, mask, dsoft = ctx.saved_tensors
-    need_dtheta = bool(ctx.training and ctx.needs_input_grad[3])
+    q, k, v, mask_logits, noise, rng, out, lse, mask, dsoft = ctx.saved_tensors
+    need_dmask_logits = bool(ctx.training and ctx.needs_input_grad[3])
     if dout is None:
         dout = torch.zeros_like(out)
-    dq, dk, dv, dtheta = dcs_attention_bwd(dout, q, k, v, theta, noise, rng, out, lse, mask, ctx.tau,
-                                           ctx.scale, ctx.training, need_dtheta, dsoft)
-    return dq, dk, dv, (dtheta if need_dtheta else None), None, None, None, None, None, None
+    dq, dk, dv, dmask_logits = dcs_attention_bwd(dout, q, k, v, mask_logits, noise, rng, out, lse, mask, ctx.tau,
+                                                 ctx.scale, ctx.training, need_dmask_logits, dsoft)
+    return dq, dk, dv, (dmask_logits if need_dmask_logits else None), None, None, None, None, None, None
 
 
 dcs_attention_fwd.register_autograd(_backward, setup_context=_setup_context)
@@ -89,13 +95,14 @@ dcs_attention_fwd.register_autograd(_backward, setup_context=_setup_context)
 
 def dcs_attention_fused(q: Tensor, k: Tensor, v: Tensor, theta: Tensor, noise: Optional[Tensor], rng: Tensor, *,
                         tau: float, scale: float, training: bool) -> Tensor:
-    """The differentiable fused op: out ``[B, H, N, D]``. Inputs are assumed validated."""
-    # dθ's factor soft·(1 − soft)/τ is made by the pre-pass and saved (2 bytes per element) when θ
-    # will get a gradient: the backward then reads it instead of regenerating it (Philox per element)
-    save = bool(training and theta.requires_grad and torch.is_grad_enabled())
-    out = dcs_attention_fwd(q, k, v, theta, noise if training else None, rng, float(tau),
-                            float(scale), bool(training), save)[0]
-    return out
+    """Deprecated, kept for one release: ``backend.dcs_attention_triton`` calls ``dcs_attention_fwd``
+    directly. out ``[B, H, N, D]``; inputs assumed validated."""
+    warnings.warn("ribkernels.dcs.triton.ops.dcs_attention_fused is deprecated: use "
+                  "ribkernels.dcs.triton.backend.dcs_attention_triton (or the op dcs_attention_fwd)",
+                  DeprecationWarning, stacklevel=2)
+    save_dsoft = bool(training and theta.requires_grad and torch.is_grad_enabled())
+    return dcs_attention_fwd(q, k, v, theta, noise if training else None, rng, float(tau), float(scale),
+                             bool(training), save_dsoft)[0]
 
 
 class _PlainAttention(torch.autograd.Function):
