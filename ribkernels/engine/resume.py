@@ -4,6 +4,7 @@ Hyperparameters may not change silently: any key that differs (other than the ``
 change where or how fast things run but not what is computed) is refused, listed with both values,
 unless named in ``--allow-changes``.
 """
+import warnings
 from typing import Any, Dict, Iterable, List, Tuple
 
 from .config_keys import FLAGS, RENAMED_KEYS
@@ -54,8 +55,6 @@ def config_changes(old: Dict, new: Dict, defaults: Dict) -> Dict[str, Tuple[Any,
 def parse_allow(text: str, defaults: Dict) -> List[str]:
     """``--allow-changes a,b`` as full ``section.key`` names: a bare key or a flag's name is looked
     up; an old name (``RENAMED_KEYS``) is taken as the new one, with a warning."""
-    import warnings
-
     from .config import ALIASES
 
     known = list(flatten(defaults))
