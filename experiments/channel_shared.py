@@ -16,7 +16,7 @@ from .ablation import OCCLUSION
 from .common import budget_overrides, budget_record, command_line, final_row, load_json, train, write_json
 
 VARIANT = ["model.attn_impl=dcs", "model.dcs_mask_mode=channel_shared", "model.dcs_mask_per=image",
-           "ibb.use_ibb=false"]
+           "ibb.enabled=false"]
 
 
 def by_seed(rows, key="mAP"):

@@ -17,10 +17,10 @@ BASELINE_CONFIG = os.path.join("configs", "synthetic_baseline_cpu.yaml")
 
 # The four variants of the ablation, as --set overrides of the RIB-DCS demo config.
 VARIANTS: Dict[str, List[str]] = {
-    "baseline": ["model.attn_impl=sdpa", "ibb.use_ibb=false"],
-    "dcs_only": ["model.attn_impl=dcs", "ibb.use_ibb=false"],
-    "ibb_only": ["model.attn_impl=sdpa", "ibb.use_ibb=true"],
-    "rib_dcs": ["model.attn_impl=dcs", "ibb.use_ibb=true"],
+    "baseline": ["model.attn_impl=sdpa", "ibb.enabled=false"],
+    "dcs_only": ["model.attn_impl=dcs", "ibb.enabled=false"],
+    "ibb_only": ["model.attn_impl=sdpa", "ibb.enabled=true"],
+    "rib_dcs": ["model.attn_impl=dcs", "ibb.enabled=true"],
 }
 
 
@@ -50,18 +50,16 @@ def finished_run(run_dir: str, args: Sequence[str]) -> Optional[Dict]:
     """metrics.json of a run in ``run_dir`` that finished (has ``"final"``) with the config ``train.py
     ARGS`` would use (the ``output`` section aside), else None: lets a long experiment continue after an
     interruption, or take a run another experiment already made with the same settings.
-    ``REPORT_ONLY_KEYS`` may differ."""
-    import yaml
+    ``REPORT_ONLY_KEYS`` may differ; a run made before a key was renamed has the old name (read as the new)."""
+    from ribkernels.engine.config import DEFAULTS, load_yaml
 
     paths = [os.path.join(run_dir, n) for n in ("metrics.json", "config.yaml")]
     if not all(os.path.isfile(p) for p in paths):
         return None
     with open(paths[0]) as f:
         metrics = json.load(f)
-    with open(paths[1]) as f:
-        stored = yaml.safe_load(f)
+    stored = load_yaml(paths[1], warn=False)
     want = _resolved_config(args)
-    from ribkernels.engine.config import DEFAULTS
 
     for section, keys in DEFAULTS.items():  # a key added since the run was made counts as its default there
         if isinstance(keys, dict) and isinstance(stored.get(section), dict):
@@ -104,7 +102,7 @@ def train(run_dir: str, overrides: Sequence[str] = (), config: str = DEMO_CONFIG
     this one into ``run_dir``."""
     os.makedirs(run_dir, exist_ok=True)
     cmd = [sys.executable, "train.py"] + train_args(
-        [f"output.output_dir={run_dir}", "output.progress=log", *overrides], config)
+        [f"output.dir={run_dir}", "output.progress=log", *overrides], config)
     if reuse:
         if adopt_from:
             adopt_finished_run(run_dir, overrides, adopt_from, config)
@@ -149,7 +147,7 @@ def budget_overrides(epochs: Optional[int] = None, train_ids: Optional[int] = No
     size but other people and images than the demo's)."""
     o: List[str] = []
     if epochs:
-        o += [f"solver.epochs={epochs}", f"ibb.ibb_start_epoch={max(1, epochs // 3)}"]
+        o += [f"solver.epochs={epochs}", f"ibb.start_epoch={max(1, epochs // 3)}"]
     if train_ids:
         kw = demo_settings()["dataset_kwargs"]
         kw["num_train_ids"] = train_ids
@@ -173,11 +171,10 @@ def command_line(module: str) -> str:
 
 def budget_of_run(run_dir: str) -> Dict:
     """The settings two runs must share to be compared as "same budget": model, epochs, data sizes."""
-    import yaml
+    from ribkernels.engine.config import load_yaml
 
-    with open(os.path.join(run_dir, "config.yaml")) as f:
-        cfg = yaml.safe_load(f)
-    return {"model": cfg["model"]["name"], "model_kwargs": cfg["model"].get("model_kwargs") or {},
+    cfg = load_yaml(os.path.join(run_dir, "config.yaml"), warn=False)
+    return {"model": cfg["model"]["name"], "model_kwargs": cfg["model"].get("kwargs") or {},
             "img_size": list(cfg["model"]["img_size"]), "epochs": cfg["solver"]["epochs"],
             "batch_size": cfg["data"]["batch_size"], "dataset": cfg["data"]["dataset"],
             "dataset_kwargs": cfg["data"].get("dataset_kwargs") or {}}

@@ -1,5 +1,5 @@
 """Is the IBB's gain an information-bottleneck effect? Plain attention, paired by seed, every arm
-switching on at the same epoch (the config's ``ibb.ibb_start_epoch``) and refreshing the same way:
+switching on at the same epoch (the config's ``ibb.start_epoch``) and refreshing the same way:
 
 * ``baseline``  — no IBB;
 * ``ibb``       — the IBB (the demo's η and β; the ablation's ``ibb_only``);
@@ -29,10 +29,10 @@ from .common import command_line, final_row, train, write_json
 from .paired import format_contrast, paired_contrast
 
 ARMS: Dict[str, List[str]] = {
-    "baseline": ["model.attn_impl=sdpa", "ibb.use_ibb=false"],
-    "ibb": ["model.attn_impl=sdpa", "ibb.use_ibb=true"],
-    "prototype": ["model.attn_impl=sdpa", "ibb.use_ibb=true", "ibb.control=prototype"],
-    "shuffled_q": ["model.attn_impl=sdpa", "ibb.use_ibb=true", "ibb.control=shuffled_q"],
+    "baseline": ["model.attn_impl=sdpa", "ibb.enabled=false"],
+    "ibb": ["model.attn_impl=sdpa", "ibb.enabled=true"],
+    "prototype": ["model.attn_impl=sdpa", "ibb.enabled=true", "ibb.control=prototype"],
+    "shuffled_q": ["model.attn_impl=sdpa", "ibb.enabled=true", "ibb.control=shuffled_q"],
 }
 
 

@@ -169,8 +169,8 @@ def measure(tr, cfg, bins: int, seed: int, floor_reps: int = 20, probe: bool = T
     if tr.ibb is not None:
         ibb = copy.deepcopy(tr.ibb).eval()  # eval: the refresh's β (no batch re-fit) on these clean features
     else:  # a run without the IBB (e.g. the baseline): a fresh one with the config's settings, measured only
-        ibb = components.build_ibb({**cfg, "ibb": {**cfg["ibb"], "use_ibb": True}}, tr.data, model).to(dev).eval()
-    mcfg = {**cfg["model"], "ibb_after_neck": cfg["ibb"]["ibb_feature"] == "after"}
+        ibb = components.build_ibb({**cfg, "ibb": {**cfg["ibb"], "enabled": True}}, tr.data, model).to(dev).eval()
+    mcfg = {**cfg["model"], "ibb_after_neck": cfg["ibb"]["feature"] == "after"}
     if not bool(ibb.input_ready):
         ibb.set_input_clusters(components.input_cluster_images(tr.data, cfg, cfg["solver"]["seed"]).to(dev))
     feats, labels, ent, xcl, phix = [], [], [], [], []
@@ -286,7 +286,7 @@ def main() -> None:
     out_stem = args.out or ("ib_estimate" if args.eta is None else f"ib_estimate_eta{args.eta:g}")
     from ribkernels.engine import Trainer, build_parser, resolve
 
-    argv = ["--config", args.config, "--set", f"output.output_dir={args.run_dir}", "--set", "output.progress=log",
+    argv = ["--config", args.config, "--set", f"output.dir={args.run_dir}", "--set", "output.progress=log",
             "--set", f"solver.seed={args.seed}"]
     for o in budget_overrides(args):
         argv += ["--set", o]

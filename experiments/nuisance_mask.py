@@ -35,7 +35,7 @@ def measure_run(run_dir: str, split: str = "query", max_images: int = 512, batch
         raise ValueError(f"{run_dir}: trained on {cfg['data']['dataset']!r}; the ground truth exists for the synthetic data only")
     kw = dict(cfg["data"].get("dataset_kwargs") or {})
     kw["ground_truth"] = True
-    root = cfg["data"]["data_root"]
+    root = cfg["data"]["root"]
     folder = make_synthetic_market(None if root in (None, "", "data") else root, **kw)
     gt = load_ground_truth(folder)
     sub = {"query": "query", "gallery": "bounding_box_test", "train": "bounding_box_train"}[split]

@@ -72,7 +72,7 @@ def main() -> None:
             name, run_dir = item.split("=", 1)
             out_dir = os.path.join(args.run_root, f"eval_{name}")
             cmd = [sys.executable, "train.py", "--config", os.path.join(run_dir, "config.yaml"), "--eval-only",
-                   "--checkpoint", os.path.join(run_dir, "final.pth"), "--set", f"output.output_dir={out_dir}",
+                   "--checkpoint", os.path.join(run_dir, "final.pth"), "--set", f"output.dir={out_dir}",
                    "--set", "eval.occlusion=true", "--set", f"eval.occlusion_ratios={OCCLUSION}",
                    "--set", "output.progress=log"]
             os.makedirs(out_dir, exist_ok=True)

@@ -33,7 +33,7 @@ def evaluate_run(run_dir: str, modes=MODES, levels=LEVELS) -> Dict:
     cfg = loaded.config
     data = components.build_data(cfg, train=False)
     extract = feature_extractor(loaded.model, data.test_transform, use_camera=bool(cfg["model"]["sie_camera"]),
-                                batch_size=int(cfg["eval"]["eval_batch_size"]))
+                                batch_size=int(cfg["eval"]["batch_size"]))
     out: Dict = {"run": run_dir, "seed": int(cfg["solver"]["seed"])}
     for mode in modes:
         out[mode] = occlusion_stress_test(extract, data.query, data.gallery, levels, mode=mode,

@@ -21,7 +21,7 @@ from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
-from .engine.config import DEFAULTS
+from .engine.config import DEFAULTS, rename_old_keys
 from .engine.model import build_model_from_file  # noqa: F401 (public here too)
 from .engine.model_file import ModelFile, read_model_file
 
@@ -37,12 +37,13 @@ class LoadedModel(NamedTuple):
 
 
 def stored_config(mf: ModelFile, path: str = "checkpoint") -> Dict:
-    """The checkpoint's config with keys it lacks (older versions) taken from ``DEFAULTS``. Raises
-    ValueError naming ``path`` when a section is not a mapping. Nothing here is validated: callers
-    check what they use (:func:`check_model_config`, or the whole config for evaluation)."""
-    cfg = {}
+    """The checkpoint's config with keys it lacks (older versions) taken from ``DEFAULTS`` and old key
+    names read as the new ones (``engine.config_keys.RENAMED_KEYS``). Raises ValueError naming ``path``
+    when a section is not a mapping. Nothing here is validated: callers check what they use
+    (:func:`check_model_config`, or the whole config for evaluation)."""
+    cfg, stored_cfg = {}, rename_old_keys(mf.config, f"checkpoint {path}: its stored config")
     for section, keys in DEFAULTS.items():
-        stored = mf.config.get(section) or {}
+        stored = stored_cfg.get(section) or {}
         if not isinstance(stored, dict):
             raise ValueError(f"checkpoint {path}: its config section {section!r} is a {type(stored).__name__}, "
                              "expected a mapping")

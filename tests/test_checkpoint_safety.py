@@ -92,14 +92,14 @@ def test_evaluate_checks_the_stored_config_with_the_command_lines_rules(tmp_path
 
 def test_a_stored_data_root_is_not_created_and_synthetic_data_goes_to_its_cache(tmp_path, monkeypatch):
     ck = write_model_file(tmp_path / "final.pth",
-                          edit=_set("data", "data_root", str(tmp_path / "made-by-checkpoint")))
+                          edit=_set("data", "root", str(tmp_path / "made-by-checkpoint")))
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("RIBKERNELS_CACHE", str(tmp_path / "cache"))
     rc, err = _cli("evaluate", ck, "--device", "cpu", "--output-dir", tmp_path / "out")
     assert rc == 0, err
     assert not (tmp_path / "made-by-checkpoint").exists() and (tmp_path / "cache" / "synthetic_market").is_dir()
     ck = write_model_file(tmp_path / "market.pth", edit=lambda s: s["config"]["data"].update(
-        dataset="market1501", dataset_kwargs={}, data_root=str(tmp_path / "no-market")))
+        dataset="market1501", dataset_kwargs={}, root=str(tmp_path / "no-market")))
     rc, err = _cli("evaluate", ck, "--device", "cpu")
     assert rc == 2 and "no-market" in err and "give --data-root" in err, err
 
@@ -115,10 +115,10 @@ def test_evaluate_output_dir_that_is_a_file_is_refused(tmp_path, data_root):
 def test_extract_checks_the_stored_model_config(tmp_path):
     from PIL import Image
 
-    ck = write_model_file(tmp_path / "final.pth", edit=lambda s: s["config"]["model"]["model_kwargs"].update(x=1))
+    ck = write_model_file(tmp_path / "final.pth", edit=lambda s: s["config"]["model"]["kwargs"].update(x=1))
     Image.new("RGB", (32, 64)).save(tmp_path / "0001_c1s1_000001_00.jpg")
     rc, err = _cli("extract", ck, tmp_path, "--out", tmp_path / "f.npz")
-    assert rc == 2 and "model.model_kwargs" in err and "'x'" in err and ck in err, err
+    assert rc == 2 and "model.kwargs" in err and "'x'" in err and ck in err, err
 
 
 def test_train_eval_only_checks_the_stored_model_section(tmp_path):

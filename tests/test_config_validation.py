@@ -17,8 +17,8 @@ from faults_common import (_args, data_root, TINY, train)
 BAD_VALUES = [
     ("--checkpoint-period", "0", "output.checkpoint_period"), ("--max-rank", "0", "eval.max_rank"),
     ("--occlusion-ratios", "[1.5]", "eval.occlusion_ratios"), ("--beta", "0", "ibb.beta"),
-    ("--kmeans-iters", "-1", "ibb.kmeans_iters"), ("--ibb-clusters", "0", "ibb.ibb_clusters"),
-    ("--eval-batch-size", "0", "eval.eval_batch_size"), ("--grad-clip", "-1", "solver.grad_clip"),
+    ("--kmeans-iters", "-1", "ibb.kmeans_iters"), ("--ibb-clusters", "0", "ibb.clusters"),
+    ("--eval-batch-size", "0", "eval.batch_size"), ("--grad-clip", "-1", "solver.grad_clip"),
     ("--warmup-factor", "-5", "solver.warmup_factor"), ("--batch-size", "0", "data.batch_size"),
     ("--lr", "nan", "solver.base_lr"), ("--epochs", "2.5", "solver.epochs"), ("--tau", "-1", "model.tau"),
     ("--padding", "100000", "data.padding"),  # no more than the image size (one used 24 GB and was OOM-killed)
@@ -37,7 +37,7 @@ def test_bad_values_fail_before_any_data_is_read(tmp_path, flag, value, key):
 
 
 CROSS_FIELD = [  # (flags, what the error must say)
-    (("--model-kwargs", "{jpmm: true}"), ["model.model_kwargs: model 'vit_tiny_cpu' takes no argument 'jpmm'",
+    (("--model-kwargs", "{jpmm: true}"), ["model.kwargs: model 'vit_tiny_cpu' takes no argument 'jpmm'",
                                           "did you mean 'jpm'"]),
     (("--dataset", "market1501"), ["data.dataset_kwargs: dataset 'market1501' takes no arguments 'num_train_ids'"]),
     (("--dataset-kwargs", "{num_ids: 3}"), ["data.dataset_kwargs: dataset 'synthetic' takes no argument 'num_ids'"]),
@@ -65,7 +65,7 @@ def test_stop_after_must_be_at_least_one_epoch(tmp_path, value):
 
 
 @pytest.mark.parametrize("flags,says", [
-    (("--ibb-clusters", "1000"), "ibb.ibb_clusters = 1000 is larger than the training set (32 images)"),
+    (("--ibb-clusters", "1000"), "ibb.clusters = 1000 is larger than the training set (32 images)"),
     (("--set", "ibb.input_clusters=40"), "ibb.input_clusters = 40 is larger than the images it is fitted on"),
 ])
 def test_more_ibb_clusters_than_training_images_fail_before_training(data_root, tmp_path, flags, says):

@@ -11,7 +11,7 @@ from experiments import common, demo_report
 def test_budget_overrides_keep_the_demo_test_split():
     demo = common.demo_settings()
     over = common.budget_overrides(epochs=9, train_ids=40)
-    assert "solver.epochs=9" in over and "ibb.ibb_start_epoch=3" in over
+    assert "solver.epochs=9" in over and "ibb.start_epoch=3" in over
     kwargs = yaml.safe_load(next(o for o in over if o.startswith("data.dataset_kwargs=")).split("=", 1)[1])
     assert kwargs["num_train_ids"] == 40
     for key, value in demo["dataset_kwargs"].items():
@@ -25,7 +25,7 @@ def test_budget_overrides_keep_the_demo_test_split():
 
 def _fake_run(path, epochs, num_test_ids, mAP=0.61):
     path.mkdir()
-    cfg = {"model": {"name": "vit_small_conv_cpu", "model_kwargs": {"jpm": False}, "img_size": [128, 64]},
+    cfg = {"model": {"name": "vit_small_conv_cpu", "kwargs": {"jpm": False}, "img_size": [128, 64]},
            "solver": {"epochs": epochs}, "data": {"batch_size": 32, "dataset": "synthetic",
                                                   "dataset_kwargs": {"num_test_ids": num_test_ids}}}
     (path / "config.yaml").write_text(yaml.safe_dump(cfg))
@@ -78,7 +78,7 @@ def test_demo_targets_lie_below_the_spread_of_the_committed_seeds(tmp_path, monk
 def _finished_run_with(path, args):
     """A run folder as train.py leaves it: the resolved config of ``args`` and a final metrics.json."""
     path.mkdir()
-    cfg = dict(common._resolved_config(args), output={"output_dir": str(path)}, _meta={"config_name": "x"})
+    cfg = dict(common._resolved_config(args), output={"dir": str(path)}, _meta={"config_name": "x"})
     (path / "config.yaml").write_text(yaml.safe_dump(cfg))
     (path / "metrics.json").write_text(json.dumps({"final": {"mAP": 0.6, "rank1": 0.7}, "epochs": []}))
     return str(path)
@@ -94,7 +94,7 @@ def test_a_finished_run_is_reused_only_with_the_same_config(tmp_path):
     assert common.finished_run(run, args("solver.seed=1", "loss.eta=0.1")) is not None
     # report-only keys and the output section may differ; anything that changes training may not
     assert common.finished_run(run, args("solver.seed=1", "eval.occlusion=true",
-                                         "output.output_dir=elsewhere")) is not None
+                                         "output.dir=elsewhere")) is not None
     assert common.finished_run(run, args("solver.seed=2")) is None
     assert common.finished_run(run, args("solver.seed=1", "loss.eta=0.25")) is None
 
@@ -109,7 +109,7 @@ def test_a_finished_run_is_reused_only_with_the_same_config(tmp_path):
 
 def test_adopt_copies_the_matching_run_and_train_reuses_it(tmp_path, monkeypatch):
     (tmp_path / "ablation").mkdir()
-    over = ["solver.seed=2", "model.attn_impl=dcs", "ibb.use_ibb=false"]
+    over = ["solver.seed=2", "model.attn_impl=dcs", "ibb.enabled=false"]
 
     def args(seed):
         return ["--config", common.DEMO_CONFIG] + [a for s in [f"solver.seed={seed}"] + over[1:] for a in ("--set", s)]

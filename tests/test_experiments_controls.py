@@ -29,11 +29,11 @@ def _fake_train(record):
         seed = int([o for o in overrides if o.startswith("solver.seed=")][0].split("=")[1])
         bonus = {"ibb.control=prototype": 1.0, "ibb.control=shuffled_q": -0.5}
         m = 50.0 + seed + sum(v for k, v in bonus.items() if k in overrides)
-        if "ibb.use_ibb=true" in overrides:
+        if "ibb.enabled=true" in overrides:
             m += 1.5
         if "home_scene_frac: 0.8" in " ".join(overrides):
-            m -= 10.0 if "model.attn_impl=sdpa" in overrides and "ibb.use_ibb=false" in overrides else 7.0
-        on = "ibb.use_ibb=true" in overrides
+            m -= 10.0 if "model.attn_impl=sdpa" in overrides and "ibb.enabled=false" in overrides else 7.0
+        on = "ibb.enabled=true" in overrides
         return {"final": {"mAP": m / 100, "rank1": (m + 10) / 100},
                 "epochs": [{"ibb_on": on, "ibb_grad_ratio": 0.2 if on else None, "control_scale": 0.5 if on else None}]}
     return train
@@ -56,7 +56,7 @@ def test_ib_control_arms_and_contrasts(tmp_path, monkeypatch):
     assert saved["contrasts"]["ibb - baseline"]["mAP"]["n"] == 4
     # the arms' overrides are valid train.py settings, and the ibb arm is the ablation's ibb_only
     cfg = common._resolved_config(common.train_args(ib_control.ARMS["prototype"]))
-    assert cfg["ibb"]["control"] == "prototype" and cfg["ibb"]["use_ibb"] is True
+    assert cfg["ibb"]["control"] == "prototype" and cfg["ibb"]["enabled"] is True
     assert set(ib_control.ARMS["ibb"]) == set(common.VARIANTS["ibb_only"])
 
 
@@ -104,8 +104,8 @@ def tiny_run(tmp_path_factory):
               "split_streams: true}")
         run = base / "run"
         train_main(["--config", tiny, "--output-dir", str(run), "--progress", "log",
-                    "--set", "model.name=vit_small_conv_cpu", "--set", "model.model_kwargs={jpm: false}",
-                    "--set", "ibb.use_ibb=false", "--set", "solver.epochs=1", "--set", "data.dataset_kwargs=" + kw])
+                    "--set", "model.name=vit_small_conv_cpu", "--set", "model.kwargs={jpm: false}",
+                    "--set", "ibb.enabled=false", "--set", "solver.epochs=1", "--set", "data.dataset_kwargs=" + kw])
     finally:
         if old is None:
             os.environ.pop("RIBKERNELS_CACHE", None)

@@ -60,8 +60,8 @@ def test_control_key_validation(tmp_path):
     assert _cfg(tmp_path)["ibb"]["control"] == "none"
     with pytest.raises(ValueError, match="ibb.control"):
         _cfg(tmp_path, "--set", "ibb.control=centre")
-    with pytest.raises(ValueError, match=r"ibb.control = 'prototype'.*ibb.use_ibb"):
-        _cfg(tmp_path, "--set", "ibb.control=prototype", "--set", "ibb.use_ibb=false")
+    with pytest.raises(ValueError, match=r"ibb.control = 'prototype'.*ibb.enabled"):
+        _cfg(tmp_path, "--set", "ibb.control=prototype", "--set", "ibb.enabled=false")
 
 
 @pytest.mark.parametrize("control", ["prototype", "shuffled_q"])
@@ -102,7 +102,7 @@ def test_prototype_control_gradient_matches_the_ibb(tmp_path):
         images, pids, cams, _ = components.unpack(batch, trainer.device)
         trainer.model.train()
         out = trainer.model(images, cam_label=cams)
-        feat = out["global_bn_feat" if trainer.cfg["ibb"]["ibb_feature"] == "after" else "global_feat"]
+        feat = out["global_bn_feat" if trainer.cfg["ibb"]["feature"] == "after" else "global_feat"]
         eta = trainer.cfg["loss"]["eta"]
         ibb, _, _ = components.ibb_terms(trainer.ibb, feat.float(), pids, images)
         ctrl = components.prototype_loss(trainer.ibb, feat, pids)

@@ -119,7 +119,7 @@ def test_resume_refuses_changed_hyperparameters(data_root, stopped_run, tmp_path
     rc, err = train(*_args(data_root, run, *RUN, "--resume", "auto", "--lr", "0.01", "--beta", "3", "--eta", "5",
                            "--no-use-ibb"))
     assert rc == 2
-    for key in ("solver.base_lr", "ibb.beta", "loss.eta", "ibb.use_ibb", "--allow-changes"):
+    for key in ("solver.base_lr", "ibb.beta", "loss.eta", "ibb.enabled", "--allow-changes"):
         assert key in err, err
     assert _files(run) == before  # config.yaml (and everything else) untouched
 

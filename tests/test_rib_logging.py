@@ -51,7 +51,7 @@ def test_rib_config_keys_and_their_errors():
                       (("--set", "model.tau_schedule=step"), "model.tau_schedule"),
                       (("--set", "model.tau_schedule=linear"), "needs model.tau_end"),
                       (("--set", "model.tau_end=0"), "model.tau_end"),
-                      (("--set", "ibb.ibb_feature=middle"), "ibb.ibb_feature"),
+                      (("--set", "ibb.feature=middle"), "ibb.feature"),
                       (("--set", "ibb.refresh_features=cache"), "ibb.refresh_features"),
                       (("--set", "ibb.q_smoothing=1"), "ibb.q_smoothing")):
         with pytest.raises(ValueError, match=msg):

@@ -42,7 +42,7 @@ def test_config_precedence_defaults_yaml_flags(tmp_path):
                     "--ibb-start-epoch", "4", "--no-sie-camera", "--set", "eval.occlusion_ratios=[0.5]"])
     assert cfg["solver"]["epochs"] == 7 and cfg["solver"]["base_lr"] == 0.2
     assert cfg["loss"]["eta"] == 0.25 and cfg["ibb"]["beta"] == 2 and cfg["model"]["tau"] == 0.5
-    assert cfg["ibb"]["ibb_refresh"] == 3 and cfg["ibb"]["ibb_start_epoch"] == 4
+    assert cfg["ibb"]["refresh"] == 3 and cfg["ibb"]["start_epoch"] == 4
     assert cfg["model"]["sie_camera"] is False and cfg["eval"]["occlusion_ratios"] == [0.5]
     assert cfg["solver"]["momentum"] == DEFAULTS["solver"]["momentum"]  # untouched default
 

@@ -78,7 +78,7 @@ def test_eval_only_on_a_transreid_checkpoint_is_transreids_pipeline(market, tmp_
 
     cfg.write_text(f"_base_: {find_config('market1501_transreid')}\n"
                    "model: {name: vit_tiny_cpu, img_size: [64, 32]}\n"
-                   "data: {num_workers: 0}\neval: {eval_batch_size: 8}\nsolver: {device: cpu}\n")
+                   "data: {num_workers: 0}\neval: {batch_size: 8}\nsolver: {device: cpu}\n")
     seen = {}
     rank_result = evaluation.rank_result
 

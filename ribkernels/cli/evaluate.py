@@ -4,7 +4,7 @@ and the settings of the config stored in the checkpoint — what ``train.py --ev
     python -m ribkernels evaluate runs/<run>/final.pth --dataset market1501 --data-root /data/market1501
 
 Without ``--dataset``/``--data-root`` the dataset the model was trained on is used (its stored
-``data`` settings, checked with train.py's rules; a stored ``data_root`` must be an existing folder, and
+``data`` settings, checked with train.py's rules; a stored ``data.root`` must be an existing folder, and
 the synthetic dataset is made in its default cache, never where the checkpoint says). Results go to a
 folder (``--output-dir``, which may be the training run's own folder: nothing there is rewritten;
 default ``runs/<config>-eval-<timestamp>``): ``eval-<timestamp>.json``
@@ -47,12 +47,12 @@ def evaluation_config(stored, args):
     if args.dataset is not None and args.dataset != d["dataset"]:
         d["dataset"], d["dataset_kwargs"] = args.dataset, {}  # the stored kwargs belong to the other dataset
     if args.data_root is not None:
-        d["data_root"] = args.data_root
+        d["root"] = args.data_root
     if args.num_workers is not None:
         d["num_workers"] = args.num_workers
     e = cfg["eval"]
     if args.batch_size is not None:
-        e["eval_batch_size"] = args.batch_size
+        e["batch_size"] = args.batch_size
     if args.distance is not None:
         e["distance"] = args.distance
     e["rerank"] = bool(args.rerank)
@@ -60,7 +60,7 @@ def evaluation_config(stored, args):
     if args.neck_feat is not None:
         cfg["model"]["neck_feat"] = args.neck_feat
     cfg["solver"]["device"] = args.device
-    cfg["output"]["output_dir"] = args.output_dir
+    cfg["output"]["dir"] = args.output_dir
     cfg["output"]["tensorboard"] = False
     from ..engine.run_folder import safe_config_name
 
@@ -71,7 +71,7 @@ def evaluation_config(stored, args):
 
 
 def check_stored_config(cfg, args) -> None:
-    """The config to evaluate with, checked with train.py's rules. A stored ``data_root`` (not given on
+    """The config to evaluate with, checked with train.py's rules. A stored ``data.root`` (not given on
     the command line) must be an existing folder, and the synthetic dataset (which writes its images)
     goes to its default cache: the checkpoint does not choose where anything is written."""
     from ..engine.config import validate
@@ -84,12 +84,12 @@ def check_stored_config(cfg, args) -> None:
         given = "" if args.dataset is None else f" with --dataset {args.dataset}"
         raise CommandError(f"CHECKPOINT {args.checkpoint}: its stored config{given} is not valid ({exc}); "
                            "give --dataset/--data-root, or re-save the checkpoint with train.py") from None
-    root = cfg["data"]["data_root"]
+    root = cfg["data"]["root"]
     if args.data_root is None and cfg["data"]["dataset"] == "synthetic":
-        cfg["data"]["data_root"] = None  # generated from its stored sizes and seed into the default cache
+        cfg["data"]["root"] = None  # generated from its stored sizes and seed into the default cache
         return
     if args.data_root is None and root not in (None, "", "data") and not os.path.isdir(root):
-        raise CommandError(f"CHECKPOINT {args.checkpoint}: its stored data.data_root {root!r} is not a folder on "
+        raise CommandError(f"CHECKPOINT {args.checkpoint}: its stored data.root {root!r} is not a folder on "
                            "this machine; give --data-root")
 
 

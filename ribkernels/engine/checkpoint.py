@@ -18,6 +18,8 @@ from typing import Any, Dict, List, Optional, Tuple
 import numpy as np
 import torch
 
+from .validate import rename_old_keys
+
 FORMAT = "ribkernels-checkpoint"
 VERSION = 2
 CONVERT_HINT = "python -m ribkernels convert-checkpoint {old} {new} --trust"
@@ -309,7 +311,8 @@ def _first_line(e: BaseException) -> str:
 
 
 def load_training_state(path: str, what: str = "--resume") -> Dict[str, Any]:
-    """A full training checkpoint of this format (what ``--resume`` needs), its keys checked."""
+    """A full training checkpoint of this format (what ``--resume`` needs), its keys checked; its
+    ``config`` with old key names read as the new ones (a run started before a rename resumes)."""
     state = load(path, what=what)
     check_format(state, path, what)
     missing = [k for k in TRAINING_KEYS if k not in state]
@@ -317,6 +320,7 @@ def load_training_state(path: str, what: str = "--resume") -> Dict[str, Any]:
         raise CheckpointError(path, f"is not a training checkpoint: it lacks {missing} "
                                     f"(expected keys {list(TRAINING_KEYS)}; a weights-only file can be given to "
                                     "--pretrained or --eval-only --checkpoint instead)", what)
+    state["config"] = rename_old_keys(state["config"], f"{what} {path}: its stored config")
     return state
 
 

@@ -1,8 +1,9 @@
 """Training configuration: defaults, YAML files (with ``_base_`` inheritance) and command-line flags.
 
-A config is a two-level dict ``{section: {key: value}}``. Keys are unique across sections, so every
-key has a flat command-line flag (``--base-lr 0.01`` sets ``solver.base_lr``); ``--set a.b=v`` sets
-any key with a YAML-parsed value. Precedence: defaults < YAML (bases first) < flags.
+A config is a two-level dict ``{section: {key: value}}``. Every key has a flat command-line flag
+(``--base-lr 0.01`` sets ``solver.base_lr``, ``--output-dir`` sets ``output.dir``: ``config_keys.FLAGS``);
+``--set a.b=v`` sets any key with a YAML-parsed value. Precedence: defaults < YAML (bases first) < flags.
+Old key names (``config_keys.RENAMED_KEYS``) are read as the new ones, with a warning.
 """
 import argparse
 import copy
@@ -12,8 +13,9 @@ from typing import Any, Dict, List, Optional
 
 import yaml
 
-from .config_keys import DEFAULTS  # every key declared once, with its rule and help
-from .validate import ConfigError, UnknownKeyError, closest, unknown_key_message
+from .config_keys import DEFAULTS, FLAGS, RENAMED_KEYS  # every key declared once, with its rule and help
+from .validate import ConfigError, RenamedKeyWarning, UnknownKeyError, closest, rename_old_keys  # noqa: F401
+from .validate import unknown_key_message
 from .validate import validate as validate_rules
 
 DEFAULT_CONFIG = os.path.join("configs", "synthetic_rib_dcs_cpu.yaml")
@@ -48,28 +50,26 @@ def find_config(config: str) -> str:
                             f"(shipped: {names})")
 
 
-# Short flags the issue names; each maps to a key of DEFAULTS.
-ALIASES = {"eta": "loss.eta", "beta": "ibb.beta", "tau": "model.tau", "ibb-refresh": "ibb.ibb_refresh",
+# Short flags the issue names, beside each key's own flag (FLAGS); each maps to a key of DEFAULTS.
+ALIASES = {"eta": "loss.eta", "beta": "ibb.beta", "tau": "model.tau",
            "lr": "solver.base_lr", "max-epochs": "solver.epochs", "model": "model.name"}
 
 
 def _key_index(defaults=DEFAULTS) -> Dict[str, str]:
-    index: Dict[str, str] = {}
-    for section, keys in defaults.items():
-        for key in keys:
-            if key in index:
-                raise AssertionError(f"config key {key!r} is in two sections")
-            index[key] = section
-    return index
+    names = [key for keys in defaults.values() for key in keys]
+    return {key: section for section, keys in defaults.items() for key in keys if names.count(key) == 1}
 
 
+# Deprecated (keys are no longer unique across sections: data.batch_size, eval.batch_size): key -> section
+# of the keys that are; use FLAGS. To be removed in the next release.
 KEY_SECTION = _key_index()
 
 
 def merge(base: Dict, override: Dict, where: str = "config") -> Dict:
-    """Recursive merge of ``override`` into a copy of ``base``; unknown sections/keys raise KeyError."""
+    """Recursive merge of ``override`` into a copy of ``base``; unknown sections/keys raise KeyError.
+    Old key names in ``override`` are read as the new ones (:func:`rename_old_keys`)."""
     out = copy.deepcopy(base)
-    for section, values in (override or {}).items():
+    for section, values in (rename_old_keys(override, where) or {}).items():
         if section.startswith("_"):
             continue
         if section not in out:
@@ -84,9 +84,10 @@ def merge(base: Dict, override: Dict, where: str = "config") -> Dict:
     return out
 
 
-def load_yaml(path: str, _seen: Optional[List[str]] = None) -> Dict:
+def load_yaml(path: str, _seen: Optional[List[str]] = None, warn: bool = True) -> Dict:
     """A YAML config with its ``_base_`` chain (a path or list of paths, relative to the file) merged
-    in order, without the defaults."""
+    in order, without the defaults. Old key names are read as the new ones, file by file, with a
+    :class:`RenamedKeyWarning` each (``warn=False``: none)."""
     path = os.path.abspath(path)
     seen = _seen or []
     if path in seen:
@@ -100,9 +101,10 @@ def load_yaml(path: str, _seen: Optional[List[str]] = None) -> Dict:
         bases = [bases]
     out: Dict = {}
     for base in bases:
-        base_cfg = load_yaml(os.path.join(os.path.dirname(path), base), seen + [path])
+        base_cfg = load_yaml(os.path.join(os.path.dirname(path), base), seen + [path], warn)
         out = _deep_update(out, base_cfg)
-    return _deep_update(out, {k: v for k, v in data.items() if k != "_base_"})
+    own = rename_old_keys({k: v for k, v in data.items() if k != "_base_"}, f"config {path}", warn)
+    return _deep_update(out, own)
 
 
 def _deep_update(a: Dict, b: Dict) -> Dict:
@@ -155,7 +157,7 @@ def effective_defaults(config_path: Optional[str]) -> Dict[str, Dict[str, Any]]:
     config_path = _found(config_path)
     if config_path:
         try:
-            return merge(DEFAULTS, load_yaml(config_path), where=config_path)
+            return merge(DEFAULTS, load_yaml(config_path, warn=False), where=config_path)
         except (KeyError, TypeError, ValueError, yaml.YAMLError):
             pass
     return copy.deepcopy(DEFAULTS)
@@ -164,7 +166,7 @@ def effective_defaults(config_path: Optional[str]) -> Dict[str, Dict[str, Any]]:
 def _readable(config_path: Optional[str]) -> bool:
     try:
         config_path = find_config(config_path)
-        merge(DEFAULTS, load_yaml(config_path), where=config_path)
+        merge(DEFAULTS, load_yaml(config_path, warn=False), where=config_path)
         return True
     except (OSError, KeyError, TypeError, ValueError, yaml.YAMLError):
         return False
@@ -215,16 +217,14 @@ def build_parser(argv: Optional[List[str]] = None) -> argparse.ArgumentParser:
 
 
 def _flag_name(section: str, key: str) -> str:
-    flag = key.replace("_", "-")
-    for new_name in (new for old, (new, _) in RENAMED_FLAGS.items() if old == flag):
-        return new_name
-    return flag
+    return next(flag for flag, dotted in FLAGS.items() if dotted == f"{section}.{key}")
 
 
 def explicit_keys(args: argparse.Namespace) -> List[str]:
-    """Dotted config keys the command line set (flags and ``--set``)."""
+    """Dotted config keys the command line set (flags and ``--set``; old names given as the new)."""
     keys = [k for k in vars(args) if "." in k]
-    keys += [item.split("=", 1)[0] for item in getattr(args, "set", []) if "=" in item]
+    set_names = [item.split("=", 1)[0] for item in getattr(args, "set", []) if "=" in item]
+    keys += [RENAMED_KEYS.get(name, name) for name in set_names]
     return keys
 
 
@@ -238,12 +238,14 @@ def resolve(args: argparse.Namespace) -> Dict:
         if "." in dotted:
             section, key = dotted.split(".", 1)
             cfg[section][key] = value
+    overrides: Dict[str, Dict[str, Any]] = {}  # one mapping: an old name beside its new one is refused
     for item in args.set:
         if "=" not in item or "." not in item.split("=", 1)[0]:
             raise ConfigError(f"--set {item!r}: expected SECTION.KEY=VALUE")
         dotted, text = item.split("=", 1)
         section, key = dotted.split(".", 1)
-        cfg = merge(cfg, {section: {key: _parse_value(text)}}, where="--set")
+        overrides.setdefault(section, {})[key] = _parse_value(text)  # a key set twice: the last value
+    cfg = merge(cfg, overrides, where="--set")
     validate(cfg)
     name = os.path.splitext(os.path.basename(config_path))[0] if config_path else "run"
     cfg["_meta"] = {"config_name": name, "config_path": config_path}

@@ -4,6 +4,10 @@ from :data:`KEYS`, so they cannot drift apart.
 
 To add a config key: one ``Key(...)`` line below, in its section (the order is the order of the
 sections and of ``--help``); then use ``cfg[section][key]`` where it matters.
+
+Each key has one flat command-line flag: its name (``--base-lr`` sets ``solver.base_lr``), or the
+``flag`` it declares where the name alone is vague or shared (``--output-dir`` sets ``output.dir``).
+A renamed key keeps its old name for one release in :data:`RENAMED_KEYS` (read with a warning).
 """
 from typing import Any, Dict, NamedTuple, Sequence
 
@@ -15,6 +19,7 @@ class Key(NamedTuple):
     default: Any
     rule: Rule
     help: str
+    flag: str = ""  # the command-line flag without "--"; "" = the key's name with "-" for "_"
 
 
 def _model_names() -> Sequence[str]:
@@ -40,7 +45,7 @@ def _dataset_names() -> str:
 KEYS = (
     Key("model.name", "vit_base_transreid",
         Lazy(lambda v: v in _model_names(), lambda: "one of " + " | ".join(_model_names())),
-        "see ribkernels.models.MODEL_NAMES"),
+        "see ribkernels.models.MODEL_NAMES", flag="model-name"),
     Key("model.attn_impl", "sdpa", Choice("eager", "sdpa", "dcs"), "eager | sdpa | dcs (ViT models only)"),
     Key("model.dcs_impl", "auto",
         Choice("auto", "triton", "sdpa", "eager", "sdpa:flash", "sdpa:cudnn", "sdpa:efficient", "sdpa:math"),
@@ -62,10 +67,10 @@ KEYS = (
     Key("model.sie_camera", True, Bool(), "side information embedding of the camera id"),
     Key("model.sie_view", False, Bool(), ""),
     Key("model.img_size", [256, 128], ListOf(Int(1), length=2), ""),
-    Key("model.model_kwargs", {}, Null() | Map(), "extra keyword arguments for build_model"),
+    Key("model.kwargs", {}, Null() | Map(), "extra keyword arguments for build_model", flag="model-kwargs"),
     Key("data.dataset", "synthetic", Lazy(_dataset_ok, _dataset_names),
         "synthetic | market1501 | dukemtmc | msmt17 | occluded_duke | csv | folder"),
-    Key("data.data_root", "data", Null() | Str(allowed="a folder path"), ""),
+    Key("data.root", "data", Null() | Str(allowed="a folder path"), "", flag="data-root"),
     Key("data.dataset_kwargs", {}, Null() | Map(), "extra arguments of the dataset (e.g. the synthetic sizes)"),
     Key("data.skip_bad_images", False, Bool(), "leave unreadable images out (counted) instead of failing at build"),
     Key("data.batch_size", 64, Int(1), ""),
@@ -106,9 +111,9 @@ KEYS = (
     Key("loss.label_smoothing", 0.1, Null() | Num(0, 1, hi_open=True), ""),
     Key("loss.triplet_margin", 0.3, Null() | Num(0), "null: soft margin"),
     Key("loss.eta", 1.0, Num(0), "weight of the IBB term (RIB)"),
-    Key("ibb.use_ibb", False, Bool(), ""),
-    Key("ibb.ibb_feature", "before", Choice("before", "after"),
-        "before | after: the global feature before/after the BNNeck is clustered"),
+    Key("ibb.enabled", False, Bool(), "", flag="use-ibb"),
+    Key("ibb.feature", "before", Choice("before", "after"),
+        "before | after: the global feature before/after the BNNeck is clustered", flag="ibb-feature"),
     Key("ibb.q_smoothing", 0.0, Num(0, 1, hi_open=True), "[0, 1): Q(y|a) mixed with the uniform, (1-λ) Q + λ/K"),
     Key("ibb.refresh_features", "eval_pass", Choice("eval_pass", "train_memory"),
         "eval_pass (a no-grad eval-mode pass over the training set) | train_memory (the training batches' "
@@ -117,9 +122,10 @@ KEYS = (
         "auto (calibrated at every refresh) | a positive float"),
     Key("ibb.target_entropy", 1.3862943611198906, Num(0, lo_open=True, note=" (nats)"),
         "nats, > 0: mean H(phi) the auto beta aims at (log 4)"),
-    Key("ibb.ibb_start_epoch", 1, Int(0), "IBB on from this 0-based epoch, after its first refresh"),
-    Key("ibb.ibb_refresh", 1, Int(1), "refresh clusters and Q every this many epochs"),
-    Key("ibb.ibb_clusters", None, Null() | Int(1), "A; null: number of training identities"),
+    Key("ibb.start_epoch", 1, Int(0), "IBB on from this 0-based epoch, after its first refresh",
+        flag="ibb-start-epoch"),
+    Key("ibb.refresh", 1, Int(1), "refresh clusters and Q every this many epochs", flag="ibb-refresh"),
+    Key("ibb.clusters", None, Null() | Int(1), "A; null: number of training identities", flag="ibb-clusters"),
     Key("ibb.kmeans_iters", 10, Int(1), ""),
     Key("ibb.input_clusters", None, Null() | Int(1), "B; null: the IBB default"),
     Key("ibb.input_size", [16, 8], ListOf(Int(1), length=2), "down-sampled images for the input clusters"),
@@ -128,9 +134,9 @@ KEYS = (
         "none (the IBB) | prototype (a non-IB control: a cosine-prototype cross-entropy on prototypes from "
         "the same refreshed centroids and Q, scaled each step to the IBB's gradient norm on the feature) | "
         "shuffled_q (the IBB with Q refreshed from shuffled labels)"),
-    Key("eval.eval_period", 0, Int(0, note=" (0: only at the end)"),
-        "evaluate every this many epochs (0: only at the end)"),
-    Key("eval.eval_batch_size", 128, Int(1), ""),
+    Key("eval.period", 0, Int(0, note=" (0: only at the end)"),
+        "evaluate every this many epochs (0: only at the end)", flag="eval-period"),
+    Key("eval.batch_size", 128, Int(1), "", flag="eval-batch-size"),
     Key("eval.distance", "euclidean", Choice("euclidean", "cosine"),
         "euclidean (on L2-normalised features) | cosine"),
     Key("eval.rerank", False, Bool(), ""),
@@ -140,7 +146,8 @@ KEYS = (
     Key("eval.occlusion", False, Bool(), "add the occlusion stress-test table"),
     Key("eval.occlusion_ratios", [0.1, 0.2, 0.3, 0.4], ListOf(UNIT), ""),
     Key("eval.max_rank", 50, Int(1), ""),
-    Key("output.output_dir", None, Null() | Str(allowed="a folder path"), "null: runs/<config name>-<timestamp>"),
+    Key("output.dir", None, Null() | Str(allowed="a folder path"), "null: runs/<config name>-<timestamp>",
+        flag="output-dir"),
     Key("output.log_period", 20, Int(1), "a log line every this many iterations"),
     Key("output.checkpoint_period", 1, Int(1), ""),
     Key("output.progress", "auto", Choice("auto", "bar", "log"), "auto (bar on a TTY) | bar | log"),
@@ -158,6 +165,33 @@ def _defaults() -> Dict[str, Dict[str, Any]]:
     return out
 
 
+def _flags() -> Dict[str, str]:
+    out: Dict[str, str] = {}
+    for k in KEYS:
+        flag = k.flag or k.dotted.split(".", 1)[1].replace("_", "-")
+        if flag in out:
+            raise AssertionError(f"config keys {out[flag]} and {k.dotted} share the flag --{flag}: declare a flag=")
+        out[flag] = k.dotted
+    return out
+
+
 DEFAULTS: Dict[str, Dict[str, Any]] = _defaults()
 RULES: Dict[str, Rule] = {k.dotted: k.rule for k in KEYS}
 HELP: Dict[str, str] = {k.dotted: k.help for k in KEYS}
+FLAGS: Dict[str, str] = _flags()  # {flag without "--": "section.key"}
+
+# Old name -> new name of the keys renamed after 0.1.0 (they repeated their section: ``ibb.ibb_refresh``).
+# Read with one RenamedKeyWarning each, from config files, --set, --allow-changes and stored configs;
+# to be removed in the next release.
+RENAMED_KEYS: Dict[str, str] = {
+    "model.model_kwargs": "model.kwargs",
+    "data.data_root": "data.root",
+    "ibb.use_ibb": "ibb.enabled",
+    "ibb.ibb_feature": "ibb.feature",
+    "ibb.ibb_start_epoch": "ibb.start_epoch",
+    "ibb.ibb_refresh": "ibb.refresh",
+    "ibb.ibb_clusters": "ibb.clusters",
+    "eval.eval_period": "eval.period",
+    "eval.eval_batch_size": "eval.batch_size",
+    "output.output_dir": "output.dir",
+}

@@ -47,11 +47,11 @@ class DataBundle:
     def train_eval_loader(self, cfg: Dict, rank: int, world: int):
         """This rank's share of the training set with test transforms (for the IBB refresh)."""
         return make_loader(ImageDataset(self.train, self.test_transform), shard(len(self.train), rank, world),
-                             cfg["eval"]["eval_batch_size"], self.num_workers, pin_memory=self.pin_memory)
+                             cfg["eval"]["batch_size"], self.num_workers, pin_memory=self.pin_memory)
 
     def test_loader(self, cfg: Dict, items, transform: Optional[Callable] = None):
         return make_loader(ImageDataset(items, transform or self.test_transform), None,
-                             cfg["eval"]["eval_batch_size"], self.num_workers, pin_memory=self.pin_memory)
+                             cfg["eval"]["batch_size"], self.num_workers, pin_memory=self.pin_memory)
 
 
 def build_data(cfg: Dict, rank: int = 0, world: int = 1, *, train: bool = True) -> DataBundle:
@@ -61,7 +61,7 @@ def build_data(cfg: Dict, rank: int = 0, world: int = 1, *, train: bool = True) 
     name = d["dataset"]
     kwargs = dict(d["dataset_kwargs"] or {})
     kwargs["skip_bad_images"] = d.get("skip_bad_images", False)  # a bool (checked by build_dataset)
-    root = d["data_root"]
+    root = d["root"]
     if name == "synthetic":
         root = root if root not in (None, "", "data") else None
     # Rank 0 first: it generates the synthetic cache and decodes every image once (the verdicts are

@@ -82,7 +82,7 @@ def occlusion_table(model, data: DataBundle, cfg: Dict, device, autocast,
         model.eval()
         try:
             feats = []
-            bs = int(cfg["eval"]["eval_batch_size"])
+            bs = int(cfg["eval"]["batch_size"])
             for s in range(0, len(images), bs):
                 x = torch.stack([data.test_transform(im) for im in images[s:s + bs]]).to(device)
                 cams = torch.as_tensor(camids[s:s + bs], dtype=torch.long, device=device)

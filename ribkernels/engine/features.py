@@ -16,7 +16,7 @@ _warned_slice = False
 @torch.no_grad()
 def global_features(model: torch.nn.Module, images, cams, views, model_cfg: Dict) -> torch.Tensor:
     """The global feature the IBB clusters, [B, feat_dim], eval mode: before the BNNeck, or after it
-    when ``model_cfg["ibb_after_neck"]`` (set by the trainer from ``ibb.ibb_feature``)."""
+    when ``model_cfg["ibb_after_neck"]`` (set by the trainer from ``ibb.feature``)."""
     global _warned_slice
     model.eval()
     labels = model_inputs(model_cfg, cams, views)

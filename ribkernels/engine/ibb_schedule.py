@@ -1,5 +1,5 @@
 """The trainer's RIB/IBB schedule: when the IBB term is on, and its refresh (input clusters once, then
-feature clusters from the training memory or an evaluation pass every ``ibb.ibb_refresh`` epochs)."""
+feature clusters from the training memory or an evaluation pass every ``ibb.refresh`` epochs)."""
 import time
 from typing import Optional
 
@@ -13,11 +13,11 @@ class IBBSchedule:
     """Mixin of :class:`~ribkernels.engine.trainer.Trainer`: the IBB's schedule and refresh."""
 
     def ibb_active(self, epoch: int) -> bool:
-        return self.ibb is not None and epoch >= self.cfg["ibb"]["ibb_start_epoch"]
+        return self.ibb is not None and epoch >= self.cfg["ibb"]["start_epoch"]
 
     def _maybe_refresh_ibb(self, epoch: int) -> Optional[float]:
         c = self.cfg["ibb"]
-        if not self.ibb_active(epoch) or (epoch - c["ibb_start_epoch"]) % c["ibb_refresh"]:
+        if not self.ibb_active(epoch) or (epoch - c["start_epoch"]) % c["refresh"]:
             return None
         t0 = time.time()
         if not self.input_clusters_ready:
@@ -34,7 +34,7 @@ class IBBSchedule:
                                     len(loader.dataset)) as bar:
                 feats, labels = features.extract_global_features(
                     self.model, loader, self.device, self._autocast,
-                    {**self.cfg["model"], "ibb_after_neck": c["ibb_feature"] == "after"}, progress=bar)
+                    {**self.cfg["model"], "ibb_after_neck": c["feature"] == "after"}, progress=bar)
         if c.get("control") == "shuffled_q":  # the control: Q from labels shuffled across the features
             labels = ibb_terms.shuffled_labels(labels, self.cfg["solver"]["seed"], epoch, self.rank)
         self.ibb.refresh(feats, labels)

@@ -13,7 +13,7 @@ from .data import DataBundle, derived_seed
 
 def build_ibb(cfg: Dict, data: DataBundle, model: torch.nn.Module):
     c = cfg["ibb"]
-    if not c["use_ibb"]:
+    if not c["enabled"]:
         return None
     from ..nn.ibb_loss import IBBLoss
 
@@ -23,7 +23,7 @@ def build_ibb(cfg: Dict, data: DataBundle, model: torch.nn.Module):
     if c["input_clusters"] is not None:
         kwargs["num_input_clusters"] = int(c["input_clusters"])
     beta = "auto" if c["beta"] == "auto" else float(c["beta"])
-    return IBBLoss(data.num_classes, int(model.feat_dim), c["ibb_clusters"], beta, **kwargs)
+    return IBBLoss(data.num_classes, int(model.feat_dim), c["clusters"], beta, **kwargs)
 
 
 def input_cluster_images(data: DataBundle, cfg: Dict, seed: int, rank: int = 0, world: int = 1) -> torch.Tensor:

@@ -20,7 +20,7 @@ def build_model(cfg: Dict, data: DataBundle) -> torch.nn.Module:
     if m["attn_impl"] == "dcs":
         kwargs["dcs_kwargs"] = {"mask_mode": m["dcs_mask_mode"], "tau": m["tau"], "impl": m["dcs_impl"],
                                 "init_logit": m["dcs_init_logit"], "mask_per": m["dcs_mask_per"]}
-    kwargs.update(m["model_kwargs"] or {})
+    kwargs.update(m["kwargs"] or {})
     return _build(m["name"], data.num_classes, data.num_cams if m["sie_camera"] else 0,
                   data.num_views if m["sie_view"] else 0, **kwargs)
 

@@ -24,6 +24,7 @@ from typing import Any, Dict, NamedTuple, Sequence
 import torch
 
 from . import checkpoint as ckpt_io
+from .validate import rename_old_keys
 
 FORMAT = "ribkernels-checkpoint"  # = engine.checkpoint.FORMAT of the weights-only checkpoints
 VERSION = 2
@@ -93,6 +94,7 @@ def read_model_file(path: str) -> ModelFile:
     cfg = raw["config"]
     if not isinstance(cfg, dict) or not isinstance(cfg.get("model"), dict):
         raise ValueError(f"checkpoint {path}: its 'config' has no 'model' section")
+    cfg = rename_old_keys(cfg, f"checkpoint {path}: its stored config")  # written before a key was renamed
     state = ckpt_io.model_state_from(raw)
     if raw.get("format") == FORMAT and int(raw.get("version", 0)) > VERSION:
         raise ValueError(f"checkpoint {path}: format version {raw['version']} is newer than this "

@@ -4,13 +4,15 @@ Hyperparameters may not change silently: any key that differs (other than the ``
 change where or how fast things run but not what is computed) is refused, listed with both values,
 unless named in ``--allow-changes``.
 """
+import warnings
 from typing import Any, Dict, Iterable, List, Tuple
 
-from .validate import ConfigError, closest
+from .config_keys import FLAGS, RENAMED_KEYS
+from .validate import ConfigError, RenamedKeyWarning, closest, rename_old_keys
 
 # Keys that do not change what is computed: where files are, how many loader workers/threads, display.
-FREE_KEYS = frozenset({"output.output_dir", "output.progress", "output.log_period", "data.num_workers",
-                       "data.data_root", "solver.num_threads", "model.pretrained",
+FREE_KEYS = frozenset({"output.dir", "output.progress", "output.log_period", "data.num_workers",
+                       "data.root", "solver.num_threads", "model.pretrained",
                        "data.skip_bad_images"})  # only leaves out images that cannot be read (listed in metrics)
 # Keys whose change needs the optimiser's param groups / the schedule rebuilt from the new config.
 OPTIMIZER_KEYS = frozenset({"solver.base_lr", "solver.bias_lr_factor", "solver.weight_decay", "solver.momentum"})
@@ -36,8 +38,10 @@ def _same(a: Any, b: Any) -> bool:
 
 def config_changes(old: Dict, new: Dict, defaults: Dict) -> Dict[str, Tuple[Any, Any]]:
     """``{key: (checkpoint value, new value)}`` for every non-free key that differs. A key the
-    checkpoint lacks (added by a newer version) counts as its default there."""
-    a, b, d = flatten(old), flatten(new), flatten(defaults)
+    checkpoint lacks (added by a newer version) counts as its default there; one it holds under an
+    old name (``RENAMED_KEYS``) is compared under the new name."""
+    old = rename_old_keys(old, "the checkpoint's config")
+    a, b, d = flatten(old), flatten(rename_old_keys(new, "the config")), flatten(defaults)
     out = {}
     for key in sorted(set(a) | set(b)):
         if key in FREE_KEYS:
@@ -49,7 +53,8 @@ def config_changes(old: Dict, new: Dict, defaults: Dict) -> Dict[str, Tuple[Any,
 
 
 def parse_allow(text: str, defaults: Dict) -> List[str]:
-    """``--allow-changes a,b`` as full ``section.key`` names (a bare key is looked up)."""
+    """``--allow-changes a,b`` as full ``section.key`` names: a bare key or a flag's name is looked
+    up; an old name (``RENAMED_KEYS``) is taken as the new one, with a warning."""
     from .config import ALIASES
 
     known = list(flatten(defaults))
@@ -57,9 +62,17 @@ def parse_allow(text: str, defaults: Dict) -> List[str]:
     for item in (x.strip() for x in (text or "").split(",")):
         if not item:
             continue
-        item = ALIASES.get(item, item)  # the short flags: lr, beta, eta, tau, ...
+        item = ALIASES.get(item, FLAGS.get(item, item))  # the flags: lr, beta, output-dir, ...
+        item = next((old for old in RENAMED_KEYS if old.split(".", 1)[1] == item), item)  # a bare old key
+        if item in RENAMED_KEYS:
+            warnings.warn(f"--allow-changes: config key {item} is renamed {RENAMED_KEYS[item]}; the old name is "
+                          "read for one more release", RenamedKeyWarning, stacklevel=2)
+            item = RENAMED_KEYS[item]
         if item not in known:
             full = [k for k in known if k.split(".", 1)[1] == item.replace("-", "_")]
+            if len(full) > 1:
+                raise ConfigError(f"--allow-changes: key {item!r} is in {len(full)} sections; name one of "
+                                  f"{', '.join(full)}")
             if len(full) != 1:
                 raise ConfigError(f"--allow-changes: unknown key {item!r}{closest(item, known)}")
             item = full[0]

@@ -103,7 +103,7 @@ def plan(cfg: Dict, *, resume: Optional[str] = None, eval_only: bool = False,
     """``{"run_dir", "resume_path"}`` for a start, checking without creating anything: a new run into a
     folder holding another run, ``--resume auto`` with no run to continue, or a missing resume file
     raise :class:`RunFolderError`."""
-    out = cfg["output"]["output_dir"]
+    out = cfg["output"]["dir"]
     name = cfg["_meta"]["config_name"]
     if eval_only:
         if not out:

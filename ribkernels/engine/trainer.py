@@ -243,7 +243,7 @@ class Trainer(CheckpointState, IBBSchedule, RunEvaluation, StopHandling):
         loss_id, loss_tri = mix(ids), mix(tris)
         loss = l["id_weight"] * loss_id + l["tri_weight"] * loss_tri
         terms = {"loss_id": loss_id.detach(), "loss_tri": loss_tri.detach()}
-        feat = out["global_bn_feat" if self.cfg["ibb"]["ibb_feature"] == "after" else "global_feat"] \
+        feat = out["global_bn_feat" if self.cfg["ibb"]["feature"] == "after" else "global_feat"] \
             if self.ibb is not None else None
         if self.ibb is not None and self.cfg["ibb"]["refresh_features"] == "train_memory":
             self._feat_memory.append((feat.detach().float(), pids))
@@ -421,7 +421,7 @@ class Trainer(CheckpointState, IBBSchedule, RunEvaluation, StopHandling):
                     f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in record.items()
                     if k != "epoch"))
                 self.metrics.add_epoch(record)
-                period = cfg["eval"]["eval_period"]
+                period = cfg["eval"]["period"]
                 evaluated = bool(period and (epoch + 1) % period == 0 and epoch + 1 < epochs)
                 if evaluated:
                     self.evaluate(epoch + 1)

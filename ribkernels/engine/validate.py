@@ -2,12 +2,14 @@
 (type and range), cross-key rules, and unknown keys named with the closest valid key.
 
 The per-key rules are declared with their keys and defaults in :mod:`.config_keys` (``RULES`` is
-derived from that table, as ``config.DEFAULTS`` is); the cross-key rules are here.
+derived from that table, as ``config.DEFAULTS`` is); the cross-key rules are here, and so is the
+reading of the keys' old names (:func:`rename_old_keys`).
 """
 import difflib
+import warnings
 from typing import Callable, Dict, Iterable, List, Optional, Sequence
 
-from .config_keys import RULES
+from .config_keys import RENAMED_KEYS, RULES
 from .rules import UNIT, Bool, Choice, Int, Lazy, ListOf, Map, Null, Num, Rule, Str  # noqa: F401 (their old home)
 from .rules import is_int
 
@@ -21,6 +23,35 @@ class UnknownKeyError(ConfigError, KeyError):
 
     def __str__(self) -> str:  # KeyError would quote the message
         return str(self.args[0]) if self.args else ""
+
+
+class RenamedKeyWarning(FutureWarning):
+    """A config key written under its old name (``config_keys.RENAMED_KEYS``), read as the new one."""
+
+
+def rename_old_keys(cfg: Dict, where: str = "config", warn: bool = True) -> Dict:
+    """``cfg`` (``{section: {key: value}}``) with each old key name of ``RENAMED_KEYS`` replaced by its
+    new name, in place in its section's order, and one :class:`RenamedKeyWarning` per old name found,
+    naming ``where`` (``warn=False``: none). The input is not modified. Raises :class:`ConfigError`
+    naming both names when a section holds the old and the new one; anything else is left for
+    :func:`validate` to judge."""
+    if not isinstance(cfg, dict):
+        return cfg
+    out = dict(cfg)
+    for old, new in RENAMED_KEYS.items():
+        section, old_key = old.split(".", 1)
+        new_key = new.split(".", 1)[1]
+        values = out.get(section)
+        if not isinstance(values, dict) or old_key not in values:
+            continue
+        if new_key in values:
+            raise ConfigError(f"{where}: both {old} and {new} are given ({old} is the old name of {new}); "
+                              f"keep only {new}")
+        out[section] = {(new_key if k == old_key else k): v for k, v in values.items()}
+        if warn:
+            warnings.warn(f"{where}: config key {old} is renamed {new}; the old name is read for one more "
+                          "release", RenamedKeyWarning, stacklevel=2)
+    return out
 
 
 def closest(name: str, known: Iterable[str]) -> str:
@@ -48,13 +79,13 @@ def _cross_checks(cfg: Dict) -> List[str]:
             and RULES["data.dataset_kwargs"](d.get("dataset_kwargs")):
         errors += _unknown_kwargs("data.dataset_kwargs", d.get("dataset_kwargs") or {},
                                   _dataset_parameters(d["dataset"]), f"dataset {d['dataset']!r}")
-    if m is not None and RULES["model.name"](m.get("name")) and RULES["model.model_kwargs"](m.get("model_kwargs")):
-        errors += _unknown_kwargs("model.model_kwargs", m.get("model_kwargs") or {}, _model_parameters(m["name"]),
+    if m is not None and RULES["model.name"](m.get("name")) and RULES["model.kwargs"](m.get("kwargs")):
+        errors += _unknown_kwargs("model.kwargs", m.get("kwargs") or {}, _model_parameters(m["name"]),
                                   f"model {m['name']!r}")
     c = cfg.get("ibb", {})
-    if c.get("control", "none") != "none" and c.get("use_ibb") is not True:
-        errors.append(f"ibb.control = {c['control']!r} replaces the IBB's training signal and needs ibb.use_ibb = true "
-                      f"(got {c.get('use_ibb')!r})")
+    if c.get("control", "none") != "none" and c.get("enabled") is not True:
+        errors.append(f"ibb.control = {c['control']!r} replaces the IBB's training signal and needs ibb.enabled = true "
+                      f"(got {c.get('enabled')!r})")
     return errors
 
 
@@ -101,7 +132,7 @@ def _dataset_parameters(name: str) -> Optional[List[str]]:
 
 
 def _model_parameters(name: str) -> Optional[List[str]]:
-    """What ``model.model_kwargs`` may hold for model ``name`` (``build_model``'s overrides)."""
+    """What ``model.kwargs`` may hold for model ``name`` (``build_model``'s overrides)."""
     from ..models import factory
 
     if name in factory.VIT_CONFIGS:
@@ -119,17 +150,17 @@ def check_training_set(cfg: Dict, num_images: int, num_ids: int) -> None:
     """Rules that need the training set's size (checked once it is loaded, before the model is built):
     the IBB's k-means cannot make more clusters than it has points."""
     c = cfg["ibb"]
-    if not c["use_ibb"]:
+    if not c["enabled"]:
         return
     errors = []
-    a = c["ibb_clusters"] if c["ibb_clusters"] is not None else num_ids
+    a = c["clusters"] if c["clusters"] is not None else num_ids
     if a > num_images:
-        errors.append(f"ibb.ibb_clusters = {a}{' (the number of identities)' if c['ibb_clusters'] is None else ''} "
+        errors.append(f"ibb.clusters = {a}{' (the number of identities)' if c['clusters'] is None else ''} "
                       f"is larger than the training set ({num_images} images): expected at most {num_images}")
     b = c["input_clusters"] if c["input_clusters"] is not None else a
     fitted = min(num_images, int(c["input_samples"]))
     if b > fitted:
-        src = "" if c["input_clusters"] is not None else " (= ibb.ibb_clusters)"
+        src = "" if c["input_clusters"] is not None else " (= ibb.clusters)"
         errors.append(f"ibb.input_clusters = {b}{src} is larger than the images it is fitted on "
                       f"(min(training images {num_images}, ibb.input_samples {c['input_samples']}) = {fitted}): "
                       f"expected at most {fitted}")
@@ -168,6 +199,8 @@ def validate(cfg: Dict, defaults: Dict, sections: Optional[Sequence[str]] = None
 def unknown_key_message(dotted: str, defaults: Dict, where: str = "config") -> str:
     """``where: unknown key a.b (did you mean 'a.c'?)`` over every ``section.key`` of ``defaults``."""
     known = [f"{s}.{k}" for s, keys in defaults.items() for k in keys]
+    if dotted in RENAMED_KEYS:
+        return f"{where}: unknown key {dotted} (renamed {RENAMED_KEYS[dotted]})"
     hint = closest(dotted, known)
     if not hint:  # right key, wrong section?
         key = dotted.split(".", 1)[-1]
