@@ -268,7 +268,56 @@ def print_paired(abl: Dict, occ: Optional[Dict]) -> None:
     print()
 
 
-def print_claims(abl: Dict, occ: Optional[Dict], ib: Optional[Dict], em: Optional[Dict]) -> None:
+def arm_by_seed(rows: Sequence[Dict], metric: str) -> Dict[int, float]:
+    """``{seed: value}`` of an experiment's run rows (dicts with ``"seed"`` and ``metric``)."""
+    return {int(r["seed"]): float(r[metric]) for r in rows}
+
+
+def ib_control_contrasts(ibc: Dict) -> Dict[str, Dict[str, Dict]]:
+    """The IB-specificity experiment's contrasts (:func:`contrast`, mAP and Rank-1): every arm minus the
+    baseline, then the IBB minus each control (a positive IBB − control is the part of the IBB's gain
+    that the control's matched cluster-level supervision does not give)."""
+    runs = ibc["runs"]
+    pairs = [(a, "baseline") for a in runs if a != "baseline"] + [("ibb", c) for c in ("prototype", "shuffled_q")]
+    return {f"{a} − {b}": {m: contrast([(arm_by_seed(runs[a], m), arm_by_seed(runs[b], m))]) for m in METRICS}
+            for a, b in pairs if a in runs and b in runs}
+
+
+def print_ib_control(ibc: Dict) -> None:
+    runs = ibc["runs"]
+    print(f"IBB vs non-IB controls (plain attention) — `{ibc['command']}` (budget {ibc['budget']})\n")
+    print("| arm | seed | mAP % | Rank-1 % | applied term's gradient ÷ task's (mean over IBB epochs) | control's scale |")
+    print("|---|---|---|---|---|---|")
+    for arm, rows in runs.items():
+        for r in rows:
+            print(f"| {arm} | {r['seed']} | {_f(r['mAP'])} | {_f(r['rank1'])} | {_f(r.get('ibb_grad_ratio_mean'), 3)} | "
+                  f"{_f(r.get('control_scale_mean'), 3)} |")
+    print()
+    print(HEADER)
+    for label, c in ib_control_contrasts(ibc).items():
+        print(_row(label, c["mAP"], c["rank1"]))
+    print()
+
+
+def channel_shared_contrasts(cs: Dict, abl: Dict) -> Dict[str, Dict[str, Dict]]:
+    """Channel-shared DCS (no IBB) against the ablation's baseline and token-mode DCS of the same seeds."""
+    return {f"channel_shared − {other}": {m: contrast([(arm_by_seed(cs["runs"], m), arm_by_seed(abl["runs"][other], m))])
+                                          for m in METRICS}
+            for other in ("baseline", "dcs_only") if other in abl["runs"]}
+
+
+def print_channel_shared(cs: Dict, abl: Dict) -> None:
+    print(f"DCS in the authors' form (channel_shared, no IBB) — `{cs['command']}` (budget {cs['budget']}; the other "
+          "arms are the ablation's runs of the same seeds; occlusion rows: `python -m experiments.channel_shared "
+          "--report-only`)\n")
+    print(HEADER)
+    for label, c in channel_shared_contrasts(cs, abl).items():
+        print(_row(label, c["mAP"], c["rank1"]))
+    print()
+
+
+def print_claims(abl: Dict, occ: Optional[Dict], ib: Optional[Dict], em: Optional[Dict],
+                 ibc: Optional[Dict] = None, cs: Optional[Dict] = None) -> None:
     table = paired_ablation(abl)
     rows, _, _ = paired_occlusion(abl, occ)
     n = table["RIB-DCS − baseline"]["mAP"]["seeds"]["n"]
@@ -279,8 +328,26 @@ def print_claims(abl: Dict, occ: Optional[Dict], ib: Optional[Dict], em: Optiona
                         ("accuracy: the IBB term helps (IBB on − off)", table["IBB on − off (both DCS settings)"]["mAP"], 1),
                         ("accuracy: DCS-Attention helps (DCS on − off)", table["DCS on − off (both IBB settings)"]["mAP"], 1)):
         print(f"| {claim} | {_effect(c)} | {c['seeds']['n']} | {verdict(c, d)} |")
-    print("| IB-specificity: the IBB's gain is an information-bottleneck effect | no control run (matched-gradient "
-          "non-IB loss, label-shuffled Q) | — | not testable here |")
+    if cs:
+        c = channel_shared_contrasts(cs, abl)["channel_shared − baseline"]["mAP"]
+        print(f"| accuracy: DCS in the authors' form (channel-shared) helps (− baseline, no IBB) | {_effect(c)} | "
+              f"{c['seeds']['n']} | {verdict(c, 1)} |")
+    ctr = ib_control_contrasts(ibc) if ibc else {}
+    if "ibb − baseline" in ctr:
+        c = ctr["ibb − baseline"]["mAP"]
+        print(f"| accuracy: the IBB helps plain attention (IB-control experiment's seeds) | {_effect(c)} | "
+              f"{c['seeds']['n']} | {verdict(c, 1)} |")
+    shown = False
+    for control, what in (("prototype", "a matched-gradient cosine-prototype loss on the same centroids"),
+                          ("shuffled_q", "the IBB with a label-shuffled Q")):
+        if f"ibb − {control}" in ctr:
+            c = ctr[f"ibb − {control}"]["mAP"]
+            print(f"| IB-specificity: the IBB beats {what} (IBB − control) | {_effect(c)} | {c['seeds']['n']} | "
+                  f"{verdict(c, 1)} |")
+            shown = True
+    if not shown:
+        print("| IB-specificity: the IBB's gain is an information-bottleneck effect | no control run (matched-gradient "
+              "non-IB loss, label-shuffled Q) | — | not testable here |")
     for lv in (0.4,):
         if lv in rows:
             c = rows[lv]["DCS on − off, occlusion-specific (minus the clean effect)"]["mAP"]
@@ -501,8 +568,13 @@ def main(argv: Sequence[str] = ()) -> None:
         for k, v in em["rows"].items():
             print(f"| {k} | {_f(v['mAP'])} ± {_f(v['mAP_se'])} | {_f(v['rank1'])} ± {_f(v['rank1_se'])} |")
         print()
+    ibc, cs = load_json("ib_control.json"), load_json("channel_shared.json")
+    if ibc:
+        print_ib_control(ibc)
+    if cs and abl:
+        print_channel_shared(cs, abl)
     if abl:
-        print_claims(abl, occ, ib_main, em)
+        print_claims(abl, occ, ib_main, em, ibc, cs)
     print_per_query(args.runs, args.n_boot, args.boot_seed)
 
 

@@ -146,3 +146,23 @@ def test_occlusion_modes_on_a_tiny_finished_run(tiny_run, tmp_path, monkeypatch)
     c = out["contrasts"]["rib_dcs - baseline"]["confuser"]["0.4"]
     assert c["n"] == 1 and c["mean"] == 0.0  # the same run twice: no difference
     assert (tmp_path / "om.json").is_file()
+
+
+def test_summarize_ib_control_contrasts_pair_by_seed_and_give_the_specificity_verdict(capsys):
+    from experiments import summarize
+
+    def rows(vals):
+        return [{"seed": s, "mAP": m, "rank1": m + 10} for s, m in vals.items()]
+
+    ibc = {"command": "python -m experiments.ib_control", "budget": {}, "runs": {
+        "baseline": rows({1: 60.0, 2: 62.0, 3: 61.0}), "ibb": rows({1: 62.0, 2: 63.5, 3: 62.5}),
+        "prototype": rows({1: 61.0, 2: 64.0, 3: 61.0, 4: 99.0})}}  # seed 4 has no partner
+    c = summarize.ib_control_contrasts(ibc)
+    assert list(c) == ["ibb − baseline", "prototype − baseline", "ibb − prototype"]
+    p = c["ibb − prototype"]["mAP"]["pairs"]
+    assert p["diffs"] == [1.0, -0.5, 1.5] and p["n"] == 3
+    assert summarize.verdict(c["ibb − baseline"]["mAP"]) == "supported"  # +2, +1.5, +1.5: all > 0, ≥ 2 SE
+    assert summarize.verdict(c["ibb − prototype"]["mAP"]) == "not supported"  # one seed disagrees
+    summarize.print_ib_control(ibc)
+    out = capsys.readouterr().out
+    assert "| ibb − prototype | 3 | **0.67 ± 0.60**" in out and "| prototype | 4 | 99.0 |" in out
