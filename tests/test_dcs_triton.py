@@ -284,9 +284,13 @@ def test_forward_multiplying_the_mask_into_raw_q_equals_the_premasked_forward(de
     assert max_err(negative[0, 0], ref_neg[0, 0]) <= tol
 
 
-def test_forward_refuses_a_q_mask_that_is_not_the_prepass_mask():
+def test_forward_refuses_a_q_mask_that_is_not_the_prepass_mask(monkeypatch):
+    """A wrong ``q_mask`` is refused before any launch, naming the argument and what it got."""
+    monkeypatch.setattr(launch, "_launch", lambda *a, **kw: pytest.fail("a kernel was launched"))
     q = torch.randn(1, 2, 5, 16)
-    for bad, what in ((torch.ones(1, 2, 5, 8), r"shape \(1, 2, 5, 8\)"), (torch.ones(1, 2, 5, 16, dtype=torch.float64),
-                      "dtype torch.float64"), (torch.ones(1, 2, 16, 5).transpose(-1, -2), "q_mask must be a contiguous")):
-        with pytest.raises(ValueError, match=what):
+    wrong = {r"shape \(1, 2, 5, 8\)": torch.ones(1, 2, 5, 8),
+             "dtype torch.float64": torch.ones(1, 2, 5, 16, dtype=torch.float64),
+             "contiguous=False": torch.ones(1, 2, 16, 5).transpose(-1, -2)}
+    for what, bad in wrong.items():
+        with pytest.raises(ValueError, match="q_mask must be a contiguous .*" + what):
             launch.forward(q, q, q, scale=0.25, q_mask=bad)

@@ -74,7 +74,7 @@ def dcs_fwd_kernel(
     offs_d = tl.arange(0, HEAD_DIM)
     m_valid = offs_m < N
     q = load_bhnd(Q, b64, h64, offs_m, offs_d, m_valid, sqb, sqh, sqn, sqd)
-    if MASK_Q:  # x·1 / x·0 as the pre-pass's q⊙M (a NaN stays NaN)
+    if MASK_Q:  # x·1 / x·0 as the pre-pass's q⊙M (a NaN stays NaN); the second q load hits L1
         mrows = (bh64 * N + offs_m[:, None].to(tl.int64)) * HEAD_DIM + offs_d[None, :]
         keep = tl.load(QMASK + mrows, mask=m_valid[:, None], other=0.0) != 0
         qptrs = Q + b64 * sqb + h64 * sqh + offs_m[:, None].to(tl.int64) * sqn + offs_d[None, :] * sqd

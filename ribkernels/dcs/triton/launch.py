@@ -270,7 +270,8 @@ def forward(q, k, v, *, scale: float, config: Optional[Tuple[int, int]] = None,
     if q_mask is not None and (tuple(q_mask.shape) != (B, H, N, D) or q_mask.dtype != q.dtype
                                or not q_mask.is_contiguous()):
         raise ValueError(f"q_mask must be a contiguous [B, H, N, D] = {[B, H, N, D]} tensor in q's dtype "
-                         f"{q.dtype} (the pre-pass's mask), got shape {tuple(q_mask.shape)}, dtype {q_mask.dtype}")
+                         f"{q.dtype} (the pre-pass's mask), got shape {tuple(q_mask.shape)}, dtype {q_mask.dtype}, "
+                         f"contiguous={q_mask.is_contiguous()}")
     out = torch.empty((B, H, N, D), dtype=q.dtype, device=q.device)
     lse = torch.empty((B, H, N), dtype=torch.float32, device=q.device)
     if B * H == 0:
