@@ -1,4 +1,4 @@
-"""Shared set-up of the Triton DCS-Attention tests (``test_dcs_triton*.py``): devices, cases,
+"""Shared set-up of the Triton DCS-Attention tests (``test_dcs_triton*.py``): devices, θ shapes,
 the public-op runner and the error checks against the float64 formulas of docs/design.md §2.
 
 ``cpu`` runs the kernels under ``TRITON_INTERPRET=1`` (set by conftest) on small shapes, fp32/fp16;
@@ -11,7 +11,6 @@ import ribkernels as rk
 from ribkernels.dcs.philox import contract_uniform
 from ribkernels.dcs.triton import launch
 
-HAS_CUDA = torch.cuda.is_available()
 DEVICES = [pytest.param("cpu", marks=pytest.mark.skipif(not launch.INTERPRET, reason="needs TRITON_INTERPRET=1")),
            pytest.param("cuda", marks=pytest.mark.gpu)]
 THETA_SHAPES = {
