@@ -42,7 +42,8 @@ fi
 export TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0} MAX_JOBS=${MAX_JOBS:-8}
 ( timeout 150 $PY setup.py build_ext --inplace > "$OUT/build.log" 2>&1; echo $? > "$LOGS/build_rc" ) &
 BUILD_PID=$!
-( timeout 150 $PY -m pytest -q -m gpu -p no:cacheprovider tests/test_dcs_triton.py tests/test_dcs_triton_backward.py > "$OUT/gpu_tests.txt" 2>&1; echo $? > "$LOGS/dcs_tests_rc" ) &
+DCS_TESTS=(tests/test_dcs_triton*.py)  # the Triton DCS tests: accuracy, noise, dispatch, backward
+( timeout 150 $PY -m pytest -q -m gpu -p no:cacheprovider "${DCS_TESTS[@]}" > "$OUT/gpu_tests.txt" 2>&1; echo $? > "$LOGS/dcs_tests_rc" ) &
 TESTS_PID=$!
 WARM="$PY -m benchmarks.bench_dcs_attention --warmup --quick --ns 53,129,211"
 pids=()
@@ -66,8 +67,8 @@ record build "$brc"; tail -n 3 "$OUT/build.log"
 if [ "$brc" -eq 0 ]; then
   t=$(( $(left) - 215 )); [ "$t" -gt 90 ] && t=90; [ "$t" -lt 30 ] && t=30  # leave 215 s: benchmark, profile, ncu
   echo "== [$(elapsed)s] other GPU tests (<= ${t}s)"
-  timeout "$t" $PY -m pytest -q -m gpu -p no:cacheprovider tests --ignore=tests/test_dcs_triton.py \
-    --ignore=tests/test_dcs_triton_backward.py >> "$OUT/gpu_tests.txt" 2>&1
+  timeout "$t" $PY -m pytest -q -m gpu -p no:cacheprovider tests "${DCS_TESTS[@]/#/--ignore=}" \
+    >> "$OUT/gpu_tests.txt" 2>&1
   record other_tests $?
   tail -n 3 "$OUT/gpu_tests.txt"
 else

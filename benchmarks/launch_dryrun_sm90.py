@@ -12,7 +12,8 @@ Triton at hand — e.g. the GPU machine's triton 3.6 on a CPU machine before a l
     python -m benchmarks.launch_dryrun_sm90      # ~1 min on 2 cores; exit 1 on any failure
 
 Shapes: B=2, H=3, N=53 (not a multiple of 16), D in {32, 64, 128}, fp16 and bf16; per shape the
-pre-pass (Philox, q⊙M, k⊙M; and with dθ's saved factor), the forward, the backward (one program
+pre-pass (Philox, q⊙M, k⊙M or k⊙M alone; and with dθ's saved factor), the forward (on q⊙M, or on raw
+q with the mask multiplied in), the backward (one program
 per head) with a per-token and a per-channel θ, dθ's factor regenerated or saved, and mask-off, and
 the flat noise kernel. CPU tensors stand in for device memory.
 """
@@ -107,11 +108,15 @@ def run() -> list:
             scale = D ** -0.5
             mask, qm, km = launch.masked_qk_prepass(q, k, theta, None, rng, NZ.MODE_PHILOX)
             out, lse = launch.forward(qm, km, v, scale=scale)
+            # the pre-pass without q⊙M, the forward multiplying the mask into raw q
+            mask_k, _, km_only = launch.masked_qk_prepass(q, k, theta, None, rng, NZ.MODE_PHILOX, mask_q=False)
+            launch.forward(q, km_only, v, scale=scale, q_mask=mask_k)
             for th in (theta, theta_channel):
                 launch.backward(out, q, k, v, mask, out, lse, th, None, rng, scale=scale, tau=1.0,
                                 mode=NZ.MODE_PHILOX, need_dtheta=True)
                 # the public op's path when θ needs a gradient: the pre-pass saves dθ's factor
                 mask2, qm2, km2, dsoft = launch.masked_qk_prepass(q, k, th, None, rng, NZ.MODE_PHILOX, tau=0.7)
+                launch.masked_qk_prepass(q, k, th, None, rng, NZ.MODE_PHILOX, tau=0.7, mask_q=False)
                 launch.backward(out, q, k, v, mask2, out, lse, th, None, rng, scale=scale, tau=0.7,
                                 mode=NZ.MODE_PHILOX, need_dtheta=True, dsoft=dsoft)
             launch.backward(out, q, k, v, None, out, lse, q, None, None, scale=scale, tau=1.0, mode=0,

@@ -66,8 +66,10 @@ CANDIDATES = {"fwd": {"all": [(128, 64, 4, 3), (64, 128, 4, 2)],
               "bwd": {"all": [(64, 64, 8, 2), (32, 64, 4, 2), (64, 128, 8, 2), (64, 64, 4, 3)],
                       128: [(64, 64, 4, 2), (32, 64, 8, 2), (32, 64, 4, 2)]}}
 MAX_SHARED = 232448  # bytes of shared memory per SM usable by CTAs on sm_90 (227 KB + 1 KB per CTA reserved)
-# The forward is plain attention on the pre-pass's q⊙M, k⊙M: with the mask and without it is one kernel.
+# The forward is plain attention on the pre-pass's k⊙M and either its q⊙M (then with the mask and
+# without it is one kernel) or raw q with the mask multiplied in before the key loop (MASK_Q).
 FWD_VARIANT = "q⊙M, k⊙M (= nomask)"
+FWD_MASK_Q_VARIANT = "q·mask in prologue, k⊙M"
 INT_OPS = {"IMAD", "IADD3", "IADD", "LOP3", "LOP", "SHF", "SHL", "SHR", "ISETP", "LEA", "IMNMX", "VIMNMX",
            "IABS", "SEL", "PRMT", "BMSK", "SGXT", "POPC", "FLO", "BREV", "IDP", "IMUL", "IMADSP", "I2I"}
 FP32_OPS = {"FADD", "FMUL", "FFMA", "FMNMX", "FSEL", "FSETP", "FCHK", "FSWZADD"}
@@ -110,14 +112,14 @@ def _variants():
     import torch
 
     from ribkernels.dcs.triton import launch
-    from ribkernels.dcs.triton.noise import MODE_EVAL, MODE_PHILOX
+    from ribkernels.dcs.triton.noise import MODE_PHILOX
 
     jobs = []
     for dt in DTYPES:
         tdt = getattr(torch, TORCH_DTYPE[dt])
         for D in HEAD_DIMS:
             common_ptr = {n: f"*{dt}" for n in ("Q", "K", "V", "O", "DO", "DQ", "DK", "DV", "TH", "NZ")}
-            common_ptr.update(MSK=f"*{dt}", LSE="*fp32", DELTA="*fp32", DQACC="*fp32", DMK="*fp32", RNG="*i64",
+            common_ptr.update(MSK=f"*{dt}", QMASK=f"*{dt}", LSE="*fp32", DELTA="*fp32", DQACC="*fp32", DMK="*fp32", RNG="*i64",
                               DS="*fp32" if dt == "fp32" else "*fp16")
             for kname in launch.KERNELS:  # ("fwd", "bwd"); another tree's (--tree) may have others
                 if dt == "fp32":  # no Triton path on GPU (routed to sdpa): the evidence for that
@@ -133,8 +135,8 @@ def _variants():
                                         + [(c, False) for c in extra]):
                     bm, bn, w, s = cfg
                     base = dict(HEAD_DIM=D, DOT_PREC=launch.dot_precision(tdt), BLOCK_M=bm, BLOCK_N=bn)
-                    if kname == "fwd":  # plain attention: the pre-pass made q⊙M, k⊙M; the mask-off twin is itself
-                        variants = [(FWD_VARIANT, {})]
+                    if kname == "fwd":  # plain attention on q⊙M, k⊙M (its own mask-off twin), or raw q·mask
+                        variants = [(FWD_VARIANT, dict(MASK_Q=False)), (FWD_MASK_Q_VARIANT, dict(MASK_Q=True))]
                     else:
                         bwd = dict(MODE=MODE_PHILOX, TAU_ONE=True, DS_SAVED=False)
                         variants = [("mask+dθ token", dict(MASKED=True, DTH_MODE=1, **bwd)),
@@ -153,14 +155,11 @@ def _variants():
                         ship = cfg in shipped_nomask if vname == "nomask" and dt != "fp32" else is_shipped
                         keep = ship or (vname == "nomask" and cfg in shipped)
                         jobs.append((kname, vname, cfg, dt, D, ship, {**base, **v}, ptrs, None, keep))
-            for vname, mode, mask_qk, save_ds in (("philox + q⊙M, k⊙M", MODE_PHILOX, True, False),
-                                                  ("philox + q⊙M, k⊙M + dsoft", MODE_PHILOX, True, True),
-                                                  ("eval (θ > 0) + q⊙M, k⊙M", MODE_EVAL, True, False),
-                                                  ("philox, mask only", MODE_PHILOX, False, False)):
+            for vname, mode, mask_q, mask_k, save_ds in PREPASS_VARIANTS:
                 rows = launch.prepass_rows(D)
                 jobs.append(("prepass", vname, (rows, 0, 4, 1), dt, D, True,
-                             dict(HEAD_DIM=D, MODE=mode, BLOCK_R=rows, FAST=True, MASK_QK=mask_qk, SAVE_DS=save_ds,
-                                  TAU_ONE=True),
+                             dict(HEAD_DIM=D, MODE=mode, BLOCK_R=rows, FAST=True, MASK_Q=mask_q, MASK_K=mask_k,
+                                  MASK_QK=mask_q or mask_k, SAVE_DS=save_ds, TAU_ONE=True),  # MASK_QK: --tree
                              {n: f"*{dt}" for n in ("TH", "NZ", "MASK", "Q", "K", "QM", "KM")}
                              | {"RNG": "*i64", "DS": "*fp32" if dt == "fp32" else "*fp16"}, rows * D, True))
             if dt != "fp32" and hasattr(launch, "finish_rows"):  # an older tree's dq finishing kernel (--tree)
@@ -173,6 +172,14 @@ def _variants():
     jobs.append(("flat_noise", "logistic", (1024, 0, 4, 1), "fp32", 0, True, dict(WHAT=1, BLOCK=1024),
                  {"OUT": "*fp32", "RNG": "*i64"}, 1024, True))
     return jobs
+
+
+# (variant, MODE (0: eval, 2: Philox; noise.MODE_*), MASK_Q, MASK_K, SAVE_DS) of the pre-pass rows. "k⊙M" rows: the pre-pass of the
+# forward that multiplies the mask into raw q itself (``FWD_MASK_Q_VARIANT``).
+PREPASS_VARIANTS = (("philox + q⊙M, k⊙M", 2, True, True, False), ("philox + q⊙M, k⊙M + dsoft", 2, True, True, True),
+                    ("philox + k⊙M", 2, False, True, False), ("philox + k⊙M + dsoft", 2, False, True, True),
+                    ("eval (θ > 0) + q⊙M, k⊙M", 0, True, True, False), ("eval (θ > 0) + k⊙M", 0, False, True, False),
+                    ("philox, mask only", 2, False, False, False))
 
 
 def _kernel_fn(kname: str):
@@ -476,13 +483,16 @@ MODEL_SHAPE = (64, 12, 211, 64)
 COPY_TBPS, MMA_TFLOPS, ISSUE_WARP_INSTR_PER_S = 4.3, 788.0, 132 * 4 * 1.98e9
 # DRAM bytes per element (first touch; bf16 = 2 B, float32 4 B), per launch, (low, high).
 BYTES = {
-    "before": {"pre-pass (θ, q, k → mask, q⊙M, k⊙M)": (12, 12), "forward (q⊙M, k⊙M, v → out)": (8, 8),
+    "v2": {"pre-pass (θ, q, k → mask, q⊙M, k⊙M)": (12, 12), "forward (q⊙M, k⊙M, v → out)": (8, 8),
                "delta (out, dout)": (4, 4), "dQ accumulator memset": (4, 4),
                "fused backward (q, k, v, mask, dout → dk, dv, dM_k; dQ atomics' L2 misses)": (16, 24),
                "dq finishing (dQ acc, q, mask, θ, dM_k → dq, dθ)": (16, 16)},
-    "after": {"pre-pass (θ, q, k → mask, q⊙M, k⊙M, dθ's factor dsoft)": (14, 14),
-              "forward (q⊙M, k⊙M, v → out)": (8, 8),
-              "backward (q, k, v, mask, out, dout, dsoft → dq, dk, dv, dθ; dQ scratch write-back)": (22, 26)},
+    "v3": {"pre-pass (θ, q, k → mask, q⊙M, k⊙M, dθ's factor dsoft)": (14, 14),
+           "forward (q⊙M, k⊙M, v → out)": (8, 8),
+           "backward (q, k, v, mask, out, dout, dsoft → dq, dk, dv, dθ; dQ scratch write-back)": (22, 26)},
+    "v4": {"pre-pass (θ, k → mask, k⊙M, dθ's factor dsoft)": (10, 10),
+           "forward (q, mask, k⊙M, v → out)": (10, 10),
+           "backward (q, k, v, mask, out, dout, dsoft → dq, dk, dv, dθ; dQ scratch write-back)": (22, 26)},
     "sdpa": {"forward (q, k, v → out)": (8, 8),
              "backward (q, k, v, out, dout → dq, dk, dv; fp32 dQ accumulator)": (24, 28)},
 }
@@ -491,7 +501,7 @@ BYTES = {
 T_CORE_US = (150.0, 300.0)  # plain SDPA fwd+bwd at this shape: 100–200 TFLOP/s achieved
 
 
-LAUNCHES = {"before": 6, "after": 3, "sdpa": 4}  # sdpa (FA2): fwd; bwd: delta + dQ clear, main, dq cast
+LAUNCHES = {"v2": 6, "v3": 3, "v4": 3, "sdpa": 4}  # sdpa (FA2): fwd; bwd: delta + dQ clear, main, dq cast
 LAUNCH_US = 2.5  # per extra launch on the critical path
 
 
@@ -504,25 +514,35 @@ def _sass(rows, kernel, variant, D=64):
     return None
 
 
+def tree_version(rows: List[Dict]) -> str:
+    """Which kernels a table's rows are: ``v2`` (fused backward + dq finishing), ``v3`` (one program
+    per head; the pre-pass writes q⊙M) or ``v4`` (the forward multiplies the mask into raw q)."""
+    if any(r["kernel"] == "fused" for r in rows):
+        return "v2"
+    return "v4" if any(r["variant"] == FWD_MASK_Q_VARIANT for r in rows) else "v3"
+
+
 def model(rows: List[Dict]) -> str:
     """The performance model of docs/performance.md from a table's JSON rows (this tree's, or an
-    older tree's with the fused backward: ``--tree``), as text."""
+    older tree's: ``--tree``; ``tree_version``), as text."""
     B, H, N, D = MODEL_SHAPE
     elems, heads = B * H * N * D, B * H
     mb = lambda b: b * elems / 1e6  # noqa: E731
     us = lambda b: b * elems / (COPY_TBPS * 1e12) * 1e6  # noqa: E731
     issue_us = lambda warp_instr: warp_instr / ISSUE_WARP_INSTR_PER_S * 1e6  # noqa: E731
-    old = any(r["kernel"] == "fused" for r in rows)
-    side = "before" if old else "after"
+    side = tree_version(rows)
+    old = side == "v2"
     nq = -(-N // 64)
     fwd_keys = N // 64 + (0 if N % 64 == 0 else (1 if old or N % 64 > 32 else 0.5))  # the 32-key tail tile
-    lines = [f"tree: {side} ({'fused backward + dq finishing' if old else 'one program per head'}); "
+    what = {"v2": "fused backward + dq finishing", "v3": "one program per head, pre-pass writes q⊙M",
+            "v4": "one program per head, q⊙M made in the forward's prologue"}[side]
+    lines = [f"tree: {side} ({what}); "
              f"elements per tensor {elems:,} ({mb(2):.1f} MB in bf16)"]
     for name, items in (("this tree", BYTES[side]), ("plain SDPA (FA2-style)", BYTES["sdpa"])):
         lo, hi = (sum(v[i] for v in items.values()) for i in (0, 1))
         key = side if name == "this tree" else "sdpa"
         lines.append(f"{name}: {LAUNCHES[key]} launches per fwd+bwd, {lo}–{hi} B/element = {mb(lo):.0f}–{mb(hi):.0f} MB")
-    fwd = _sass(rows, "fwd", FWD_VARIANT)
+    fwd = _sass(rows, "fwd", FWD_MASK_Q_VARIANT if side == "v4" else FWD_VARIANT)
     bwd = _sass(rows, "fused" if old else "bwd", "mask+dθ token" if old else "mask+dθ token, dsoft saved")
     for name, r, tiles, gemms in (("forward", fwd, nq * fwd_keys, 2), ("backward loop", bwd, nq * nq, 5)):
         lines.append(f"{name} {r['config']}: {r['loop_sass']} SASS per tile-warp, {r['warp_instr_64x64']} "
@@ -550,11 +570,21 @@ def model(rows: List[Dict]) -> str:
         regen = _sass(rows, "bwd", "mask+dθ token")
         regen_us = issue_us(((regen["other_loops_sass"] - m0["other_loops_sass"]) * nq
                              + (regen["outer_loop_sass"] - m0["outer_loop_sass"]) * nq) * w * heads)
-        lines.append(f"(dθ's factor regenerated in the backward instead of saved: pre-pass {us(12):.1f} µs, "
+        pre = BYTES[side][next(iter(BYTES[side]))][0]  # the pre-pass's bytes per element
+        lines.append(f"(dθ's factor regenerated in the backward instead of saved: pre-pass {us(pre - 2):.1f} µs, "
                      f"epilogue 0–{regen_us:.1f} µs)")
-        extras = {"pre-pass (standalone, memory-bound; with dθ's factor, 14 B/element)": (us(14), us(14)),
-                  "dθ epilogue with the saved factor (hidden … not hidden)": (0.0, issue_us(philox)),
-                  f"last-wave idle of one program per head ({waves:.2f} waves)": (0.0, tail * 2 / 3 * T_CORE_US[1])}
+        extras = {f"pre-pass (standalone, memory-bound; with dθ's factor, {pre} B/element)": (us(pre), us(pre))}
+        if side == "v4":
+            extras["forward's mask read, 2 B/element beyond SDPA's (hidden … at copy speed)"] = (0.0, us(2))
+        extras.update({"dθ epilogue with the saved factor (hidden … not hidden)": (0.0, issue_us(philox)),
+                       f"last-wave idle of one program per head ({waves:.2f} waves)": (0.0, tail * 2 / 3 * T_CORE_US[1])})
+    # the attention loops' work beyond their mask-off twins' (mask loads and multiplies, dθ's loop
+    # part): SDPA's loops do not do it; the twins are what "equal core efficiency" compares
+    loop_extra = 0.0
+    for r, twin, tiles in ((fwd, _sass(rows, "fwd", FWD_VARIANT), nq * fwd_keys),
+                           (bwd, _sass(rows, "fused" if old else "bwd", "nomask"), nq * nq)):
+        loop_extra += (r["loop_sass"] - twin["loop_sass"]) * int(r["config"].split()[1][1:]) * tiles * heads
+    extras["attention loops' work beyond the mask-off twins' (hidden … not hidden)"] = (0.0, issue_us(loop_extra))
     lo, hi = (sum(v[i] for v in extras.values()) for i in (0, 1))
     lines.append("extras beyond plain SDPA's attention core, µs:")
     lines += [f"  {k}: {a:.1f}–{b:.1f}" for k, (a, b) in extras.items()]

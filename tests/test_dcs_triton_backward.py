@@ -40,18 +40,24 @@ def fresh_seed() -> int:
 
 
 def run_backward(q, k, v, theta, grad_out, *, mode, noise=None, seed=0, tau=1.0, config=None, runs=1,
-                 saved_dsoft=False):
+                 saved_dsoft=False, q_mask_in_forward=False):
     """``runs`` × [out, dq, dk, dv, dθ] from the launcher (same mask, same forward), and the mask.
     ``saved_dsoft``: the pre-pass saves dθ's factor and the backward reads it (the public op's path),
-    else the backward regenerates it."""
+    else the backward regenerates it. ``q_mask_in_forward``: the pre-pass writes no q⊙M, the forward
+    multiplies the mask into raw q (``forward(..., q_mask=)``)."""
     D = q.shape[-1]
     rng = launch.rng_state(seed, 0, q.device)
     dsoft = None
     if saved_dsoft and mode != NZ.MODE_EVAL:
-        mask, qm, km, dsoft = launch.masked_qk_prepass(q, k, theta, noise, rng, mode, tau=tau)
+        mask, qm, km, dsoft = launch.masked_qk_prepass(q, k, theta, noise, rng, mode, tau=tau,
+                                                       mask_q=not q_mask_in_forward)
     else:
-        mask, qm, km = launch.masked_qk_prepass(q, k, theta, noise, rng, mode)
-    out, lse = launch.forward(qm, km, v, scale=D**-0.5, config=config)
+        mask, qm, km = launch.masked_qk_prepass(q, k, theta, noise, rng, mode, mask_q=not q_mask_in_forward)
+    if q_mask_in_forward:
+        assert qm is None
+        out, lse = launch.forward(q, km, v, scale=D**-0.5, config=config, q_mask=mask)
+    else:
+        out, lse = launch.forward(qm, km, v, scale=D**-0.5, config=config)
     res = [[out, *launch.backward(grad_out, q, k, v, mask, out, lse, theta, noise, rng, scale=D**-0.5, tau=tau,
                                   mode=mode, need_dtheta=mode != NZ.MODE_EVAL, config=config, dsoft=dsoft)]
            for _ in range(runs)]
@@ -86,11 +92,15 @@ CASES = [
 
 
 @pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("saved_dsoft", [False, True], ids=["dsoft-regenerated", "dsoft-saved"])
+@pytest.mark.parametrize("saved_dsoft,q_mask_in_forward", [(False, False), (True, False), (True, True)],
+                         ids=["dsoft-regenerated", "dsoft-saved", "dsoft-saved-q-mask-in-forward"])
 @pytest.mark.parametrize("B,H,N,D,theta_kind,mode,config", CASES)
-def test_backward_matches_float64_reference(device, B, H, N, D, theta_kind, mode, config, saved_dsoft):
-    if saved_dsoft and (mode == "eval" or N > 200):
-        pytest.skip("eval has no dθ; the long cases run once (interpreter time)")
+def test_backward_matches_float64_reference(device, B, H, N, D, theta_kind, mode, config, saved_dsoft,
+                                            q_mask_in_forward):
+    """Every case through both forwards: on the pre-pass's q⊙M, and on raw q with the mask multiplied
+    in the forward's prologue (with dθ's factor saved: the path that writes the fewest bytes)."""
+    if saved_dsoft and (mode == "eval" or N > 200) and not q_mask_in_forward:
+        pytest.skip("eval has no dθ; the long cases run once per forward (interpreter time)")
     dt = DT[device]
     q, k, v, grad_out = (torch.randn(B, H, N, D, device=device, dtype=dt) for _ in range(4))
     theta = torch.randn(*((B, H, N, D) if theta_kind == "token" else (1, H, 1, D)), device=device, dtype=dt)
@@ -103,7 +113,7 @@ def test_backward_matches_float64_reference(device, B, H, N, D, theta_kind, mode
     else:
         kmode = NZ.MODE_EVAL
     res, mask = run_backward(q, k, v, theta, grad_out, mode=kmode, noise=noise, seed=seed, tau=tau, config=config,
-                             saved_dsoft=saved_dsoft)
+                             saved_dsoft=saved_dsoft, q_mask_in_forward=q_mask_in_forward)
     if mode == "seed":
         u = contract_uniform(B * H * N * D, seed, 0, device=device).reshape(B, H, N, D)
         ref_noise = torch.log(u.double()) - torch.log1p(-u.double())
@@ -111,7 +121,7 @@ def test_backward_matches_float64_reference(device, B, H, N, D, theta_kind, mode
     else:
         want = reference_forward_backward(q, k, v, theta, noise, grad_out, tau=tau, training=mode != "eval")
     rtol = 5e-5 if device == "cpu" else 2e-2
-    label = f"N={N} D={D} {theta_kind} {mode} cfg={config} saved_dsoft={saved_dsoft}"
+    label = f"N={N} D={D} {theta_kind} {mode} cfg={config} saved_dsoft={saved_dsoft} q_mask={q_mask_in_forward}"
     got = res[0]
     check_close(got, want, rtol, label)
     keep = mask.expand(q.shape) != 0
@@ -247,7 +257,7 @@ def test_backward_grid_is_one_program_per_head(monkeypatch):
     monkeypatch.setattr(launch, "INTERPRET", False)
     monkeypatch.setitem(launch.KERNELS, "bwd", Recorder())
     q = torch.empty(3, 5, 211, 64, dtype=torch.bfloat16)
-    launch._launch("bwd", q, (), dict(MASKED=True), None)
+    launch._launch("bwd", q, {}, dict(MASKED=True), None)
     assert launched["grid"] == (15,)
     assert (launched["BLOCK_M"], launched["BLOCK_N"], launched["num_warps"], launched["num_stages"]) == \
         launch.SHIPPED["bwd"][64][0]

@@ -1,11 +1,13 @@
 """The DCS-Attention forward (FlashAttention-2 shape): one program per (block of queries, b·h).
 
-The kernel is plain attention: the DCS mask is already applied, the launcher passes the pre-pass's
-q⊙M and k⊙M (``prepass.py``, ``MASK_QK``) as Q and K, so the loop holds no mask load or multiply and
-compiles exactly as the mask-off kernel (on sm_90: its wgmma operands stay in shared memory, one
-commit group per ``tl.dot``). Called on raw q and k it is the benchmarks' and the static tool's
-"mask off" twin. q, k, v, out are read/written through their ``[B, H, N, D]`` strides. Scores stay in
-the log2 domain (``qk_scale = scale·log2 e``, ``exp2``); LSE is stored as ``log2 Σ exp2`` (float32
+The kernel's loop is plain attention: K is the pre-pass's k⊙M (``prepass.py``), and Q either its
+q⊙M or (``MASK_Q``) raw q, masked once before the loop by a predicated load — masked-out elements
+take ``q·0`` (a NaN stays NaN): a load, not a multiply, so Triton keeps q in shared memory as wgmma's
+A operand (multiplied in registers it became a register operand: 185 registers against 128,
+3 → 2 CTAs per SM). So the loop holds no mask load or multiply and compiles exactly as the mask-off
+kernel (on sm_90: its wgmma operands stay in shared memory, one commit group per ``tl.dot``). Called
+on raw q and k it is the benchmarks' and the static tool's "mask off" twin. q, k, v, out are
+read/written through their ``[B, H, N, D]`` strides. Scores stay in the log2 domain (``qk_scale = scale·log2 e``, ``exp2``); LSE is stored as ``log2 Σ exp2`` (float32
 ``[B·H, N]``).
 
 Per key tile the loop spends: the scale folded into the exponent's FFMA (``s·qk_scale − m``, the
@@ -55,12 +57,15 @@ def load_bhnd_full(PTR, b64, h64, offs_n, offs_d, sb, sh, sn, sd):
 
 @triton.jit(do_not_specialize=["H", "N"])  # shape scalars: no recompile per value
 def dcs_fwd_kernel(
-    Q, K, V, O, LSE,
+    Q, K, V, O, LSE, QMASK,
     sqb, sqh, sqn, sqd, skb, skh, skn, skd, svb, svh, svn, svd, sob, soh, son, sod,
     H, N, qk_scale,
-    HEAD_DIM: tl.constexpr, DOT_PREC: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    HEAD_DIM: tl.constexpr, DOT_PREC: tl.constexpr, MASK_Q: tl.constexpr, BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
 ):
-    """out = softmax(scale·Q Kᵀ) V for one block of queries (Q = q⊙M, K = k⊙M), and its LSE."""
+    """out = softmax(scale·(Q⊙QMASK) Kᵀ) V for one block of queries, and its LSE. K = k⊙M (the
+    pre-pass's). MASK_Q: Q is raw q and QMASK the 0/1 mask (contiguous ``[B, H, N, D]``, Q's dtype),
+    multiplied into the query tile once, before the key loop; else Q = q⊙M (QMASK unread)."""
     pid_m = tl.program_id(0)
     bh64 = tl.program_id(1).to(tl.int64)
     b64 = bh64 // H
@@ -69,6 +74,11 @@ def dcs_fwd_kernel(
     offs_d = tl.arange(0, HEAD_DIM)
     m_valid = offs_m < N
     q = load_bhnd(Q, b64, h64, offs_m, offs_d, m_valid, sqb, sqh, sqn, sqd)
+    if MASK_Q:  # x·1 / x·0 as the pre-pass's q⊙M (a NaN stays NaN); the second q load hits L1
+        mrows = (bh64 * N + offs_m[:, None].to(tl.int64)) * HEAD_DIM + offs_d[None, :]
+        keep = tl.load(QMASK + mrows, mask=m_valid[:, None], other=0.0) != 0
+        qptrs = Q + b64 * sqb + h64 * sqh + offs_m[:, None].to(tl.int64) * sqn + offs_d[None, :] * sqd
+        q = tl.load(qptrs, mask=m_valid[:, None] & keep, other=q * 0)
 
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK_M], tl.float32)

@@ -11,6 +11,8 @@ float32 atomics + a finishing kernel) and ``"split"`` (dK/dV and dQ passes) path
 ``backward(..., path=...)`` and ``RIBKERNELS_DCS_BACKWARD`` are still accepted (validated) and
 ignored, with a ``DeprecationWarning``.
 
+Kernel arguments are passed by name: one name per tensor (the kernels' upper-case parameters: ``Q``,
+``K``, ``MSK`` …) and its ``[B, H, N, D]`` strides as ``s<tensor>b … s<tensor>d`` (``strides``).
 Every launch runs under ``torch.cuda.device(q.device)``; all index arithmetic in the kernels is int64.
 The seed and the offset reach the kernels as a device tensor ``rng = [seed, offset]`` (int64), never as
 scalars: no recompilation per seed, and a CUDA graph replays with whatever the caller wrote there.
@@ -106,13 +108,22 @@ def _grid(kernel: str, B: int, H: int, N: int, meta) -> tuple:
     return (B * H,) if axis is None else (triton.cdiv(N, meta[axis]), B * H)
 
 
-def _launch(kernel: str, q: torch.Tensor, args, meta, config: Optional[Tuple[int, int]]):
-    """Launch ``kernel`` (grid ``GRID_AXIS``) with a shipped, forced or interpreter config."""
+def strides(prefix: str, t: Optional[torch.Tensor]) -> Dict[str, int]:
+    """The kernels' stride arguments of the ``[B, H, N, D]`` view ``t``: ``{prefix}b``, ``{prefix}h``,
+    ``{prefix}n``, ``{prefix}d`` (e.g. ``sqb … sqd`` of q); all 0 for an unused (None) tensor."""
+    values = (0, 0, 0, 0) if t is None else t.stride()
+    return {prefix + axis: st for axis, st in zip("bhnd", values)}
+
+
+def _launch(kernel: str, q: torch.Tensor, args: Dict[str, object], meta: Dict[str, object],
+            config: Optional[Tuple[int, int]]):
+    """Launch ``kernel`` (grid ``GRID_AXIS``) with a shipped, forced or interpreter config; ``args``:
+    the kernel's tensor and scalar arguments by name, ``meta``: its constexprs but the block sizes."""
     B, H, N, D = q.shape
     masked = bool(meta.get("MASKED", True))
     if config is None and autotune_enabled():
         fn = _tuned(kernel, D, q.dtype, masked)
-        fn[lambda m: _grid(kernel, B, H, N, m)](*args, **meta)
+        fn[lambda m: _grid(kernel, B, H, N, m)](**args, **meta)
         return
     if config is not None:
         bm, bn, w, s = (*config, 4, 1 if INTERPRET else 2)
@@ -122,7 +133,7 @@ def _launch(kernel: str, q: torch.Tensor, args, meta, config: Optional[Tuple[int
     else:
         bm, bn, w, s = shipped_configs(kernel, D, q.dtype, masked)[0]
     KERNELS[kernel][_grid(kernel, B, H, N, dict(BLOCK_M=bm, BLOCK_N=bn))](
-        *args, **meta, BLOCK_M=bm, BLOCK_N=bn, num_warps=w, num_stages=s)
+        **args, **meta, BLOCK_M=bm, BLOCK_N=bn, num_warps=w, num_stages=s)
 
 
 def device_guard(t: torch.Tensor):
@@ -176,17 +187,19 @@ def mode_of(training: bool, noise: Optional[torch.Tensor]) -> int:
     return NZ.MODE_NOISE if noise is not None else NZ.MODE_PHILOX
 
 
-def _theta_noise_args(theta, noise, shape):
-    """θ and noise as ``[B, H, N, D]`` views (stride 0 along broadcast dims) and their 8 strides."""
+def _theta_noise_args(theta, noise, shape) -> Dict[str, object]:
+    """The kernels' θ and noise arguments: ``TH``, ``NZ`` as ``[B, H, N, D]`` views (stride 0 along
+    broadcast dims; NZ = TH, unread, without noise) and their strides ``stb … std``, ``snb … snd``."""
     th = theta.expand(shape)
-    nz = noise.expand(shape) if noise is not None else th
-    return th, nz, (*th.stride(), *(nz.stride() if noise is not None else (0, 0, 0, 0)))
+    nz = noise.expand(shape) if noise is not None else None
+    return dict(TH=th, NZ=th if nz is None else nz, **strides("st", th), **strides("sn", nz))
 
 
 def prepass_rows(head_dim: int) -> int:
     """Tokens per pre-pass program: PREPASS_ELEMS elements (amortises the per-program set-up; the
-    static tool shows ≈ 29 SASS instructions per mask element on sm_90 at this size for the mask
-    alone, ≈ 34.5 with q⊙M and k⊙M: memory-bound either way)."""
+    static tool shows, bf16 on sm_90 at this size, 25.4 SASS instructions per mask element for the
+    mask alone, 27.9 with k⊙M, 29.7 with q⊙M and k⊙M, 50.0 with k⊙M and dθ's factor: memory-bound
+    each time)."""
     return PREPASS_ELEMS // head_dim
 
 
@@ -203,11 +216,12 @@ def dsoft_dtype(dtype: torch.dtype) -> torch.dtype:
 
 
 def _prepass(theta, noise, shape, rng, mode: int, dtype: torch.dtype, q=None, k=None, tau=None):
-    """Launch the pre-pass: the 0/1 mask in ``dtype`` and, given q and k, q⊙M and k⊙M (all contiguous);
-    given ``tau`` (a training mode), also dθ's factor soft·(1 − soft)/τ in ``dsoft_dtype(dtype)``."""
+    """Launch the pre-pass: the 0/1 mask in ``dtype``, given q also q⊙M, given k also k⊙M (all
+    contiguous); given ``tau`` (a training mode), also dθ's factor soft·(1 − soft)/τ in
+    ``dsoft_dtype(dtype)``. Returns ``(mask, q⊙M or None, k⊙M or None, dsoft or None)``."""
     B, H, N, D = shape
     mask = torch.empty(shape, dtype=dtype, device=theta.device)
-    qm, km = (None, None) if q is None else (torch.empty_like(mask), torch.empty_like(mask))
+    qm, km = (None if t is None else torch.empty_like(mask) for t in (q, k))
     save_ds = tau is not None and mode != NZ.MODE_EVAL
     ds = torch.empty(shape, dtype=dsoft_dtype(dtype), device=theta.device) if save_ds else None
     if B * H == 0:
@@ -216,16 +230,16 @@ def _prepass(theta, noise, shape, rng, mode: int, dtype: torch.dtype, q=None, k=
     # The kernel's offsets inside a program are int32 (r·stride_n + d·stride_d, r < rows): a view
     # whose token stride is too large for that (> 2**31 / rows elements) is copied first.
     th, nz = (None if t is None else _int32_rows(t.expand(shape), rows) for t in (theta, noise))
-    th, nz, st = _theta_noise_args(th, nz, shape)
-    if q is not None:
-        q, k = _int32_rows(q, rows), _int32_rows(k, rows)
-    qk_args = (mask,) * 4 + (0,) * 8 if q is None else (q, k, qm, km, *q.stride(), *k.stride())
+    q, k = (None if t is None else _int32_rows(t, rows) for t in (q, k))
+    unused = mask  # a valid pointer for the tensors a variant does not touch
+    args = dict(**_theta_noise_args(th, nz, shape), RNG=rng, MASK=mask,
+                Q=unused if q is None else q, QM=unused if qm is None else qm, **strides("sq", q),
+                K=unused if k is None else k, KM=unused if km is None else km, **strides("sk", k),
+                DS=ds if save_ds else unused, H=H, N=N, inv_tau=1.0 / float(tau) if save_ds else 1.0)
     with device_guard(theta):
         dcs_mask_prepass_kernel[(triton.cdiv(N, rows), B * H)](
-            th, nz, rng, mask, *qk_args[:4], ds if save_ds else mask, *st, *qk_args[4:], H, N,
-            1.0 / float(tau) if save_ds else 1.0, HEAD_DIM=D, MODE=mode, BLOCK_R=rows,
-            FAST=not INTERPRET, MASK_QK=q is not None, SAVE_DS=save_ds,
-            TAU_ONE=save_ds and float(tau) == 1.0, num_warps=4)
+            **args, HEAD_DIM=D, MODE=mode, BLOCK_R=rows, FAST=not INTERPRET, MASK_Q=q is not None,
+            MASK_K=k is not None, SAVE_DS=save_ds, TAU_ONE=save_ds and float(tau) == 1.0, num_warps=4)
     return mask, qm, km, ds
 
 
@@ -234,28 +248,40 @@ def mask_prepass(theta, noise, shape, rng: torch.Tensor, mode: int, dtype: torch
     return _prepass(theta, noise, shape, rng, mode, dtype)[0]
 
 
-def masked_qk_prepass(q, k, theta, noise, rng: torch.Tensor, mode: int, tau: Optional[float] = None):
+def masked_qk_prepass(q, k, theta, noise, rng: torch.Tensor, mode: int, tau: Optional[float] = None,
+                      mask_q: bool = True):
     """One pass over q, k, θ (and noise): ``(mask, q⊙M, k⊙M)``, contiguous ``[B, H, N, D]`` in q's
     dtype. The mask is what the backward saves; q⊙M and k⊙M are the forward's operands (freed after it).
     Given ``tau`` (θ needs a gradient, training mode): ``(mask, q⊙M, k⊙M, dsoft)``, dsoft = dθ's factor
-    soft·(1 − soft)/τ (``dsoft_dtype``), for ``backward(..., dsoft=)``."""
-    out = _prepass(theta, noise, q.shape, rng, mode, q.dtype, q, k, tau)
+    soft·(1 − soft)/τ (``dsoft_dtype``), for ``backward(..., dsoft=)``.
+    ``mask_q=False``: q is neither read nor q⊙M written (4 of 14 bytes per element; the q⊙M slot is
+    None): the forward then takes raw q and the mask, ``forward(q, k⊙M, v, q_mask=mask)``."""
+    out = _prepass(theta, noise, q.shape, rng, mode, q.dtype, q if mask_q else None, k, tau)
     return out if tau is not None else out[:3]
 
 
-def forward(q, k, v, *, scale: float, config: Optional[Tuple[int, int]] = None):
-    """Plain attention: out ``[B, H, N, D]`` (q's dtype, contiguous) and LSE ``[B, H, N]`` (float32,
-    log2 domain). DCS-Attention passes the pre-pass's q⊙M and k⊙M as q and k (``masked_qk_prepass``)."""
+def forward(q, k, v, *, scale: float, config: Optional[Tuple[int, int]] = None,
+            q_mask: Optional[torch.Tensor] = None):
+    """Attention: out ``[B, H, N, D]`` (q's dtype, contiguous) and LSE ``[B, H, N]`` (float32, log2
+    domain) of (q⊙q_mask)·kᵀ. DCS-Attention passes the pre-pass's k⊙M as k and either its q⊙M as q,
+    or raw q with ``q_mask`` = the pre-pass's mask (``masked_qk_prepass(..., mask_q=False)``: q⊙M is
+    made in the forward's prologue, once per query block, and never written)."""
     B, H, N, D = q.shape
+    if q_mask is not None and (tuple(q_mask.shape) != (B, H, N, D) or q_mask.dtype != q.dtype
+                               or not q_mask.is_contiguous()):
+        raise ValueError(f"q_mask must be a contiguous [B, H, N, D] = {[B, H, N, D]} tensor in q's dtype "
+                         f"{q.dtype} (the pre-pass's mask), got shape {tuple(q_mask.shape)}, dtype {q_mask.dtype}, "
+                         f"contiguous={q_mask.is_contiguous()}")
     out = torch.empty((B, H, N, D), dtype=q.dtype, device=q.device)
     lse = torch.empty((B, H, N), dtype=torch.float32, device=q.device)
     if B * H == 0:
         return out, lse
     if scale < 0:  # the kernel takes the row max of raw scores, then scales: needs qk_scale >= 0
         q, scale = -q, -scale  # (−q)·kᵀ·|scale| = q·kᵀ·scale: same out and LSE
-    args = (q, k, v, out, lse, *q.stride(), *k.stride(), *v.stride(), *out.stride(),
-            H, N, float(scale) * math.log2(math.e))
-    meta = dict(HEAD_DIM=D, DOT_PREC=dot_precision(q.dtype))
+    args = dict(Q=q, K=k, V=v, O=out, LSE=lse, QMASK=out if q_mask is None else q_mask,
+                **strides("sq", q), **strides("sk", k), **strides("sv", v), **strides("so", out),
+                H=H, N=N, qk_scale=float(scale) * math.log2(math.e))
+    meta = dict(HEAD_DIM=D, DOT_PREC=dot_precision(q.dtype), MASK_Q=q_mask is not None)
     with device_guard(q):
         _launch("fwd", q, args, meta, config)
     return out, lse
@@ -297,11 +323,11 @@ def backward(dout, q, k, v, mask, out, lse, theta, noise, rng, *, scale: float, 
     need = bool(need_dtheta) and mode != NZ.MODE_EVAL and masked
     if B * H == 0:
         return dq, dk, dv, (torch.zeros_like(theta) if need else None)
-    th, nz, st = _theta_noise_args(theta, noise, q.shape)
+    theta_noise = _theta_noise_args(theta, noise, q.shape)
     per_token = theta.shape == q.shape
     if not need:
         dth_mode, dth = 0, dq
-    elif st[2] == 0 and N > 1:  # θ broadcast along tokens: one row per head, summed in-kernel
+    elif theta_noise["stn"] == 0 and N > 1:  # θ broadcast along tokens: one row per head, summed in-kernel
         dth_mode = 2
         dth = torch.empty((B * H, D), dtype=torch.float32, device=q.device)
     else:
@@ -316,10 +342,11 @@ def backward(dout, q, k, v, mask, out, lse, theta, noise, rng, *, scale: float, 
     if ds_saved and (tuple(dsoft.shape) != (B, H, N, D) or not dsoft.is_contiguous()):
         raise ValueError(f"dsoft must be a contiguous [B, H, N, D] = {[B, H, N, D]} tensor (the pre-pass's), "
                          f"got shape {tuple(dsoft.shape)}")
-    args = (q, k, v, msk, out, dout, lse, delta, dk, dv, dq, dqacc, th, nz, rng, dsoft if ds_saved else dq, dth,
-            *q.stride(), *k.stride(),
-            *v.stride(), *out.stride(), *dout.stride(), *st, H, N, float(scale) * math.log2(math.e),
-            float(scale), 1.0 / float(tau))
+    args = dict(Q=q, K=k, V=v, MSK=msk, O=out, DO=dout, LSE=lse, DELTA=delta, DK=dk, DV=dv, DQ=dq,
+                DQACC=dqacc, RNG=rng, DS=dsoft if ds_saved else dq, DTH=dth, **theta_noise,
+                **strides("sq", q), **strides("sk", k), **strides("sv", v), **strides("so", out),
+                **strides("sdo", dout), H=H, N=N, qk_scale=float(scale) * math.log2(math.e),
+                scale=float(scale), inv_tau=1.0 / float(tau))
     meta = dict(HEAD_DIM=D, MASKED=bool(masked), DOT_PREC=dot_precision(q.dtype), MODE=mode,
                 DTH_MODE=dth_mode, TAU_ONE=float(tau) == 1.0, DS_SAVED=ds_saved)
     with device_guard(q):
@@ -349,5 +376,5 @@ def flat_noise(numel: int, rng: torch.Tensor, device, *, what: int = 1, block: i
     out = torch.empty(numel, dtype=torch.float32, device=device)
     if numel:
         with device_guard(out):
-            flat_noise_kernel[(triton.cdiv(numel, block),)](out, numel, rng, WHAT=what, BLOCK=block)
+            flat_noise_kernel[(triton.cdiv(numel, block),)](OUT=out, numel=numel, RNG=rng, WHAT=what, BLOCK=block)
     return out

@@ -1,5 +1,6 @@
 """The mask pre-pass: the ``[B, H, N, D]`` DCS mask, made once per forward and saved for the backward,
-and (``MASK_QK``) the masked operands q⊙M and k⊙M the forward runs plain attention on.
+and the masked operands of the forward: k⊙M (``MASK_K``) and, unless the forward multiplies the mask
+into raw q itself, q⊙M (``MASK_Q``).
 
 The mask is stored as 0/1 in the attention inputs' dtype (2 bytes per element for fp16/bf16), not as
 bits or bytes: the backward kernels load a mask tile exactly like a q/k tile and apply it with one
@@ -9,13 +10,15 @@ packed multiply per 2 elements (HMUL2), no integer work. Measured with ``benchma
 element), the 0/1-in-dtype mask 436 (1.15×). A bit-packed mask would add a shift and an and per
 element on top. The price is bytes: 20.8 MB per layer at B=64, H=12, N=211, D=64 (bits: 1.3 MB).
 
-Why q⊙M and k⊙M are made here and not in the forward's loop: on sm_90 a tile multiplied in registers
-must reach wgmma from registers (q: the A operand, loaded back from shared memory every iteration) or
-be written back to shared memory (k: B must come from shared memory), and ptxas then serialises every
-warpgroup MMA of the loop (one commit group per HGMMA instead of one per ``tl.dot``; see
-``benchmarks/results/*-sm90-static/README.md``). With both operands pre-masked, the forward is the
-plain FlashAttention loop: its operands go global → shared by ``cp.async``, untouched. (The PyTorch
-backends' C++ pre-pass, ``ribkernels/dcs/prepass.py``, makes q⊙M and k⊙M too.)
+Why k⊙M is made here and not in the forward's loop: on sm_90 a tile multiplied in registers must be
+written back to shared memory (k: wgmma's B operand comes from shared memory), and ptxas then
+serialises every warpgroup MMA of the loop (one commit group per HGMMA instead of one per ``tl.dot``;
+see ``benchmarks/results/*-sm90-static/README.md``). q is loaded once per query block, before the
+loop: the forward can take raw q and the mask (``forward.py``, ``MASK_Q``), and the pre-pass then
+neither reads q nor writes q⊙M (4 of its 14 bytes per element). With both operands pre-masked, or q
+masked by a predicated load, the forward's loop is the plain FlashAttention loop: its operands go
+global → shared by ``cp.async``, untouched. (The PyTorch backends' C++ pre-pass,
+``ribkernels/dcs/prepass.py``, makes q⊙M and k⊙M.)
 """
 import triton
 import triton.language as tl
@@ -38,10 +41,11 @@ def dcs_mask_prepass_kernel(
     stb, sth, stn, std, snb, snh, snn, snd, sqb, sqh, sqn, sqd, skb, skh, skn, skd,
     H, N, inv_tau,
     HEAD_DIM: tl.constexpr, MODE: tl.constexpr, BLOCK_R: tl.constexpr, FAST: tl.constexpr,
-    MASK_QK: tl.constexpr, SAVE_DS: tl.constexpr, TAU_ONE: tl.constexpr,
+    MASK_Q: tl.constexpr, MASK_K: tl.constexpr, SAVE_DS: tl.constexpr, TAU_ONE: tl.constexpr,
 ):
     """MASK (contiguous ``[B, H, N, D]``, 0/1) for tokens ``[pid·BLOCK_R, +BLOCK_R)`` of head
-    ``bh = program_id(1)``; with MASK_QK also QM = q⊙M and KM = k⊙M (contiguous, MASK's dtype = q's).
+    ``bh = program_id(1)``; with MASK_K also KM = k⊙M, with MASK_Q also QM = q⊙M (contiguous, MASK's
+    dtype = q's; Q, QM are not touched without MASK_Q, K, KM without MASK_K).
     θ, noise, q and k are read through the strides of their ``[B, H, N, D]`` views.
     MODE 0: θ > 0; 1: θ + noise > 0; 2: u > sigmoid(−θ) with u of (seed, offset) = RNG[0], RNG[1].
     SAVE_DS (MODE 1, 2): also DS = soft·(1 − soft)/τ (contiguous; float16 for 16-bit inputs), the
@@ -76,12 +80,16 @@ def dcs_mask_prepass_kernel(
     out0 = (bh64 * N + row064) * HEAD_DIM  # contiguous outputs
     tile = offs_r[:, None] * HEAD_DIM + offs_d[None, :]
     keep = keep.to(MASK.dtype.element_ty)
-    if MASK_QK:  # x·1 / x·0 as the PyTorch backends' apply_mask (a NaN stays NaN)
-        # both products before any store: ptxas then packs each pair of mask values once for the
-        # three uses (storing the mask first made it re-pack them after the store)
+    # x·1 / x·0 as the PyTorch backends' apply_mask (a NaN stays NaN). Both products before any
+    # store: ptxas then packs each pair of mask values once for the three uses (storing the mask
+    # first made it re-pack them after the store)
+    if MASK_Q:
         qm = load_block(Q + (b64 * sqb + h64 * sqh + row064 * sqn), rows, offs_d, sqn, sqd) * keep
+    if MASK_K:
         km = load_block(K + (b64 * skb + h64 * skh + row064 * skn), rows, offs_d, skn, skd) * keep
+    if MASK_Q:
         tl.store(QM + out0 + tile, qm, mask=valid[:, None])
+    if MASK_K:
         tl.store(KM + out0 + tile, km, mask=valid[:, None])
     tl.store(MASK + out0 + tile, keep, mask=valid[:, None])
     if SAVE_DS:  # dθ's factor soft·(1 − soft)/τ for the backward (training modes only), in DS's dtype
