@@ -113,14 +113,14 @@ def run() -> list:
             launch.forward(q, km_only, v, scale=scale, q_mask=mask_k)
             for th in (theta, theta_channel):
                 launch.backward(out, q, k, v, mask, out, lse, th, None, rng, scale=scale, tau=1.0,
-                                mode=NZ.MODE_PHILOX, need_dtheta=True)
+                                mode=NZ.MODE_PHILOX, need_dmask_logits=True)
                 # the public op's path when θ needs a gradient: the pre-pass saves dθ's factor
                 mask2, qm2, km2, dsoft = launch.masked_qk_prepass(q, k, th, None, rng, NZ.MODE_PHILOX, tau=0.7)
                 launch.masked_qk_prepass(q, k, th, None, rng, NZ.MODE_PHILOX, tau=0.7, mask_q=False)
                 launch.backward(out, q, k, v, mask2, out, lse, th, None, rng, scale=scale, tau=0.7,
-                                mode=NZ.MODE_PHILOX, need_dtheta=True, dsoft=dsoft)
+                                mode=NZ.MODE_PHILOX, need_dmask_logits=True, dsoft=dsoft)
             launch.backward(out, q, k, v, None, out, lse, q, None, None, scale=scale, tau=1.0, mode=0,
-                            need_dtheta=False, masked=False)
+                            need_dmask_logits=False, masked=False)
             launch.flat_noise(1000, rng, "cpu")
     return launches
 

@@ -73,7 +73,7 @@ def test_block_size_does_not_change_results(device, theta_kind):
     for cfg in [(16, 32), (64, 16)]:
         out, lse = launch.forward(qm, km, v, scale=D**-0.5, config=cfg)
         grads = launch.backward(grad_out, q, k, v, mask, out, lse, theta, None, rng, scale=D**-0.5, tau=1.0,
-                                mode=NZ.MODE_PHILOX, need_dtheta=True, config=cfg)
+                                mode=NZ.MODE_PHILOX, need_dmask_logits=True, config=cfg)
         res.append([out, *grads])
     for name, a, b in zip(NAMES, *res):
         torch.testing.assert_close(a, b, **close_tol(device), msg=lambda m: f"{name}: {m}")

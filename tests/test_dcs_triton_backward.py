@@ -59,7 +59,7 @@ def run_backward(q, k, v, theta, grad_out, *, mode, noise=None, seed=0, tau=1.0,
     else:
         out, lse = launch.forward(qm, km, v, scale=D**-0.5, config=config)
     res = [[out, *launch.backward(grad_out, q, k, v, mask, out, lse, theta, noise, rng, scale=D**-0.5, tau=tau,
-                                  mode=mode, need_dtheta=mode != NZ.MODE_EVAL, config=config, dsoft=dsoft)]
+                                  mode=mode, need_dmask_logits=mode != NZ.MODE_EVAL, config=config, dsoft=dsoft)]
            for _ in range(runs)]
     return res, mask
 
@@ -165,7 +165,7 @@ def test_dsoft_of_the_wrong_shape_is_refused():
     out, lse = launch.forward(q, q, q, scale=0.25)
     with pytest.raises(ValueError, match=r"dsoft must be a contiguous \[B, H, N, D\]"):
         launch.backward(q, q, q, q, torch.ones_like(q), out, lse, q, None, launch.rng_state(1, 0, "cpu"),
-                        scale=0.25, tau=1.0, mode=NZ.MODE_PHILOX, need_dtheta=True, dsoft=torch.ones(1, 1, 5, 8))
+                        scale=0.25, tau=1.0, mode=NZ.MODE_PHILOX, need_dmask_logits=True, dsoft=torch.ones(1, 1, 5, 8))
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -220,7 +220,7 @@ def test_bad_backward_env_raises_before_any_launch(monkeypatch):
     monkeypatch.setenv("RIBKERNELS_DCS_BACKWARD", "fast")
     with pytest.raises(ValueError, match="RIBKERNELS_DCS_BACKWARD"):
         launch.backward(q, q, k, v, torch.ones_like(q), out, lse, theta, None, None, scale=0.25, tau=1.0,
-                        mode=NZ.MODE_EVAL, need_dtheta=False)
+                        mode=NZ.MODE_EVAL, need_dmask_logits=False)
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -321,7 +321,7 @@ def test_backward_reads_the_saved_dsoft(theta_kind):
     rng = launch.rng_state(7, 0, "cpu")
     mask, qm, km, dsoft = launch.masked_qk_prepass(q, k, theta, None, rng, NZ.MODE_PHILOX, tau=1.0)
     out, lse = launch.forward(qm, km, v, scale=0.25)
-    kw = dict(scale=0.25, tau=1.0, mode=NZ.MODE_PHILOX, need_dtheta=True, config=(16, 16))
+    kw = dict(scale=0.25, tau=1.0, mode=NZ.MODE_PHILOX, need_dmask_logits=True, config=(16, 16))
     a = launch.backward(grad_out, q, k, v, mask, out, lse, theta, None, rng, dsoft=dsoft, **kw)
     z = launch.backward(grad_out, q, k, v, mask, out, lse, theta, None, rng, dsoft=torch.zeros_like(dsoft), **kw)
     assert a[3].abs().max() > 0 and not z[3].any()

@@ -13,6 +13,10 @@ ignored, with a ``DeprecationWarning``.
 
 Kernel arguments are passed by name: one name per tensor (the kernels' upper-case parameters: ``Q``,
 ``K``, ``MSK`` …) and its ``[B, H, N, D]`` strides as ``s<tensor>b … s<tensor>d`` (``strides``).
+Names: ``mask_logits`` is the tensor the public API calls so (θ in the paper); the kernels take it
+as ``TH`` (its gradient ``DTH``, the noise ``NZ``), short because every stride argument repeats the
+prefix (``stb … std``).
+
 Every launch runs under ``torch.cuda.device(q.device)``; all index arithmetic in the kernels is int64.
 The seed and the offset reach the kernels as a device tensor ``rng = [seed, offset]`` (int64), never as
 scalars: no recompilation per seed, and a CUDA graph replays with whatever the caller wrote there.
@@ -26,6 +30,7 @@ from typing import Dict, List, Optional, Tuple
 import torch
 import triton
 
+from ..philox import check_offset, check_seed
 from . import noise as NZ
 from .backward import dcs_bwd_kernel
 from .debug import flat_noise_kernel
@@ -36,7 +41,6 @@ from .prepass import dcs_mask_prepass_kernel
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"  # read when the kernels were defined
 if INTERPRET:  # triton 3.6's interpreter under NumPy >= 2.4 (interpreter_compat.py)
     fix_tensor_index()
-SEED_RANGE = (0, 2**63)
 PREPASS_ELEMS = 4096  # mask elements per pre-pass program (4 warps: 32 per thread, 8 Philox calls)
 RETIRED_BACKWARD_PATHS = ("fused", "split", "auto")  # accepted, ignored (one backward now)
 
@@ -141,44 +145,25 @@ def device_guard(t: torch.Tensor):
     return torch.cuda.device(t.device) if t.is_cuda else contextlib.nullcontext()
 
 
-def check_seed(seed) -> None:
-    lo, hi = SEED_RANGE
-    if isinstance(seed, bool) or not isinstance(seed, int) or not lo <= seed < hi:
-        raise ValueError(f"seed must be an integer in [0, 2**63), got {seed!r}")
-
-
 def rng_state(seed, offset, device) -> torch.Tensor:
     """``[seed, offset]`` as an int64 tensor on ``device``. ``seed``: None (drawn on the device from
-    torch's generator, no host sync), an int in [0, 2**63), or a 1-element int64 tensor; ``offset``:
-    an int >= 0 or a 1-element int64 tensor (counted in Philox calls). Tensor values are not checked
-    (that would sync): the caller keeps them in range."""
+    torch's generator, no host sync) or what ``philox.check_seed`` accepts (an int in [0, 2**63) or an
+    int64 tensor; here a 1-element one too); ``offset``: the same, counted in Philox calls. Device
+    tensors' values are not checked (that would sync): the caller keeps them in range."""
     device = torch.device(device)
-    parts = []
-    if seed is None:
-        parts.append(torch.randint(0, 2**63 - 1, (1,), dtype=torch.int64, device=device))
-    elif isinstance(seed, torch.Tensor):
-        if seed.dtype != torch.int64 or seed.numel() != 1:
-            raise ValueError(f"seed as a tensor must be int64 with one element, got dtype {seed.dtype}, "
-                             f"shape {tuple(seed.shape)}")
-        parts.append(seed.reshape(1).to(device))
-    else:
-        check_seed(seed)
-    if isinstance(offset, torch.Tensor):
-        if offset.dtype != torch.int64 or offset.numel() != 1:
-            raise ValueError(f"offset as a tensor must be int64 with one element, got dtype {offset.dtype}, "
-                             f"shape {tuple(offset.shape)}")
-        off = offset.reshape(1).to(device)
-    else:
-        if isinstance(offset, bool) or not isinstance(offset, int) or not 0 <= offset < 2**63:
-            raise ValueError(f"offset must be an integer in [0, 2**63) (Philox calls), got {offset!r}")
-        off = None
-    if not parts and off is None:
+
+    def one(x, what):
+        if isinstance(x, torch.Tensor) and x.numel() == 1:
+            x = x.reshape(())
+        x = (check_offset if what == "offset" else check_seed)(x)
+        return x.reshape(1).to(device) if isinstance(x, torch.Tensor) else x
+
+    seed = torch.randint(0, 2**63 - 1, (1,), dtype=torch.int64, device=device) if seed is None else one(seed, "seed")
+    offset = one(offset, "offset")
+    if not isinstance(seed, torch.Tensor) and not isinstance(offset, torch.Tensor):
         return torch.tensor([seed, offset], dtype=torch.int64).to(device, non_blocking=True)
-    if not parts:
-        parts.append(torch.full((1,), seed, dtype=torch.int64).to(device, non_blocking=True))
-    if off is None:
-        off = torch.full((1,), offset, dtype=torch.int64).to(device, non_blocking=True)
-    return torch.cat([parts[0], off])
+    return torch.cat([t if isinstance(t, torch.Tensor) else torch.full((1,), t, dtype=torch.int64).to(device, non_blocking=True)
+                      for t in (seed, offset)])
 
 
 def mode_of(training: bool, noise: Optional[torch.Tensor]) -> int:
@@ -187,10 +172,10 @@ def mode_of(training: bool, noise: Optional[torch.Tensor]) -> int:
     return NZ.MODE_NOISE if noise is not None else NZ.MODE_PHILOX
 
 
-def _theta_noise_args(theta, noise, shape) -> Dict[str, object]:
+def _mask_logits_noise_args(mask_logits, noise, shape) -> Dict[str, object]:
     """The kernels' θ and noise arguments: ``TH``, ``NZ`` as ``[B, H, N, D]`` views (stride 0 along
     broadcast dims; NZ = TH, unread, without noise) and their strides ``stb … std``, ``snb … snd``."""
-    th = theta.expand(shape)
+    th = mask_logits.expand(shape)
     nz = noise.expand(shape) if noise is not None else None
     return dict(TH=th, NZ=th if nz is None else nz, **strides("st", th), **strides("sn", nz))
 
@@ -215,40 +200,40 @@ def dsoft_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float16 if dtype in (torch.float16, torch.bfloat16) else torch.float32
 
 
-def _prepass(theta, noise, shape, rng, mode: int, dtype: torch.dtype, q=None, k=None, tau=None):
+def _prepass(mask_logits, noise, shape, rng, mode: int, dtype: torch.dtype, q=None, k=None, tau=None):
     """Launch the pre-pass: the 0/1 mask in ``dtype``, given q also q⊙M, given k also k⊙M (all
     contiguous); given ``tau`` (a training mode), also dθ's factor soft·(1 − soft)/τ in
     ``dsoft_dtype(dtype)``. Returns ``(mask, q⊙M or None, k⊙M or None, dsoft or None)``."""
     B, H, N, D = shape
-    mask = torch.empty(shape, dtype=dtype, device=theta.device)
+    mask = torch.empty(shape, dtype=dtype, device=mask_logits.device)
     qm, km = (None if t is None else torch.empty_like(mask) for t in (q, k))
     save_ds = tau is not None and mode != NZ.MODE_EVAL
-    ds = torch.empty(shape, dtype=dsoft_dtype(dtype), device=theta.device) if save_ds else None
+    ds = torch.empty(shape, dtype=dsoft_dtype(dtype), device=mask_logits.device) if save_ds else None
     if B * H == 0:
         return mask, qm, km, ds
     rows = prepass_rows(D)
     # The kernel's offsets inside a program are int32 (r·stride_n + d·stride_d, r < rows): a view
     # whose token stride is too large for that (> 2**31 / rows elements) is copied first.
-    th, nz = (None if t is None else _int32_rows(t.expand(shape), rows) for t in (theta, noise))
+    th, nz = (None if t is None else _int32_rows(t.expand(shape), rows) for t in (mask_logits, noise))
     q, k = (None if t is None else _int32_rows(t, rows) for t in (q, k))
     unused = mask  # a valid pointer for the tensors a variant does not touch
-    args = dict(**_theta_noise_args(th, nz, shape), RNG=rng, MASK=mask,
+    args = dict(**_mask_logits_noise_args(th, nz, shape), RNG=rng, MASK=mask,
                 Q=unused if q is None else q, QM=unused if qm is None else qm, **strides("sq", q),
                 K=unused if k is None else k, KM=unused if km is None else km, **strides("sk", k),
                 DS=ds if save_ds else unused, H=H, N=N, inv_tau=1.0 / float(tau) if save_ds else 1.0)
-    with device_guard(theta):
+    with device_guard(mask_logits):
         dcs_mask_prepass_kernel[(triton.cdiv(N, rows), B * H)](
             **args, HEAD_DIM=D, MODE=mode, BLOCK_R=rows, FAST=not INTERPRET, MASK_Q=q is not None,
             MASK_K=k is not None, SAVE_DS=save_ds, TAU_ONE=save_ds and float(tau) == 1.0, num_warps=4)
     return mask, qm, km, ds
 
 
-def mask_prepass(theta, noise, shape, rng: torch.Tensor, mode: int, dtype: torch.dtype) -> torch.Tensor:
+def mask_prepass(mask_logits, noise, shape, rng: torch.Tensor, mode: int, dtype: torch.dtype) -> torch.Tensor:
     """The 0/1 mask alone in ``dtype``, contiguous ``[B, H, N, D]`` (``triton_dcs_mask``)."""
-    return _prepass(theta, noise, shape, rng, mode, dtype)[0]
+    return _prepass(mask_logits, noise, shape, rng, mode, dtype)[0]
 
 
-def masked_qk_prepass(q, k, theta, noise, rng: torch.Tensor, mode: int, tau: Optional[float] = None,
+def masked_qk_prepass(q, k, mask_logits, noise, rng: torch.Tensor, mode: int, tau: Optional[float] = None,
                       mask_q: bool = True):
     """One pass over q, k, θ (and noise): ``(mask, q⊙M, k⊙M)``, contiguous ``[B, H, N, D]`` in q's
     dtype. The mask is what the backward saves; q⊙M and k⊙M are the forward's operands (freed after it).
@@ -256,7 +241,7 @@ def masked_qk_prepass(q, k, theta, noise, rng: torch.Tensor, mode: int, tau: Opt
     soft·(1 − soft)/τ (``dsoft_dtype``), for ``backward(..., dsoft=)``.
     ``mask_q=False``: q is neither read nor q⊙M written (4 of 14 bytes per element; the q⊙M slot is
     None): the forward then takes raw q and the mask, ``forward(q, k⊙M, v, q_mask=mask)``."""
-    out = _prepass(theta, noise, q.shape, rng, mode, q.dtype, q if mask_q else None, k, tau)
+    out = _prepass(mask_logits, noise, q.shape, rng, mode, q.dtype, q if mask_q else None, k, tau)
     return out if tau is not None else out[:3]
 
 
@@ -306,11 +291,11 @@ def backward_path(path: Optional[str] = None) -> str:
     return "head"
 
 
-def backward(dout, q, k, v, mask, out, lse, theta, noise, rng, *, scale: float, tau: float, mode: int,
-             need_dtheta: bool, masked: bool = True, config: Optional[Tuple[int, int]] = None,
+def backward(dout, q, k, v, mask, out, lse, mask_logits, noise, rng, *, scale: float, tau: float, mode: int,
+             need_dmask_logits: bool, masked: bool = True, config: Optional[Tuple[int, int]] = None,
              path: Optional[str] = None, dsoft: Optional[torch.Tensor] = None):
     """dq, dk, dv (contiguous, q's dtype) and dθ in θ's shape and dtype (None unless
-    ``need_dtheta`` in a training mode); one launch of ``backward.dcs_bwd_kernel``. ``dsoft``: the
+    ``need_dmask_logits`` in a training mode); one launch of ``backward.dcs_bwd_kernel``. ``dsoft``: the
     pre-pass's soft·(1 − soft)/τ (``masked_qk_prepass(..., tau=)``), read instead of regenerated.
     ``path``: deprecated, validated and ignored (``backward_path``)."""
     backward_path(path)
@@ -320,19 +305,19 @@ def backward(dout, q, k, v, mask, out, lse, theta, noise, rng, *, scale: float, 
     dq = torch.empty((B, H, N, D), dtype=q.dtype, device=q.device)
     dk = torch.empty_like(dq)
     dv = torch.empty_like(dq)
-    need = bool(need_dtheta) and mode != NZ.MODE_EVAL and masked
+    need = bool(need_dmask_logits) and mode != NZ.MODE_EVAL and masked
     if B * H == 0:
-        return dq, dk, dv, (torch.zeros_like(theta) if need else None)
-    theta_noise = _theta_noise_args(theta, noise, q.shape)
-    per_token = theta.shape == q.shape
+        return dq, dk, dv, (torch.zeros_like(mask_logits) if need else None)
+    logits_noise = _mask_logits_noise_args(mask_logits, noise, q.shape)
+    per_token = mask_logits.shape == q.shape
     if not need:
         dth_mode, dth = 0, dq
-    elif theta_noise["stn"] == 0 and N > 1:  # θ broadcast along tokens: one row per head, summed in-kernel
+    elif logits_noise["stn"] == 0 and N > 1:  # θ broadcast along tokens: one row per head, summed in-kernel
         dth_mode = 2
         dth = torch.empty((B * H, D), dtype=torch.float32, device=q.device)
     else:
         dth_mode = 1
-        dth = torch.empty((B, H, N, D), dtype=theta.dtype if per_token else torch.float32, device=q.device)
+        dth = torch.empty((B, H, N, D), dtype=mask_logits.dtype if per_token else torch.float32, device=q.device)
     # Scratch, written before it is read (no memset): delta per row, dq's float32 accumulator.
     delta = torch.empty((B, H, N), dtype=torch.float32, device=q.device)
     dqacc = torch.empty((B, H, N, D), dtype=torch.float32, device=q.device)
@@ -343,7 +328,7 @@ def backward(dout, q, k, v, mask, out, lse, theta, noise, rng, *, scale: float, 
         raise ValueError(f"dsoft must be a contiguous [B, H, N, D] = {[B, H, N, D]} tensor (the pre-pass's), "
                          f"got shape {tuple(dsoft.shape)}")
     args = dict(Q=q, K=k, V=v, MSK=msk, O=out, DO=dout, LSE=lse, DELTA=delta, DK=dk, DV=dv, DQ=dq,
-                DQACC=dqacc, RNG=rng, DS=dsoft if ds_saved else dq, DTH=dth, **theta_noise,
+                DQACC=dqacc, RNG=rng, DS=dsoft if ds_saved else dq, DTH=dth, **logits_noise,
                 **strides("sq", q), **strides("sk", k), **strides("sv", v), **strides("so", out),
                 **strides("sdo", dout), H=H, N=N, qk_scale=float(scale) * math.log2(math.e),
                 scale=float(scale), inv_tau=1.0 / float(tau))
@@ -353,10 +338,10 @@ def backward(dout, q, k, v, mask, out, lse, theta, noise, rng, *, scale: float, 
         _launch("bwd", q, args, meta, config)
     if dth_mode == 0:
         return dq, dk, dv, None
-    dtheta = dth.reshape(B, H, 1, D) if dth_mode == 2 else dth
+    dmask_logits = dth.reshape(B, H, 1, D) if dth_mode == 2 else dth
     if not per_token:
-        dtheta = reduce_to_shape(dtheta, theta.shape)
-    return dq, dk, dv, dtheta.to(theta.dtype)
+        dmask_logits = reduce_to_shape(dmask_logits, mask_logits.shape)
+    return dq, dk, dv, dmask_logits.to(mask_logits.dtype)
 
 
 def reduce_to_shape(t: torch.Tensor, shape) -> torch.Tensor:
