@@ -43,3 +43,32 @@ def test_the_retired_fused_wrapper_warns_and_equals_the_backend():
         old = ops.dcs_attention_fused(q, k, v, mask_logits, None, rng, tau=0.5, scale=0.25, training=True)
     new = rk.dcs_attention(q, k, v, mask_logits, seed=5, offset=2, tau=0.5, scale=0.25, impl="triton")
     torch.testing.assert_close(old, new, rtol=0, atol=0)
+
+
+def test_the_op_runs_the_forward_that_masks_q_itself(monkeypatch):
+    """The pre-pass neither reads q nor writes q⊙M (``mask_q=False``); the forward gets raw q and the
+    mask (docs/performance.md, v4) — and gives the q⊙M form's output bit for bit."""
+    calls = {}
+    prepass, forward = launch.masked_qk_prepass, launch.forward
+
+    def spy_prepass(*args, **kwargs):
+        calls["mask_q"] = kwargs.get("mask_q", True)
+        return prepass(*args, **kwargs)
+
+    def spy_forward(q, k, v, **kwargs):
+        calls["q_mask"] = kwargs.get("q_mask") is not None
+        calls["raw_q"] = q.data_ptr()
+        return forward(q, k, v, **kwargs)
+
+    monkeypatch.setattr(launch, "masked_qk_prepass", spy_prepass)
+    monkeypatch.setattr(launch, "forward", spy_forward)
+    q, k, v, mask_logits = inputs()
+    out = rk.dcs_attention(q, k, v, mask_logits, seed=3, impl="triton")
+    assert calls == {"mask_q": False, "q_mask": True, "raw_q": calls["raw_q"]}
+    monkeypatch.undo()
+    rng = launch.rng_state(3, 0, "cpu")
+    mode = launch.mode_of(True, None)
+    with torch.no_grad():
+        mask, qm, km = launch.masked_qk_prepass(q, k, mask_logits, None, rng, mode)
+        ref, _ = launch.forward(qm, km, v, scale=16 ** -0.5)
+    torch.testing.assert_close(out.detach(), ref, rtol=0, atol=0)
