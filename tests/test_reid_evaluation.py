@@ -7,13 +7,19 @@ import torch
 from ribkernels.reid import compute_distance_matrix, evaluate, evaluate_rank, re_ranking
 
 
+def ranked_matches(distmat, i, q_pids, g_pids, q_camids, g_camids):
+    """Query ``i``'s gallery by a full stable argsort, same-camera matches and junk removed: 1.0 where
+    the identity matches (float64)."""
+    order = np.argsort(distmat[i], kind="stable")
+    remove = ((g_pids[order] == q_pids[i]) & (g_camids[order] == q_camids[i])) | (g_pids[order] == -1)
+    return (g_pids[order] == q_pids[i])[~remove].astype(np.float64)
+
+
 def brute_force(distmat, q_pids, g_pids, q_camids, g_camids, max_rank=50):
     """Reference: full stable argsort per query, float64 bookkeeping."""
     all_cmc, all_ap, all_inp = [], [], []
     for i in range(distmat.shape[0]):
-        order = np.argsort(distmat[i], kind="stable")
-        remove = ((g_pids[order] == q_pids[i]) & (g_camids[order] == q_camids[i])) | (g_pids[order] == -1)
-        raw = (g_pids[order] == q_pids[i])[~remove].astype(np.float64)
+        raw = ranked_matches(distmat, i, q_pids, g_pids, q_camids, g_camids)
         if not raw.any():
             continue
         cmc = raw.cumsum()
@@ -68,9 +74,7 @@ def brute_force_per_query(distmat, q_pids, g_pids, q_camids, g_camids):
     their first true match, by a full stable argsort."""
     valid, aps, first = [], [], []
     for i in range(distmat.shape[0]):
-        order = np.argsort(distmat[i], kind="stable")
-        remove = ((g_pids[order] == q_pids[i]) & (g_camids[order] == q_camids[i])) | (g_pids[order] == -1)
-        raw = (g_pids[order] == q_pids[i])[~remove].astype(np.float64)
+        raw = ranked_matches(distmat, i, q_pids, g_pids, q_camids, g_camids)
         if not raw.any():
             continue
         pos = np.where(raw == 1)[0]
