@@ -17,6 +17,7 @@ baseline and ibb_only runs are not trained again); an interrupted one is continu
     python -m experiments.ib_control                          # seeds 1-4 at the demo budget
     python -m experiments.ib_control --seeds 1 2 3 4 5 --arms prototype shuffled_q
     python -m experiments.ib_control --epochs 8 --train-ids 150   # a smaller budget (say so when quoting)
+    python -m experiments.ib_control --finished-only              # tabulate the finished runs, train nothing
 
 Writes experiments/results/ib_control.json; run folders under runs/ib_control/.
 """
@@ -25,7 +26,7 @@ import os
 from typing import Dict, List
 
 from .ablation import add_budget_flags, budget_overrides, budget_record
-from .common import command_line, final_row, train, write_json
+from .common import command_line, final_row, finished_run, train, train_args, write_json
 from .paired import format_contrast, paired_contrast
 
 ARMS: Dict[str, List[str]] = {
@@ -65,20 +66,31 @@ def main(argv=None) -> Dict:
     p.add_argument("--run-root", default=os.path.join("runs", "ib_control"))
     p.add_argument("--adopt-from", default=os.path.join("runs", "ablation"),
                    help="take finished runs with the same config from folders under this one (\"\" for none)")
+    p.add_argument("--finished-only", action="store_true",
+                   help="train nothing: tabulate the runs that have finished, list the others as not run")
     add_budget_flags(p)
     args = p.parse_args(argv)
     common = budget_overrides(args)
     runs: Dict[str, List[Dict]] = {}
+    not_run: List[str] = []
     for seed in args.seeds:  # seed-major: a partial result still pairs
         for arm in args.arms:
-            m = train(os.path.join(args.run_root, f"{arm}_seed{seed}"), ARMS[arm] + common + [f"solver.seed={seed}"],
-                      reuse=True, adopt_from=args.adopt_from)
+            run_dir, over = os.path.join(args.run_root, f"{arm}_seed{seed}"), ARMS[arm] + common + [f"solver.seed={seed}"]
+            if args.finished_only:
+                m = finished_run(run_dir, train_args(over))
+                if m is None:
+                    not_run.append(f"{arm} seed {seed}")
+                    print(f"{arm} seed {seed}: not run", flush=True)
+                    continue
+            else:
+                m = train(run_dir, over, reuse=True, adopt_from=args.adopt_from)
             row = run_row(seed, m)
             runs.setdefault(arm, []).append(row)
             print(f"{arm} seed {seed}: mAP {row['mAP']:.2f} Rank-1 {row['rank1']:.2f}", flush=True)
     out = {"experiment": "IBB vs matched-gradient non-IB control vs label-shuffled Q (plain attention)",
            "budget": budget_record(args), "seeds": args.seeds, "arms": {a: ARMS[a] for a in args.arms},
-           "command": command_line("experiments.ib_control"), "runs": runs, "contrasts": contrasts(runs),
+           "command": command_line("experiments.ib_control"), "runs": runs, "not_run": not_run,
+           "contrasts": contrasts(runs),
            "note": "contrasts are paired by seed (a - b per seed; se = sd of the differences / sqrt(n)); "
                    "unpaired_se is the standard error of the difference of the two means, for comparison"}
     for name, c in out["contrasts"].items():

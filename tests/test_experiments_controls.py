@@ -166,3 +166,21 @@ def test_summarize_ib_control_contrasts_pair_by_seed_and_give_the_specificity_ve
     summarize.print_ib_control(ibc)
     out = capsys.readouterr().out
     assert "| ibb − prototype | 3 | **0.67 ± 0.60**" in out and "| prototype | 4 | 99.0 |" in out
+
+
+def test_ib_control_finished_only_trains_nothing_and_lists_what_did_not_run(tmp_path, monkeypatch):
+    calls, fake = [], _fake_train([])
+    monkeypatch.setattr(ib_control, "train", lambda *a, **k: calls.append(a) or pytest.fail("trained"))
+    monkeypatch.setattr(common, "RESULTS", str(tmp_path))
+
+    def finished(run_dir, args):  # seed 2's shuffled_q run never finished
+        if run_dir.endswith("shuffled_q_seed2"):
+            return None
+        over = [args[i + 1] for i, a in enumerate(args) if a == "--set"]
+        return fake(run_dir, [o for o in over if not o.startswith("output.")])
+
+    monkeypatch.setattr(ib_control, "finished_run", finished)
+    out = ib_control.main(["--seeds", "1", "2", "--run-root", str(tmp_path / "runs"), "--finished-only"])
+    assert not calls and out["not_run"] == ["shuffled_q seed 2"]
+    assert [r["seed"] for r in out["runs"]["shuffled_q"]] == [1] and len(out["runs"]["prototype"]) == 2
+    assert out["contrasts"]["shuffled_q - ibb"]["mAP"]["n"] == 1
