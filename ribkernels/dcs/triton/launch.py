@@ -71,7 +71,7 @@ FP32_TF32X3_TRIED: Dict[str, Dict[int, List[Config]]] = {
     "bwd": {32: [(32, 32, 4, 1)], 64: [(32, 32, 4, 1)], 128: [(16, 32, 4, 1)]},
 }
 KERNELS = {"fwd": dcs_fwd_kernel, "bwd": dcs_bwd_kernel}
-AUTOTUNE_KEYS = {"fwd": ["N"], "bwd": ["N", "MASKED"]}
+AUTOTUNE_KEYS = {"fwd": ["N", "MASK_Q"], "bwd": ["N", "MASKED"]}  # each variant tunes its own config
 # The grid of each kernel: forward over query blocks × B·H, backward one program per head.
 GRID_AXIS = {"fwd": "BLOCK_M", "bwd": None}
 
@@ -153,8 +153,8 @@ def rng_state(seed, offset, device) -> torch.Tensor:
     device = torch.device(device)
 
     def one(x, what):
-        if isinstance(x, torch.Tensor) and x.numel() == 1:
-            x = x.reshape(())
+        if isinstance(x, torch.Tensor) and x.dim() == 1 and x.numel() == 1 and x.dtype == torch.int64:
+            x = x.reshape(())  # a [1] int64 tensor counts as 0-d; anything else is reported as given
         x = (check_offset if what == "offset" else check_seed)(x)
         return x.reshape(1).to(device) if isinstance(x, torch.Tensor) else x
 

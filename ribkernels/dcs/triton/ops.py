@@ -6,9 +6,10 @@ to the calls into the launcher (``launch.py``).
 
 * ``ribkernels::dcs_attention_fwd(q, k, v, mask_logits, noise?, rng, tau, scale, training,
   save_dsoft=False) -> (out [B,H,N,D] q's dtype, lse [B,H,N] float32, mask [B,H,N,D] 0/1 in q's dtype,
-  dsoft)``: the mask pre-pass (mask, q⊙M, k⊙M in one pass; with ``save_dsoft`` in training also dsoft
-  = soft·(1 − soft)/τ ``[B,H,N,D]`` in ``launch.dsoft_dtype``, else an empty tensor), then the forward
-  kernel on q⊙M, k⊙M (freed when it returns). ``rng`` is the int64 ``[seed, offset]`` device tensor
+  dsoft)``: the mask pre-pass (mask and k⊙M in one pass, q not read; with ``save_dsoft`` in training
+  also dsoft = soft·(1 − soft)/τ ``[B,H,N,D]`` in ``launch.dsoft_dtype``, else an empty tensor), then
+  the forward kernel on raw q — masked once per query block in its prologue (``q_mask=mask``) — and
+  k⊙M (freed when it returns). ``rng`` is the int64 ``[seed, offset]`` device tensor
   (read only in Philox mode).
 * ``ribkernels::dcs_attention_bwd(dout, q, k, v, mask_logits, noise?, rng, out, lse, mask, tau, scale,
   training, need_dmask_logits, dsoft?) -> (dq, dk, dv, dmask_logits)``; dmask_logits has mask_logits'
