@@ -50,9 +50,10 @@ def run_row(seed: int, metrics: Dict) -> Dict:
 
 
 def contrasts(runs: Dict[str, List[Dict]]) -> Dict[str, Dict]:
-    """Paired contrasts: every arm minus the baseline, and the controls minus the IBB (mAP and Rank-1)."""
+    """Paired contrasts: every arm minus the baseline, and the IBB minus each control (mAP and Rank-1;
+    the direction summarize uses: a positive IBB − control is what the control does not give)."""
     out = {}
-    pairs = [(a, "baseline") for a in runs if a != "baseline"] + [(a, "ibb") for a in ("prototype", "shuffled_q")]
+    pairs = [(a, "baseline") for a in runs if a != "baseline"] + [("ibb", c) for c in ("prototype", "shuffled_q")]
     for a, b in pairs:
         if a in runs and b in runs:
             out[f"{a} - {b}"] = {k: paired_contrast(runs[a], runs[b], k) for k in ("mAP", "rank1")}

@@ -113,6 +113,8 @@ def per_query_contrast(pairs: Sequence[Tuple[Dict, Dict]], key: str = "AP", *, n
     weights = None
     for pids, diff in paired:
         ids, cluster = np.unique(pids, return_inverse=True)
+        if len(ids) < 2:  # every draw would be the same: a zero-width interval that says nothing
+            raise ValueError(f"the queries cover {len(ids)} identity: a bootstrap over identities needs at least 2")
         sums = np.bincount(cluster, weights=diff, minlength=len(ids))
         counts = np.bincount(cluster, minlength=len(ids)).astype(np.float64)
         if weights is None or not joint:

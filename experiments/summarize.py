@@ -280,7 +280,11 @@ def ib_control_contrasts(ibc: Dict) -> Dict[str, Dict[str, Dict]]:
     runs = ibc["runs"]
     pairs = [(a, "baseline") for a in runs if a != "baseline"] + [("ibb", c) for c in ("prototype", "shuffled_q")]
     return {f"{a} − {b}": {m: contrast([(arm_by_seed(runs[a], m), arm_by_seed(runs[b], m))]) for m in METRICS}
-            for a, b in pairs if a in runs and b in runs}
+            for a, b in pairs if a in runs and b in runs and _share_a_seed(runs[a], runs[b])}
+
+
+def _share_a_seed(a: Sequence[Dict], b: Sequence[Dict]) -> bool:
+    return bool({int(r["seed"]) for r in a} & {int(r["seed"]) for r in b})
 
 
 def print_ib_control(ibc: Dict) -> None:
@@ -303,7 +307,7 @@ def channel_shared_contrasts(cs: Dict, abl: Dict) -> Dict[str, Dict[str, Dict]]:
     """Channel-shared DCS (no IBB) against the ablation's baseline and token-mode DCS of the same seeds."""
     return {f"channel_shared − {other}": {m: contrast([(arm_by_seed(cs["runs"], m), arm_by_seed(abl["runs"][other], m))])
                                           for m in METRICS}
-            for other in ("baseline", "dcs_only") if other in abl["runs"]}
+            for other in ("baseline", "dcs_only") if other in abl["runs"] and _share_a_seed(cs["runs"], abl["runs"][other])}
 
 
 def print_channel_shared(cs: Dict, abl: Dict) -> None:
@@ -328,8 +332,9 @@ def print_claims(abl: Dict, occ: Optional[Dict], ib: Optional[Dict], em: Optiona
                         ("accuracy: the IBB term helps (IBB on − off)", table["IBB on − off (both DCS settings)"]["mAP"], 1),
                         ("accuracy: DCS-Attention helps (DCS on − off)", table["DCS on − off (both IBB settings)"]["mAP"], 1)):
         print(f"| {claim} | {_effect(c)} | {c['seeds']['n']} | {verdict(c, d)} |")
-    if cs:
-        c = channel_shared_contrasts(cs, abl)["channel_shared − baseline"]["mAP"]
+    cs_c = channel_shared_contrasts(cs, abl).get("channel_shared − baseline") if cs else None
+    if cs_c:
+        c = cs_c["mAP"]
         print(f"| accuracy: DCS in the authors' form (channel-shared) helps (− baseline, no IBB) | {_effect(c)} | "
               f"{c['seeds']['n']} | {verdict(c, 1)} |")
     ctr = ib_control_contrasts(ibc) if ibc else {}
@@ -410,9 +415,14 @@ def per_query_runs(runs_root: str) -> Tuple[Dict[str, Dict[str, Dict[int, Dict]]
     return found, without
 
 
+CONTROLS_THEN_IBB = ("prototype", "shuffled_q", "ibb")  # the IB-control experiment: "ibb − control"
+
+
 def _arm_order(arms) -> List[str]:
-    """The ablation's variants in their usual order, then any other arm alphabetically."""
-    return [a for a in FACTORS if a in arms] + sorted(a for a in arms if a not in FACTORS)
+    """The ablation's variants in their usual order, the IB-control arms with the IBB after its
+    controls (so its rows read IBB − control, as everywhere else), then any other arm alphabetically."""
+    known = [a for a in (*FACTORS, *CONTROLS_THEN_IBB) if a in arms]
+    return known + sorted(a for a in arms if a not in known)
 
 
 def per_query_table(by_arm: Dict[str, Dict[int, Dict]], n_boot: int, seed: int) -> List[str]:

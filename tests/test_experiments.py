@@ -300,6 +300,9 @@ def test_per_query_contrast_refuses_different_query_lists_and_bad_arguments():
         per_query_contrast([(a, b)], key="mAP")
     with pytest.raises(ValueError, match="pairs"):
         per_query_contrast([])
+    one = _per_query([7, 7, 7], [0.5, 0.6, 0.7])
+    with pytest.raises(ValueError, match="1 identity: a bootstrap over identities needs at least 2"):
+        per_query_contrast([(one, _per_query([7, 7, 7], [0.4, 0.6, 0.9]))])
     with pytest.raises(KeyError, match="no per-query AP"):
         per_query_of({"mAP": 0.5})
     final = {"per_query": dict(a, occlusion={"0.4": {"AP": b["AP"], "rank1": b["rank1"]}})}

@@ -48,8 +48,8 @@ def test_ib_control_arms_and_contrasts(tmp_path, monkeypatch):
     assert all("model.attn_impl=sdpa" in o for _, o, _, _ in calls)  # plain attention in every arm
     c = out["contrasts"]
     assert c["ibb - baseline"]["mAP"]["mean"] == pytest.approx(1.5) and c["ibb - baseline"]["mAP"]["positive"] == 4
-    assert c["prototype - ibb"]["mAP"]["mean"] == pytest.approx(1.0)
-    assert c["shuffled_q - ibb"]["mAP"]["mean"] == pytest.approx(-0.5)
+    assert c["ibb - prototype"]["mAP"]["mean"] == pytest.approx(-1.0)
+    assert c["ibb - shuffled_q"]["mAP"]["mean"] == pytest.approx(0.5)
     assert c["shuffled_q - baseline"]["rank1"]["mean"] == pytest.approx(1.0)
     assert out["runs"]["prototype"][0]["control_scale_mean"] == 0.5
     saved = json.loads((tmp_path / "ib_control.json").read_text())
@@ -183,4 +183,15 @@ def test_ib_control_finished_only_trains_nothing_and_lists_what_did_not_run(tmp_
     out = ib_control.main(["--seeds", "1", "2", "--run-root", str(tmp_path / "runs"), "--finished-only"])
     assert not calls and out["not_run"] == ["shuffled_q seed 2"]
     assert [r["seed"] for r in out["runs"]["shuffled_q"]] == [1] and len(out["runs"]["prototype"]) == 2
-    assert out["contrasts"]["shuffled_q - ibb"]["mAP"]["n"] == 1
+    assert out["contrasts"]["ibb - shuffled_q"]["mAP"]["n"] == 1
+
+
+def test_summarize_skips_arms_that_share_no_seed_and_orders_the_ibb_after_its_controls():
+    from experiments import summarize
+
+    ibc = {"runs": {"baseline": [{"seed": 1, "mAP": 60.0, "rank1": 70.0}],
+                    "ibb": [{"seed": 2, "mAP": 61.0, "rank1": 71.0}],
+                    "prototype": [{"seed": 2, "mAP": 60.5, "rank1": 70.5}]}}
+    assert list(summarize.ib_control_contrasts(ibc)) == ["ibb − prototype"]  # baseline pairs with nobody
+    assert summarize._arm_order(["ibb", "shuffled_q", "zeta", "baseline", "prototype"]) == \
+        ["baseline", "prototype", "shuffled_q", "ibb", "zeta"]
