@@ -82,9 +82,9 @@ def test_eval_only_on_a_transreid_checkpoint_is_transreids_pipeline(market, tmp_
     seen = {}
     rank_result = evaluation.rank_result
 
-    def capture(qf, gf, *rest):
+    def capture(qf, gf, *rest, **kwargs):
         seen.update(qf=qf.clone(), gf=gf.clone())
-        return rank_result(qf, gf, *rest)
+        return rank_result(qf, gf, *rest, **kwargs)
 
     monkeypatch.setattr(evaluation, "rank_result", capture)
     out = tmp_path / "eval"
