@@ -27,7 +27,7 @@ from typing import Dict, List
 
 from .ablation import add_budget_flags, budget_overrides, budget_record
 from .common import command_line, final_row, finished_run, train, train_args, write_json
-from .paired import format_contrast, paired_contrast
+from .paired import format_contrast, paired_contrast, per_query_contrast, per_query_of
 
 ARMS: Dict[str, List[str]] = {
     "baseline": ["model.attn_impl=sdpa", "ibb.enabled=false"],
@@ -60,6 +60,21 @@ def contrasts(runs: Dict[str, List[Dict]]) -> Dict[str, Dict]:
     return out
 
 
+def per_query_contrasts(finals: Dict[str, Dict[int, Dict]], n_boot: int = 2000) -> Dict[str, Dict]:
+    """The contrasts of :func:`contrasts` paired per query (AP and Rank-1 hits, identity bootstrap) on the
+    seeds whose two runs both recorded per-query AP (``finals[arm][seed]``: metrics.json's ``final``), so
+    the result file carries them (the run folders are not committed)."""
+    out = {}
+    for name in contrasts({a: [{"seed": s, "mAP": 0.0, "rank1": 0.0} for s in by_seed] for a, by_seed in finals.items()}):
+        a, b = name.split(" - ")
+        seeds = [s for s in sorted(set(finals[a]) & set(finals[b]))
+                 if finals[a][s].get("per_query") and finals[b][s].get("per_query")]
+        if seeds:
+            pairs = [(per_query_of(finals[a][s]), per_query_of(finals[b][s])) for s in seeds]
+            out[name] = {"seeds": seeds, **{k: per_query_contrast(pairs, k, n_boot=n_boot) for k in ("AP", "rank1")}}
+    return out
+
+
 def main(argv=None) -> Dict:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3, 4])
@@ -73,6 +88,7 @@ def main(argv=None) -> Dict:
     args = p.parse_args(argv)
     common = budget_overrides(args)
     runs: Dict[str, List[Dict]] = {}
+    finals: Dict[str, Dict[int, Dict]] = {}
     not_run: List[str] = []
     for seed in args.seeds:  # seed-major: a partial result still pairs
         for arm in args.arms:
@@ -87,11 +103,12 @@ def main(argv=None) -> Dict:
                 m = train(run_dir, over, reuse=True, adopt_from=args.adopt_from)
             row = run_row(seed, m)
             runs.setdefault(arm, []).append(row)
+            finals.setdefault(arm, {})[seed] = m.get("final") or {}
             print(f"{arm} seed {seed}: mAP {row['mAP']:.2f} Rank-1 {row['rank1']:.2f}", flush=True)
     out = {"experiment": "IBB vs matched-gradient non-IB control vs label-shuffled Q (plain attention)",
            "budget": budget_record(args), "seeds": args.seeds, "arms": {a: ARMS[a] for a in args.arms},
            "command": command_line("experiments.ib_control"), "runs": runs, "not_run": not_run,
-           "contrasts": contrasts(runs),
+           "contrasts": contrasts(runs), "per_query_contrasts": per_query_contrasts(finals),
            "note": "contrasts are paired by seed (a - b per seed; se = sd of the differences / sqrt(n)); "
                    "unpaired_se is the standard error of the difference of the two means, for comparison"}
     for name, c in out["contrasts"].items():

@@ -301,6 +301,16 @@ def print_ib_control(ibc: Dict) -> None:
     for label, c in ib_control_contrasts(ibc).items():
         print(_row(label, c["mAP"], c["rank1"]))
     print()
+    pq = ibc.get("per_query_contrasts") or {}
+    if pq:
+        print("paired per query (from the result file; 95% CI: bootstrap over identities, the query sample's "
+              "uncertainty only)\n")
+        print("| contrast | seeds | mAP: per-query paired mean [95% CI] | Rank-1: per-query paired mean [95% CI] | "
+              "queries / identities |\n|---|---|---|---|---|")
+        for name, c in pq.items():
+            print(f"| {name.replace(' - ', ' − ')} | {', '.join(map(str, c['seeds']))} | **{format_per_query_contrast(c['AP'])}** | "
+                  f"{format_per_query_contrast(c['rank1'])} | {c['AP']['n_queries']} / {c['AP']['n_identities']} |")
+        print()
 
 
 def channel_shared_contrasts(cs: Dict, abl: Dict) -> Dict[str, Dict[str, Dict]]:

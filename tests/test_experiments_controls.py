@@ -54,6 +54,7 @@ def test_ib_control_arms_and_contrasts(tmp_path, monkeypatch):
     assert out["runs"]["prototype"][0]["control_scale_mean"] == 0.5
     saved = json.loads((tmp_path / "ib_control.json").read_text())
     assert saved["contrasts"]["ibb - baseline"]["mAP"]["n"] == 4
+    assert saved["per_query_contrasts"] == {}  # the stand-in runs record no per-query AP
     # the arms' overrides are valid train.py settings, and the ibb arm is the ablation's ibb_only
     cfg = common._resolved_config(common.train_args(ib_control.ARMS["prototype"]))
     assert cfg["ibb"]["control"] == "prototype" and cfg["ibb"]["enabled"] is True
@@ -195,3 +196,14 @@ def test_summarize_skips_arms_that_share_no_seed_and_orders_the_ibb_after_its_co
     assert list(summarize.ib_control_contrasts(ibc)) == ["ibb − prototype"]  # baseline pairs with nobody
     assert summarize._arm_order(["ibb", "shuffled_q", "zeta", "baseline", "prototype"]) == \
         ["baseline", "prototype", "shuffled_q", "ibb", "zeta"]
+
+
+def test_ib_control_per_query_contrasts_pair_the_seeds_that_recorded_them():
+    def final(ap):
+        return {"per_query": {"query_pids": [1, 1, 2, 3], "AP": ap, "rank1": [1, 0, 1, 1]}}
+
+    finals = {"baseline": {1: final([0.5, 0.4, 0.6, 0.7]), 2: final([0.5, 0.5, 0.5, 0.5]), 3: {}},
+              "ibb": {1: final([0.6, 0.5, 0.7, 0.8]), 2: final([0.6, 0.6, 0.6, 0.6]), 3: final([0.1] * 4)}}
+    out = ib_control.per_query_contrasts(finals, n_boot=50)
+    assert list(out) == ["ibb - baseline"] and out["ibb - baseline"]["seeds"] == [1, 2]  # seed 3: baseline has none
+    assert out["ibb - baseline"]["AP"]["mean"] == pytest.approx(0.1) and out["ibb - baseline"]["AP"]["n_identities"] == 3
