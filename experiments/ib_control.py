@@ -23,7 +23,7 @@ Writes experiments/results/ib_control.json; run folders under runs/ib_control/.
 """
 import argparse
 import os
-from typing import Dict, List
+from typing import Dict, List, Tuple
 
 from .ablation import add_budget_flags, budget_overrides, budget_record
 from .common import command_line, final_row, finished_run, train, train_args, write_json
@@ -49,15 +49,17 @@ def run_row(seed: int, metrics: Dict) -> Dict:
     return row
 
 
+def contrast_pairs(arms) -> List[Tuple[str, str]]:
+    """The ``(a, b)`` arms contrasted as ``a - b``, of those present: every arm minus the baseline, then
+    the IBB minus each control (a positive IBB − control is what the control does not give)."""
+    pairs = [(a, "baseline") for a in arms if a != "baseline"] + [("ibb", c) for c in ("prototype", "shuffled_q")]
+    return [(a, b) for a, b in pairs if a in arms and b in arms]
+
+
 def contrasts(runs: Dict[str, List[Dict]]) -> Dict[str, Dict]:
-    """Paired contrasts: every arm minus the baseline, and the IBB minus each control (mAP and Rank-1;
-    the direction summarize uses: a positive IBB − control is what the control does not give)."""
-    out = {}
-    pairs = [(a, "baseline") for a in runs if a != "baseline"] + [("ibb", c) for c in ("prototype", "shuffled_q")]
-    for a, b in pairs:
-        if a in runs and b in runs:
-            out[f"{a} - {b}"] = {k: paired_contrast(runs[a], runs[b], k) for k in ("mAP", "rank1")}
-    return out
+    """Paired contrasts of :func:`contrast_pairs` (mAP and Rank-1)."""
+    return {f"{a} - {b}": {k: paired_contrast(runs[a], runs[b], k) for k in ("mAP", "rank1")}
+            for a, b in contrast_pairs(runs)}
 
 
 def per_query_contrasts(finals: Dict[str, Dict[int, Dict]], n_boot: int = 2000) -> Dict[str, Dict]:
@@ -65,8 +67,8 @@ def per_query_contrasts(finals: Dict[str, Dict[int, Dict]], n_boot: int = 2000) 
     seeds whose two runs both recorded per-query AP (``finals[arm][seed]``: metrics.json's ``final``), so
     the result file carries them (the run folders are not committed)."""
     out = {}
-    for name in contrasts({a: [{"seed": s, "mAP": 0.0, "rank1": 0.0} for s in by_seed] for a, by_seed in finals.items()}):
-        a, b = name.split(" - ")
+    for a, b in contrast_pairs(finals):
+        name = f"{a} - {b}"
         seeds = [s for s in sorted(set(finals[a]) & set(finals[b]))
                  if finals[a][s].get("per_query") and finals[b][s].get("per_query")]
         if seeds:

@@ -26,6 +26,7 @@ import sys
 from typing import Dict, List, Optional, Sequence, Tuple
 
 from .common import ROOT, load_json
+from .ib_control import contrast_pairs
 from .paired import format_per_query_contrast, per_query_contrast, per_query_of
 
 # (DCS, IBB) of each ablation variant
@@ -278,9 +279,8 @@ def ib_control_contrasts(ibc: Dict) -> Dict[str, Dict[str, Dict]]:
     baseline, then the IBB minus each control (a positive IBB − control is the part of the IBB's gain
     that the control's matched cluster-level supervision does not give)."""
     runs = ibc["runs"]
-    pairs = [(a, "baseline") for a in runs if a != "baseline"] + [("ibb", c) for c in ("prototype", "shuffled_q")]
     return {f"{a} − {b}": {m: contrast([(arm_by_seed(runs[a], m), arm_by_seed(runs[b], m))]) for m in METRICS}
-            for a, b in pairs if a in runs and b in runs and _share_a_seed(runs[a], runs[b])}
+            for a, b in contrast_pairs(runs) if _share_a_seed(runs[a], runs[b])}
 
 
 def _share_a_seed(a: Sequence[Dict], b: Sequence[Dict]) -> bool:
